@@ -1,0 +1,241 @@
+"""The `tunnelgate` command. Thin: parse, load config, call into the rest.
+
+Exit codes: 0 ok · 1 operation failed (message says why) · 2 usage or config
+error · 3 daemon not running (status/down).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import config as config_mod
+from . import keys
+
+EXIT_FAILED, EXIT_CONFIG, EXIT_NOT_RUNNING = 1, 2, 3
+
+
+def fail(message: str, code: int = EXIT_FAILED):
+    click.echo(f"tunnelgate: {message}", err=True)
+    sys.exit(code)
+
+
+def load_config(path: str, role: str | None = None):
+    try:
+        cfg = config_mod.load(path)
+    except config_mod.ConfigError as e:
+        fail(str(e), EXIT_CONFIG)
+    if role and cfg.role != role:
+        other = "serve" if cfg.role == "gateway" else "up"
+        fail(f"{cfg.path} is a {cfg.role} config; use `tunnelgate {other} -c {path}`", EXIT_CONFIG)
+    return cfg
+
+
+config_option = click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+                             help="TOML config file (see conf/).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr (they also go to state_dir).")
+@click.version_option(package_name="tunnelgate")
+@click.pass_context
+def main(ctx, verbose):
+    """Pay-per-use VPN gateway for mesh and community networks."""
+    ctx.obj = {"verbose": verbose}
+
+
+@main.command()
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the private key here (mode 0600).")
+def keygen(out):
+    """Create a private key; print the public key."""
+    private = keys.generate()
+    if out:
+        try:
+            keys.write_private(Path(out), private)
+        except keys.KeyError_ as e:
+            fail(str(e))
+        click.echo(keys.b64(keys.public_of(private)))
+    else:
+        click.echo(keys.b64(private))
+
+
+@main.command()
+@click.argument("keyfile", type=click.Path(dir_okay=False))
+def pubkey(keyfile):
+    """Print the public key of a private key file."""
+    try:
+        click.echo(keys.b64(keys.public_of(keys.read_private(Path(keyfile)))))
+    except keys.KeyError_ as e:
+        fail(str(e))
+
+
+def _run_daemon(ctx, config_path: str, role: str, foreground: bool, wait: float):
+    cfg = load_config(config_path, role)
+    if os.geteuid() != 0:
+        fail("needs root (it creates a TUN device and changes routes); run it with sudo", EXIT_FAILED)
+    from .daemon.base import running_pid, state_paths
+    paths = state_paths(cfg.node.state_dir)
+    pid = running_pid(paths["pid"])
+    if pid:
+        fail(f"already running (pid {pid}) for {cfg.path}; stop it with `tunnelgate down -c {config_path}`")
+    try:
+        private = keys.read_private(cfg.node.private_key_file)
+    except keys.KeyError_ as e:
+        fail(str(e), EXIT_CONFIG)
+    if foreground:
+        return _foreground(ctx, cfg, private)
+    return _background(ctx, cfg, role, paths, wait)
+
+
+def _foreground(ctx, cfg, private):
+    from .daemon.base import DaemonError, setup_logging
+    cfg.node.state_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(cfg.node.state_dir / "tunnelgate.log", ctx.obj["verbose"])
+    if cfg.role == "gateway":
+        from .daemon.gateway import GatewayDaemon as D
+    else:
+        from .daemon.client import ClientDaemon as D
+    daemon = D(cfg, private, ctx.obj["verbose"])
+    try:
+        daemon.prepare_state_dir()
+        sys.exit(daemon.run())
+    except Exception as e:
+        from .daemon.store import StoreError
+        from .net.setup import NetError
+        from .tun import TunError
+        # our own errors carry their advice; anything else is a bug worth its traceback in the log
+        if isinstance(e, (DaemonError, StoreError, NetError, TunError)):
+            fail(str(e))
+        import logging
+        logging.getLogger("tunnelgate").exception("daemon failed")
+        fail(f"internal error {type(e).__name__}: {e} (see {cfg.node.state_dir / 'tunnelgate.log'})")
+
+
+def _background(ctx, cfg, role, paths, wait):
+    from .daemon.control import ControlError, request
+    cmd = [sys.executable, "-m", "tunnelgate.cli"] + (["-v"] if ctx.obj["verbose"] else []) + \
+          [("serve" if role == "gateway" else "up"), "-c", str(cfg.path), "--foreground"]
+    cfg.node.state_dir.mkdir(parents=True, exist_ok=True)
+    errfile = cfg.node.state_dir / "daemon.stderr"
+    with open(errfile, "wb") as err:
+        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                 start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + wait
+    what = "tunnel to the gateway" if role == "client" else "gateway"
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            lines = [ln for ln in errfile.read_text(errors="replace").splitlines() if ln.strip()]
+            reason = next((ln for ln in reversed(lines) if ln.startswith("tunnelgate:")), None)
+            fail(reason.removeprefix("tunnelgate: ") if reason else
+                 "the daemon exited during start-up: " + (lines[-1] if lines else "no output") +
+                 f" (log: {paths['log']})")
+        try:
+            st = request(paths["control"], "status", timeout=1)
+            if st.get("ready"):
+                if role == "client":
+                    click.echo(f"tunnelgate: up (pid {child.pid}), address {st.get('address')} "
+                               f"via {st.get('gateway')}")
+                else:
+                    click.echo(f"tunnelgate: serving (pid {child.pid}) on {st.get('listen')}, "
+                               f"tunnel {st.get('address')}, upstream {st.get('upstream_interface')}")
+                return
+        except ControlError:
+            pass
+        time.sleep(0.1)
+    try:
+        os.kill(child.pid, signal.SIGTERM)
+        child.wait(5)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        child.kill()
+    if role == "client":
+        fail(f"no handshake with the gateway at {cfg.endpoint[0]}:{cfg.endpoint[1]} within {wait:g} s: "
+             "check that it runs, that [gateway] public_key is its `tunnelgate pubkey`, and that UDP "
+             f"reaches it (log: {paths['log']})")
+    fail(f"the {what} did not become ready within {wait:g} s (log: {paths['log']})")
+
+
+@main.command()
+@config_option
+@click.option("--foreground", is_flag=True, help="Stay in the foreground (for service managers).")
+@click.option("--wait", default=15.0, show_default=True, help="Seconds to wait until ready.")
+@click.pass_context
+def serve(ctx, config_path, foreground, wait):
+    """Run the gateway daemon."""
+    _run_daemon(ctx, config_path, "gateway", foreground, wait)
+
+
+@main.command()
+@config_option
+@click.option("--foreground", is_flag=True, help="Stay in the foreground (for service managers).")
+@click.option("--wait", default=15.0, show_default=True,
+              help="Seconds to wait for the handshake with the gateway.")
+@click.pass_context
+def up(ctx, config_path, foreground, wait):
+    """Run the client daemon: bring the tunnel up."""
+    _run_daemon(ctx, config_path, "client", foreground, wait)
+
+
+@main.command()
+@config_option
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for a clean stop.")
+def down(config_path, timeout):
+    """Stop the daemon this config runs and restore routes and rules."""
+    cfg = load_config(config_path)
+    from .daemon.base import running_pid, state_paths
+    from .daemon.control import ControlError, request
+    from .net import setup as netsetup
+    paths = state_paths(cfg.node.state_dir)
+    pid = running_pid(paths["pid"])
+    if pid is None:
+        if paths["net"].exists():
+            netsetup.teardown(paths["net"])
+            click.echo("tunnelgate: not running; removed routes and rules a dead instance left")
+            return
+        fail(f"not running for {cfg.path}", EXIT_NOT_RUNNING)
+    try:
+        request(paths["control"], "stop", timeout=3)
+    except ControlError:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and running_pid(paths["pid"]) == pid:
+        time.sleep(0.05)
+    if running_pid(paths["pid"]) == pid:
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        netsetup.teardown(paths["net"])
+        click.echo(f"tunnelgate: pid {pid} did not stop within {timeout:g} s; killed it and cleaned up")
+        return
+    click.echo(f"tunnelgate: stopped (pid {pid})")
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(config_path, as_json):
+    """Show the daemon's state."""
+    cfg = load_config(config_path)
+    from .daemon.base import state_paths
+    from .daemon.control import ControlError, request
+    try:
+        st = request(state_paths(cfg.node.state_dir)["control"], "status")
+    except ControlError as e:
+        if e.code == "not_running":
+            fail(f"not running for {cfg.path}; start it with "
+                 f"`tunnelgate {'serve' if cfg.role == 'gateway' else 'up'} -c {config_path}`", EXIT_NOT_RUNNING)
+        fail(str(e))
+    if as_json:
+        click.echo(json.dumps(st, indent=2, sort_keys=True))
+        return
+    from .status_text import render
+    click.echo(render(st))
+
+
+if __name__ == "__main__":
+    main()

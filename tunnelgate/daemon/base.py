@@ -1,0 +1,226 @@
+"""What both daemons share: state_dir, pidfile, logging, the asyncio loop that
+runs timers and the control socket, and the two data-path threads' lifecycle.
+
+The data path runs in plain threads (one per direction) because blocking
+reads in threads beat an event loop for throughput in Python; everything else
+(timers, control socket, database) runs in the asyncio thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from ..net import setup as netsetup
+from .control import ControlError, ControlServer
+from .store import Store
+
+log = logging.getLogger("tunnelgate")
+
+SOCKET_BUFFER = 4 * 1024 * 1024
+TICK_S = 0.05
+
+
+class DaemonError(Exception):
+    pass
+
+
+def state_paths(state_dir: Path) -> dict[str, Path]:
+    return {
+        "pid": state_dir / "tunnelgate.pid",
+        "control": state_dir / "control.sock",
+        "log": state_dir / "tunnelgate.log",
+        "db": state_dir / "tunnelgate.db",
+        "net": state_dir / "net.json",
+    }
+
+
+def running_pid(pidfile: Path) -> int | None:
+    """The pid in pidfile if that process is alive and is a tunnelgate daemon."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return None
+    return pid if b"tunnelgate" in cmdline else None
+
+
+def setup_logging(logfile: Path, verbose: bool) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fh = logging.FileHandler(logfile)
+    fh.setFormatter(fmt)
+    root.addHandler(fh)
+    sh = logging.StreamHandler()
+    # journald adds its own timestamps
+    sh.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(sh)
+
+
+def udp_socket(bind: tuple[str, int]) -> socket.socket:
+    family = socket.AF_INET6 if ":" in bind[0] else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        s.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        try:  # SO_*BUFFORCE lifts net.core.*mem_max for root
+            s.setsockopt(socket.SOL_SOCKET, {socket.SO_SNDBUF: 32, socket.SO_RCVBUF: 33}[opt], SOCKET_BUFFER)
+        except OSError:
+            pass
+    try:
+        s.bind(bind)
+    except OSError as e:
+        s.close()
+        raise DaemonError(f"cannot bind UDP {bind[0]}:{bind[1]}: {e.strerror}; "
+                          "is another daemon using it, or is the address not configured here?") from None
+    # blocking sends give the data path back-pressure instead of drops;
+    # receives use MSG_DONTWAIT after poll() to drain a batch
+    return s
+
+
+class Daemon:
+    role = "daemon"
+
+    def __init__(self, cfg, private_key: bytes, verbose: bool = False):
+        self.cfg = cfg
+        self.private_key = private_key
+        self.paths = state_paths(cfg.node.state_dir)
+        self.verbose = verbose
+        self.stats: Counter[str] = Counter()
+        self.running = True
+        self.ready = False
+        self.started_at = time.time()
+        self.lock = threading.Lock()  # serialises session control-plane calls across threads
+        self.threads: list[threading.Thread] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop = None
+        self.store: Store | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def prepare_state_dir(self) -> None:
+        d = self.cfg.node.state_dir
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+        pid = running_pid(self.paths["pid"])
+        if pid and pid != os.getpid():
+            raise DaemonError(f"a tunnelgate daemon (pid {pid}) already runs with state_dir {d}; "
+                              f"stop it with `tunnelgate down -c {self.cfg.path}`")
+        self.paths["pid"].write_text(f"{os.getpid()}\n")
+
+    def run(self) -> int:
+        try:
+            return asyncio.run(self._main())
+        finally:
+            try:
+                if running_pid(self.paths["pid"]) == os.getpid():
+                    self.paths["pid"].unlink()
+            except FileNotFoundError:
+                pass
+
+    async def _main(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._stop.set)
+        control = ControlServer(self.paths["control"], self.handlers())
+        # a dead instance may have left routes, rules or an nft table behind
+        netsetup.teardown(self.paths["net"])
+        self.store = Store(self.paths["db"])
+        try:
+            await self.setup()
+            await control.start()
+            for name, target in self.workers():
+                t = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
+                t.start()
+                self.threads.append(t)
+            log.info("%s started (pid %d)", self.role, os.getpid())
+            while not self._stop.is_set():
+                self.tick(time.monotonic())
+                try:
+                    await asyncio.wait_for(self._stop.wait(), TICK_S)
+                except asyncio.TimeoutError:
+                    pass
+            log.info("%s stopping", self.role)
+            return 0
+        finally:
+            self.running = False
+            for t in self.threads:
+                t.join(timeout=2)
+            await control.close()
+            self.shutdown()
+            netsetup.teardown(self.paths["net"])
+            self.store.close()
+            log.info("%s stopped", self.role)
+
+    def _guard(self, target) -> None:
+        try:
+            target()
+        except Exception:
+            log.exception("data path thread %s failed; stopping", threading.current_thread().name)
+            if self.loop and self._stop:
+                self.loop.call_soon_threadsafe(self._stop.set)
+
+    def stop(self) -> None:
+        if self._stop:
+            self._stop.set()
+
+    # --- control socket -------------------------------------------------------------
+
+    def handlers(self) -> dict:
+        return {"status": self.cmd_status, "stop": self.cmd_stop}
+
+    def cmd_stop(self, req: dict) -> dict:
+        self.loop.call_soon(self._stop.set)
+        return {"stopping": True, "pid": os.getpid()}
+
+    def cmd_status(self, req: dict) -> dict:
+        return {
+            "role": self.role,
+            "pid": os.getpid(),
+            "ready": self.ready,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "config": str(self.cfg.path),
+            "tun": self.cfg.tun,
+            "stats": dict(self.stats),
+            **self.status(),
+        }
+
+    # --- for subclasses ----------------------------------------------------------------
+
+    async def setup(self) -> None:
+        raise NotImplementedError
+
+    def workers(self) -> list[tuple[str, object]]:
+        raise NotImplementedError
+
+    def tick(self, now: float) -> None:
+        pass
+
+    def status(self) -> dict:
+        return {}
+
+    def shutdown(self) -> None:
+        pass
+
+
+def recv_batch(sock: socket.socket, bufsize: int, limit: int = 64) -> list[tuple[bytes, tuple]]:
+    out = []
+    try:
+        for _ in range(limit):
+            out.append(sock.recvfrom(bufsize, socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        pass
+    return out
+
+
+def not_running_error(cfg) -> ControlError:
+    return ControlError("not_running", f"no tunnelgate daemon runs for {cfg.path}; "
+                                       f"start it with `tunnelgate {'serve' if cfg.role == 'gateway' else 'up'} -c {cfg.path}`")

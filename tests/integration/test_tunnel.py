@@ -1,0 +1,159 @@
+"""The tunnel end to end: real namespaces, TUN devices, UDP, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+
+import pytest
+
+from tgenv import PORT, TunnelEnv, ping, wait_until
+from tunnelgate.lab import GW_LINK, UPSTREAM
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def env(lab):
+    e = TunnelEnv(lab)
+    yield e
+    logs = e.logs()
+    e.close()
+    print(logs)
+
+
+def routes(lab, ns):
+    return [lab.run(ns, "ip", *fam, "route", "show", "table", "all").stdout for fam in ((), ("-6",))] + \
+           [lab.run(ns, "ip", "rule", "show").stdout]
+
+
+def test_ping_download_upload(lab, env):
+    files = lab.start_upstream({"50M.bin": 50_000_000})
+    env.serve()
+    env.up()
+    assert env.status("client")["address"] == "100.64.0.2/24"
+    r = ping(lab, lab.client)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = lab.run(lab.client, "sh", "-c", f"curl -sS --max-time 60 http://{UPSTREAM}:8080/50M.bin | sha256sum",
+                  timeout=90).stdout.split()[0]
+    assert got == files["50M.bin"]
+
+    up_file = env.dir / "upload.bin"
+    up_file.write_bytes(bytes(range(256)) * 80_000 + b"tail")
+    import hashlib
+    want = hashlib.sha256(up_file.read_bytes()).hexdigest()
+    reply = lab.run(lab.client, "curl", "-sS", "--max-time", "60", "--data-binary", f"@{up_file}",
+                    f"http://{UPSTREAM}:8080/upload", timeout=90).stdout
+    assert json.loads(reply)["sha256"] == want
+
+    gw = env.status("gw")
+    assert gw["peers"][0]["address"] == "100.64.0.2"
+    assert gw["stats"]["rx_bytes"] > 20_000_000 and gw["stats"]["tx_bytes"] > 50_000_000
+
+
+def test_no_reach_without_tunnel_and_down_restores_routes(lab, env):
+    lab.start_upstream({})
+    before = routes(lab, lab.client)
+    env.serve()
+    # the gateway forwards now, yet the upstream host cannot answer the client's own address:
+    # only traffic that came through the tunnel (and was masqueraded) gets through
+    assert ping(lab, lab.client, count=2).returncode != 0
+    env.up()
+    assert ping(lab, lab.client).returncode == 0
+    during = routes(lab, lab.client)
+    assert "0.0.0.0/1" in during[0] and "128.0.0.0/1" in during[0]
+    assert f"{GW_LINK} via" in during[0] or f"{GW_LINK} dev" in during[0]
+    env.tg(lab.client, "down", "-c", str(env.client_conf))
+    assert routes(lab, lab.client) == before
+    assert ping(lab, lab.client, count=2).returncode != 0
+    gw_tables = lab.run(lab.gw, "nft", "list", "tables").stdout
+    assert "tunnelgate" in gw_tables
+    env.tg(lab.gw, "down", "-c", str(env.gw_conf))
+    assert "tunnelgate" not in lab.run(lab.gw, "nft", "list", "tables").stdout
+    assert lab.run(lab.gw, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "0"
+
+
+def test_client_crash_then_up_cleans_leftovers(lab, env):
+    before = routes(lab, lab.client)
+    env.serve()
+    env.up()
+    env.kill9("client")
+    # a dead client leaves its routes; the next `up` cleans them first and works
+    env.up()
+    assert ping(lab, lab.client, dst="100.64.0.1").returncode == 0
+    env.tg(lab.client, "down", "-c", str(env.client_conf))
+    assert routes(lab, lab.client) == before
+
+
+def test_gateway_restart_resumes_within_5s(lab, env):
+    lab.start_upstream({})
+    env.serve()
+    env.up()
+    assert ping(lab, lab.client).returncode == 0
+    pinger = lab.popen(lab.client, "ping", "-n", "-i", "0.2", UPSTREAM)
+    try:
+        time.sleep(0.5)
+        env.kill9("gw")
+        env.serve()
+        took = wait_until(lambda: ping(lab, lab.client, count=1, wait=0.3).returncode == 0, timeout=5)
+        assert took is not None, "traffic did not resume within 5 s of the gateway's restart\n" + env.logs()
+    finally:
+        pinger.kill()
+    st = env.status("client")
+    assert st["connected"] and st["address"] == "100.64.0.2/24"  # same address: stable per key
+
+
+def capture_datagrams(lab, ns, iface, count, action):
+    """UDP payloads to the gateway port seen on iface while action() runs (tcpdump, pcap parsed here)."""
+    pcap = f"/tmp/{lab.prefix}-cap.pcap"
+    dump = lab.popen(ns, "tcpdump", "-i", iface, "-U", "-n", "-c", str(count), "-w", pcap,
+                     f"udp and dst port {PORT}")
+    time.sleep(1.0)
+    action()
+    try:
+        dump.wait(10)
+    except Exception:
+        dump.kill()
+    data = open(pcap, "rb").read()
+    out, off = [], 24
+    while off + 16 <= len(data):
+        incl = struct.unpack_from("<I", data, off + 8)[0]
+        frame = data[off + 16: off + 16 + incl]
+        off += 16 + incl
+        ihl = (frame[14] & 0x0F) * 4
+        out.append(frame[14 + ihl + 8:])
+    return out
+
+
+def send_udp(lab, ns, payload: bytes):
+    lab.run(ns, "python3", "-c",
+            "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"s.sendto(bytes.fromhex(sys.argv[1]), ('{GW_LINK}', {PORT}))", payload.hex())
+
+
+def test_replayed_and_tampered_datagrams_are_dropped_and_spoofing_blocked(lab, env):
+    lab.start_upstream({})
+    env.serve()
+    env.up()
+    datagrams = capture_datagrams(lab, lab.client, "veth0", 3, lambda: ping(lab, lab.client, count=3))
+    data = [d for d in datagrams if d[0] == 3]
+    assert data, f"no data datagram captured: {[d[:1] for d in datagrams]}"
+    before = env.status("gw")
+    send_udp(lab, lab.client, data[0])                      # replay
+    flipped = bytearray(data[-1])
+    flipped[-5] ^= 0x10                                      # one bit in the ciphertext
+    send_udp(lab, lab.client, bytes(flipped))
+    time.sleep(0.5)
+    after = env.status("gw")
+    s0, s1 = before["session_stats"], after["session_stats"]
+    assert s1.get("replay", 0) == s0.get("replay", 0) + 1
+    assert s1.get("bad_mac", 0) == s0.get("bad_mac", 0) + 1
+    assert after["stats"].get("rx_packets") == before["stats"].get("rx_packets")
+
+    # a second address on the client's TUN: the gateway must not forward its packets
+    lab.run(lab.client, "ip", "addr", "add", "100.64.0.99/32", "dev", "tg0")
+    r = ping(lab, lab.client, count=2, extra=("-I", "100.64.0.99"))
+    assert r.returncode != 0
+    assert env.status("gw")["stats"].get("drop_spoofed", 0) >= 2
+    assert ping(lab, lab.client, count=1).returncode == 0   # the real address still works

@@ -1,0 +1,676 @@
+"""Sans-IO encrypted session: Noise IK handshake, transport, timers.
+
+Nothing here reads a clock, draws randomness or touches a socket: `now`
+(monotonic seconds), `wall_ns` and random bytes come in as arguments and
+datagrams to send come out as return values.
+
+Peer input never raises: anything malformed, unauthenticated, replayed or
+stale is dropped, counted in `stats`, and never answered.
+
+Threads: seal/seal_batch may run concurrently from any thread (the per
+transport counter is an itertools.count, whose next() is atomic under the
+GIL, so a nonce never repeats). State changes (handshake completion, key
+switch, timers) take an internal lock; the transport receive path only takes
+it when a datagram confirms a new key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from noise.connection import Keypair, NoiseConnection
+
+from .replay import ReplayWindow
+from .wire import (
+    CONTROL,
+    DATA,
+    INDEX,
+    INIT,
+    INIT_HDR,
+    INIT_MIN,
+    KEEPALIVE,
+    NONCE,
+    REJECT_AFTER_MESSAGES,
+    RESP,
+    RESP_HDR,
+    RESP_MIN,
+    TIMESTAMP,
+    TRANSPORT_HDR,
+    TRANSPORT_KINDS,
+    TRANSPORT_MIN,
+    TYPE,
+)
+
+__all__ = [
+    "PROTOCOL_NAME", "PROTOCOL_NAME_AESGCM", "PROTOCOLS", "DATA", "KEEPALIVE",
+    "CONTROL", "HANDSHAKE_DONE", "RAND_BYTES", "REJECT_AFTER_MESSAGES",
+    "public_key", "SessionError", "Timing", "Transport", "Initiator",
+    "Handshake", "Responder",
+]
+
+PROTOCOL_NAME = b"Noise_IK_25519_ChaChaPoly_BLAKE2s"
+PROTOCOL_NAME_AESGCM = b"Noise_IK_25519_AESGCM_BLAKE2s"
+# The transport AEAD follows the handshake's cipher so one name fixes both.
+PROTOCOLS = {
+    "chacha": (PROTOCOL_NAME, ChaCha20Poly1305),
+    "aesgcm": (PROTOCOL_NAME_AESGCM, AESGCM),
+}
+
+HANDSHAKE_DONE = RESP
+RAND_BYTES = 36  # 32 ephemeral private key + 4 index
+_INDEX_MASK = 0xFFFFFFFF
+# Bounds memory for handshake timestamps of keys the daemon never accepted
+# (any key may send an INIT).
+_MAX_UNACCEPTED = 4096
+
+_STAT_KEYS = ("malformed", "bad_mac", "replay", "unknown_index",
+              "stale_handshake", "expired", "handshakes")
+
+
+class SessionError(Exception):
+    pass
+
+
+def public_key(private: bytes) -> bytes:
+    """X25519 public key of a 32-byte private key."""
+    try:
+        key = X25519PrivateKey.from_private_bytes(private)
+    except (ValueError, TypeError) as e:
+        raise SessionError(f"bad private key: {e}") from None
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+@dataclass(frozen=True)
+class Timing:
+    # Client: send a KEEPALIVE whenever it sent nothing for this long, so NAT
+    # state stays up and dead-peer detection always has something to time.
+    keepalive_s: float = 10.0
+    rekey_after_s: float = 120.0
+    rekey_after_messages: int = 2**60
+    reject_after_s: float = 180.0  # a transport older than this is never used
+    handshake_retry_s: float = 1.0
+    # Client: it sent something and heard nothing authenticated for this long:
+    # the gateway probably lost its state (restart), so handshake again.
+    dead_after_s: float = 3.0
+    previous_keep_s: float = 10.0  # old transport decrypts in-flight datagrams
+    # Gateway: a peer we heard from and have not sent to since gets a
+    # KEEPALIVE after this long. Must be below dead_after_s, or a quiet but
+    # live gateway would look dead to the client.
+    ack_after_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.ack_after_s < self.dead_after_s:
+            raise SessionError("Timing: ack_after_s must be < dead_after_s")
+        if not self.rekey_after_s < self.reject_after_s:
+            raise SessionError("Timing: rekey_after_s must be < reject_after_s")
+
+
+def _split_rand(rand: bytes) -> tuple[bytes, int]:
+    if len(rand) != RAND_BYTES:
+        raise SessionError(f"rand must be {RAND_BYTES} bytes, got {len(rand)}")
+    return bytes(rand[:32]), INDEX.unpack_from(rand, 32)[0]
+
+
+def _new_conn(protocol: bytes, static_private: bytes) -> NoiseConnection:
+    conn = NoiseConnection.from_name(protocol)
+    conn.set_keypair_from_private_bytes(Keypair.STATIC, static_private)
+    return conn
+
+
+def _set_ephemeral(conn: NoiseConnection, eph: bytes) -> None:
+    # noiseprotocol 0.3.1 copies its keypairs into the HandshakeState at
+    # start_handshake(): set_keypair_from_private_bytes(EPHEMERAL) after that
+    # is silently ignored and write_message() would draw an OS-random key
+    # (and before it, validate() warns). So set it through the public call
+    # and hand the same key to the live handshake state.
+    conn.set_keypair_from_private_bytes(Keypair.EPHEMERAL, eph)
+    conn.noise_protocol.handshake_state.e = conn.noise_protocol.keypairs["e"]
+
+
+def _transport_keys(conn: NoiseConnection) -> tuple[bytes, bytes]:
+    p = conn.noise_protocol
+    return p.cipher_state_encrypt.k, p.cipher_state_decrypt.k
+
+
+def _new_stats() -> dict[str, int]:
+    return dict.fromkeys(_STAT_KEYS, 0)
+
+
+class Transport:
+    """The keys of one completed handshake. seal() from any thread; open()
+    from one thread at a time (the replay window is not locked)."""
+
+    __slots__ = ("local_index", "remote_index", "created_at", "send_count",
+                 "stats", "_enc", "_dec", "_counter", "_replay")
+
+    def __init__(self, send_key: bytes, recv_key: bytes, local_index: int,
+                 remote_index: int, created_at: float, aead=ChaCha20Poly1305,
+                 stats: dict[str, int] | None = None) -> None:
+        self.local_index = local_index
+        self.remote_index = remote_index
+        self.created_at = created_at
+        # Highest counter handed out + 1; written racily by concurrent
+        # sealers, which is fine for a rekey trigger.
+        self.send_count = 0
+        self.stats = _new_stats() if stats is None else stats
+        self._enc = aead(send_key)
+        self._dec = aead(recv_key)
+        self._counter = itertools.count()
+        self._replay = ReplayWindow()
+
+    def seal(self, kind: int, payload: bytes) -> bytes:
+        if kind not in TRANSPORT_KINDS:
+            raise SessionError(f"not a transport kind: {kind}")
+        n = next(self._counter)
+        if n >= REJECT_AFTER_MESSAGES:
+            raise SessionError("transport counter exhausted")
+        self.send_count = n + 1
+        header = TRANSPORT_HDR.pack(kind, self.remote_index, n)
+        return header + self._enc.encrypt(NONCE.pack(n), payload, header)
+
+    def seal_batch(self, kind: int, payloads: list[bytes]) -> list[bytes]:
+        seal = self.seal
+        return [seal(kind, p) for p in payloads]
+
+    def open(self, datagram: bytes) -> tuple[int, bytes] | None:
+        stats = self.stats
+        if len(datagram) < TRANSPORT_MIN:
+            stats["malformed"] += 1
+            return None
+        kind, index, n = TRANSPORT_HDR.unpack_from(datagram)
+        if kind not in TRANSPORT_KINDS:
+            stats["malformed"] += 1
+            return None
+        if index != self.local_index:
+            stats["unknown_index"] += 1
+            return None
+        replay = self._replay
+        if not replay.check(n):
+            stats["replay"] += 1
+            return None
+        try:
+            payload = self._dec.decrypt(NONCE.pack(n), datagram[16:], datagram[:16])
+        except InvalidTag:
+            stats["bad_mac"] += 1
+            return None
+        if not replay.update(n):
+            stats["replay"] += 1
+            return None
+        return kind, payload
+
+
+class _Pending:
+    """An initiator handshake in flight. Keeps its inputs so the noise state
+    can be rebuilt: a forged RESP that fails to decrypt has already consumed
+    the state, and must not stop the real RESP from completing."""
+
+    __slots__ = ("conn", "index", "eph", "ts", "payload", "sent_at")
+
+    def __init__(self, conn, index, eph, ts, payload, sent_at):
+        self.conn = conn
+        self.index = index
+        self.eph = eph
+        self.ts = ts
+        self.payload = payload
+        self.sent_at = sent_at
+
+
+class Initiator:
+    """Client side of one gateway."""
+
+    def __init__(self, static_private: bytes, responder_public: bytes,
+                 timing: Timing = Timing(), cipher: str = "chacha") -> None:
+        if cipher not in PROTOCOLS:
+            raise SessionError(f"unknown cipher {cipher!r}")
+        if len(responder_public) != 32:
+            raise SessionError("responder public key must be 32 bytes")
+        public_key(static_private)  # validates early, not at the first begin()
+        self._protocol, self._aead = PROTOCOLS[cipher]
+        self._static = bytes(static_private)
+        self._remote = bytes(responder_public)
+        self.timing = timing
+        self.stats = _new_stats()
+        self.response_payload: bytes | None = None
+        self._lock = threading.Lock()
+        self._current: Transport | None = None
+        self._previous: Transport | None = None
+        self._previous_until = 0.0
+        self._pending: _Pending | None = None
+        self._payload: bytes | None = None  # reused by automatic re-handshakes
+        self._last_ts = 0
+        self._last_sent = 0.0
+        # First send after the latest authenticated receive; None = answered.
+        self._unanswered_since: float | None = None
+
+    @property
+    def established(self) -> bool:
+        return self._current is not None
+
+    @property
+    def current(self) -> Transport | None:
+        return self._current
+
+    # -- handshake ---------------------------------------------------------
+
+    def _write_init(self, eph: bytes, ts: int, payload: bytes):
+        conn = _new_conn(self._protocol, self._static)
+        conn.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, self._remote)
+        conn.set_as_initiator()
+        conn.start_handshake()
+        _set_ephemeral(conn, eph)
+        return conn, bytes(conn.write_message(TIMESTAMP.pack(ts) + payload))
+
+    def begin(self, now: float, wall_ns: int, rand: bytes, payload: bytes = b"") -> bytes:
+        with self._lock:
+            return self._begin(now, wall_ns, rand, payload)
+
+    def _begin(self, now, wall_ns, rand, payload) -> bytes:
+        eph, index = _split_rand(rand)
+        busy = {t.local_index for t in (self._current, self._previous) if t}
+        while index in busy:
+            index = (index + 1) & _INDEX_MASK
+        # Strictly increasing even if the wall clock stalls or steps back, or
+        # the gateway would take a retry for a replay.
+        ts = max(int(wall_ns), self._last_ts + 1)
+        try:
+            conn, msg = self._write_init(eph, ts, bytes(payload))
+        except Exception as e:  # noise raises assorted types for local misuse
+            raise SessionError(f"cannot write handshake: {e}") from None
+        self._last_ts = ts
+        self._payload = bytes(payload)
+        self._pending = _Pending(conn, index, eph, ts, self._payload, now)
+        return INIT_HDR.pack(INIT, index) + msg
+
+    def _complete(self, datagram, now: float):
+        stats = self.stats
+        if len(datagram) < RESP_MIN:
+            stats["malformed"] += 1
+            return None
+        _, sender, receiver = RESP_HDR.unpack_from(datagram)
+        with self._lock:
+            p = self._pending
+            if p is None or receiver != p.index:
+                stats["unknown_index"] += 1
+                return None
+            try:
+                payload = bytes(p.conn.read_message(bytes(datagram[RESP_HDR.size:])))
+                ok = p.conn.handshake_finished
+            except Exception:  # noise raises InvalidTag, ValueError, its own...
+                ok = False
+            if not ok:
+                stats["bad_mac"] += 1
+                p.conn, _ = self._write_init(p.eph, p.ts, p.payload)
+                return None
+            send_key, recv_key = _transport_keys(p.conn)
+            t = Transport(send_key, recv_key, p.index, sender, now, self._aead, stats)
+            if self._current is not None:
+                self._previous = self._current
+                self._previous_until = now + self.timing.previous_keep_s
+            self._current = t
+            self._pending = None
+            self.response_payload = payload
+            self._unanswered_since = None
+            stats["handshakes"] += 1
+        return HANDSHAKE_DONE, payload
+
+    # -- receive -----------------------------------------------------------
+
+    def receive(self, datagram: bytes, now: float) -> tuple[int, bytes] | None:
+        if len(datagram) < 8:
+            self.stats["malformed"] += 1
+            return None
+        kind = TYPE.unpack_from(datagram)[0]
+        if kind == RESP:
+            return self._complete(datagram, now)
+        if kind not in TRANSPORT_KINDS:
+            self.stats["malformed"] += 1
+            return None
+        index = INDEX.unpack_from(datagram, 4)[0]
+        t = self._current
+        if t is None or t.local_index != index:
+            t = self._previous
+            if t is None or t.local_index != index:
+                self.stats["unknown_index"] += 1
+                return None
+            if now >= self._previous_until:
+                self.stats["expired"] += 1
+                return None
+        if now - t.created_at >= self.timing.reject_after_s:
+            self.stats["expired"] += 1
+            return None
+        result = t.open(datagram)
+        if result is not None:
+            self._unanswered_since = None
+        return result
+
+    # -- send --------------------------------------------------------------
+
+    def _sendable(self, now: float) -> Transport | None:
+        t = self._current
+        if t is None or now - t.created_at >= self.timing.reject_after_s:
+            return None
+        return t
+
+    def seal(self, kind: int, payload: bytes, now: float) -> bytes | None:
+        t = self._sendable(now)
+        if t is None:
+            return None
+        datagram = t.seal(kind, payload)
+        self._sent(now)
+        return datagram
+
+    def seal_batch(self, kind: int, payloads: list[bytes], now: float) -> list[bytes]:
+        t = self._sendable(now)
+        if t is None or not payloads:
+            return []
+        out = t.seal_batch(kind, payloads)
+        self._sent(now)
+        return out
+
+    def _sent(self, now: float) -> None:
+        self._last_sent = now
+        if self._unanswered_since is None:
+            self._unanswered_since = now
+
+    # -- timers ------------------------------------------------------------
+
+    def poll(self, now: float, wall_ns: int, rand: bytes) -> list[bytes]:
+        out = []
+        tm = self.timing
+        with self._lock:
+            if self._previous is not None and now >= self._previous_until:
+                self._previous = None
+            t = self._current
+            if t is not None and now - t.created_at >= tm.reject_after_s:
+                self._current = t = None
+            p = self._pending
+            if p is not None:
+                if now - p.sent_at >= tm.handshake_retry_s:
+                    out.append(self._begin(now, wall_ns, rand, p.payload))
+            elif self._payload is not None and (
+                t is None
+                or now - t.created_at >= tm.rekey_after_s
+                or t.send_count >= tm.rekey_after_messages
+                or (self._unanswered_since is not None
+                    and now - self._unanswered_since >= tm.dead_after_s)
+            ):
+                out.append(self._begin(now, wall_ns, rand, self._payload))
+        # A fresh key is confirmed to the gateway by our first datagram on it
+        # (it keeps sending on the old key until then), so send one at once.
+        if t is not None and (t.send_count == 0 or now - self._last_sent >= tm.keepalive_s):
+            out.append(t.seal(KEEPALIVE, b""))
+            self._sent(now)
+        return out
+
+    def next_deadline(self) -> float | None:
+        tm = self.timing
+        times = []
+        p = self._pending
+        t = self._current
+        if p is not None:
+            times.append(p.sent_at + tm.handshake_retry_s)
+        if self._previous is not None:
+            times.append(self._previous_until)
+        if t is not None:
+            times.append(t.created_at + tm.reject_after_s)
+            if t.send_count == 0:
+                times.append(t.created_at)
+            else:
+                times.append(self._last_sent + tm.keepalive_s)
+            if p is None:
+                times.append(t.created_at + tm.rekey_after_s)
+                if self._unanswered_since is not None:
+                    times.append(self._unanswered_since + tm.dead_after_s)
+        return min(times) if times else None
+
+
+class Handshake(NamedTuple):
+    """A valid, authenticated INIT awaiting the daemon's decision. `token` is
+    the responder's private handshake state: pass the tuple back unchanged."""
+
+    peer_public: bytes
+    payload: bytes
+    addr: object
+    token: object = None
+
+
+class _Token:
+    __slots__ = ("conn", "sender", "ts", "owner")
+
+    def __init__(self, conn, sender, ts, owner):
+        self.conn = conn
+        self.sender = sender
+        self.ts = ts
+        self.owner = owner
+
+
+class _Peer:
+    __slots__ = ("public", "endpoint", "last_ts", "current", "next", "previous",
+                 "previous_until", "last_recv", "last_sent")
+
+    def __init__(self, public: bytes, last_ts: int):
+        self.public = public
+        self.endpoint = None
+        self.last_ts = last_ts
+        self.current: Transport | None = None  # sends and receives
+        self.next: Transport | None = None  # receives; sends once confirmed
+        self.previous: Transport | None = None  # receives until previous_until
+        self.previous_until = 0.0
+        self.last_recv = float("-inf")
+        self.last_sent = float("-inf")
+
+
+class Responder:
+    """Gateway side, many peers. Keys are switched only when the client's
+    first datagram on the new one arrives: until then the client may not have
+    the RESP (lost or late), so sending on the new key could black-hole."""
+
+    def __init__(self, static_private: bytes, timing: Timing = Timing(),
+                 cipher: str = "chacha") -> None:
+        if cipher not in PROTOCOLS:
+            raise SessionError(f"unknown cipher {cipher!r}")
+        self.public = public_key(static_private)
+        self._protocol, self._aead = PROTOCOLS[cipher]
+        self._static = bytes(static_private)
+        self.timing = timing
+        self.stats = _new_stats()
+        self._lock = threading.Lock()
+        self._peers: dict[bytes, _Peer] = {}
+        self._by_index: dict[int, tuple[_Peer, Transport]] = {}
+        self._unaccepted_ts: dict[bytes, int] = {}
+
+    # -- receive -----------------------------------------------------------
+
+    def receive(self, datagram: bytes, now: float, addr) -> Handshake | tuple[bytes, int, bytes] | None:
+        stats = self.stats
+        if len(datagram) < 8:
+            stats["malformed"] += 1
+            return None
+        kind = TYPE.unpack_from(datagram)[0]
+        if kind == INIT:
+            return self._init(datagram, addr)
+        if kind not in TRANSPORT_KINDS:
+            stats["malformed"] += 1
+            return None
+        entry = self._by_index.get(INDEX.unpack_from(datagram, 4)[0])
+        if entry is None:
+            stats["unknown_index"] += 1
+            return None
+        peer, t = entry
+        if t is not peer.current:
+            if t is peer.previous and now >= peer.previous_until:
+                stats["expired"] += 1
+                return None
+        if now - t.created_at >= self.timing.reject_after_s:
+            stats["expired"] += 1
+            return None
+        result = t.open(datagram)
+        if result is None:
+            return None
+        if t is peer.next:
+            with self._lock:
+                if t is peer.next:
+                    self._promote(peer, now)
+        peer.endpoint = addr
+        peer.last_recv = now
+        return peer.public, result[0], result[1]
+
+    def _init(self, datagram, addr) -> Handshake | None:
+        stats = self.stats
+        if len(datagram) < INIT_MIN:
+            stats["malformed"] += 1
+            return None
+        sender = INIT_HDR.unpack_from(datagram)[1]
+        conn = _new_conn(self._protocol, self._static)
+        conn.set_as_responder()
+        conn.start_handshake()
+        try:
+            payload = conn.read_message(bytes(datagram[INIT_HDR.size:]))
+            peer_public = conn.noise_protocol.handshake_state.rs.public_bytes
+        except Exception:  # noise raises InvalidTag, ValueError, its own...
+            stats["bad_mac"] += 1
+            return None
+        if len(payload) < TIMESTAMP.size:
+            stats["malformed"] += 1
+            return None
+        ts = TIMESTAMP.unpack_from(payload)[0]
+        with self._lock:
+            peer = self._peers.get(peer_public)
+            last = peer.last_ts if peer is not None else self._unaccepted_ts.get(peer_public, -1)
+            if ts <= last:
+                stats["stale_handshake"] += 1
+                return None
+            if peer is not None:
+                peer.last_ts = ts
+            else:
+                seen = self._unaccepted_ts
+                seen.pop(peer_public, None)
+                seen[peer_public] = ts
+                if len(seen) > _MAX_UNACCEPTED:
+                    del seen[next(iter(seen))]
+        return Handshake(peer_public, bytes(payload[TIMESTAMP.size:]), addr,
+                         _Token(conn, sender, ts, self))
+
+    def accept(self, hs: Handshake, now: float, rand: bytes, payload: bytes) -> bytes:
+        tok = hs.token
+        if not isinstance(tok, _Token) or tok.owner is not self:
+            raise SessionError("not a handshake from this responder")
+        eph, index = _split_rand(rand)
+        try:
+            _set_ephemeral(tok.conn, eph)
+            msg = bytes(tok.conn.write_message(bytes(payload)))
+        except Exception as e:  # also: accepting the same handshake twice
+            raise SessionError(f"cannot answer handshake: {e}") from None
+        tok.owner = None
+        send_key, recv_key = _transport_keys(tok.conn)
+        pub = hs.peer_public
+        with self._lock:
+            while index in self._by_index:
+                index = (index + 1) & _INDEX_MASK
+            t = Transport(send_key, recv_key, index, tok.sender, now, self._aead, self.stats)
+            peer = self._peers.get(pub)
+            if peer is None:
+                peer = self._peers[pub] = _Peer(pub, self._unaccepted_ts.pop(pub, tok.ts))
+            peer.last_ts = max(peer.last_ts, tok.ts)
+            peer.endpoint = hs.addr
+            self._drop(peer.next)
+            cur = peer.current
+            if cur is not None and now - cur.created_at < self.timing.reject_after_s:
+                peer.next = t
+            else:
+                self._drop(cur)
+                peer.current, peer.next = t, None
+            self._by_index[index] = (peer, t)
+            self.stats["handshakes"] += 1
+        return RESP_HDR.pack(RESP, index, tok.sender) + msg
+
+    def _promote(self, peer: _Peer, now: float) -> None:
+        self._drop(peer.previous)
+        peer.previous = peer.current
+        peer.previous_until = now + self.timing.previous_keep_s
+        peer.current, peer.next = peer.next, None
+
+    def _drop(self, t: Transport | None) -> None:
+        if t is not None:
+            self._by_index.pop(t.local_index, None)
+
+    # -- send --------------------------------------------------------------
+
+    def _sendable(self, peer_public: bytes, now: float):
+        peer = self._peers.get(peer_public)
+        if peer is None:
+            return None, None
+        t = peer.current
+        if t is None or now - t.created_at >= self.timing.reject_after_s:
+            return peer, None
+        return peer, t
+
+    def seal(self, peer_public: bytes, kind: int, payload: bytes, now: float) -> bytes | None:
+        peer, t = self._sendable(peer_public, now)
+        if t is None:
+            return None
+        peer.last_sent = now
+        return t.seal(kind, payload)
+
+    def seal_batch(self, peer_public: bytes, kind: int, payloads: list[bytes], now: float) -> list[bytes]:
+        peer, t = self._sendable(peer_public, now)
+        if t is None or not payloads:
+            return []
+        peer.last_sent = now
+        return t.seal_batch(kind, payloads)
+
+    def endpoint(self, peer_public: bytes) -> object | None:
+        peer = self._peers.get(peer_public)
+        return None if peer is None else peer.endpoint
+
+    def peers(self) -> list[bytes]:
+        return list(self._peers)
+
+    def forget(self, peer_public: bytes) -> None:
+        """Drop a peer's keys. Its handshake timestamp is kept so that its old
+        INITs stay replays."""
+        with self._lock:
+            peer = self._peers.pop(peer_public, None)
+            if peer is None:
+                return
+            for t in (peer.current, peer.next, peer.previous):
+                self._drop(t)
+            self._unaccepted_ts[peer_public] = peer.last_ts
+            if len(self._unaccepted_ts) > _MAX_UNACCEPTED:
+                del self._unaccepted_ts[next(iter(self._unaccepted_ts))]
+
+    # -- timers ------------------------------------------------------------
+
+    def poll(self, now: float) -> list[tuple[object, bytes]]:
+        out = []
+        tm = self.timing
+        with self._lock:
+            for peer in list(self._peers.values()):
+                if peer.previous is not None and now >= peer.previous_until:
+                    self._drop(peer.previous)
+                    peer.previous = None
+                if peer.next is not None and now - peer.next.created_at >= tm.reject_after_s:
+                    self._drop(peer.next)
+                    peer.next = None
+                t = peer.current
+                if t is not None and now - t.created_at >= tm.reject_after_s:
+                    self._drop(t)
+                    peer.current = t = None
+                if t is None and peer.next is not None:
+                    # The old key died before the client confirmed the new
+                    # one: the new one is all we have.
+                    peer.current, peer.next = peer.next, None
+                    t = peer.current
+                if (t is not None and peer.endpoint is not None
+                        and peer.last_recv > peer.last_sent
+                        and now - peer.last_recv >= tm.ack_after_s):
+                    peer.last_sent = now
+                    out.append((peer.endpoint, t.seal(KEEPALIVE, b"")))
+        return out

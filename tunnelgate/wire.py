@@ -1,0 +1,43 @@
+"""Datagram layouts of the tunnel, all in one place.
+
+Every datagram starts with a little-endian u32 whose low byte is the type and
+whose three high bytes are zero (WireGuard style), so one unpack both reads the
+type and checks the reserved bytes: any value outside the known types is
+malformed.
+
+  INIT       type=1 | sender_index u32 | noise msg1
+  RESP       type=2 | sender_index u32 | receiver_index u32 | noise msg2
+  transport  type   | receiver_index u32 | counter u64 | AEAD(payload)
+             (the 16-byte header is the AEAD's associated data)
+"""
+
+from __future__ import annotations
+
+import struct
+
+INIT = 1
+RESP = 2
+DATA = 3  # payload: one IP packet
+KEEPALIVE = 4  # payload: empty
+CONTROL = 5  # payload: one opaque control-channel frame
+TRANSPORT_KINDS = frozenset((DATA, KEEPALIVE, CONTROL))
+
+TYPE = struct.Struct("<I")
+INDEX = struct.Struct("<I")
+INIT_HDR = struct.Struct("<II")
+RESP_HDR = struct.Struct("<III")
+TRANSPORT_HDR = struct.Struct("<IIQ")
+# Nonce = 4 zero bytes + the counter as sent, so a datagram decrypts on its own.
+NONCE = struct.Struct("<4xQ")
+TIMESTAMP = struct.Struct("<Q")
+
+TAG_LEN = 16
+KEY_LEN = 32
+# IK msg1 = e (32) + encrypted s (32 + tag) + encrypted payload (>= timestamp + tag)
+INIT_MIN = INIT_HDR.size + 32 + 32 + TAG_LEN + TIMESTAMP.size + TAG_LEN
+# IK msg2 = e (32) + encrypted payload (>= tag)
+RESP_MIN = RESP_HDR.size + 32 + TAG_LEN
+TRANSPORT_MIN = TRANSPORT_HDR.size + TAG_LEN
+
+# WireGuard's limit: stop well before the 64-bit nonce could wrap.
+REJECT_AFTER_MESSAGES = 2**64 - 2**13 - 1

@@ -100,9 +100,9 @@ class Timing:
     # the gateway probably lost its state (restart), so handshake again.
     dead_after_s: float = 3.0
     previous_keep_s: float = 10.0  # old transport decrypts in-flight datagrams
-    # Gateway: a peer we heard from and have not sent to since gets a
-    # KEEPALIVE after this long. Must be below dead_after_s, or a quiet but
-    # live gateway would look dead to the client.
+    # Gateway: a KEEPALIVE goes to a peer whose datagram we have not followed
+    # with any of ours for this long. Must be below dead_after_s, or a quiet
+    # but live gateway would look dead to the client.
     ack_after_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -259,13 +259,17 @@ class Initiator:
 
     # -- handshake ---------------------------------------------------------
 
-    def _write_init(self, eph: bytes, ts: int, payload: bytes):
+    def _write_init(self, index: int, eph: bytes, ts: int, payload: bytes):
+        header = INIT_HDR.pack(INIT, index)
         conn = _new_conn(self._protocol, self._static)
         conn.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, self._remote)
+        # The header is outside the noise message: the prologue authenticates
+        # it, so a rewritten sender index fails like any other forgery.
+        conn.set_prologue(header)
         conn.set_as_initiator()
         conn.start_handshake()
         _set_ephemeral(conn, eph)
-        return conn, bytes(conn.write_message(TIMESTAMP.pack(ts) + payload))
+        return conn, header + bytes(conn.write_message(TIMESTAMP.pack(ts) + payload))
 
     def begin(self, now: float, wall_ns: int, rand: bytes, payload: bytes = b"") -> bytes:
         with self._lock:
@@ -280,13 +284,13 @@ class Initiator:
         # the gateway would take a retry for a replay.
         ts = max(int(wall_ns), self._last_ts + 1)
         try:
-            conn, msg = self._write_init(eph, ts, bytes(payload))
+            conn, datagram = self._write_init(index, eph, ts, bytes(payload))
         except Exception as e:  # noise raises assorted types for local misuse
             raise SessionError(f"cannot write handshake: {e}") from None
         self._last_ts = ts
         self._payload = bytes(payload)
         self._pending = _Pending(conn, index, eph, ts, self._payload, now)
-        return INIT_HDR.pack(INIT, index) + msg
+        return datagram
 
     def _complete(self, datagram, now: float):
         stats = self.stats
@@ -300,14 +304,17 @@ class Initiator:
                 stats["unknown_index"] += 1
                 return None
             try:
-                payload = bytes(p.conn.read_message(bytes(datagram[RESP_HDR.size:])))
-                ok = p.conn.handshake_finished
+                payload = p.conn.read_message(bytes(datagram[RESP_HDR.size:]))
+                ok = p.conn.handshake_finished and len(payload) >= INDEX.size
             except Exception:  # noise raises InvalidTag, ValueError, its own...
                 ok = False
-            if not ok:
+            # The responder repeats its index inside the authenticated payload,
+            # as it picks it after our prologue was fixed.
+            if not ok or INDEX.unpack_from(payload)[0] != sender:
                 stats["bad_mac"] += 1
-                p.conn, _ = self._write_init(p.eph, p.ts, p.payload)
+                p.conn, _ = self._write_init(p.index, p.eph, p.ts, p.payload)
                 return None
+            payload = bytes(payload[INDEX.size:])
             send_key, recv_key = _transport_keys(p.conn)
             t = Transport(send_key, recv_key, p.index, sender, now, self._aead, stats)
             if self._current is not None:
@@ -453,7 +460,7 @@ class _Token:
 
 class _Peer:
     __slots__ = ("public", "endpoint", "last_ts", "current", "next", "previous",
-                 "previous_until", "last_recv", "last_sent")
+                 "previous_until", "unacked_since")
 
     def __init__(self, public: bytes, last_ts: int):
         self.public = public
@@ -463,8 +470,8 @@ class _Peer:
         self.next: Transport | None = None  # receives; sends once confirmed
         self.previous: Transport | None = None  # receives until previous_until
         self.previous_until = 0.0
-        self.last_recv = float("-inf")
-        self.last_sent = float("-inf")
+        # First receive after our latest send; None = nothing to answer.
+        self.unacked_since: float | None = None
 
 
 class Responder:
@@ -519,7 +526,8 @@ class Responder:
                 if t is peer.next:
                     self._promote(peer, now)
         peer.endpoint = addr
-        peer.last_recv = now
+        if peer.unacked_since is None:
+            peer.unacked_since = now
         return peer.public, result[0], result[1]
 
     def _init(self, datagram, addr) -> Handshake | None:
@@ -529,6 +537,7 @@ class Responder:
             return None
         sender = INIT_HDR.unpack_from(datagram)[1]
         conn = _new_conn(self._protocol, self._static)
+        conn.set_prologue(bytes(datagram[:INIT_HDR.size]))
         conn.set_as_responder()
         conn.start_handshake()
         try:
@@ -563,17 +572,17 @@ class Responder:
         if not isinstance(tok, _Token) or tok.owner is not self:
             raise SessionError("not a handshake from this responder")
         eph, index = _split_rand(rand)
-        try:
-            _set_ephemeral(tok.conn, eph)
-            msg = bytes(tok.conn.write_message(bytes(payload)))
-        except Exception as e:  # also: accepting the same handshake twice
-            raise SessionError(f"cannot answer handshake: {e}") from None
-        tok.owner = None
-        send_key, recv_key = _transport_keys(tok.conn)
         pub = hs.peer_public
         with self._lock:
             while index in self._by_index:
                 index = (index + 1) & _INDEX_MASK
+            try:
+                _set_ephemeral(tok.conn, eph)
+                msg = bytes(tok.conn.write_message(INDEX.pack(index) + bytes(payload)))
+            except Exception as e:  # also: accepting the same handshake twice
+                raise SessionError(f"cannot answer handshake: {e}") from None
+            tok.owner = None
+            send_key, recv_key = _transport_keys(tok.conn)
             t = Transport(send_key, recv_key, index, tok.sender, now, self._aead, self.stats)
             peer = self._peers.get(pub)
             if peer is None:
@@ -616,14 +625,14 @@ class Responder:
         peer, t = self._sendable(peer_public, now)
         if t is None:
             return None
-        peer.last_sent = now
+        peer.unacked_since = None
         return t.seal(kind, payload)
 
     def seal_batch(self, peer_public: bytes, kind: int, payloads: list[bytes], now: float) -> list[bytes]:
         peer, t = self._sendable(peer_public, now)
         if t is None or not payloads:
             return []
-        peer.last_sent = now
+        peer.unacked_since = None
         return t.seal_batch(kind, payloads)
 
     def endpoint(self, peer_public: bytes) -> object | None:
@@ -668,9 +677,9 @@ class Responder:
                     # one: the new one is all we have.
                     peer.current, peer.next = peer.next, None
                     t = peer.current
+                since = peer.unacked_since
                 if (t is not None and peer.endpoint is not None
-                        and peer.last_recv > peer.last_sent
-                        and now - peer.last_recv >= tm.ack_after_s):
-                    peer.last_sent = now
+                        and since is not None and now - since >= tm.ack_after_s):
+                    peer.unacked_since = None
                     out.append((peer.endpoint, t.seal(KEEPALIVE, b"")))
         return out

@@ -6,7 +6,9 @@ type and checks the reserved bytes: any value outside the known types is
 malformed.
 
   INIT       type=1 | sender_index u32 | noise msg1
+             (the 8-byte header is the noise prologue, so it is authenticated)
   RESP       type=2 | sender_index u32 | receiver_index u32 | noise msg2
+             (msg2's payload starts with sender_index again, authenticated)
   transport  type   | receiver_index u32 | counter u64 | AEAD(payload)
              (the 16-byte header is the AEAD's associated data)
 """
@@ -35,8 +37,8 @@ TAG_LEN = 16
 KEY_LEN = 32
 # IK msg1 = e (32) + encrypted s (32 + tag) + encrypted payload (>= timestamp + tag)
 INIT_MIN = INIT_HDR.size + 32 + 32 + TAG_LEN + TIMESTAMP.size + TAG_LEN
-# IK msg2 = e (32) + encrypted payload (>= tag)
-RESP_MIN = RESP_HDR.size + 32 + TAG_LEN
+# IK msg2 = e (32) + encrypted payload (>= responder index + tag)
+RESP_MIN = RESP_HDR.size + 32 + INDEX.size + TAG_LEN
 TRANSPORT_MIN = TRANSPORT_HDR.size + TAG_LEN
 
 # WireGuard's limit: stop well before the 64-bit nonce could wrap.

@@ -1,0 +1,547 @@
+import hashlib
+import random
+import threading
+import warnings
+
+import pytest
+
+from tunnelgate.session import (
+    CONTROL,
+    DATA,
+    HANDSHAKE_DONE,
+    KEEPALIVE,
+    PROTOCOL_NAME,
+    RAND_BYTES,
+    Handshake,
+    Initiator,
+    Responder,
+    SessionError,
+    Timing,
+    Transport,
+    public_key,
+)
+
+
+def h(*parts) -> bytes:
+    return hashlib.sha256(repr(parts).encode()).digest()
+
+
+GW_PRIV = h("gateway")
+CL_PRIV = h("client")
+GW_PUB = public_key(GW_PRIV)
+CL_PUB = public_key(CL_PRIV)
+
+
+class Lab:
+    """A client and a gateway joined by two in-memory queues, a fake clock,
+    and a gateway "daemon" that accepts every handshake."""
+
+    def __init__(self, timing=Timing(), cipher="chacha", addr="c1"):
+        self.timing = timing
+        self.cipher = cipher
+        self.now = 100.0
+        self.wall = 1_700_000_000 * 10**9
+        self.n = 0
+        self.addr = addr
+        self.client = Initiator(CL_PRIV, GW_PUB, timing, cipher=cipher)
+        self.gw = Responder(GW_PRIV, timing, cipher=cipher)
+        self.to_gw: list[tuple[object, bytes]] = []
+        self.to_cl: list[bytes] = []
+        self.gw_got: list[tuple[int, bytes]] = []
+        self.cl_got: list[tuple[int, bytes]] = []
+        self.gw_block = False  # drop everything sent to the gateway
+        self.up_log: list[tuple[float, bytes]] = []  # what poll() emitted
+        self.down_log: list[tuple[float, bytes]] = []
+
+    def rand(self) -> bytes:
+        self.n += 1
+        return (h("rand", self.n) + h("idx", self.n))[:RAND_BYTES]
+
+    def begin(self, payload=b"hello"):
+        self.to_gw.append((self.addr, self.client.begin(self.now, self.wall, self.rand(), payload)))
+
+    def send_up(self, payload, kind=DATA):
+        dg = self.client.seal(kind, payload, self.now)
+        if dg is not None:
+            self.to_gw.append((self.addr, dg))
+        return dg
+
+    def send_down(self, payload, kind=DATA):
+        dg = self.gw.seal(CL_PUB, kind, payload, self.now)
+        if dg is not None:
+            self.to_cl.append(dg)
+        return dg
+
+    def deliver(self):
+        while self.to_gw or self.to_cl:
+            up, self.to_gw = self.to_gw, []
+            for addr, dg in up:
+                if self.gw_block:
+                    continue
+                r = self.gw.receive(dg, self.now, addr)
+                if isinstance(r, Handshake):
+                    self.to_cl.append(self.gw.accept(r, self.now, self.rand(), b"100.64.0.2"))
+                elif r is not None:
+                    assert r[0] == CL_PUB
+                    if r[1] != KEEPALIVE:
+                        self.gw_got.append(r[1:])
+            down, self.to_cl = self.to_cl, []
+            for dg in down:
+                r = self.client.receive(dg, self.now)
+                if r is not None and r[0] not in (KEEPALIVE, HANDSHAKE_DONE):
+                    self.cl_got.append(r)
+
+    def poll(self):
+        up = self.client.poll(self.now, self.wall, self.rand())
+        down = [dg for addr, dg in self.gw.poll(self.now) if addr == self.addr]
+        self.up_log += [(self.now, dg) for dg in up]
+        self.down_log += [(self.now, dg) for dg in down]
+        self.to_gw += [(self.addr, dg) for dg in up]
+        self.to_cl += down
+
+    def advance(self, seconds, step=0.1, traffic=None):
+        end = self.now + seconds
+        while self.now < end - 1e-9:
+            self.now += step
+            self.wall += int(step * 1e9)
+            if traffic:
+                traffic(self)
+            self.poll()
+            self.deliver()
+
+    def connect(self):
+        self.begin()
+        self.deliver()
+        assert self.client.established
+        self.poll()  # key confirmation keepalive
+        self.deliver()
+        return self
+
+
+def total(stats):
+    return sum(v for k, v in stats.items() if k != "handshakes")
+
+
+# -- handshake -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cipher", ["chacha", "aesgcm"])
+def test_handshake_and_both_directions(cipher):
+    lab = Lab(cipher=cipher)
+    lab.begin(b"client-hello")
+    hs = lab.gw.receive(lab.to_gw.pop()[1], lab.now, "c1")
+    assert isinstance(hs, Handshake)
+    assert hs.peer_public == CL_PUB and hs.payload == b"client-hello" and hs.addr == "c1"
+    assert not lab.client.established
+    resp = lab.gw.accept(hs, lab.now, lab.rand(), b"100.64.0.2")
+    assert lab.client.receive(resp, lab.now) == (HANDSHAKE_DONE, b"100.64.0.2")
+    assert lab.client.established and lab.client.response_payload == b"100.64.0.2"
+    assert lab.gw.peers() == [CL_PUB] and lab.gw.endpoint(CL_PUB) == "c1"
+
+    for i in range(5):
+        lab.send_up(b"up%d" % i)
+        lab.send_down(b"down%d" % i, CONTROL if i == 4 else DATA)
+    lab.send_up(b"", KEEPALIVE)
+    lab.deliver()
+    assert lab.gw_got == [(DATA, b"up%d" % i) for i in range(5)]
+    assert lab.cl_got == [(DATA, b"down%d" % i) for i in range(4)] + [(CONTROL, b"down4")]
+    assert total(lab.client.stats) == total(lab.gw.stats) == 0
+
+
+def test_protocol_name_and_ephemeral_from_caller():
+    assert PROTOCOL_NAME == b"Noise_IK_25519_ChaChaPoly_BLAKE2s"
+    rand = h("e") + b"\x01\x02\x03\x04"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = Initiator(CL_PRIV, GW_PUB).begin(1.0, 5, rand)
+        b = Initiator(CL_PRIV, GW_PUB).begin(1.0, 5, rand)
+    assert a == b  # no hidden randomness
+    assert a[:8] == bytes([1, 0, 0, 0]) + b"\x01\x02\x03\x04"
+    assert a[8:40] == public_key(rand[:32])  # the ephemeral is ours
+
+
+def test_bad_rand_and_misuse_raise_session_error():
+    c = Initiator(CL_PRIV, GW_PUB)
+    with pytest.raises(SessionError):
+        c.begin(0.0, 1, b"short")
+    with pytest.raises(SessionError):
+        Initiator(CL_PRIV, GW_PUB, cipher="rot13")
+    lab = Lab()
+    lab.begin()
+    hs = lab.gw.receive(lab.to_gw.pop()[1], lab.now, "c1")
+    lab.gw.accept(hs, lab.now, lab.rand(), b"")
+    with pytest.raises(SessionError):
+        lab.gw.accept(hs, lab.now, lab.rand(), b"")  # twice
+    with pytest.raises(SessionError):
+        Responder(GW_PRIV).accept(hs, lab.now, lab.rand(), b"")  # foreign
+    with pytest.raises(SessionError):
+        Timing(dead_after_s=0.5)  # a live gateway would look dead
+
+
+def test_bad_kind_raises():
+    lab = Lab().connect()
+    with pytest.raises(SessionError):
+        lab.client.seal(99, b"", lab.now)
+    with pytest.raises(SessionError):
+        lab.gw.seal(CL_PUB, 1, b"", lab.now)
+
+
+def test_seal_before_handshake_returns_none():
+    lab = Lab()
+    assert lab.client.seal(DATA, b"x", lab.now) is None
+    assert lab.client.seal_batch(DATA, [b"x"], lab.now) == []
+    assert lab.gw.seal(CL_PUB, DATA, b"x", lab.now) is None
+    assert lab.client.next_deadline() is None
+    assert lab.client.poll(lab.now, lab.wall, lab.rand()) == []
+
+
+def test_replayed_init_dropped():
+    lab = Lab()
+    lab.begin()
+    first = lab.to_gw[0][1]
+    lab.deliver()
+    assert lab.gw.receive(first, lab.now, "evil") is None
+    assert lab.gw.stats["stale_handshake"] == 1
+    assert lab.gw.endpoint(CL_PUB) == "c1"
+    # An older INIT after a newer one is stale too, even if never accepted.
+    lab.begin()
+    newer = lab.to_gw.pop()[1]
+    lab.begin()
+    newest = lab.to_gw.pop()[1]
+    assert isinstance(lab.gw.receive(newest, lab.now, "c1"), Handshake)
+    assert lab.gw.receive(newer, lab.now, "c1") is None
+    assert lab.gw.stats["stale_handshake"] == 2
+
+
+def test_stalled_wall_clock_still_gives_fresh_timestamps():
+    lab = Lab()
+    lab.begin()
+    a = lab.to_gw.pop()[1]
+    lab.wall -= 10**12  # clock stepped back
+    lab.begin()
+    b = lab.to_gw.pop()[1]
+    assert isinstance(lab.gw.receive(a, lab.now, "c1"), Handshake)
+    assert isinstance(lab.gw.receive(b, lab.now, "c1"), Handshake)
+
+
+def test_wrong_gateway_key_is_never_answered():
+    lab = Lab()
+    lab.client = Initiator(CL_PRIV, public_key(h("someone else")))
+    lab.begin()
+    dg = lab.to_gw.pop()[1]
+    assert lab.gw.receive(dg, lab.now, "c1") is None
+    assert lab.gw.stats["bad_mac"] == 1
+    assert lab.gw.peers() == []
+    assert lab.gw.poll(lab.now + 100) == []
+
+
+def test_forged_resp_does_not_break_pending_handshake():
+    lab = Lab()
+    lab.begin()
+    hs = lab.gw.receive(lab.to_gw.pop()[1], lab.now, "c1")
+    resp = lab.gw.accept(hs, lab.now, lab.rand(), b"addr")
+    forged = resp[:12] + bytes(len(resp) - 12)
+    assert lab.client.receive(forged, lab.now) is None
+    assert lab.client.stats["bad_mac"] == 1
+    assert lab.client.receive(resp, lab.now) == (HANDSHAKE_DONE, b"addr")
+
+
+def test_unauthenticated_garbage_never_answered():
+    lab = Lab().connect()
+    rng = random.Random(3)
+    for t in range(8):
+        for n in (0, 3, 8, 16, 40, 120, 200):
+            dg = bytes([t, 0, 0, 0]) + rng.randbytes(n)
+            assert lab.gw.receive(dg, lab.now, "x") is None
+    assert lab.gw.endpoint(CL_PUB) == "c1"
+    lab.to_gw.clear()
+    assert all(addr == "c1" for addr, _ in lab.gw.poll(lab.now + 50))
+
+
+# -- transport -------------------------------------------------------------
+
+
+def test_each_datagram_decrypts_on_its_own():
+    lab = Lab().connect()
+    ups = [lab.client.seal(DATA, b"u%d" % i, lab.now) for i in range(200)]
+    downs = lab.gw.seal_batch(CL_PUB, DATA, [b"d%d" % i for i in range(200)], lab.now)
+    rng = random.Random(5)
+    keep = sorted(rng.sample(range(200), 120))
+    order = keep[:]
+    rng.shuffle(order)
+    for i in order:
+        assert lab.gw.receive(ups[i], lab.now, "c1") == (CL_PUB, DATA, b"u%d" % i)
+        assert lab.client.receive(downs[i], lab.now) == (DATA, b"d%d" % i)
+
+
+def test_replayed_datagram_dropped_and_counted():
+    lab = Lab().connect()
+    up = lab.client.seal(DATA, b"x", lab.now)
+    down = lab.gw.seal(CL_PUB, DATA, b"y", lab.now)
+    assert lab.gw.receive(up, lab.now, "c1") is not None
+    assert lab.gw.receive(up, lab.now, "attacker") is None
+    assert lab.gw.stats["replay"] == 1
+    assert lab.gw.endpoint(CL_PUB) == "c1"  # a replay does not move the endpoint
+    assert lab.client.receive(down, lab.now) is not None
+    assert lab.client.receive(down, lab.now) is None
+    assert lab.client.stats["replay"] == 1
+
+
+def flips(dg):
+    for bit in range(len(dg) * 8):
+        b = bytearray(dg)
+        b[bit // 8] ^= 1 << (bit % 8)
+        yield bytes(b)
+
+
+def test_flipped_bit_anywhere_dropped_and_counted():
+    lab = Lab().connect()
+    up = lab.client.seal(DATA, b"payload" * 3, lab.now)
+    down = lab.gw.seal(CL_PUB, CONTROL, b"frame", lab.now)
+    for bad in flips(up):
+        before = total(lab.gw.stats)
+        assert lab.gw.receive(bad, lab.now, "x") is None
+        assert total(lab.gw.stats) == before + 1
+    for bad in flips(down):
+        before = total(lab.client.stats)
+        assert lab.client.receive(bad, lab.now) is None
+        assert total(lab.client.stats) == before + 1
+    # Failed forgeries did not poison the replay windows.
+    assert lab.gw.receive(up, lab.now, "c1") == (CL_PUB, DATA, b"payload" * 3)
+    assert lab.client.receive(down, lab.now) == (CONTROL, b"frame")
+    assert lab.gw.endpoint(CL_PUB) == "c1"
+
+
+def test_flipped_bit_in_handshake_messages():
+    lab = Lab()
+    lab.begin()
+    init = lab.to_gw.pop()[1]
+    for bad in flips(init):
+        before = total(lab.gw.stats)
+        assert lab.gw.receive(bad, lab.now, "x") is None
+        assert total(lab.gw.stats) == before + 1
+    hs = lab.gw.receive(init, lab.now, "c1")
+    resp = lab.gw.accept(hs, lab.now, lab.rand(), b"addr")
+    for bad in list(flips(resp))[::7]:  # each failure rebuilds the state (DH)
+        before = total(lab.client.stats)
+        assert lab.client.receive(bad, lab.now) is None
+        assert total(lab.client.stats) == before + 1
+    assert lab.client.receive(resp, lab.now) == (HANDSHAKE_DONE, b"addr")
+
+
+def test_buffers_are_accepted():
+    lab = Lab().connect()
+    up = lab.client.seal(DATA, b"x", lab.now)
+    assert lab.gw.receive(memoryview(bytearray(up)), lab.now, "c1") == (CL_PUB, DATA, b"x")
+    down = lab.gw.seal(CL_PUB, DATA, b"y", lab.now)
+    assert lab.client.receive(bytearray(down), lab.now) == (DATA, b"y")
+
+
+def test_concurrent_sealers_never_repeat_a_nonce():
+    lab = Lab().connect()
+    out: list[list[bytes]] = [[], []]
+
+    def run(i):
+        for k in range(3000):
+            out[i].append(lab.client.seal(DATA, b"%d-%d" % (i, k), lab.now))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    counters = {dg[8:16] for dg in out[0] + out[1]}
+    assert len(counters) == 6000
+    for dg in out[0] + out[1]:
+        assert lab.gw.receive(dg, lab.now, "c1") is not None
+
+
+def test_transport_counter_limit():
+    t = Transport(h("k1"), h("k2"), 1, 2, 0.0)
+    t._counter = iter([2**64 - 2**13 - 1])
+    with pytest.raises(SessionError):
+        t.seal(DATA, b"")
+
+
+# -- rekey -----------------------------------------------------------------
+
+
+def steady_traffic(lab):
+    lab.i = getattr(lab, "i", 0) + 1
+    assert lab.send_up(b"u%d" % lab.i) is not None
+    assert lab.send_down(b"d%d" % lab.i) is not None
+
+
+def assert_no_loss(lab):
+    assert [p for _, p in lab.gw_got] == [b"u%d" % i for i in range(1, lab.i + 1)]
+    assert [p for _, p in lab.cl_got] == [b"d%d" % i for i in range(1, lab.i + 1)]
+
+
+def test_rekey_on_time_without_loss():
+    timing = Timing(rekey_after_s=5.0, reject_after_s=8.0)
+    lab = Lab(timing).connect()
+    first = lab.client.current
+    lab.advance(12.0, traffic=steady_traffic)
+    assert lab.client.stats["handshakes"] == lab.gw.stats["handshakes"] == 3
+    assert lab.client.current is not first
+    assert lab.client.current.created_at > lab.now - 5.0
+    assert_no_loss(lab)
+    assert total(lab.gw.stats) == total(lab.client.stats) == 0
+
+
+def test_rekey_with_datagrams_in_flight_across_switch():
+    # Datagrams sealed on the old keys arrive after both ends switched.
+    lab = Lab(Timing(rekey_after_s=5.0)).connect()
+    lab.now += 5.0
+    lab.poll()
+    old_up = [lab.client.seal(DATA, b"old-u%d" % i, lab.now) for i in range(3)]
+    old_down = [lab.gw.seal(CL_PUB, DATA, b"old-d%d" % i, lab.now) for i in range(3)]
+    lab.deliver()  # INIT, RESP
+    assert lab.client.stats["handshakes"] == 2
+    lab.poll()  # the client confirms the new keys
+    lab.deliver()
+    assert lab.gw.seal(CL_PUB, DATA, b"x", lab.now)[4:8] != old_down[0][4:8]  # switched
+    for i, dg in enumerate(old_up):
+        assert lab.gw.receive(dg, lab.now, "c1") == (CL_PUB, DATA, b"old-u%d" % i)
+    for i, dg in enumerate(old_down):
+        assert lab.client.receive(dg, lab.now) == (DATA, b"old-d%d" % i)
+    # ... but not forever.
+    lab.now += lab.timing.previous_keep_s + 0.1
+    lab.poll()
+    late = lab.client.seal(DATA, b"new", lab.now)
+    assert lab.gw.receive(late, lab.now, "c1") is not None
+
+
+def test_rekey_on_counter_without_loss():
+    lab = Lab(Timing(rekey_after_messages=25)).connect()
+    lab.advance(10.0, step=0.05, traffic=steady_traffic)
+    assert lab.client.stats["handshakes"] >= 5
+    assert_no_loss(lab)
+
+
+def test_gateway_keeps_old_key_until_client_confirms_new_one():
+    lab = Lab(Timing(rekey_after_s=5.0)).connect()
+    old_index = lab.client.current.local_index
+    lab.now += 5.0
+    lab.poll()  # client sends INIT
+    init = lab.to_gw.pop()[1]
+    hs = lab.gw.receive(init, lab.now, "c1")
+    lab.gw.accept(hs, lab.now, lab.rand(), b"")  # the RESP is lost
+    down = lab.gw.seal(CL_PUB, DATA, b"still old", lab.now)
+    assert int.from_bytes(down[4:8], "little") == old_index
+    assert lab.client.receive(down, lab.now) == (DATA, b"still old")
+    lab.now += lab.timing.handshake_retry_s
+    lab.poll()
+    lab.deliver()
+    assert lab.client.stats["handshakes"] == 2
+    assert lab.send_down(b"new") is not None
+    lab.deliver()
+    assert lab.cl_got[-1] == (DATA, b"new")
+
+
+def test_transport_older_than_reject_after_is_not_used():
+    lab = Lab(Timing(rekey_after_s=5.0, reject_after_s=8.0)).connect()
+    lab.gw_block = True
+    lab.advance(7.9)
+    assert lab.client.seal(DATA, b"x", lab.now) is not None
+    lab.advance(0.2)
+    assert not lab.client.established
+    assert lab.client.seal(DATA, b"x", lab.now) is None
+    assert lab.gw.seal(CL_PUB, DATA, b"x", lab.now) is None
+    lab.gw_block = False
+    lab.advance(1.1)  # next retry gets through
+    assert lab.client.established
+    assert lab.send_up(b"back") is not None
+    lab.deliver()
+    assert lab.gw_got[-1] == (DATA, b"back")
+
+
+# -- liveness --------------------------------------------------------------
+
+
+def test_gateway_restart_detected_and_recovered():
+    lab = Lab().connect()
+    lab.gw = Responder(GW_PRIV, lab.timing)  # restarted: no state
+    start = lab.now
+    lab.send_up(b"lost")
+    lab.deliver()
+    assert lab.gw.stats["unknown_index"] == 1
+    lab.advance(5.0)
+    sent_init = [t for t, dg in lab.up_log if dg[0] == 1]
+    assert sent_init and start + lab.timing.dead_after_s <= sent_init[0] < start + lab.timing.dead_after_s + 0.2
+    assert lab.client.stats["handshakes"] == 2
+    assert lab.send_up(b"resumed") is not None
+    assert lab.send_down(b"resumed too") is not None
+    lab.deliver()
+    assert lab.gw_got == [(DATA, b"resumed")]
+    assert lab.cl_got == [(DATA, b"resumed too")]
+
+
+def test_roaming_follows_latest_authenticated_source():
+    lab = Lab().connect()
+    lab.addr = "c2"
+    lab.send_up(b"from new address")
+    lab.deliver()
+    assert lab.gw.endpoint(CL_PUB) == "c2"
+    old = lab.client.seal(DATA, b"old", lab.now)
+    new = lab.client.seal(DATA, b"new", lab.now)
+    lab.gw.receive(new, lab.now, "c3")
+    lab.gw.receive(old, lab.now, "c2")  # reordered, still authentic: latest wins
+    assert lab.gw.endpoint(CL_PUB) == "c2"
+    # Keepalives go to the current endpoint.
+    lab.now += lab.timing.ack_after_s
+    assert [addr for addr, _ in lab.gw.poll(lab.now)] == ["c2"]
+
+
+def test_keepalive_timers():
+    lab = Lab().connect()
+    handshakes = lab.client.stats["handshakes"]
+    lab.up_log.clear()
+    lab.down_log.clear()
+    lab.advance(65.0, step=0.1)
+    up_times = [t for t, _ in lab.up_log]
+    down_times = [t for t, _ in lab.down_log]
+    # Idle client: one keepalive every keepalive_s; the gateway answers each
+    # after ack_after_s and never on its own.
+    assert len(up_times) == 6
+    gaps = [b - a for a, b in zip(up_times, up_times[1:])]
+    assert all(abs(g - lab.timing.keepalive_s) < 0.15 for g in gaps)
+    # The first answers the key-confirmation keepalive sent by connect().
+    assert len(down_times) == 7
+    assert abs(down_times[0] - 100.0 - lab.timing.ack_after_s) < 0.15
+    for u, d in zip(up_times, down_times[1:]):
+        assert abs(d - u - lab.timing.ack_after_s) < 0.15
+    assert lab.client.stats["handshakes"] == handshakes  # no false dead-peer alarm
+    nd = lab.client.next_deadline()
+    assert nd is not None and lab.now < nd <= lab.now + lab.timing.keepalive_s
+
+
+def test_gateway_answers_one_way_traffic_so_client_sees_it_alive():
+    lab = Lab().connect()
+
+    def one_way(lab):
+        lab.send_up(b"udp")
+
+    lab.advance(20.0, traffic=one_way)
+    assert lab.client.stats["handshakes"] == 1
+
+
+def test_no_keepalive_to_silent_peer():
+    lab = Lab().connect()
+    lab.advance(2.0)
+    lab.to_gw.clear()
+    assert lab.gw.poll(lab.now + 1000.0) == []  # and the keys are gone
+    assert lab.gw.seal(CL_PUB, DATA, b"x", lab.now + 1000.0) is None
+
+
+def test_forget():
+    lab = Lab().connect()
+    up = lab.client.seal(DATA, b"x", lab.now)
+    lab.gw.forget(CL_PUB)
+    assert lab.gw.peers() == [] and lab.gw.endpoint(CL_PUB) is None
+    assert lab.gw.receive(up, lab.now, "c1") is None
+    assert lab.gw.stats["unknown_index"] == 1
+    lab.gw.forget(CL_PUB)  # idempotent
+    lab.begin()
+    lab.deliver()
+    assert lab.gw.peers() == [CL_PUB]

@@ -1,0 +1,447 @@
+"""Data-path benchmark: tunnelgate against wireguard-go, same machine, same lab.
+
+    scripts/bench [--quick] [--runs N] [--time S] [--json FILE] [--only ROW,...]
+
+Rows (each in a freshly built lab `tgB<hex>-{client,gw,up}`, removed after):
+
+  raw     no tunnel: the client routes 198.18.2.0/24 via the gateway's link
+          address, the gateway forwards and masquerades (nft table of ours)
+  wg-deb  Debian's wireguard-go (/usr/bin/wireguard-go)
+  wg-sid  the current wireguard-go from Debian sid (fetched into .cache/)
+  tg      tunnelgate serve + up through the CLI, routes = ["198.18.2.0/24"]
+
+Every row measures the same path: iperf3 client in the client namespace to
+the iperf3 server on the upstream host 198.18.2.2:5201, i.e. client → (tunnel)
+→ gateway → forwarded + masqueraded → upstream. Columns:
+
+  TCP 1     single stream, median of N runs of `iperf3 -t S` (receiver's rate)
+  TCP 4     `-P 4`, median of N runs
+  ping      idle RTT to 198.18.2.2: avg of 20 pings at 0.05 s
+  ping/load the same 20 pings while a single-stream transfer runs
+  CPU       utime+stime of each tunnel process (client end, gateway end)
+            during the single-stream runs, in CPU seconds per Gbit received
+
+A benchmark, not a test: nothing is asserted about speed. Absolute numbers
+drift between runs and machines; ratios from one run are what count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import wggo, wggo_fetch
+
+UPSTREAM = "198.18.2.2"
+GW_LINK = "198.18.1.1"
+UPSTREAM_NET = "198.18.2.0/24"
+TG = [sys.executable, "-m", "tunnelgate.cli"]
+TG_PORT = 51900
+PATH_NOTE = ("all rows: iperf3 client in the client ns -> iperf3 -s on the upstream host 198.18.2.2:5201, "
+             "through the tunnel (raw: plain routing) and the gateway's forwarding + masquerade")
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- measuring
+
+def parse_iperf(out: str) -> dict:
+    """bits_per_second and bytes as the receiver saw them, from `iperf3 -J`."""
+    d = json.loads(out)
+    if "error" in d:
+        raise RuntimeError(f"iperf3: {d['error']}")
+    s = d["end"]["sum_received"]
+    return {"bps": float(s["bits_per_second"]), "bytes": int(s["bytes"]), "seconds": float(s["seconds"]),
+            "retransmits": d["end"].get("sum_sent", {}).get("retransmits")}
+
+
+def iperf(lab, seconds: float, streams: int = 1, dst: str = UPSTREAM) -> dict:
+    cmd = ["iperf3", "-c", dst, "-t", str(seconds), "-P", str(streams), "-J", "--connect-timeout", "3000"]
+    last = ""
+    for attempt in range(3):  # the server may still be busy with the previous test for a moment
+        r = lab.run(lab.client, *cmd, check=False, timeout=seconds + 30)
+        try:
+            return parse_iperf(r.stdout)
+        except (ValueError, KeyError, RuntimeError) as e:
+            last = f"{e}; {r.stderr.strip()[-200:]}"
+            if "busy" not in r.stdout + r.stderr:
+                break
+            time.sleep(0.5)
+    raise RuntimeError(f"iperf3 -P {streams} to {dst} failed: {last}")
+
+
+PING_RE = re.compile(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
+
+
+def ping(lab, count: int = 20, interval: float = 0.05, dst: str = UPSTREAM) -> dict:
+    r = lab.run(lab.client, "ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "1", dst,
+                check=False, timeout=count * interval + 15)
+    m = PING_RE.search(r.stdout)
+    loss = re.search(r"([\d.]+)% packet loss", r.stdout)
+    if not m:
+        raise RuntimeError(f"ping {dst}: no replies ({(r.stdout + r.stderr).strip()[-200:]})")
+    return {"avg_ms": float(m.group(2)), "min_ms": float(m.group(1)), "max_ms": float(m.group(3)),
+            "loss_pct": float(loss.group(1)) if loss else None}
+
+
+def ping_under_load(lab, seconds: float) -> dict:
+    cmd = ["iperf3", "-c", UPSTREAM, "-t", str(seconds), "-J", "--connect-timeout", "3000"]
+    p = lab.popen(lab.client, *cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(min(1.0, seconds / 4))
+        res = ping(lab)
+        out, _ = p.communicate(timeout=seconds + 30)
+        res["bulk_bps"] = parse_iperf(out)["bps"]
+        return res
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=5)
+
+
+def cpu_of(pids: dict[str, int]) -> dict[str, float]:
+    out = {}
+    for side, pid in pids.items():
+        try:
+            out[side] = wggo.cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            out[side] = float("nan")
+    return out
+
+
+def measure(lab, pids: dict[str, int], runs: int, seconds: float) -> dict:
+    """All columns for one path that is up; pids: tunnel processes ({} for raw)."""
+    res: dict = {"single": [], "multi": []}
+    cpu = {side: 0.0 for side in pids}
+    bits = 0
+    for _ in range(runs):
+        before = cpu_of(pids)
+        r = iperf(lab, seconds, 1)
+        after = cpu_of(pids)
+        for side in pids:
+            cpu[side] += after[side] - before[side]
+        bits += r["bytes"] * 8
+        res["single"].append(r["bps"])
+    for _ in range(runs):
+        res["multi"].append(iperf(lab, seconds, 4)["bps"])
+    res["ping_idle"] = ping(lab)
+    res["ping_load"] = ping_under_load(lab, seconds)
+    res["single_mbps"] = statistics.median(res["single"]) / 1e6
+    res["multi_mbps"] = statistics.median(res["multi"]) / 1e6
+    res["cpu_s"] = cpu
+    res["cpu_s_per_gbit"] = {side: (c / (bits / 1e9) if bits else None) for side, c in cpu.items()}
+    res["single_bits"] = bits
+    return res
+
+
+# ---------------------------------------------------------------- paths
+
+@dataclass
+class Row:
+    key: str
+    name: str
+    version: str = ""
+    result: dict | None = None
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def new_lab():
+    from tunnelgate.lab import Lab
+    lab = Lab("tgB" + os.urandom(3).hex())
+    try:
+        lab.build()
+    except BaseException:
+        lab.destroy()
+        raise
+    return lab
+
+
+def run_raw(lab, runs, seconds, work) -> dict:
+    lab.run(lab.client, "ip", "route", "replace", UPSTREAM_NET, "via", GW_LINK)
+    table = "tgbench_raw"
+    wggo.setup_forwarding(lab, table, ["198.18.1.0/24"])
+    try:
+        return measure(lab, {}, runs, seconds)
+    finally:
+        wggo.remove_forwarding(lab, table)
+
+
+def run_wg(binary):
+    def run(lab, runs, seconds, work) -> dict:
+        with wggo.WgTunnel(lab, binary, log_dir=work / "wg") as t:
+            return measure(lab, dict(t.pids), runs, seconds)
+    return run
+
+
+def _tg_configs(work: Path) -> tuple[Path, Path]:
+    from tunnelgate import keys
+    gw_key, cl_key = keys.generate(), keys.generate()
+    keys.write_private(work / "gw.key", gw_key)
+    keys.write_private(work / "cl.key", cl_key)
+    gw_conf, cl_conf = work / "gateway.toml", work / "client.toml"
+    gw_conf.write_text(f"""[node]
+private_key_file = "gw.key"
+state_dir = "gw"
+[link]
+listen = "{GW_LINK}:{TG_PORT}"
+[network]
+tun = "tgbs0"
+address = "100.64.0.1/24"
+upstream_interface = "veth-up"
+""")
+    cl_conf.write_text(f"""[node]
+private_key_file = "cl.key"
+state_dir = "cl"
+[gateway]
+endpoint = "{GW_LINK}:{TG_PORT}"
+public_key = "{keys.b64(keys.public_of(gw_key))}"
+[network]
+tun = "tgb0"
+routes = ["{UPSTREAM_NET}"]
+""")
+    return gw_conf, cl_conf
+
+
+def _tg(lab, ns, *args, timeout=60):
+    r = lab.run(ns, *TG, *args, check=False, timeout=timeout)
+    if r.returncode:
+        raise RuntimeError(f"tunnelgate {args[0]} failed (exit {r.returncode}): "
+                           f"{(r.stderr or r.stdout).strip()[-300:]}")
+    return r
+
+
+def _tail(p: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(p.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def run_tg(lab, runs, seconds, work) -> dict:
+    gw_conf, cl_conf = _tg_configs(work)
+    pids: dict[str, int] = {}
+    try:
+        _tg(lab, lab.gw, "serve", "-c", str(gw_conf))
+        pids["gw"] = int((work / "gw" / "tunnelgate.pid").read_text())
+        _tg(lab, lab.client, "up", "-c", str(cl_conf))
+        pids["client"] = int((work / "cl" / "tunnelgate.pid").read_text())
+        return measure(lab, {"client": pids["client"], "gw": pids["gw"]}, runs, seconds)
+    except Exception as e:
+        logs = "\n".join(f"--- {w} log ---\n{_tail(work / w / 'tunnelgate.log')}" for w in ("gw", "cl"))
+        raise RuntimeError(f"{e}\n{logs}") from None
+    finally:
+        for ns, conf, side in ((lab.client, cl_conf, "client"), (lab.gw, gw_conf, "gw")):
+            lab.run(ns, *TG, "down", "-c", str(conf), check=False, timeout=30)
+            pid = pids.get(side)
+            if pid:
+                deadline = time.monotonic() + 5
+                while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def tg_version() -> str:
+    from tunnelgate import __version__ as v  # noqa: F401
+    try:
+        rev = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[2]), "describe", "--always",
+                              "--dirty"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        rev = ""
+    return f"tunnelgate {v}" + (f" ({rev})" if rev else "")
+
+
+# ---------------------------------------------------------------- output
+
+def _fmt(x, spec=".0f", none="-"):
+    return none if x is None or x != x else format(x, spec)
+
+
+def table(rows: list[Row], runs: int, seconds: float) -> str:
+    head = ["path", "TCP 1 Mbit/s", "TCP 4 Mbit/s", "ping ms", "ping/load ms", "CPU s/Gbit cl+gw"]
+    lines = []
+    for r in rows:
+        if r.result is None:
+            lines.append([r.name, f"FAILED: {(r.error or '').splitlines()[0][:90]}", "", "", "", ""])
+            continue
+        x = r.result
+        single = x["single"]
+        spread = f" ({min(single) / 1e6:.0f}-{max(single) / 1e6:.0f})" if len(single) > 1 else ""
+        cpu = x["cpu_s_per_gbit"]
+        cpu_txt = "-" if not cpu else f"{_fmt(cpu.get('client'), '.2f')}+{_fmt(cpu.get('gw'), '.2f')}"
+        lines.append([r.name, f"{x['single_mbps']:.0f}{spread}", f"{x['multi_mbps']:.0f}",
+                      f"{x['ping_idle']['avg_ms']:.3f}", f"{x['ping_load']['avg_ms']:.3f}", cpu_txt])
+    ok = [l for l in lines if not l[1].startswith("FAILED")]
+    widths = [max([len(h)] + [len(l[i]) for l in ok]) for i, h in enumerate(head)]
+    widths[0] = max([widths[0]] + [len(l[0]) for l in lines])
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    for l in lines:
+        if l[1].startswith("FAILED"):
+            out.append(f"| {l[0].ljust(widths[0])} | {l[1]}")
+        else:
+            out.append("| " + " | ".join(c.ljust(w) for c, w in zip(l, widths)) + " |")
+    out.append(f"(median of {runs} x iperf3 -t {seconds:g}; TCP 1 shows min-max in brackets; "
+               f"ping: avg of 20 at 0.05 s; CPU: per tunnel end during the single-stream runs)")
+    return "\n".join(out)
+
+
+def ratios(rows: list[Row]) -> list[dict]:
+    by = {r.key: r for r in rows}
+    tg = by.get("tg")
+    out = []
+    if not tg or not tg.result:
+        return out
+    for key in ("wg-deb", "wg-sid", "raw"):
+        ref = by.get(key)
+        if not ref or not ref.result:
+            continue
+        a, b = tg.result, ref.result
+        cpu_a = sum(v for v in a["cpu_s_per_gbit"].values() if v is not None)
+        cpu_b = sum(v for v in b["cpu_s_per_gbit"].values() if v is not None)
+        out.append({"vs": key, "name": ref.name,
+                    "single_x": a["single_mbps"] / b["single_mbps"],
+                    "multi_x": a["multi_mbps"] / b["multi_mbps"],
+                    "ping_idle_diff_ms": a["ping_idle"]["avg_ms"] - b["ping_idle"]["avg_ms"],
+                    "ping_load_diff_ms": a["ping_load"]["avg_ms"] - b["ping_load"]["avg_ms"],
+                    "cpu_per_gbit_x": (cpu_a / cpu_b) if cpu_b and key != "raw" else None})
+    return out
+
+
+def ratio_text(rs: list[dict]) -> str:
+    if not rs:
+        return "tunnelgate: no ratios (the tunnelgate row or all reference rows failed)"
+    out = ["tunnelgate compared with:"]
+    for r in rs:
+        cpu = f", CPU/Gbit x{r['cpu_per_gbit_x']:.2f}" if r["cpu_per_gbit_x"] else ""
+        out.append(f"  {r['name']:<34} TCP 1 x{r['single_x']:.2f}, TCP 4 x{r['multi_x']:.2f}, "
+                   f"ping {r['ping_idle_diff_ms']:+.3f} ms idle, {r['ping_load_diff_ms']:+.3f} ms under load{cpu}")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="scripts/bench", description="tunnelgate vs wireguard-go, same lab")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 run of iperf3 -t 2 per column")
+    ap.add_argument("--runs", type=int, default=None, help="iperf3 runs per column (default 3)")
+    ap.add_argument("--time", type=float, default=None, help="iperf3 -t seconds (default 5)")
+    ap.add_argument("--json", type=Path, help="write all numbers to this file")
+    ap.add_argument("--only", default="raw,wg-deb,wg-sid,tg", help="rows, comma-separated (raw,wg-deb,wg-sid,tg)")
+    ap.add_argument("--no-fetch", action="store_true", help="do not download the sid wireguard-go")
+    a = ap.parse_args(argv)
+    runs = a.runs or (1 if a.quick else 3)
+    seconds = a.time or (2 if a.quick else 5)
+    if os.geteuid() != 0:
+        print("bench: run as root (it builds network namespaces)", file=sys.stderr)
+        return 1
+    for tool in ("iperf3", "ping", "nft", "ip"):
+        if not shutil.which(tool):
+            print(f"bench: {tool} missing; run scripts/setup", file=sys.stderr)
+            return 1
+    wanted = [k.strip() for k in a.only.split(",") if k.strip()]
+
+    rows: list[Row] = []
+    plans = []
+    if "raw" in wanted:
+        rows.append(Row("raw", "raw veth, routed via gw (no tunnel)", version=f"kernel {platform.release()}"))
+        plans.append(run_raw)
+    if "wg-deb" in wanted:
+        rows.append(Row("wg-deb", "wireguard-go (Debian 12)"))
+        if Path(wggo.DEBIAN_BINARY).exists():
+            rows[-1].version = wggo_fetch.version_of(wggo.DEBIAN_BINARY)
+            plans.append(run_wg(wggo.DEBIAN_BINARY))
+        else:
+            rows[-1].error = f"{wggo.DEBIAN_BINARY} not installed (apt package wireguard-go; scripts/setup)"
+            plans.append(None)
+    if "wg-sid" in wanted:
+        rows.append(Row("wg-sid", "wireguard-go (Debian sid)"))
+        try:
+            if a.no_fetch:
+                b = wggo_fetch.binary_path()
+                if not b.exists():
+                    raise wggo_fetch.FetchError("not in the cache and --no-fetch given")
+            else:
+                b = wggo_fetch.fetch()
+            rows[-1].version = wggo_fetch.version_of(b)
+            ver = Path(wggo_fetch.DEFAULT_CACHE / "version.txt")
+            if ver.exists():
+                rows[-1].version += f" (package {ver.read_text().strip()})"
+            plans.append(run_wg(b))
+        except wggo_fetch.FetchError as e:
+            rows[-1].error = f"could not fetch the sid wireguard-go: {e}"
+            plans.append(None)
+    if "tg" in wanted:
+        rows.append(Row("tg", "tunnelgate", version=tg_version()))
+        plans.append(run_tg)
+
+    print(f"versions: {platform.node()} kernel {platform.release()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, "
+          f"{subprocess.run(['iperf3', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}")
+    for r in rows:
+        if r.version:
+            print(f"  {r.name}: {r.version}")
+    print(f"path: {PATH_NOTE}", flush=True)
+
+    started = time.monotonic()
+    for row, plan in zip(rows, plans):
+        if plan is None:
+            log(f"{row.name}: skipped ({row.error})")
+            continue
+        log(f"{row.name}: building the lab, {runs} x {seconds:g} s per column")
+        work = Path(tempfile.mkdtemp(prefix="tgbench-"))
+        lab = None
+        try:
+            lab = new_lab()
+            lab.start_upstream({})
+            row.result = plan(lab, runs, seconds, work)
+            log(f"{row.name}: {row.result['single_mbps']:.0f} Mbit/s single, "
+                f"{row.result['multi_mbps']:.0f} Mbit/s 4 streams")
+        except Exception as e:  # a row that fails says why; the others still run
+            row.error = f"{type(e).__name__}: {e}"
+            log(f"{row.name}: FAILED: {row.error}")
+        finally:
+            if lab is not None:
+                lab.destroy()
+            shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    print(table(rows, runs, seconds))
+    rs = ratios(rows)
+    print()
+    print(ratio_text(rs))
+    for r in rows:
+        if r.error and r.result is None:
+            print(f"\n{r.name} failed:\n  " + r.error.replace("\n", "\n  "))
+    log(f"done in {time.monotonic() - started:.0f} s")
+    if a.json:
+        a.json.write_text(json.dumps({
+            "runs": runs, "seconds": seconds, "path": PATH_NOTE,
+            "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
+                        "python": platform.python_version()},
+            "rows": [{"key": r.key, "name": r.name, "version": r.version, "error": r.error,
+                      "result": r.result} for r in rows],
+            "ratios": rs}, indent=2) + "\n")
+        print(f"\nnumbers written to {a.json}")
+    return 0 if any(r.result for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -279,7 +279,7 @@ def table(rows: list[Row], runs: int, seconds: float) -> str:
     lines = []
     for r in rows:
         if r.result is None:
-            lines.append([r.name, f"FAILED: {(r.error or '').splitlines()[0][:90]}", "", "", "", ""])
+            lines.append([r.name, f"FAILED: {(r.error or '').splitlines()[0].removeprefix('RuntimeError: ')[:110]}", "", "", "", ""])
             continue
         x = r.result
         single = x["single"]

@@ -73,11 +73,32 @@ def uapi(ifname: str, request: str, timeout: float = 5) -> dict[str, list[str]]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
+def _stat(pid: int | str) -> list[str]:
+    """/proc/<pid>/stat fields after the command name (index 0 = state, field 3)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (utime+stime, all threads) of a process, plus its reaped
+    children (cutime+cstime) and its live descendants: a daemon that spreads
+    work over child processes is counted whole."""
+    tick = os.sysconf("SC_CLK_TCK")
+    f = _stat(pid)
+    total = sum(int(x) for x in f[11:15])
+    children: dict[int, list[tuple[int, int]]] = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            g = _stat(d.name)
+        except (OSError, ValueError):
+            continue
+        children.setdefault(int(g[1]), []).append((int(d.name), int(g[11]) + int(g[12])))
+    todo = [pid]
+    while todo:
+        for child, ticks in children.get(todo.pop(), ()):
+            total += ticks
+            todo.append(child)
+    return total / tick
 
 
 def _exe_pid(pid: int, name: str, timeout: float = 3) -> int:

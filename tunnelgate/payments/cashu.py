@@ -47,8 +47,11 @@ def _import_cashu() -> None:
     global _imported
     if _imported:
         return
+    import warnings
     try:
-        import cashu.wallet.wallet  # noqa: F401
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import cashu.wallet.wallet  # noqa: F401
     except ImportError as e:
         raise PaymentError(f"the cashu backend needs nutshell ({e}); run scripts/install-payments") from e
     try:

@@ -49,8 +49,9 @@ class ReplayWindow:
         if c > top:
             cur = top >> 6
             new = c >> 6
-            for i in range(1, min(new - cur, RING_WORDS) + 1):
-                ring[(cur + i) & _RING_MASK] = 0
+            if new != cur:  # the common in-order case stays in the same word
+                for i in range(1, min(new - cur, RING_WORDS) + 1):
+                    ring[(cur + i) & _RING_MASK] = 0
             self._top = c
         elif c + WINDOW < top:
             return False

@@ -1,0 +1,212 @@
+"""TUN device (python-pytun) with a batch-shaped API.
+
+    tun = Tun("tg0", mtu=1420)          # IFF_TUN | IFF_NO_PI, non-blocking fd
+    packets = tun.read_batch(64, 0.5)   # [] on timeout
+    tun.write_batch(packets)            # bad packets are dropped and counted
+
+The device is not persistent: it disappears when the fd is closed (or the
+process dies), taking its addresses and routes with it. Addresses, routes and
+the link state are set by ``tunnelgate.net.setup``, not here (the MTU is set
+here because it bounds the read buffer).
+
+Offloads (later, performance work): open with ``IFF_VNET_HDR`` and
+``TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6)``. Every read/write then
+carries a 10-byte virtio-net header in front of the IP packet and a read may
+return up to 64 KB of one TCP flow. The places to change are marked
+``OFFLOAD:`` below; the public API (lists of IP packets in, lists out) can stay
+the same, or grow a ``read_batch_gso`` variant returning (header, burst) pairs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+
+import pytun
+
+__all__ = ["Tun", "TunError"]
+
+TUN_DEVICE = "/dev/net/tun"
+IFNAMSIZ = 16
+# OFFLOAD: with IFF_VNET_HDR + TSO a read returns up to 65535 bytes + the
+# virtio-net header; the buffer below is already large enough for that.
+READ_SIZE = 65536 + 64
+# how long write_batch waits for the queue to drain after EAGAIN (ms)
+WRITE_WAIT_MS = 20
+
+_POLL_DEAD = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+class TunError(Exception):
+    """The TUN device could not be opened or configured; the message says what to do."""
+
+
+def _explain_open_error(name: str, exc: BaseException) -> TunError:
+    text = str(exc)
+    low = text.lower()
+    if not os.path.exists(TUN_DEVICE):
+        return TunError(f"cannot open TUN {name!r}: {TUN_DEVICE} missing: load the tun module "
+                        f"(modprobe tun) or, in a container, pass the device in (--device /dev/net/tun)")
+    if "permitted" in low or "permission" in low or "eperm" in low or "eacces" in low:
+        return TunError(f"cannot open TUN {name!r}: {text}: needs root or CAP_NET_ADMIN")
+    if "busy" in low:
+        return TunError(f"cannot open TUN {name!r}: {text}: the device is in use "
+                        f"(is another tunnelgate running with tun = {name!r}?)")
+    if "invalid" in low:
+        return TunError(f"cannot open TUN {name!r}: {text}: is {name!r} an existing non-TUN "
+                        f"interface? pick another tun name")
+    return TunError(f"cannot open TUN {name!r}: {text}")
+
+
+class Tun:
+    """A non-persistent TUN interface read and written in batches.
+
+    Thread model: one thread may call read_batch while another calls
+    write_batch (each has its own poll object). ``stats`` holds plain
+    counters updated once per batch:
+
+    read_packets, read_bytes, write_packets, write_bytes,
+    write_dropped (refused by the kernel or queue full), write_eagain
+    """
+
+    def __init__(self, name: str, mtu: int = 1420):
+        if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or name.strip() != name:
+            raise TunError(f"bad TUN name {name!r}: 1-15 characters, no '/' or spaces")
+        if not 68 <= mtu <= 65535:
+            raise TunError(f"bad MTU {mtu} for TUN {name!r}: must be 68..65535")
+        # OFFLOAD: add pytun.IFF_VNET_HDR here, then ioctl TUNSETOFFLOAD and
+        # TUNSETVNETHDRSZ on the fd, and set self.vnet_hdr_len = 10.
+        flags = pytun.IFF_TUN | pytun.IFF_NO_PI
+        try:
+            self._dev = pytun.TunTapDevice(name=name, flags=flags)
+        except (pytun.Error, OSError) as exc:
+            raise _explain_open_error(name, exc) from exc
+        self.name: str = self._dev.name
+        self.mtu = mtu
+        self.vnet_hdr_len = 0   # OFFLOAD: 10 with IFF_VNET_HDR
+        self._fd = self._dev.fileno()
+        try:
+            os.set_blocking(self._fd, False)
+            self._dev.mtu = mtu
+        except (pytun.Error, OSError) as exc:
+            self._dev.close()
+            raise TunError(f"cannot configure TUN {self.name!r} (MTU {mtu}): {exc}") from exc
+        self._rpoll = select.poll()
+        self._rpoll.register(self._fd, select.POLLIN)
+        self._wpoll = select.poll()
+        self._wpoll.register(self._fd, select.POLLOUT)
+        self.closed = False
+        self.stats: dict[str, int] = {
+            "read_packets": 0, "read_bytes": 0,
+            "write_packets": 0, "write_bytes": 0,
+            "write_dropped": 0, "write_eagain": 0,
+        }
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def __repr__(self) -> str:
+        return f"<Tun {self.name} fd={self._fd}{' closed' if self.closed else ''}>"
+
+    # -- reading ---------------------------------------------------------
+    def read_batch(self, max_packets: int = 64, timeout: float = 0.5) -> list[bytes]:
+        """Wait up to ``timeout`` s for a packet, then drain up to ``max_packets``
+        without blocking. Returns [] on timeout or once the device is closed."""
+        if self.closed:
+            return []
+        try:
+            events = self._rpoll.poll(max(0, int(timeout * 1000)))
+        except (OSError, ValueError):
+            return []
+        if not events or self.closed:
+            return []
+        if events[0][1] & _POLL_DEAD and not events[0][1] & select.POLLIN:
+            return []
+        out: list[bytes] = []
+        append = out.append
+        read = os.read
+        fd = self._fd
+        nbytes = 0
+        for _ in range(max_packets):
+            try:
+                pkt = read(fd, READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.EBADFD, errno.EIO):
+                    break           # closed under us, or the device went away
+                raise
+            # OFFLOAD: strip/parse the virtio-net header (pkt[:10]) here.
+            if not pkt:
+                break
+            nbytes += len(pkt)
+            append(pkt)
+        if out:
+            st = self.stats
+            st["read_packets"] += len(out)
+            st["read_bytes"] += nbytes
+        return out
+
+    # -- writing ---------------------------------------------------------
+    def write_batch(self, packets) -> int:
+        """Write each packet; return how many the kernel accepted.
+
+        A packet the kernel refuses (EINVAL for a malformed header, EIO when
+        the link is down, ...) is dropped and counted in stats['write_dropped'];
+        on EAGAIN wait up to WRITE_WAIT_MS for POLLOUT and retry once.
+        Never raises for a single bad packet."""
+        if self.closed:
+            n = len(packets) if hasattr(packets, "__len__") else sum(1 for _ in packets)
+            self.stats["write_dropped"] += n
+            return 0
+        write = os.write
+        fd = self._fd
+        ok = nbytes = dropped = eagain = 0
+        for pkt in packets:
+            # OFFLOAD: prepend a virtio-net header (a GSO one for coalesced bursts).
+            try:
+                write(fd, pkt)
+            except BlockingIOError:
+                eagain += 1
+                try:
+                    self._wpoll.poll(WRITE_WAIT_MS)
+                    write(fd, pkt)
+                except OSError:
+                    dropped += 1
+                    continue
+            except OSError:
+                dropped += 1
+                continue
+            ok += 1
+            nbytes += len(pkt)
+        st = self.stats
+        st["write_packets"] += ok
+        st["write_bytes"] += nbytes
+        if dropped:
+            st["write_dropped"] += dropped
+        if eagain:
+            st["write_eagain"] += eagain
+        return ok
+
+    # -- lifecycle -------------------------------------------------------
+    def close(self) -> None:
+        """Close the fd; the kernel deletes the interface. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for p in (self._rpoll, self._wpoll):
+            try:
+                p.unregister(self._fd)
+            except (KeyError, ValueError, OSError):
+                pass
+        try:
+            self._dev.close()
+        except (pytun.Error, OSError):
+            pass
+
+    def __enter__(self) -> "Tun":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,179 @@
+"""nftables rules of the gateway, in one table of its own, via ``nft -f -``.
+
+The gateway's table is ``inet tunnelgate_<tun>``; nothing here touches any
+other table. Applying is idempotent (``table`` + ``delete table`` + the full
+definition in one nft transaction, so it works whether or not the table
+existed) and removing deletes exactly that table.
+
+Every function takes ``netns=``: None runs ``nft`` in the caller's network
+namespace, a name runs it through ``ip netns exec NAME`` (for tests and the lab).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import shutil
+import subprocess
+
+__all__ = [
+    "NetError", "FAMILY", "table_name", "gateway_ruleset", "apply_gateway", "remove_table",
+    "table_exists", "counter_table", "read_counters", "list_ruleset", "nft",
+]
+
+FAMILY = "inet"
+NFT_TIMEOUT = 20
+_IFNAME = re.compile(r"^[A-Za-z0-9_.@:+-]{1,15}$")
+_TABLE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+
+class NetError(Exception):
+    """A network change failed; the message says what failed and what to do."""
+
+
+def _check_ifname(name: str, what: str) -> str:
+    if not isinstance(name, str) or not _IFNAME.match(name):
+        raise NetError(f"bad {what} interface name {name!r}: 1-15 characters of [A-Za-z0-9_.@:+-]")
+    return name
+
+
+def _check_table(name: str) -> str:
+    if not isinstance(name, str) or not _TABLE.match(name):
+        raise NetError(f"bad nft table name {name!r}: letters, digits, '_' only")
+    return name
+
+
+def nft(args: list[str] | None = None, script: str | None = None, netns: str | None = None,
+        what: str = "nft") -> str:
+    """Run nft (with ``-f -`` when a script is given); return stdout; NetError on failure."""
+    exe = shutil.which("nft") or "/usr/sbin/nft"
+    cmd = [exe] + (args or [])
+    if script is not None:
+        cmd += ["-f", "-"]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns] + cmd
+    try:
+        p = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=NFT_TIMEOUT)
+    except FileNotFoundError as exc:
+        raise NetError(f"{what}: cannot run {cmd[0]}: {exc}: install nftables (apt-get install nftables)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise NetError(f"{what}: nft did not answer in {NFT_TIMEOUT}s") from exc
+    if p.returncode != 0:
+        msg = (p.stderr or p.stdout).strip()
+        hint = "run as root or with CAP_NET_ADMIN" if "ermission" in msg or "not permitted" in msg \
+            else "check that the kernel has nf_tables (modprobe nf_tables nft_masq) and the arguments are right"
+        raise NetError(f"{what} failed: {msg}: {hint}")
+    return p.stdout
+
+
+def table_name(tun: str) -> str:
+    return "tunnelgate_" + _check_ifname(tun, "tun").replace("-", "_").replace(".", "_") \
+        .replace("@", "_").replace(":", "_").replace("+", "_")
+
+
+def gateway_ruleset(tun: str, tunnel_prefix: str, upstream_interface: str) -> str:
+    """The table definition (without the delete-then-add wrapper)."""
+    _check_ifname(tun, "tun")
+    _check_ifname(upstream_interface, "upstream")
+    try:
+        net = ipaddress.ip_network(tunnel_prefix, strict=False)
+    except ValueError as exc:
+        raise NetError(f"bad tunnel prefix {tunnel_prefix!r}: {exc}") from exc
+    proto = "ip" if net.version == 4 else "ip6"
+    t = table_name(tun)
+    return f"""table {FAMILY} {t} {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        {proto} saddr {net} oifname "{upstream_interface}" masquerade
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        iifname "{tun}" oifname "{upstream_interface}" accept
+        iifname "{upstream_interface}" oifname "{tun}" ct state established,related accept
+        iifname "{upstream_interface}" oifname "{tun}" drop
+    }}
+}}
+"""
+
+
+def _replace_script(family: str, name: str, definition: str) -> str:
+    # 'table X' creates it if missing, so the 'delete' never fails; all in one transaction.
+    return f"table {family} {name}\ndelete table {family} {name}\n{definition}"
+
+
+def apply_gateway(tun: str, tunnel_prefix: str, upstream_interface: str,
+                  netns: str | None = None) -> str:
+    """Create or replace the gateway table; returns its name."""
+    definition = gateway_ruleset(tun, tunnel_prefix, upstream_interface)
+    name = table_name(tun)
+    nft(script=_replace_script(FAMILY, name, definition), netns=netns,
+        what=f"applying nft table {FAMILY} {name}")
+    return name
+
+
+def table_exists(name: str, family: str = FAMILY, netns: str | None = None) -> bool:
+    _check_table(name)
+    out = nft(["list", "tables", family], netns=netns, what="listing nft tables")
+    return any(line.split()[-1:] == [name] for line in out.splitlines())
+
+
+def remove_table(name: str, family: str = FAMILY, netns: str | None = None) -> bool:
+    """Delete exactly this table; fine if it does not exist. True if it existed."""
+    _check_table(name)
+    if family not in ("inet", "ip", "ip6", "arp", "bridge", "netdev"):
+        raise NetError(f"bad nft family {family!r}")
+    existed = table_exists(name, family, netns)
+    nft(script=f"table {family} {name}\ndelete table {family} {name}\n", netns=netns,
+        what=f"deleting nft table {family} {name}")
+    return existed
+
+
+def list_ruleset(netns: str | None = None) -> str:
+    return nft(["list", "ruleset"], netns=netns, what="listing the nft ruleset")
+
+
+# -- counters for tests -------------------------------------------------------
+
+def counter_table(name: str, iface: str, netns: str | None = None) -> str:
+    """(Re)create table ``inet NAME`` counting packets/bytes that leave (``tx``,
+    postrouting oifname) and enter (``rx``, prerouting iifname) ``iface``.
+    Counts are nft's packet length: the IP packet (inner bytes) on a TUN,
+    the IP packet without the Ethernet header on a veth."""
+    _check_table(name)
+    _check_ifname(iface, "counted")
+    definition = f"""table {FAMILY} {name} {{
+    counter tx {{ }}
+    counter rx {{ }}
+    chain out {{
+        type filter hook postrouting priority -300; policy accept;
+        oifname "{iface}" counter name "tx"
+    }}
+    chain in {{
+        type filter hook prerouting priority -300; policy accept;
+        iifname "{iface}" counter name "rx"
+    }}
+}}
+"""
+    nft(script=_replace_script(FAMILY, name, definition), netns=netns,
+        what=f"creating counter table {FAMILY} {name}")
+    return name
+
+
+def read_counters(name: str, netns: str | None = None) -> dict[str, int]:
+    """{'tx_packets', 'tx_bytes', 'rx_packets', 'rx_bytes'} of a counter_table()."""
+    _check_table(name)
+    out = nft(["-j", "list", "counters", "table", FAMILY, name], netns=netns,
+              what=f"reading counters of {FAMILY} {name}")
+    result: dict[str, int] = {}
+    try:
+        for item in json.loads(out)["nftables"]:
+            c = item.get("counter")
+            if c and c.get("table") == name:
+                result[f"{c['name']}_packets"] = int(c["packets"])
+                result[f"{c['name']}_bytes"] = int(c["bytes"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise NetError(f"unexpected nft JSON for counters of {name}: {exc}: {out[:200]!r}") from exc
+    if "tx_bytes" not in result or "rx_bytes" not in result:
+        raise NetError(f"table {FAMILY} {name} has no tx/rx counters: create it with counter_table()")
+    return result

@@ -1,0 +1,203 @@
+"""Reliable, ordered control channel over an unreliable frame transport (sans-IO).
+
+Carried inside the encrypted session as opaque frames.  Every frame has a fixed
+37-byte header followed by the payload (DATA) or nothing (ACK)::
+
+    kind u8 | epoch u64 | base u32 | seq u32 | ack_epoch u64 | cum_ack u32 | sack u64
+
+* ``epoch`` is the sender's stream id, chosen by the caller (new per process start
+  or per session, e.g. random 64 bits); ``base`` is the sender's lowest unacked seq.
+* ``ack_epoch``/``cum_ack``/``sack`` acknowledge the *peer's* stream: every seq
+  below ``cum_ack`` was received; bit i of ``sack`` means ``cum_ack + 1 + i`` was.
+  Acks for another epoch than ours are ignored.
+* A frame with a new peer epoch means the peer restarted: the receive side resets
+  and starts at that frame's ``base`` (messages acked by the old instance are not
+  redelivered, unacked ones are).  Retired epochs are remembered (last 16) so a
+  late frame from the old instance cannot flip the state back.
+* Retransmission per message: first RTO ``INITIAL_RTO`` (0.2 s), doubling up to
+  ``MAX_RTO`` (2 s).  At most ``WINDOW`` (64) messages in flight, at most
+  ``max_queue`` waiting; ``send`` raises ``ChannelFull`` beyond that.
+* Sequence numbers are u32: reset the channel (new epoch) before 2**32 messages.
+
+Timers only through ``now``.  ``receive`` never raises on peer input: bad frames
+are dropped and counted in ``stats``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+
+from tunnelgate.protocol.messages import ProtocolError
+
+HEADER = struct.Struct("!BQIIQIQ")
+DATA, ACK = 1, 2
+WINDOW = 64
+INITIAL_RTO = 0.2
+MAX_RTO = 2.0
+MAX_PAYLOAD = 8192
+RETIRED_EPOCHS = 16
+
+
+class ChannelFull(ProtocolError):
+    pass
+
+
+class _Inflight:
+    __slots__ = ("payload", "due", "rto", "sends")
+
+    def __init__(self, payload: bytes):
+        self.payload, self.due, self.rto, self.sends = payload, 0.0, INITIAL_RTO, 0
+
+
+class Channel:
+    def __init__(self, epoch: int, max_queue: int = 1024):
+        if not 0 <= epoch < 2**64:
+            raise ValueError("epoch must be an unsigned 64-bit integer")
+        self.max_queue = max_queue
+        self.stats = {"sent": 0, "retransmits": 0, "received": 0, "duplicates": 0,
+                      "out_of_window": 0, "bad_frames": 0, "stale_epoch": 0, "peer_resets": 0}
+        self._reset_local(epoch)
+        self.peer_epoch: int | None = None
+        self._expected = 0
+        self._buffer: dict[int, bytes] = {}
+        self._retired: deque[int] = deque(maxlen=RETIRED_EPOCHS)
+        self._ack_due: float | None = None
+
+    def _reset_local(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._next_seq = 0
+        self._queue: deque[bytes] = deque()
+        self._inflight: dict[int, _Inflight] = {}
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def send(self, msg: bytes) -> None:
+        if len(msg) > MAX_PAYLOAD:
+            raise ProtocolError(f"control message of {len(msg)} bytes exceeds {MAX_PAYLOAD}")
+        if len(self._queue) >= self.max_queue:
+            raise ChannelFull(f"control channel queue full ({self.max_queue} messages waiting)")
+        self._queue.append(bytes(msg))
+
+    def reset(self, epoch: int, keep_pending: bool = True) -> None:
+        """Start a new local stream (e.g. new session).  Unacked and queued messages are
+        resent under the new epoch when keep_pending (their order is kept)."""
+        pending = [self._inflight[s].payload for s in sorted(self._inflight)] + list(self._queue)
+        self._reset_local(epoch)
+        if keep_pending:
+            self._queue.extend(pending)
+
+    @property
+    def pending(self) -> int:
+        """Messages not yet acknowledged (in flight + queued)."""
+        return len(self._inflight) + len(self._queue)
+
+    def _base(self) -> int:
+        return min(self._inflight) if self._inflight else self._next_seq
+
+    def _ack_fields(self) -> tuple[int, int, int]:
+        sack = 0
+        exp = self._expected
+        for s in self._buffer:
+            i = s - exp - 1
+            if 0 <= i < 64:
+                sack |= 1 << i
+        return (self.peer_epoch or 0), exp, sack
+
+    def poll(self, now: float) -> list[bytes]:
+        """Frames to transmit now: new data, retransmissions, and an ack if one is due."""
+        while self._queue and len(self._inflight) < WINDOW:
+            self._inflight[self._next_seq] = _Inflight(self._queue.popleft())
+            self._next_seq += 1
+        out: list[bytes] = []
+        if not self._inflight and self._ack_due is None:
+            return out
+        ack_epoch, cum, sack = self._ack_fields()
+        base = self._base()
+        for seq, f in self._inflight.items():
+            if f.sends and f.due > now:
+                continue
+            if f.sends:
+                self.stats["retransmits"] += 1
+                f.rto = min(f.rto * 2, MAX_RTO)
+            f.sends += 1
+            f.due = now + f.rto
+            self.stats["sent"] += 1
+            out.append(HEADER.pack(DATA, self.epoch, base, seq, ack_epoch, cum, sack) + f.payload)
+        if self._ack_due is not None and not out:
+            out.append(HEADER.pack(ACK, self.epoch, base, 0, ack_epoch, cum, sack))
+        self._ack_due = None
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When poll() must next run; a value <= now (even 0.0) means now.  None: idle."""
+        if self._queue and len(self._inflight) < WINDOW:
+            return 0.0
+        d = self._ack_due
+        for f in self._inflight.values():
+            t = f.due if f.sends else 0.0
+            if d is None or t < d:
+                d = t
+        return d
+
+    # --- receiving --------------------------------------------------------------------------
+
+    def receive(self, frame: bytes, now: float) -> list[bytes]:
+        """Process one frame from the peer; returns newly deliverable messages, in order."""
+        if len(frame) < HEADER.size:
+            self.stats["bad_frames"] += 1
+            return []
+        kind, epoch, base, seq, ack_epoch, cum, sack = HEADER.unpack_from(frame)
+        if kind not in (DATA, ACK) or (kind == ACK and len(frame) != HEADER.size) \
+                or len(frame) - HEADER.size > MAX_PAYLOAD:
+            self.stats["bad_frames"] += 1
+            return []
+        if epoch != self.peer_epoch:
+            if epoch in self._retired:
+                self.stats["stale_epoch"] += 1
+                return []
+            if self.peer_epoch is not None:
+                self._retired.append(self.peer_epoch)
+                self.stats["peer_resets"] += 1
+            self.peer_epoch = epoch
+            self._expected = base
+            self._buffer.clear()
+        elif base > self._expected:
+            # the peer saw acks for these from a previous instance of us: they were delivered
+            self._expected = base
+            for s in [s for s in self._buffer if s < base]:
+                del self._buffer[s]
+        if ack_epoch == self.epoch:
+            self._on_ack(cum, sack)
+        if kind == ACK:
+            return []
+        self._ack_due = now if self._ack_due is None else self._ack_due
+        exp = self._expected
+        if seq < exp or seq in self._buffer:
+            self.stats["duplicates"] += 1
+            return []
+        if seq >= exp + WINDOW:
+            self.stats["out_of_window"] += 1
+            return []
+        self._buffer[seq] = bytes(frame[HEADER.size:])
+        out = []
+        buf = self._buffer
+        while exp in buf:
+            out.append(buf.pop(exp))
+            exp += 1
+        self._expected = exp
+        self.stats["received"] += len(out)
+        return out
+
+    def _on_ack(self, cum: int, sack: int) -> None:
+        inflight = self._inflight
+        if not inflight:
+            return
+        for s in [s for s in inflight if s < cum]:
+            del inflight[s]
+        i = 0
+        while sack:
+            if sack & 1:
+                inflight.pop(cum + 1 + i, None)
+            sack >>= 1
+            i += 1

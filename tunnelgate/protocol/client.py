@@ -1,0 +1,413 @@
+"""Client side of contract negotiation, metering and renewal (sans-IO).
+
+The client never holds packets (it sends; the gateway holds).  The daemon calls
+``outbound(dst, length, now)`` / ``inbound(src, length, now)`` per packet (metering
+only), ``on_message`` per decoded control message, ``poll(now)`` every
+~0.1-0.25 s, and drains ``take_outgoing`` / ``take_events``.  For every
+``payment_due`` event it asks its payment backend for a proof and calls
+``paid(contract_id, method, proof)`` (which emits PAY), or ``payment_error``.
+
+``now`` is wall-clock seconds: budgets per hour/day are rolling windows over it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunnelgate import packet as pk
+from tunnelgate.meter import ClientMeter, Flow, usage_disagrees
+from tunnelgate.money import BYTES_PER_KB, cost_msat, format_msat, format_price, parse_fraction
+from tunnelgate.protocol import messages as m
+from tunnelgate.protocol.contract import FORWARDING, Contract, Ev, Event, State
+
+METERED, UNMETERED = 1, 0
+
+EV_ACCEPTED = "accepted"
+EV_REJECTED = "rejected"                  # rejected with a counter-offer
+EV_BUDGET_EXCEEDED = "budget_exceeded"
+EV_PAYMENT_DUE = "payment_due"            # daemon: pay amount_msat, then call paid()
+EV_PAID = "paid"
+EV_PAYMENT_FAILED = "payment_failed"
+EV_REVOKED = "revoked"
+EV_NO_DEAL = "no_deal"
+EV_ACTIVATED = "activated"
+EV_EXHAUSTED = "exhausted"
+EV_EXPIRED = "expired"
+EV_RENEWAL_REQUESTED = "renewal_requested"
+EV_USAGE_MISMATCH = "usage_mismatch"
+EV_PROTOCOL = "protocol_violation"
+
+HOUR, DAY = 3600, 86400
+REQUEST_RETRY_S = 10
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """Prices in price units (micro-msat/KB), budgets in msat (None: no limit);
+    fractions as exact decimal strings."""
+    max_price: int
+    prefix_max_prices: tuple[tuple[str, int], ...] = ()
+    counter_fraction: str = "0.8"
+    data_renewal_kb: int = 1000
+    time_renewal_s: int = 60
+    max_spend_per_hour: int | None = None
+    max_spend_per_day: int | None = None
+    max_spend_total: int | None = None
+    usage_tolerance: str = "0.02"
+    usage_slack_bytes: int = 16_000
+
+
+class ClientEngine:
+    def __init__(self, policy: ClientPolicy):
+        self.policy = policy
+        self._frac = parse_fraction(policy.counter_fraction, "counter_fraction")
+        self._tol = parse_fraction(policy.usage_tolerance, "usage_tolerance")
+        self._max = sorted(((*pk.parse_prefix(p), price) for p, price in policy.prefix_max_prices),
+                           key=lambda t: -t[1])
+        self.meter = ClientMeter()
+        self._flows: dict[str, Flow] = {}
+        self._contracts: dict[str, Contract] = {}
+        self._history: list[Contract] = []
+        self._spend: list[tuple[float, int]] = []      # (time, msat) within the last day
+        self.spent_total = 0
+        self.unmetered_bytes = 0
+        self.budget_reason = ""
+        self._out: list[m.Message] = []
+        self._events: list[Event] = []
+
+    # --- hot path --------------------------------------------------------------------------
+
+    def outbound(self, dst: bytes, length: int, now: float) -> int:
+        f = self.meter.find(dst)
+        if f is not None:
+            c = f.current
+            if c is not None and c.used < c.stop_bytes and now < c.stop_at:
+                c.used += length
+                c.up += length
+                if c.used >= c.renew_at and not c.renew_asked:
+                    self._renew(f, c, now)
+                return METERED
+            if self._usable(f, now):
+                return self.outbound(dst, length, now)
+        self.unmetered_bytes += length
+        return UNMETERED
+
+    def outbound_burst(self, dst: bytes, total_len: int, n_packets: int, now: float) -> int:
+        return self.outbound(dst, total_len, now)
+
+    def inbound(self, src: bytes, length: int, now: float) -> int:
+        f = self.meter.find(src)
+        if f is not None:
+            c = f.current
+            if c is not None and c.used < c.stop_bytes and now < c.stop_at:
+                c.used += length
+                c.down += length
+                if c.used >= c.renew_at and not c.renew_asked:
+                    self._renew(f, c, now)
+                return METERED
+            if self._usable(f, now):
+                return self.inbound(src, length, now)
+        self.unmetered_bytes += length
+        return UNMETERED
+
+    # --- contracts ---------------------------------------------------------------------------
+
+    def _usable(self, f: Flow, now: float) -> bool:
+        while True:
+            c = f.current
+            if c is not None:
+                if c.state in FORWARDING:
+                    if c.used >= c.limit_bytes:
+                        self._end(f, c, Ev.EXHAUST, "data limit reached", now)
+                        continue
+                    if now >= c.expires_at:
+                        self._end(f, c, Ev.EXPIRE, "time limit reached", now)
+                        continue
+                    return True
+                f.current = None
+            if not f.queue:
+                return False
+            self._activate(f, f.queue.popleft(), now)
+
+    def _arm(self, c: Contract) -> None:
+        c.stop_at, c.stop_bytes = c.expires_at, c.limit_bytes
+        c.renew_at = max(0, c.limit_bytes - self.policy.data_renewal_kb * BYTES_PER_KB)
+
+    def _activate(self, f: Flow, c: Contract, now: float) -> None:
+        f.current = c
+        c.activated_at, c.expires_at = now, now + c.time_s
+        c.apply(Ev.ACTIVATE)
+        self._arm(c)
+        self._emit(EV_ACTIVATED, c)
+        if c.renew_at == 0 or c.time_s <= self.policy.time_renewal_s:
+            self._renew(f, c, now)
+
+    def _end(self, f: Flow, c: Contract, ev: Ev, reason: str, now: float) -> None:
+        c.apply(ev)
+        c.disarm()
+        c.reason = reason
+        if f.current is c:
+            f.current = None
+        elif c in f.queue:
+            f.queue.remove(c)
+        self._retire(c, now)
+        kind = {Ev.EXHAUST: EV_EXHAUSTED, Ev.EXPIRE: EV_EXPIRED, Ev.REVOKE: EV_REVOKED}[ev]
+        self._emit(kind, c, reason=reason, data={"up": c.up, "down": c.down,
+                                                  "gateway_up": c.gw_up, "gateway_down": c.gw_down})
+
+    def _retire(self, c: Contract, now: float) -> None:
+        c.ended_at = now
+        self._contracts.pop(c.contract_id, None)
+        self._history.append(c)
+        if len(self._history) > 1024:
+            del self._history[:256]
+
+    def _renew(self, f: Flow, c: Contract, now: float) -> None:
+        c.renew_asked = True
+        if f.queue or f.proposal is not None or f.nodeal_until > now:
+            return
+        if f.requested_at is not None and now - f.requested_at < REQUEST_RETRY_S:
+            return
+        f.requested_at = now
+        self._out.append(m.Request(f.destination))
+        self._emit(EV_RENEWAL_REQUESTED, c)
+
+    def _flow(self, destination: str) -> Flow:
+        f = self._flows.get(destination)
+        if f is None:
+            key, plen = pk.parse_prefix(destination)
+            f = self._flows[destination] = Flow(b"", key, plen, destination)
+            self.meter.table(len(key), plen)[key] = f
+        return f
+
+    def _max_price(self, key: bytes) -> int:
+        for pkey, plen, price in self._max:
+            if len(key) == len(pkey) and pk.mask(key, plen) == pkey:
+                return price
+        return self.policy.max_price
+
+    # --- budgets -----------------------------------------------------------------------------
+
+    def spend(self, now: float) -> dict:
+        """msat committed (accepted contracts) in the last hour, day, and in total."""
+        hour = sum(a for t, a in self._spend if t > now - HOUR)
+        day = sum(a for t, a in self._spend if t > now - DAY)
+        return {"hour": hour, "day": day, "total": self.spent_total}
+
+    def _budget_problem(self, cost: int, now: float) -> str:
+        p = self.policy
+        s = self.spend(now)
+        for name, limit, used in (("hourly", p.max_spend_per_hour, s["hour"]),
+                                  ("daily", p.max_spend_per_day, s["day"]),
+                                  ("total", p.max_spend_total, s["total"])):
+            if limit is not None and used + cost > limit:
+                return (f"{name} budget: contract costs {format_msat(cost)}, {format_msat(used)} of "
+                        f"{format_msat(limit)} already spent")
+        return ""
+
+    # --- control messages --------------------------------------------------------------------
+
+    def on_message(self, msg: m.Message, now: float) -> None:
+        if isinstance(msg, m.Propose):
+            return self._on_propose(msg, now)
+        if isinstance(msg, m.NoDeal):
+            f = self._flow(msg.destination)
+            f.nodeal_until = now + msg.retry_after_s
+            f.nodeal_reason = f.reason = msg.reason
+            f.requested_at = None
+            if f.proposal is not None and f.proposal.contract_id == msg.contract_id:
+                f.proposal = None
+            self._emit(EV_NO_DEAL, msg.contract_id, destination=msg.destination, reason=msg.reason,
+                       data={"retry_after_s": msg.retry_after_s})
+            return
+        c = self._contracts.get(getattr(msg, "contract_id", None))
+        if c is None:
+            c = next((h for h in reversed(self._history)
+                      if h.contract_id == getattr(msg, "contract_id", None)), None)
+            if c is None:
+                return self._violation(msg, "unknown contract id")
+        f = self._flows[c.destination]
+        if isinstance(msg, m.Paid):
+            if c.state is State.PROPOSED or c.state is State.REJECTED or c.state is State.NO_DEAL:
+                return self._violation(msg, f"contract is {c.state.value}")
+            if not c.paid:
+                c.apply(Ev.PAID)
+                c.paid = True
+                self._emit(EV_PAID, c, amount_msat=c.cost_msat)
+            return
+        if isinstance(msg, m.PaymentFailed):
+            if c.state in (State.ACCEPTED, State.GRACE) or c.state in (State.EXPIRED, State.EXHAUSTED,
+                                                                       State.REVOKED):
+                c.apply(Ev.PAYMENT_FAILED)
+                self._emit(EV_PAYMENT_FAILED, c, reason=msg.reason, amount_msat=c.cost_msat)
+            return
+        if isinstance(msg, m.Revoke):
+            if c.state in (State.ACCEPTED, State.GRACE, State.PAID):
+                self._end(f, c, Ev.REVOKE, msg.reason, now)
+            return
+        if isinstance(msg, m.Usage):
+            return self._on_usage(f, c, msg, now)
+        return self._violation(msg, "not a message a gateway sends")
+
+    def _on_propose(self, msg: m.Propose, now: float) -> None:
+        if msg.contract_id in self._contracts or msg.limit_kb == 0 or msg.time_s == 0:
+            return self._violation(msg, "duplicate id or empty contract")
+        f = self._flow(msg.destination)
+        c = Contract(msg.contract_id, b"", f.key, f.plen, msg.destination, msg.price, msg.limit_kb,
+                     msg.time_s, msg.methods, msg.account, msg.round, msg.grace_s, msg.grace_kb, now)
+        f.requested_at = None
+        if f.proposal is not None and f.proposal.state is State.PROPOSED:
+            f.proposal.apply(Ev.WITHDRAW)
+            self._retire(f.proposal, now)
+        f.proposal = None
+        maxp = self._max_price(f.key)
+        if msg.price > maxp:
+            counter = min((msg.price * self._frac[0]) // self._frac[1], maxp)
+            reason = f"price {format_price(msg.price)} is above my maximum {format_price(maxp)}"
+            c.apply(Ev.REJECT)
+            c.reason = f.reason = reason
+            self._retire(c, now)
+            self._out.append(m.Reject(c.contract_id, reason, price=counter))
+            self._emit(EV_REJECTED, c, reason=reason, data={"counter_price": counter})
+            return
+        cost = cost_msat(msg.price, msg.limit_kb)
+        problem = self._budget_problem(cost, now)
+        if problem:
+            c.apply(Ev.REJECT)
+            c.reason = f.reason = self.budget_reason = problem
+            self._retire(c, now)
+            self._out.append(m.Reject(c.contract_id, problem[:m.MAX_TEXT]))
+            self._emit(EV_BUDGET_EXCEEDED, c, reason=problem, amount_msat=cost)
+            return
+        self.budget_reason = ""
+        self._spend.append((now, cost))
+        self.spent_total += cost
+        self._contracts[c.contract_id] = c
+        c.accepted_at = now
+        f.reason = ""
+        f.nodeal_until, f.nodeal_reason = 0.0, ""
+        if f.current is not None and f.current.state in FORWARDING and self._usable(f, now):
+            c.apply(Ev.ACCEPT_WAIT)
+            f.queue.append(c)
+        elif f.queue:
+            c.apply(Ev.ACCEPT_WAIT)
+            f.queue.append(c)
+        else:
+            c.apply(Ev.ACCEPT_ACTIVE)
+            f.current = c
+            c.activated_at, c.expires_at = now, now + c.time_s
+            self._arm(c)
+        self._out.append(m.Accept(c.contract_id))
+        self._emit(EV_ACCEPTED, c, amount_msat=cost, data={"queued": f.current is not c})
+        self._emit(EV_PAYMENT_DUE, c, amount_msat=cost,
+                   data={"methods": list(c.methods), "account": c.account})
+
+    def _on_usage(self, f: Flow, c: Contract, msg: m.Usage, now: float) -> None:
+        c.gw_up, c.gw_down = msg.up, msg.down
+        own, theirs = c.up + c.down, msg.up + msg.down
+        bad = usage_disagrees(own, theirs, self._tol[0], self._tol[1], self.policy.usage_slack_bytes)
+        if bad and not c.mismatch:
+            self._emit(EV_USAGE_MISMATCH, c, reason=f"gateway metered {theirs} bytes, I metered {own}",
+                       data={"own": own, "gateway": theirs, "own_up": c.up, "own_down": c.down,
+                             "gateway_up": msg.up, "gateway_down": msg.down})
+        c.mismatch = bad
+        if msg.final and c.state in FORWARDING:
+            if theirs >= c.limit_bytes:
+                self._end(f, c, Ev.EXHAUST, "data limit reached (gateway)", now)
+            else:
+                self._end(f, c, Ev.EXPIRE, "ended by the gateway", now)
+            self._usable(f, now)
+
+    def _violation(self, msg: m.Message, why: str) -> None:
+        self._emit(EV_PROTOCOL, getattr(msg, "contract_id", None), reason=f"{msg.TYPE}: {why}")
+
+    # --- payments ----------------------------------------------------------------------------
+
+    def paid(self, contract_id: str, method: str, proof: str, amount_msat: int | None = None) -> None:
+        """The payment backend produced a proof: send PAY."""
+        c = self._contracts.get(contract_id)
+        if c is None:
+            raise KeyError(f"no live contract {contract_id!r}")
+        self._out.append(m.Pay(contract_id, c.cost_msat if amount_msat is None else amount_msat,
+                               method, proof))
+
+    def request_usage(self, contract_id: str) -> None:
+        self._out.append(m.UsageRequest(contract_id))
+
+    # --- timers ------------------------------------------------------------------------------
+
+    def poll(self, now: float) -> None:
+        p = self.policy
+        for f in self._flows.values():
+            c = f.current
+            if c is not None and c.state in FORWARDING:
+                self._usable(f, now)
+                c = f.current
+            if c is not None and c.state in FORWARDING and not f.queue:
+                if (c.expires_at - now < p.time_renewal_s or c.used >= c.renew_at) and (
+                        not c.renew_asked or f.requested_at is None
+                        or now - f.requested_at >= REQUEST_RETRY_S):
+                    self._renew(f, c, now)
+            if f.nodeal_until and f.nodeal_until <= now:
+                f.nodeal_until = 0.0
+        cut = now - DAY
+        if self._spend and self._spend[0][0] <= cut:
+            self._spend = [(t, a) for t, a in self._spend if t > cut]
+
+    # --- outputs / status --------------------------------------------------------------------
+
+    def _emit(self, kind: str, c: Contract | str | None = None, destination: str | None = None,
+              reason: str = "", amount_msat: int = 0, data=None) -> None:
+        if isinstance(c, Contract):
+            self._events.append(Event(kind, c.contract_id, None, c.destination, reason, amount_msat,
+                                      data or {}))
+        else:
+            self._events.append(Event(kind, c, None, destination, reason, amount_msat, data or {}))
+
+    def take_outgoing(self) -> list[m.Message]:
+        out, self._out = self._out, []
+        return out
+
+    def take_events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def contracts(self, now: float = 0.0, history: bool = False) -> list[dict]:
+        cs = list(self._contracts.values()) + (self._history if history else [])
+        return [c.view(now) for c in cs]
+
+    def status(self, now: float) -> dict:
+        return {"spend": self.spend(now), "budget_reason": self.budget_reason,
+                "unmetered_bytes": self.unmetered_bytes,
+                "destinations": {d: {"contract": f.current.contract_id if f.current else None,
+                                     "queued": [c.contract_id for c in f.queue],
+                                     "no_deal_reason": f.nodeal_reason if f.nodeal_until > now else "",
+                                     "retry_in_s": max(0, int(f.nodeal_until - now)),
+                                     "reason": f.reason}
+                                 for d, f in self._flows.items()},
+                "contracts": self.contracts(now)}
+
+    # --- persistence -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        return {"version": 1, "spent_total": self.spent_total, "spend": [list(x) for x in self._spend],
+                "contracts": [c.to_dict() for c in self._contracts.values()],
+                "flows": [{"destination": d, "current": f.current.contract_id if f.current else None,
+                           "queue": [c.contract_id for c in f.queue], "nodeal_until": f.nodeal_until,
+                           "nodeal_reason": f.nodeal_reason} for d, f in self._flows.items()]}
+
+    def restore(self, snap: dict, now: float) -> None:
+        self.spent_total = snap["spent_total"]
+        self._spend = [(t, a) for t, a in snap["spend"]]
+        byid = {}
+        for d in snap["contracts"]:
+            c = Contract.from_dict(d)
+            c.peer = b""
+            byid[c.contract_id] = self._contracts[c.contract_id] = c
+        for d in snap["flows"]:
+            f = self._flow(d["destination"])
+            f.current = byid.get(d["current"]) if d["current"] else None
+            f.queue.extend(byid[i] for i in d["queue"] if i in byid)
+            f.nodeal_until, f.nodeal_reason = d["nodeal_until"], d["nodeal_reason"]
+            if f.current is not None and f.current.state in FORWARDING:
+                self._arm(f.current)

@@ -1,0 +1,627 @@
+"""Gateway side of contract negotiation and enforcement (sans-IO).
+
+The daemon calls, per packet, ``outbound`` (client -> internet) / ``inbound``
+(internet -> client); per decoded control message ``on_message``; every ~0.1-0.25 s
+``poll(now)``; and after each of these drains ``take_outgoing`` (messages per peer,
+to encode and send on that peer's control channel), ``take_released`` (held
+packets to write to the TUN now) and ``take_events``.  Payment verification is
+outside: a ``payment_received`` event carries method/proof/amount, the daemon
+verifies and calls ``payment_confirmed`` or ``payment_failed``.
+
+``now`` is wall-clock seconds (time.time()) so that snapshots stay meaningful
+after a restart.  Ids come from ``new_id`` (the daemon passes a random one, e.g.
+``lambda: secrets.token_hex(8)``); the default is a counter, deterministic for tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from tunnelgate import packet as pk
+from tunnelgate.meter import DROP, FORWARD, HELD, MISS, Flow, GatewayMeter
+from tunnelgate.money import BYTES_PER_KB, format_price
+from tunnelgate.protocol import messages as m
+from tunnelgate.protocol.contract import FORWARDING, Contract, Ev, Event, State
+
+# event kinds
+EV_PROPOSED = "proposed"
+EV_ACCEPTED = "accepted"
+EV_REJECTED = "rejected"
+EV_NO_DEAL = "no_deal"
+EV_NO_DEAL_EXPIRED = "no_deal_expired"
+EV_WITHDRAWN = "withdrawn"
+EV_ACTIVATED = "activated"
+EV_PAYMENT_RECEIVED = "payment_received"     # daemon: verify data["proof"] then confirm/fail
+EV_PAID = "paid"
+EV_PAYMENT_FAILED = "payment_failed"
+EV_EXHAUSTED = "exhausted"
+EV_EXPIRED = "expired"
+EV_REVOKED = "revoked"
+EV_HELD_DROPPED = "held_dropped"
+EV_PROTOCOL = "protocol_violation"
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """Gateway pricing policy.  Prices in price units (micro-msat per KB, see money.py;
+    parse config strings with money.parse_price)."""
+    default_price: int
+    floor_price: int
+    prefix_prices: tuple[tuple[str, int], ...] = ()   # (prefix, price); price 0 = free
+    contract_kb: int = 10_000
+    contract_time_s: int = 3600
+    grace_time_s: int = 30
+    grace_kb: int = 1000
+    scope: str | int = "host"          # IPv4: "host" or a prefix length (contract = dst/len)
+    scope6: str | int = "host"         # IPv6: same
+    payment_methods: tuple[str, ...] = ("dummy",)
+    account: str = ""
+    max_rounds: int = 3
+    no_deal_backoff_s: int = 60
+    proposal_timeout_s: int = 10
+    usage_interval_s: float = 1.0
+    held_max_packets: int = 64
+    held_max_bytes: int = 256 * BYTES_PER_KB
+
+
+def _plen(scope: str | int, bits: int) -> int:
+    if scope == "host":
+        return bits
+    if isinstance(scope, bool) or not isinstance(scope, int) or not 0 <= scope <= bits:
+        raise ValueError(f"scope must be 'host' or a prefix length 0..{bits}, got {scope!r}")
+    return scope
+
+
+class _Peer:
+    __slots__ = ("no_grace", "held_packets", "held_bytes", "drops_held", "drops_no_deal",
+                 "drops_no_contract_in", "paid_contracts")
+
+    def __init__(self):
+        self.no_grace = False
+        self.held_packets = self.held_bytes = 0
+        self.drops_held = self.drops_no_deal = self.drops_no_contract_in = 0
+        self.paid_contracts = 0
+
+
+class GatewayEngine:
+    def __init__(self, pricing: Pricing, new_id: Callable[[], str] | None = None):
+        self.pricing = pricing
+        self._seq = 0
+        self._new_id = new_id or self._counter_id
+        self.meter = GatewayMeter(_plen(pricing.scope, 32), _plen(pricing.scope6, 128))
+        self._prices = sorted(((*pk.parse_prefix(p), price) for p, price in pricing.prefix_prices),
+                              key=lambda t: -t[1])
+        self._peers: dict[bytes, _Peer] = {}
+        self._contracts: dict[str, Contract] = {}      # live + proposed, by id
+        self._history: list[Contract] = []             # ended, most recent last (bounded)
+        self._nodeal: set[Flow] = set()
+        self._out: list[tuple[bytes, m.Message]] = []
+        self._released: list[tuple[bytes, bytes]] = []
+        self._events: list[Event] = []
+
+    def _counter_id(self) -> str:
+        self._seq += 1
+        return f"c{self._seq}"
+
+    # --- hot path --------------------------------------------------------------------------
+
+    def outbound(self, peer: bytes, dst: bytes | str, length: int, packet: bytes, now: float) -> int:
+        """Client -> internet.  FORWARD (metered), HELD (kept, released later via
+        take_released) or DROP."""
+        if type(dst) is not bytes:
+            dst = pk.addr_bytes(dst)
+        r = self.meter.up(peer, dst, length, now)
+        if r != MISS:
+            return r
+        return self._slow_out(peer, dst, length, packet, now)
+
+    def outbound_burst(self, peer: bytes, dst: bytes, total_len: int, n_packets: int, now: float) -> int:
+        """Meter a coalesced burst of packets to one destination at once (a decision for the
+        whole burst; overshoot at most one burst).  HELD is not possible: DROP if the burst
+        is not covered (hold per packet with ``outbound`` instead)."""
+        r = self.meter.up(peer, dst, total_len, now)
+        if r != MISS:
+            return r
+        f = self._flow(peer, dst, now)
+        if self._usable(f, now):
+            return self.meter.up(peer, dst, total_len, now)
+        return DROP
+
+    def inbound(self, peer: bytes, src: bytes | str, length: int, now: float) -> int:
+        """Internet -> client.  FORWARD (metered) or DROP."""
+        if type(src) is not bytes:
+            src = pk.addr_bytes(src)
+        r = self.meter.down(peer, src, length, now)
+        if r != MISS:
+            return r
+        flows = self.meter.peers.get(peer)
+        f = flows.get(self.meter.key(src)) if flows else None
+        if f is not None and self._usable(f, now):
+            return self.meter.down(peer, src, length, now)
+        self._peer(peer).drops_no_contract_in += 1
+        return DROP
+
+    # --- slow path -------------------------------------------------------------------------
+
+    def _peer(self, peer: bytes) -> _Peer:
+        p = self._peers.get(peer)
+        if p is None:
+            p = self._peers[peer] = _Peer()
+        return p
+
+    def _price_for(self, key: bytes) -> int:
+        for pkey, plen, price in self._prices:
+            if len(key) == len(pkey) and pk.mask(key, plen) == pkey:
+                return price
+        return self.pricing.default_price
+
+    def _flow(self, peer: bytes, addr: bytes, now: float) -> Flow:
+        key = self.meter.key(addr)
+        flows = self.meter.peers.get(peer)
+        if flows is None:
+            flows = self.meter.peers[peer] = {}
+            self._peer(peer)
+        f = flows.get(key)
+        if f is None:
+            plen = self.meter.plen(addr)
+            f = flows[key] = Flow(peer, key, plen, pk.prefix_text(key, plen))
+            f.list_price = self._price_for(key)
+            f.free = f.list_price == 0
+        return f
+
+    def _usable(self, f: Flow, now: float) -> bool:
+        """Ends a spent current contract, activates the queued one; True if traffic may pass."""
+        while True:
+            c = f.current
+            if c is not None:
+                if c.state in FORWARDING:
+                    if c.used >= c.limit_bytes:
+                        self._end(f, c, Ev.EXHAUST, "data limit reached", now)
+                        continue
+                    if now >= c.expires_at:
+                        self._end(f, c, Ev.EXPIRE, "time limit reached", now)
+                        continue
+                    return c.used < c.stop_bytes and now < c.stop_at
+                if c.state is State.ACCEPTED:
+                    return False           # waiting for payment (no grace)
+                f.current = None
+            if not f.queue:
+                return f.free
+            self._activate(f, f.queue.popleft(), now)
+
+    def _slow_out(self, peer: bytes, dst: bytes, length: int, packet: bytes, now: float) -> int:
+        f = self._flow(peer, dst, now)
+        if self._usable(f, now):
+            return self.meter.up(peer, dst, length, now)
+        p = self._peers[peer]
+        if f.nodeal_until > now:
+            p.drops_no_deal += 1
+            f.dropped += 1
+            return DROP
+        if f.proposal is None and f.current is None and not f.queue:
+            self._propose(f, now, 1, f.list_price, self.pricing.contract_kb, self.pricing.contract_time_s)
+        if (p.held_packets >= self.pricing.held_max_packets
+                or p.held_bytes + len(packet) > self.pricing.held_max_bytes):
+            p.drops_held += 1
+            f.dropped += 1
+            return DROP
+        f.held.append(packet)
+        f.held_bytes += len(packet)
+        p.held_packets += 1
+        p.held_bytes += len(packet)
+        return HELD
+
+    def _release(self, f: Flow, now: float) -> None:
+        """Held packets go out now, metered, while the contract allows; the rest are dropped."""
+        if not f.held:
+            return
+        held, f.held = f.held, []
+        p = self._peers[f.peer]
+        p.held_packets -= len(held)
+        p.held_bytes -= f.held_bytes
+        f.held_bytes = 0
+        for i, pkt in enumerate(held):
+            hdr = pk.dst_and_length(pkt)
+            length = hdr[1] if hdr else len(pkt)
+            if self.meter.up(f.peer, hdr[0] if hdr else f.key, length, now) == FORWARD:
+                self._released.append((f.peer, pkt))
+            elif self._usable(f, now) and self.meter.up(f.peer, hdr[0] if hdr else f.key,
+                                                         length, now) == FORWARD:
+                self._released.append((f.peer, pkt))
+            else:                                      # keep the rest held (e.g. grace bytes used)
+                for rest in held[i:]:
+                    f.held.append(rest)
+                    f.held_bytes += len(rest)
+                p.held_packets += len(f.held)
+                p.held_bytes += f.held_bytes
+                return
+
+    def _drop_held(self, f: Flow, reason: str) -> None:
+        if not f.held:
+            return
+        p = self._peers[f.peer]
+        n = len(f.held)
+        p.held_packets -= n
+        p.held_bytes -= f.held_bytes
+        p.drops_held += n
+        f.dropped += n
+        f.held, f.held_bytes = [], 0
+        self._emit(EV_HELD_DROPPED, f=f, reason=reason, data={"packets": n})
+
+    # --- negotiation -------------------------------------------------------------------------
+
+    def _propose(self, f: Flow, now: float, rnd: int, price: int, limit_kb: int, time_s: int) -> None:
+        pr = self.pricing
+        cid = self._new_id()
+        grace = not self._peers[f.peer].no_grace
+        c = Contract(cid, f.peer, f.key, f.plen, f.destination, price, limit_kb, time_s,
+                     pr.payment_methods, pr.account, rnd, pr.grace_time_s if grace else 0,
+                     pr.grace_kb if grace else 0, now)
+        self._contracts[cid] = c
+        f.proposal = c
+        self._out.append((f.peer, m.Propose(cid, f.destination, price, limit_kb, time_s,
+                                            pr.payment_methods, pr.account, rnd, c.grace_s, c.grace_kb)))
+        self._emit(EV_PROPOSED, c, data={"price": price, "round": rnd})
+
+    def _no_deal(self, f: Flow, c: Contract | None, reason: str, now: float) -> None:
+        backoff = self.pricing.no_deal_backoff_s
+        if c is not None and c.state is State.PROPOSED:
+            c.apply(Ev.NO_DEAL)
+            c.reason = reason
+            self._retire(c, now)
+        f.proposal = None
+        f.nodeal_until = now + backoff
+        f.nodeal_reason = f.reason = reason
+        self._nodeal.add(f)
+        self._out.append((f.peer, m.NoDeal(f.destination, reason[:m.MAX_TEXT], backoff,
+                                           c.contract_id if c else None)))
+        self._emit(EV_NO_DEAL, c, f=f, reason=reason, data={"retry_after_s": backoff})
+        self._drop_held(f, "no deal: " + reason)
+
+    def _on_reject(self, f: Flow, c: Contract, msg: m.Reject, now: float) -> None:
+        c.apply(Ev.REJECT)
+        c.reason = msg.reason
+        self._retire(c, now)
+        f.proposal = None
+        self._emit(EV_REJECTED, c, reason=msg.reason,
+                   data={"counter_price": msg.price, "counter_kb": msg.limit_kb, "counter_s": msg.time_s})
+        if msg.price is None and msg.limit_kb is None and msg.time_s is None:
+            return self._no_deal(f, c, f"client declined: {msg.reason}", now)
+        if c.round >= self.pricing.max_rounds:
+            return self._no_deal(f, c, f"no agreement after {c.round} rounds", now)
+        floor = min(self.pricing.floor_price, f.list_price)
+        price = c.price
+        if msg.price is not None and msg.price < price:
+            price = msg.price if msg.price >= floor else floor
+        limit_kb = min(c.limit_kb, msg.limit_kb) if msg.limit_kb else c.limit_kb
+        time_s = min(c.time_s, msg.time_s) if msg.time_s else c.time_s
+        if (price, limit_kb, time_s) == (c.price, c.limit_kb, c.time_s):
+            if msg.price is not None and msg.price < floor:
+                why = (f"counter-offer {format_price(msg.price)} is below the floor price "
+                       f"{format_price(floor)}")
+            else:
+                why = "counter-offer changes nothing"
+            return self._no_deal(f, c, why, now)
+        self._propose(f, now, c.round + 1, price, limit_kb, time_s)
+
+    def _on_accept(self, f: Flow, c: Contract, now: float) -> None:
+        p = self._peers[f.peer]
+        f.proposal = None
+        c.accepted_at = now
+        c.grace_until = now + self.pricing.grace_time_s     # payment deadline
+        cur = f.current
+        active = cur is not None and (cur.state is State.ACCEPTED or (
+            cur.state in FORWARDING and cur.used < cur.limit_bytes and now < cur.expires_at))
+        if active or f.queue:
+            c.apply(Ev.ACCEPT_WAIT)
+            f.queue.append(c)
+        elif p.no_grace:
+            c.apply(Ev.ACCEPT_WAIT)
+            f.current = c
+            c.activated_at, c.expires_at = now, now + c.time_s
+        else:
+            c.apply(Ev.ACCEPT_ACTIVE)
+            f.current = c
+            c.activated_at, c.expires_at = now, now + c.time_s
+            c.arm(True)
+        self._emit(EV_ACCEPTED, c, data={"queued": c in f.queue})
+        if f.current is c and c.state is State.GRACE:
+            self._release(f, now)
+
+    def _activate(self, f: Flow, c: Contract, now: float) -> None:
+        f.current = c
+        c.activated_at, c.expires_at = now, now + c.time_s
+        if c.state is State.PAID:
+            c.apply(Ev.ACTIVATE)
+            c.arm(True)
+        elif not self._peers[f.peer].no_grace:
+            c.apply(Ev.ACTIVATE)
+            c.arm(True)
+        # else: stays ACCEPTED until paid (no grace for this peer)
+        c.last_usage_sent = -1
+        self._emit(EV_ACTIVATED, c, data={"state": c.state.value})
+
+    def _end(self, f: Flow, c: Contract, ev: Ev, reason: str, now: float) -> None:
+        c.apply(ev)
+        c.disarm()
+        c.reason = reason
+        f.current = None
+        self._out.append((c.peer, m.Usage(c.contract_id, c.up, c.down, True)))
+        c.last_usage_sent = c.used
+        self._retire(c, now)
+        kind = {Ev.EXHAUST: EV_EXHAUSTED, Ev.EXPIRE: EV_EXPIRED, Ev.REVOKE: EV_REVOKED}[ev]
+        self._emit(kind, c, reason=reason, data={"up": c.up, "down": c.down})
+
+    def _retire(self, c: Contract, now: float) -> None:
+        c.ended_at = now
+        self._contracts.pop(c.contract_id, None)
+        self._history.append(c)
+        if len(self._history) > 1024:
+            del self._history[:256]
+
+    def _revoke(self, f: Flow, c: Contract, reason: str, now: float) -> None:
+        if c in f.queue:
+            f.queue.remove(c)
+            c.apply(Ev.REVOKE)
+            c.reason = reason
+            self._retire(c, now)
+            self._emit(EV_REVOKED, c, reason=reason)
+        else:
+            self._end(f, c, Ev.REVOKE, reason, now)
+            self._drop_held(f, "contract revoked")
+        self._out.append((c.peer, m.Revoke(c.contract_id, reason[:m.MAX_TEXT])))
+
+    # --- control messages --------------------------------------------------------------------
+
+    def on_message(self, peer: bytes, msg: m.Message, now: float) -> None:
+        self._peer(peer)
+        if isinstance(msg, m.Request):
+            return self._on_request(peer, msg, now)
+        cid = getattr(msg, "contract_id", None)
+        c = self._contracts.get(cid) if cid else None
+        if c is None or c.peer != peer:
+            if isinstance(msg, m.Pay):
+                old = next((h for h in reversed(self._history)
+                            if h.contract_id == cid and h.peer == peer), None)
+                if old is not None and old.paid:
+                    self._out.append((peer, m.Paid(cid)))
+                    return
+            if isinstance(msg, m.UsageRequest):
+                old = next((h for h in reversed(self._history)
+                            if h.contract_id == cid and h.peer == peer), None)
+                if old is not None:
+                    self._out.append((peer, m.Usage(cid, old.up, old.down, True)))
+                    return
+            return self._violation(peer, msg, "unknown contract id")
+        f = self.meter.peers[peer][c.key]
+        if isinstance(msg, (m.Accept, m.Reject)):
+            if c.state is not State.PROPOSED or f.proposal is not c:
+                return self._violation(peer, msg, f"contract is {c.state.value}")
+            if isinstance(msg, m.Accept):
+                return self._on_accept(f, c, now)
+            return self._on_reject(f, c, msg, now)
+        if isinstance(msg, m.Pay):
+            if c.state not in (State.ACCEPTED, State.GRACE, State.PAID):
+                return self._violation(peer, msg, f"contract is {c.state.value}")
+            if c.paid:
+                self._out.append((peer, m.Paid(c.contract_id)))
+                return
+            if msg.method not in c.methods:
+                self._out.append((peer, m.PaymentFailed(c.contract_id, f"method {msg.method!r} not accepted"[:200])))
+                return
+            if msg.amount_msat < c.cost_msat:
+                self._out.append((peer, m.PaymentFailed(
+                    c.contract_id, f"amount {msg.amount_msat} msat is below the cost {c.cost_msat} msat")))
+                return
+            self._emit(EV_PAYMENT_RECEIVED, c, amount_msat=msg.amount_msat,
+                       data={"method": msg.method, "proof": msg.proof, "cost_msat": c.cost_msat})
+            return
+        if isinstance(msg, m.UsageRequest):
+            self._out.append((peer, m.Usage(c.contract_id, c.up, c.down, c.state not in FORWARDING
+                                            and c.state is not State.ACCEPTED)))
+            return
+        return self._violation(peer, msg, "not a message a client sends")
+
+    def _on_request(self, peer: bytes, msg: m.Request, now: float) -> None:
+        key, plen = pk.parse_prefix(msg.destination)
+        if plen != self.meter.plen(key):
+            self._out.append((peer, m.NoDeal(msg.destination, f"this gateway prices /{self.meter.plen(key)}"
+                                             " destinations", 0)))
+            return
+        f = self._flow(peer, key, now)
+        if f.free:
+            self._out.append((peer, m.NoDeal(f.destination, "free destination: no contract needed", 0)))
+            return
+        if f.nodeal_until > now:
+            self._out.append((peer, m.NoDeal(f.destination, f.nodeal_reason[:m.MAX_TEXT],
+                                             int(f.nodeal_until - now) + 1)))
+            return
+        if f.proposal is not None or f.queue or (f.current is not None and f.current.state is State.ACCEPTED):
+            return      # a proposal is on its way / the next contract is already queued
+        self._propose(f, now, 1, f.list_price, self.pricing.contract_kb, self.pricing.contract_time_s)
+
+    def _violation(self, peer: bytes, msg: m.Message, why: str) -> None:
+        self._emit(EV_PROTOCOL, getattr(msg, "contract_id", None), peer=peer, reason=f"{msg.TYPE}: {why}")
+
+    # --- payment backend inputs ------------------------------------------------------------
+
+    def payment_confirmed(self, contract_id: str, now: float) -> None:
+        c = self._contracts.get(contract_id)
+        if c is None:
+            c = next((h for h in reversed(self._history) if h.contract_id == contract_id), None)
+            if c is None or c.paid:
+                return
+        if c.state is State.PROPOSED or c.state is State.REJECTED or c.state is State.NO_DEAL:
+            return self._violation(c.peer, m.Paid(contract_id), f"payment for a {c.state.value} contract")
+        c.apply(Ev.PAID)
+        c.paid = True
+        p = self._peers[c.peer]
+        p.no_grace = False
+        p.paid_contracts += 1
+        self._out.append((c.peer, m.Paid(contract_id)))
+        self._emit(EV_PAID, c, amount_msat=c.cost_msat)
+        f = self.meter.peers.get(c.peer, {}).get(c.key)
+        if f is not None and f.current is c:
+            if c.state is State.PAID and c.activated_at is not None:
+                if c.expires_at is None:
+                    c.expires_at = now + c.time_s
+                c.apply(Ev.ACTIVATE)
+                c.arm(True)
+                self._release(f, now)
+
+    def payment_failed(self, contract_id: str, reason: str, now: float) -> None:
+        c = self._contracts.get(contract_id)
+        if c is None or c.state is State.PROPOSED:
+            return
+        c.apply(Ev.PAYMENT_FAILED)
+        self._out.append((c.peer, m.PaymentFailed(contract_id, reason[:m.MAX_TEXT])))
+        self._emit(EV_PAYMENT_FAILED, c, reason=reason)
+
+    # --- timers ------------------------------------------------------------------------------
+
+    def poll(self, now: float) -> None:
+        pr = self.pricing
+        for c in list(self._contracts.values()):
+            f = self.meter.peers[c.peer][c.key]
+            if c.state is State.PROPOSED:
+                if now - c.created_at >= pr.proposal_timeout_s:
+                    c.apply(Ev.WITHDRAW)
+                    c.reason = "no answer to the proposal"
+                    self._retire(c, now)
+                    if f.proposal is c:
+                        f.proposal = None
+                    self._emit(EV_WITHDRAWN, c, reason=c.reason)
+                    self._drop_held(f, "no answer to the proposal")
+                continue
+            if not c.paid and c.grace_until is not None and now >= c.grace_until:
+                self._peers[c.peer].no_grace = True
+                self._revoke(f, c, "payment not confirmed within the grace period", now)
+                continue
+            if f.current is c and c.state in FORWARDING:
+                self._usable(f, now)                # ends on expiry, starts the next
+                if f.current is c and c.used != c.last_usage_sent and (
+                        now - c.last_usage_at >= pr.usage_interval_s):
+                    self._out.append((c.peer, m.Usage(c.contract_id, c.up, c.down, False)))
+                    c.last_usage_sent, c.last_usage_at = c.used, now
+                elif f.current is not c and f.current is not None:
+                    self._release(f, now)
+        for f in list(self._nodeal):
+            if f.nodeal_until <= now:
+                self._nodeal.discard(f)
+                f.nodeal_until = 0.0
+                self._emit(EV_NO_DEAL_EXPIRED, f=f, reason=f.nodeal_reason)
+        self._prune()
+
+    def _prune(self) -> None:
+        for peer, flows in self.meter.peers.items():
+            if len(flows) < 4096:
+                continue
+            for k in [k for k, f in flows.items() if f.current is None and not f.queue and not f.held
+                      and f.proposal is None and f.nodeal_until == 0.0]:
+                del flows[k]
+
+    # --- outputs -----------------------------------------------------------------------------
+
+    def _emit(self, kind: str, c: Contract | str | None = None, f: Flow | None = None,
+              peer: bytes | None = None, reason: str = "", amount_msat: int = 0, data=None) -> None:
+        if isinstance(c, Contract):
+            self._events.append(Event(kind, c.contract_id, c.peer, c.destination, reason,
+                                      amount_msat, data or {}))
+        elif f is not None:
+            self._events.append(Event(kind, None, f.peer, f.destination, reason, amount_msat, data or {}))
+        else:
+            self._events.append(Event(kind, c, peer, None, reason, amount_msat, data or {}))
+
+    def take_outgoing(self) -> list[tuple[bytes, m.Message]]:
+        out, self._out = self._out, []
+        return out
+
+    def take_released(self) -> list[tuple[bytes, bytes]]:
+        out, self._released = self._released, []
+        return out
+
+    def take_events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    # --- status ------------------------------------------------------------------------------
+
+    def contracts(self, peer: bytes | None = None, now: float = 0.0, history: bool = False) -> list[dict]:
+        cs = list(self._contracts.values()) + (self._history if history else [])
+        return [c.view(now) for c in cs if peer is None or c.peer == peer]
+
+    def status(self, now: float) -> dict:
+        peers = {}
+        for peer, p in self._peers.items():
+            flows = self.meter.peers.get(peer, {})
+            peers[peer.hex()] = {
+                "grace": not p.no_grace, "paid_contracts": p.paid_contracts,
+                "held_packets": p.held_packets, "held_bytes": p.held_bytes,
+                "drops_held": p.drops_held, "drops_no_deal": p.drops_no_deal,
+                "drops_inbound_no_contract": p.drops_no_contract_in,
+                "no_deal": {f.destination: {"reason": f.nodeal_reason,
+                                            "retry_in_s": max(0, int(f.nodeal_until - now))}
+                            for f in flows.values() if f.nodeal_until > now},
+                "free_bytes": sum(f.free_bytes for f in flows.values()),
+            }
+        return {"peers": peers, "contracts": self.contracts(now=now)}
+
+    def why(self, peer: bytes, dst: bytes | str, now: float) -> str:
+        """Why traffic from peer to dst is (not) forwarded, for `status`."""
+        dst = pk.addr_bytes(dst)
+        f = self.meter.peers.get(peer, {}).get(self.meter.key(dst))
+        if f is None:
+            return "no contract yet"
+        if f.free:
+            return "free destination"
+        if f.nodeal_until > now:
+            return f"no deal: {f.nodeal_reason} (retry in {int(f.nodeal_until - now)} s)"
+        c = f.current
+        if c is None:
+            return "negotiating" if f.proposal else "no contract"
+        return f"contract {c.contract_id} {c.state.value}"
+
+    # --- persistence -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        """JSON-able state: live contracts (not proposals), metered bytes, peer standing,
+        no-deal back-offs.  Persist at least every second and on stop."""
+        flows = []
+        for peer, fl in self.meter.peers.items():
+            for f in fl.values():
+                if f.current is None and not f.queue and f.nodeal_until == 0.0:
+                    continue
+                flows.append({"peer": peer.hex(), "key": f.key.hex(), "plen": f.plen,
+                              "current": f.current.contract_id if f.current else None,
+                              "queue": [c.contract_id for c in f.queue],
+                              "nodeal_until": f.nodeal_until, "nodeal_reason": f.nodeal_reason})
+        return {"version": 1, "seq": self._seq,
+                "contracts": [c.to_dict() for c in self._contracts.values() if c.state is not State.PROPOSED],
+                "flows": flows,
+                "peers": {k.hex(): {"no_grace": p.no_grace, "paid_contracts": p.paid_contracts}
+                          for k, p in self._peers.items()}}
+
+    def restore(self, snap: dict, now: float) -> None:
+        """Resume from ``snapshot()``; contracts whose time ran out meanwhile end at the next
+        poll/packet.  Bytes metered after the last snapshot are lost (in the client's favour)."""
+        self._seq = snap["seq"]
+        for k, d in snap["peers"].items():
+            p = self._peer(bytes.fromhex(k))
+            p.no_grace, p.paid_contracts = d["no_grace"], d["paid_contracts"]
+        byid = {}
+        for d in snap["contracts"]:
+            c = Contract.from_dict(d)
+            byid[c.contract_id] = c
+            self._contracts[c.contract_id] = c
+        for d in snap["flows"]:
+            peer, key = bytes.fromhex(d["peer"]), bytes.fromhex(d["key"])
+            f = self._flow(peer, key, now)
+            cur = byid.get(d["current"]) if d["current"] else None
+            f.current = cur
+            f.queue.extend(byid[i] for i in d["queue"] if i in byid)
+            f.nodeal_until, f.nodeal_reason = d["nodeal_until"], d["nodeal_reason"]
+            if f.nodeal_until:
+                self._nodeal.add(f)
+            if cur is not None and cur.state in FORWARDING:
+                cur.arm(not self._peers[peer].no_grace or cur.state is State.PAID)

@@ -1,0 +1,276 @@
+"""Wire format of the contract control messages.
+
+Encoding: one compact UTF-8 JSON object per message, ``{"t": TYPE, field: value, ...}``,
+at most ``MAX_MESSAGE`` bytes.  The decoder is strict: every type has a schema
+(field -> kind, required/optional), unknown types and unknown or missing fields,
+floats, NaN, duplicate keys, bools where ints are expected, out-of-range ints and
+over-long strings are all rejected with ``ProtocolError`` -- the only exception it
+raises.
+
+Units on the wire: prices in price units (micro-msat per KB, see ``money``),
+amounts in msat, data in KB (1 KB = 1000 bytes), bytes in bytes, durations in
+whole seconds *relative to acceptance* (no clock synchronisation needed: each side
+starts the contract clock when it sends / receives ACCEPT or activates the contract).
+Destinations are prefixes in text, "198.18.2.7/32" or "198.18.2.0/24".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+from tunnelgate.money import MAX_MSAT, MAX_PRICE
+from tunnelgate.packet import PacketError, parse_prefix
+
+MAX_MESSAGE = 4096
+MAX_ID = 64
+MAX_TEXT = 256
+MAX_PROOF = 3000
+MAX_U32 = 2**32 - 1
+MAX_U64 = 2**64 - 1
+
+
+class ProtocolError(Exception):
+    """A control message or frame that is malformed or not allowed here."""
+
+
+# field kinds: (validator name, bound)
+_ID = ("id", MAX_ID)
+_TEXT = ("text", MAX_TEXT)
+_PROOF = ("text", MAX_PROOF)
+_DEST = ("dest", 64)
+_PRICE = ("int", MAX_PRICE)
+_MSAT = ("int", MAX_MSAT)
+_KB = ("int", MAX_U32)
+_SECS = ("int", MAX_U32)
+_BYTES = ("int", MAX_U64)
+_ROUND = ("int", 255)
+_BOOL = ("bool", None)
+_METHODS = ("strlist", 16)
+
+
+@dataclass(frozen=True)
+class Message:
+    TYPE: ClassVar[str] = ""
+    SCHEMA: ClassVar[dict] = {}       # field -> kind
+    OPTIONAL: ClassVar[frozenset] = frozenset()
+
+
+@dataclass(frozen=True)
+class Propose(Message):
+    """Gateway -> client: terms for one contract (a new id every round)."""
+    TYPE = "PROPOSE"
+    SCHEMA = {"contract_id": _ID, "destination": _DEST, "price": _PRICE, "limit_kb": _KB,
+              "time_s": _SECS, "methods": _METHODS, "account": _TEXT, "round": _ROUND,
+              "grace_s": _SECS, "grace_kb": _KB}
+    contract_id: str
+    destination: str
+    price: int
+    limit_kb: int
+    time_s: int
+    methods: tuple[str, ...]
+    account: str
+    round: int = 1
+    grace_s: int = 0
+    grace_kb: int = 0
+
+
+@dataclass(frozen=True)
+class Accept(Message):
+    TYPE = "ACCEPT"
+    SCHEMA = {"contract_id": _ID}
+    contract_id: str
+
+
+@dataclass(frozen=True)
+class Reject(Message):
+    """Client -> gateway: no to a proposal, with an optional counter-offer.
+    No counter at all means "no deal at any terms" (e.g. budget)."""
+    TYPE = "REJECT"
+    SCHEMA = {"contract_id": _ID, "reason": _TEXT, "price": _PRICE, "limit_kb": _KB, "time_s": _SECS}
+    OPTIONAL = frozenset({"price", "limit_kb", "time_s"})
+    contract_id: str
+    reason: str
+    price: int | None = None
+    limit_kb: int | None = None
+    time_s: int | None = None
+
+
+@dataclass(frozen=True)
+class Request(Message):
+    """Client -> gateway: quote request for a destination (renewal); answered by PROPOSE or NO_DEAL."""
+    TYPE = "REQUEST"
+    SCHEMA = {"destination": _DEST}
+    destination: str
+
+
+@dataclass(frozen=True)
+class Pay(Message):
+    TYPE = "PAY"
+    SCHEMA = {"contract_id": _ID, "amount_msat": _MSAT, "method": _TEXT, "proof": _PROOF}
+    contract_id: str
+    amount_msat: int
+    method: str
+    proof: str
+
+
+@dataclass(frozen=True)
+class Paid(Message):
+    TYPE = "PAID"
+    SCHEMA = {"contract_id": _ID}
+    contract_id: str
+
+
+@dataclass(frozen=True)
+class PaymentFailed(Message):
+    TYPE = "PAYMENT_FAILED"
+    SCHEMA = {"contract_id": _ID, "reason": _TEXT}
+    contract_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Revoke(Message):
+    TYPE = "REVOKE"
+    SCHEMA = {"contract_id": _ID, "reason": _TEXT}
+    contract_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Usage(Message):
+    """Gateway -> client: cumulative metered bytes of a contract (authoritative).
+    ``final`` is set once the contract has ended on the gateway."""
+    TYPE = "USAGE"
+    SCHEMA = {"contract_id": _ID, "up": _BYTES, "down": _BYTES, "final": _BOOL}
+    contract_id: str
+    up: int
+    down: int
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class UsageRequest(Message):
+    TYPE = "USAGE_REQUEST"
+    SCHEMA = {"contract_id": _ID}
+    contract_id: str
+
+
+@dataclass(frozen=True)
+class NoDeal(Message):
+    """Gateway -> client: final refusal for a destination; do not ask again for retry_after_s."""
+    TYPE = "NO_DEAL"
+    SCHEMA = {"contract_id": _ID, "destination": _DEST, "reason": _TEXT, "retry_after_s": _SECS}
+    OPTIONAL = frozenset({"contract_id"})
+    destination: str
+    reason: str
+    retry_after_s: int
+    contract_id: str | None = None
+
+
+TYPES: dict[str, type[Message]] = {c.TYPE: c for c in
+                                   (Propose, Accept, Reject, Request, Pay, Paid, PaymentFailed,
+                                    Revoke, Usage, UsageRequest, NoDeal)}
+
+
+def _check(cls: type[Message], name: str, kind: tuple, value: object) -> object:
+    k, bound = kind
+    if k == "int":
+        if type(value) is not int or value < 0 or value > bound:
+            raise ProtocolError(f"{cls.TYPE}.{name}: expected an integer 0..{bound}")
+        return value
+    if k == "bool":
+        if type(value) is not bool:
+            raise ProtocolError(f"{cls.TYPE}.{name}: expected true/false")
+        return value
+    if k in ("text", "id"):
+        if type(value) is not str or len(value) > bound:
+            raise ProtocolError(f"{cls.TYPE}.{name}: expected a string of at most {bound} characters")
+        if k == "id" and (not value or not value.isascii() or not value.isprintable()):
+            raise ProtocolError(f"{cls.TYPE}.{name}: expected a non-empty printable ASCII id")
+        return value
+    if k == "dest":
+        if type(value) is not str or len(value) > bound:
+            raise ProtocolError(f"{cls.TYPE}.{name}: expected a prefix string")
+        try:
+            parse_prefix(value)
+        except PacketError as e:
+            raise ProtocolError(f"{cls.TYPE}.{name}: {e}") from None
+        return value
+    if k == "strlist":
+        if type(value) not in (list, tuple) or len(value) > bound or any(
+                type(s) is not str or not s or len(s) > MAX_ID for s in value):
+            raise ProtocolError(f"{cls.TYPE}.{name}: expected a list of at most {bound} short strings")
+        return tuple(value)
+    raise AssertionError(k)
+
+
+def _validate(cls: type[Message], data: dict) -> dict:
+    out = {}
+    for name, kind in cls.SCHEMA.items():
+        if name not in data:
+            if name in cls.OPTIONAL:
+                continue
+            raise ProtocolError(f"{cls.TYPE}: missing field {name!r}")
+        value = data[name]
+        if value is None and name in cls.OPTIONAL:
+            continue
+        out[name] = _check(cls, name, kind, value)
+    extra = set(data) - set(cls.SCHEMA)
+    if extra:
+        raise ProtocolError(f"{cls.TYPE}: unknown field {sorted(extra)[0]!r}")
+    return out
+
+
+def encode(msg: Message) -> bytes:
+    cls = type(msg)
+    if cls not in TYPES.values():
+        raise ProtocolError(f"not a message: {msg!r}")
+    data = {}
+    for f in fields(msg):
+        v = getattr(msg, f.name)
+        if v is None and f.name in cls.OPTIONAL:
+            continue
+        data[f.name] = list(v) if isinstance(v, tuple) else v
+    _validate(cls, data)        # never put on the wire what the peer would refuse
+    raw = json.dumps({"t": cls.TYPE, **data}, separators=(",", ":"), ensure_ascii=True).encode()
+    if len(raw) > MAX_MESSAGE:
+        raise ProtocolError(f"{cls.TYPE}: encoded message is {len(raw)} bytes, max {MAX_MESSAGE}")
+    return raw
+
+
+def _no_floats(_s: str):
+    raise ValueError("floats are not allowed")
+
+
+def _no_constants(_s: str):
+    raise ValueError("NaN/Infinity are not allowed")
+
+
+def _pairs(pairs: list) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise ValueError("duplicate key")
+    return d
+
+
+def decode(raw: bytes) -> Message:
+    """bytes -> Message; raises only ProtocolError."""
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise ProtocolError("message must be bytes")
+    if len(raw) > MAX_MESSAGE:
+        raise ProtocolError(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE}")
+    try:
+        text = bytes(raw).decode("utf-8")
+        obj = json.loads(text, parse_float=_no_floats, parse_constant=_no_constants,
+                         object_pairs_hook=_pairs)
+    except (ValueError, RecursionError, MemoryError, TypeError) as e:
+        raise ProtocolError(f"not a valid message: {e.__class__.__name__}") from None
+    if type(obj) is not dict:
+        raise ProtocolError("message must be a JSON object")
+    t = obj.pop("t", None)
+    cls = TYPES.get(t) if type(t) is str else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {t!r}"[:120])
+    return cls(**_validate(cls, obj))

@@ -12,7 +12,6 @@ from tunnelgate.session import (
     HANDSHAKE_DONE,
     KEEPALIVE,
     RAND_BYTES,
-    Handshake,
     Initiator,
     Responder,
     Timing,
@@ -102,7 +101,7 @@ def test_receive_never_raises(cipher):
         now += 0.0001
 
     assert gw.endpoint(public_key(CL)) == "c"
-    assert gw.poll(now) == [] or all(addr == "c" for addr, _ in gw.poll(now))
+    assert all(addr == "c" for addr, _ in gw.poll(now))  # nothing to the attacker
     assert sum(gw.stats.values()) - gw.stats["handshakes"] > CASES * 0.9
     # The sessions still work after the barrage, including the pending
     # handshake whose RESP was mutated thousands of times.

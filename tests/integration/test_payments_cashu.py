@@ -7,6 +7,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _ensure_installed():
     try:
-        importlib.import_module("cashu.wallet.wallet")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            importlib.import_module("cashu.wallet.wallet")
         return
     except ImportError:
         pass

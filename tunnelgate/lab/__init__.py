@@ -180,6 +180,10 @@ class Lab:
         try:
             for n in self.namespaces:
                 _ip("netns", "add", n)
+                # no IPv6 DAD: link-local addresses (and their routes) appear at once,
+                # so tests comparing route/address snapshots see a settled namespace
+                self.run(n, "sh", "-c", "for c in all default; do "
+                         "echo 0 > /proc/sys/net/ipv6/conf/$c/accept_dad; done")
             _ip("link", "add", CLIENT_IF, "netns", self.client, "type", "veth",
                 "peer", "name", GW_CLIENT_IF, "netns", self.gw)
             _ip("link", "add", GW_UP_IF, "netns", self.gw, "type", "veth",
@@ -194,10 +198,32 @@ class Lab:
             _ip("-n", self.gw, "route", "add", "default", "via", UPSTREAM)
             self.run(self.gw, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward; "
                      "echo 0 > /proc/sys/net/ipv6/conf/all/forwarding")
+            self._wait_settled()
         except BaseException:
             self.destroy()
             raise
         return self
+
+    def _wait_settled(self, timeout: float = 10) -> None:
+        """Wait until every veth is up with carrier and has its IPv6 link-local address."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pending = []
+            for ns in self.namespaces:
+                links = self.run(ns, "ip", "-br", "link", "show", "type", "veth").stdout.splitlines()
+                addrs = "".join(l + "\n" for l in self.run(ns, "ip", "-6", "-br", "addr").stdout.splitlines()
+                                if l.startswith("veth"))
+                for line in links:
+                    f = line.split()
+                    if len(f) < 2 or f[1] != "UP":
+                        pending.append(f"{ns}:{line.strip()}")
+                if "tentative" in addrs or addrs.count("fe80::") < len(links):
+                    pending.append(f"{ns}: IPv6 link-local pending")
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"lab links not up after {timeout}s: {pending}")
+            time.sleep(0.05)
 
     def destroy(self) -> None:
         """Kill what the lab started, every process left in its namespaces,

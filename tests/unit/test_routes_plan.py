@@ -1,0 +1,53 @@
+"""Route planning, the setup record and the nft ruleset text: no root needed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunnelgate.net import nft, setup
+
+
+def test_split_routes_keeps_original_default():
+    assert setup.split_routes(["0.0.0.0/0"]) == ["0.0.0.0/1", "128.0.0.0/1"]
+    assert setup.split_routes(["::/0"]) == ["::/1", "8000::/1"]
+    assert setup.split_routes(["10.1.2.3/8", "10.0.0.0/8", "2001:db8::1/32"]) == ["10.0.0.0/8", "2001:db8::/32"]
+    with pytest.raises(setup.NetError, match="bad route"):
+        setup.split_routes(["10.0.0.0/33"])
+
+
+def test_record_is_atomic_json_and_dedupes(tmp_path):
+    path = tmp_path / "sub" / "net.json"
+    rec = setup._Recorder(path)
+    item = {"kind": "route", "role": "tunnel", "dst": "10.0.0.0/8", "dev": "tg0", "gateway": None}
+    rec.add(item)
+    rec.add(dict(item))
+    data = json.loads(path.read_text())
+    assert data["items"] == [item] and data["version"] == 1
+    assert not list(path.parent.glob("*.tmp"))
+    rec.remove(item)
+    assert setup.read_record(path)["items"] == []
+
+
+def test_teardown_without_record_is_noop(tmp_path):
+    setup.teardown(tmp_path / "missing.json")
+
+
+def test_corrupt_record_is_a_clear_error(tmp_path):
+    p = tmp_path / "net.json"
+    p.write_text("{not json")
+    with pytest.raises(setup.NetError, match="unreadable"):
+        setup.teardown(p)
+
+
+def test_gateway_ruleset_text():
+    text = nft.gateway_ruleset("tgs0", "100.64.0.1/10", "eth0")
+    assert text.startswith("table inet tunnelgate_tgs0 {")
+    assert 'ip saddr 100.64.0.0/10 oifname "eth0" masquerade' in text
+    assert 'iifname "eth0" oifname "tgs0" ct state established,related accept' in text
+    assert "ip6 saddr fd00::/64" in nft.gateway_ruleset("tgs0", "fd00::1/64", "eth0")
+    with pytest.raises(nft.NetError):
+        nft.gateway_ruleset("tgs0", "100.64.0.0/10", 'eth0" accept; flush ruleset; "')
+    with pytest.raises(nft.NetError):
+        nft.table_name("bad name")

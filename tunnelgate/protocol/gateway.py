@@ -361,6 +361,7 @@ class GatewayEngine:
             del self._history[:256]
 
     def _revoke(self, f: Flow, c: Contract, reason: str, now: float) -> None:
+        self._out.append((c.peer, m.Revoke(c.contract_id, reason[:m.MAX_TEXT])))
         if c in f.queue:
             f.queue.remove(c)
             c.apply(Ev.REVOKE)
@@ -370,7 +371,6 @@ class GatewayEngine:
         else:
             self._end(f, c, Ev.REVOKE, reason, now)
             self._drop_held(f, "contract revoked")
-        self._out.append((c.peer, m.Revoke(c.contract_id, reason[:m.MAX_TEXT])))
 
     # --- control messages --------------------------------------------------------------------
 

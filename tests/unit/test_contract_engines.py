@@ -1,0 +1,363 @@
+"""Two in-memory peers: GatewayEngine + ClientEngine over two control channels and a
+lossy, reordering in-memory link, driven by a fake clock."""
+import json
+import random
+import struct
+
+import pytest
+
+from tunnelgate import packet as pk
+from tunnelgate.meter import DROP, FORWARD, HELD
+from tunnelgate.money import parse_price
+from tunnelgate.protocol import client as ce
+from tunnelgate.protocol import gateway as ge
+from tunnelgate.protocol.channel import Channel
+from tunnelgate.protocol.client import ClientEngine, ClientPolicy
+from tunnelgate.protocol.gateway import GatewayEngine, Pricing
+from tunnelgate.protocol.messages import decode, encode
+
+PEER = b"\x01" * 32
+DST = "198.18.2.7"
+
+
+def ip4(dst=DST, total=1000, src="100.64.0.2"):
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0,
+                       pk.addr_bytes(src), pk.addr_bytes(dst)) + bytes(total - 20)
+
+
+def pricing(**kw):
+    d = dict(default_price=parse_price("0.5"), floor_price=parse_price("0.3"), contract_kb=100,
+             contract_time_s=600, grace_time_s=5, grace_kb=50, payment_methods=("dummy",), account="acct")
+    d.update(kw)
+    return Pricing(**d)
+
+
+def policy(**kw):
+    d = dict(max_price=parse_price("1"), counter_fraction="0.8", data_renewal_kb=0, time_renewal_s=0)
+    d.update(kw)
+    return ClientPolicy(**d)
+
+
+class World:
+    def __init__(self, pr=None, po=None, loss=0.1, reorder=0.3, seed=1, autopay=True, confirm=True):
+        self.gw = GatewayEngine(pr or pricing())
+        self.cl = ClientEngine(po or policy())
+        self.gch, self.cch = Channel(epoch=1), Channel(epoch=2)
+        self.rng = random.Random(seed)
+        self.loss, self.reorder = loss, reorder
+        self.link = []
+        self.now = 1_000_000.0
+        self.autopay, self.confirm = autopay, confirm
+        self.gev, self.cev = [], []
+        self.released = []
+        self.delivered = 0        # bytes that reached the internet side
+
+    def step(self, dt=0.02):
+        self.now += dt
+        now = self.now
+        self.gw.poll(now)
+        self.cl.poll(now)
+        self._pump()
+        for src, dst in ((self.gch, self.cch), (self.cch, self.gch)):
+            for fr in src.poll(now):
+                if self.rng.random() < self.loss:
+                    continue
+                d = 0.005 + (self.rng.random() * 0.05 if self.rng.random() < self.reorder else 0)
+                self.link.append((now + d, dst, fr))
+        due = sorted((x for x in self.link if x[0] <= now), key=lambda x: x[0])
+        self.link = [x for x in self.link if x[0] > now]
+        for _, dst, fr in due:
+            for raw in dst.receive(fr, now):
+                msg = decode(raw)
+                if dst is self.gch:
+                    self.gw.on_message(PEER, msg, now)
+                else:
+                    self.cl.on_message(msg, now)
+        self._pump()
+
+    def _pump(self):
+        now = self.now
+        for peer, msg in self.gw.take_outgoing():
+            assert peer == PEER
+            self.gch.send(encode(msg))
+        for msg in self.cl.take_outgoing():
+            self.cch.send(encode(msg))
+        for e in self.cl.take_events():
+            self.cev.append(e)
+            if e.kind == ce.EV_PAYMENT_DUE and self.autopay:
+                self.cl.paid(e.contract_id, "dummy", "proof-" + e.contract_id)
+                self.cch.send(encode(self.cl.take_outgoing()[-1]))
+        for e in self.gw.take_events():
+            self.gev.append(e)
+            if e.kind == ge.EV_PAYMENT_RECEIVED and self.confirm:
+                self.gw.payment_confirmed(e.contract_id, now)
+        for peer, p in self.gw.take_released():
+            self.released.append(p)
+            self.delivered += pk.parse(p)[3]
+
+    def run(self, seconds, dt=0.02):
+        for _ in range(int(seconds / dt)):
+            self.step(dt)
+
+    def send(self, dst=DST, size=1000):
+        """One client->internet packet: both sides meter; returns the gateway's decision."""
+        p = ip4(dst, size)
+        d, length = pk.dst_and_length(p)
+        self.cl.outbound(d, length, self.now)
+        r = self.gw.outbound(PEER, d, length, p, self.now)
+        if r == FORWARD:
+            self.delivered += length
+        return r
+
+    def reply(self, src=DST, size=1000):
+        a = pk.addr_bytes(src)
+        r = self.gw.inbound(PEER, a, size, self.now)
+        if r == FORWARD:
+            self.cl.inbound(a, size, self.now)
+        return r
+
+    def kinds(self, side):
+        return [e.kind for e in (self.gev if side == "gw" else self.cev)]
+
+    def gw_contract(self, cid=None):
+        cs = self.gw.contracts(PEER, self.now, history=True)
+        return cs if cid is None else next(c for c in cs if c["contract_id"] == cid)
+
+
+def test_accept_at_asked_price():
+    w = World()
+    assert w.send() == HELD
+    w.run(1)
+    assert len(w.released) == 1
+    [c] = w.gw.contracts(PEER, w.now)
+    assert c["price"] == parse_price("0.5") and c["state"] == "PAID"
+    assert w.cl.contracts(w.now)[0]["state"] == "PAID"
+    assert w.send() == FORWARD and w.reply() == FORWARD
+    assert ce.EV_PAYMENT_DUE in w.kinds("cl")
+    assert w.cl.spend(w.now)["total"] == 50       # 100 KB * 0.5 msat/KB
+
+
+def test_reject_with_counter_the_gateway_meets():
+    w = World(pr=pricing(default_price=parse_price("1")), po=policy(max_price=parse_price("0.9")))
+    w.send()
+    w.run(2)
+    [c] = w.gw.contracts(PEER, w.now)
+    assert c["price"] == parse_price("0.8") and c["round"] == 2 and c["state"] == "PAID"
+    assert len(w.released) == 1
+
+
+def test_counter_below_floor_no_deal_backoff_and_status():
+    w = World(pr=pricing(default_price=parse_price("1"), floor_price=parse_price("0.8"),
+                         no_deal_backoff_s=30),
+              po=policy(max_price=parse_price("0.3")))
+    assert w.send() == HELD
+    w.run(2)
+    assert w.released == [] and w.delivered == 0
+    assert ge.EV_NO_DEAL in w.kinds("gw") and ce.EV_NO_DEAL in w.kinds("cl")
+    prices = [e.data["price"] for e in w.gev if e.kind == ge.EV_PROPOSED]
+    assert prices == [parse_price("1"), parse_price("0.8")]          # then floor, then no deal
+    st = w.gw.status(w.now)["peers"][PEER.hex()]
+    assert "below the floor" in st["no_deal"]["198.18.2.7/32"]["reason"]
+    assert "below the floor" in w.cl.status(w.now)["destinations"]["198.18.2.7/32"]["no_deal_reason"]
+    assert "no deal" in w.gw.why(PEER, DST, w.now)
+    assert w.send() == DROP and st["drops_held"] == 1     # the held packet, dropped at no-deal
+    n = len([e for e in w.gev if e.kind == ge.EV_PROPOSED])
+    w.run(10)
+    assert w.send() == DROP
+    assert len([e for e in w.gev if e.kind == ge.EV_PROPOSED]) == n     # not re-proposed
+    w.run(25)
+    assert ge.EV_NO_DEAL_EXPIRED in w.kinds("gw")
+    assert w.send() == HELD                                              # negotiates again
+
+
+def test_budget_exceeded_not_accepted_with_reason():
+    w = World(po=policy(max_spend_total=40))                            # contract costs 50 msat
+    w.send()
+    w.run(2)
+    assert w.released == [] and w.gw.contracts(PEER, w.now) == []
+    ev = [e for e in w.cev if e.kind == ce.EV_BUDGET_EXCEEDED]
+    assert ev and "total budget" in ev[0].reason
+    assert "total budget" in w.cl.status(w.now)["budget_reason"]
+    assert "budget" in w.gw.status(w.now)["peers"][PEER.hex()]["no_deal"]["198.18.2.7/32"]["reason"]
+
+
+def test_data_limit_stops_within_one_packet():
+    w = World(pr=pricing(contract_kb=10), loss=0)
+    w.send()
+    w.run(1)
+    results = [w.send(size=1300) for _ in range(20)]
+    [c] = [c for c in w.gw_contract() if c["state"] == "EXHAUSTED"]
+    assert 10_000 <= c["used"] < 10_000 + 1300
+    first_stop = results.index(HELD)
+    assert all(r != FORWARD for r in results[first_stop:])
+    assert w.reply() == DROP or w.gw_contract()[-1]["state"] in ("PROPOSED",)
+
+
+def test_expiry_stops_at_expiry():
+    w = World(pr=pricing(contract_time_s=10), loss=0)
+    w.send()
+    w.run(1)
+    [c] = w.gw.contracts(PEER, w.now)
+    w.run(8.5)
+    assert w.send() == FORWARD
+    w.run(0.6)                    # past the expiry (polled: ended without traffic)
+    assert w.send() != FORWARD and w.reply() == DROP
+    assert w.gw_contract(c["contract_id"])["state"] == "EXPIRED"
+
+
+def test_renewal_chains_tiny_contracts_without_gap():
+    w = World(pr=pricing(contract_kb=20), po=policy(data_renewal_kb=15, time_renewal_s=5),
+              loss=0.05, reorder=0.3, seed=6)
+    w.send()
+    w.run(0.5)
+    results = []
+    w.step(0.04)
+    for _ in range(400):             # 1000 B every 40 ms = 25 KB/s, contracts of 20 KB
+        results.append(w.send())
+        w.step(0.04)
+    assert results.count(FORWARD) == len(results), [i for i, r in enumerate(results) if r != FORWARD]
+    ended = [c for c in w.gw_contract() if c["state"] == "EXHAUSTED"]
+    assert len(ended) >= 10
+    assert all(c["paid"] for c in ended)
+
+
+def test_client_that_stops_paying_loses_service_and_grace():
+    w = World(autopay=False, pr=pricing(grace_time_s=5, grace_kb=1000))
+    w.send()
+    w.run(1)
+    assert len(w.released) == 1
+    [c] = w.gw.contracts(PEER, w.now)
+    assert c["state"] == "GRACE"
+    assert w.send() == FORWARD
+    w.run(4.5)
+    assert w.send() != FORWARD                 # grace over: revoked
+    assert w.gw_contract(c["contract_id"])["state"] == "REVOKED"
+    assert ce.EV_REVOKED in w.kinds("cl")
+    assert not w.gw.status(w.now)["peers"][PEER.hex()]["grace"]
+    w.run(1)
+    # the next contract: no grace; accepted but nothing flows until it is paid
+    props = [e for e in w.gev if e.kind == ge.EV_PROPOSED]
+    assert len(props) == 2
+    c2 = w.gw.contracts(PEER, w.now)[0]
+    assert c2["state"] == "ACCEPTED"
+    assert w.send() == HELD
+    w.autopay = True
+    w.cl.paid(c2["contract_id"], "dummy", "late-proof")
+    w.run(1)
+    assert w.gw_contract(c2["contract_id"])["state"] == "PAID"
+    assert w.send() == FORWARD
+    assert w.gw.status(w.now)["peers"][PEER.hex()]["grace"]
+
+
+def test_grace_bytes_bound_traffic_until_paid():
+    w = World(confirm=False, pr=pricing(grace_kb=5, grace_time_s=30), loss=0)
+    w.send()
+    w.run(0.5)
+    rs = [w.send() for _ in range(10)]
+    assert rs[:4] == [FORWARD] * 4 and HELD in rs
+    cid = w.gw.contracts(PEER, w.now)[0]["contract_id"]
+    w.gw.payment_confirmed(cid, w.now)
+    assert len(w.gw.take_released()) >= 1
+    assert w.send() == FORWARD
+
+
+def test_held_packet_bounds_and_drop_counters():
+    gw = GatewayEngine(pricing())
+    rs = [gw.outbound(PEER, pk.addr_bytes(f"198.18.3.{i}"), 1000, ip4(f"198.18.3.{i}"), 0.0)
+          for i in range(100)]
+    assert rs.count(HELD) == 64 and rs.count(DROP) == 36
+    st = gw.status(0.0)["peers"][PEER.hex()]
+    assert st["held_packets"] == 64 and st["drops_held"] == 36
+    gw2 = GatewayEngine(pricing())
+    big = [gw2.outbound(PEER, pk.addr_bytes(DST), 5000, ip4(total=5000), 0.0) for _ in range(60)]
+    assert big.count(HELD) == 51                     # 51 * 5000 <= 256 000
+    assert gw2.status(0.0)["peers"][PEER.hex()]["held_bytes"] == 255_000
+    # proposal unanswered: held packets are dropped and counted
+    gw2.poll(100.0)
+    st = gw2.status(100.0)["peers"][PEER.hex()]
+    assert st["held_packets"] == 0 and st["drops_held"] == 9 + 51
+
+
+def test_usage_reports_and_disagreement_event():
+    w = World(loss=0)
+    w.send()
+    w.run(1)
+    for _ in range(20):
+        w.send()
+        w.reply()
+    w.run(1.5)
+    assert ce.EV_USAGE_MISMATCH not in w.kinds("cl")
+    c = w.cl.contracts(w.now)[0]
+    for _ in range(40):       # gateway meters replies the client never saw
+        w.gw.inbound(PEER, pk.addr_bytes(DST), 1000, w.now)
+    w.run(1.5)
+    ev = [e for e in w.cev if e.kind == ce.EV_USAGE_MISMATCH]
+    # 40 unseen replies + the first packet, held by the gateway before the client had a contract
+    assert ev and ev[0].data["gateway"] - ev[0].data["own"] == 41_000
+    assert ev[0].contract_id == c["contract_id"]
+
+
+def test_free_prefix_needs_no_contract():
+    w = World(pr=pricing(prefix_prices=(("198.18.9.0/24", 0), ("198.18.2.0/24", parse_price("0.7")))))
+    assert w.send("198.18.9.5") == FORWARD and w.reply("198.18.9.5") == FORWARD
+    w.run(1)
+    assert w.gw.contracts(PEER, w.now) == []
+    assert w.send("198.18.2.7") == HELD
+    w.run(1)
+    assert w.gw.contracts(PEER, w.now)[0]["price"] == parse_price("0.7")
+
+
+def test_scope_prefix_length():
+    w = World(pr=pricing(scope=24))
+    w.send("198.18.2.7")
+    w.run(1)
+    [c] = w.gw.contracts(PEER, w.now)
+    assert c["destination"] == "198.18.2.0/24"
+    assert w.send("198.18.2.200") == FORWARD and w.reply("198.18.2.99") == FORWARD
+    # the client meters from its ACCEPT on; the first (held) packet is the gateway's only
+    assert w.cl.contracts(w.now)[0]["used"] + 1000 == w.gw.contracts(PEER, w.now)[0]["used"]
+    assert w.send("198.18.3.1") == HELD
+
+
+def test_ipv6_destination():
+    w = World(pr=pricing(scope6=48))
+    a = pk.addr_bytes("2001:db8:1::5")
+    assert w.gw.outbound(PEER, a, 1000, b"\x60" + bytes(999), w.now) == HELD
+    w.run(1)
+    assert w.gw.contracts(PEER, w.now)[0]["destination"] == "2001:db8:1::/48"
+    assert w.gw.inbound(PEER, pk.addr_bytes("2001:db8:1::77"), 100, w.now) == FORWARD
+
+
+def test_snapshot_restore_mid_contract_keeps_quota():
+    w = World(pr=pricing(contract_kb=10), loss=0)
+    w.send()
+    w.run(1)
+    for _ in range(5):
+        assert w.send() == FORWARD
+    gsnap = json.loads(json.dumps(w.gw.snapshot()))
+    csnap = json.loads(json.dumps(w.cl.snapshot()))
+    gw2 = GatewayEngine(pricing(contract_kb=10))
+    gw2.restore(gsnap, w.now)
+    cl2 = ClientEngine(policy())
+    cl2.restore(csnap, w.now)
+    [c] = gw2.contracts(PEER, w.now)
+    assert c["used"] == 6000 and c["state"] == "PAID"
+    assert cl2.contracts(w.now)[0]["used"] == 5000      # first packet was held, before the contract
+    n = 0
+    while gw2.outbound(PEER, pk.addr_bytes(DST), 1000, ip4(), w.now) == FORWARD:
+        n += 1
+    assert n == 4
+
+
+def test_inbound_without_contract_dropped():
+    gw = GatewayEngine(pricing())
+    assert gw.inbound(PEER, DST, 100, 0.0) == DROP
+    assert gw.status(0.0)["peers"][PEER.hex()]["drops_inbound_no_contract"] == 1
+
+
+def test_burst_metering():
+    w = World(loss=0)
+    w.send()
+    w.run(1)
+    assert w.gw.outbound_burst(PEER, pk.addr_bytes(DST), 8000, 8, w.now) == FORWARD
+    assert w.gw.contracts(PEER, w.now)[0]["used"] == 9000

@@ -161,14 +161,18 @@ class Row:
 
 
 def new_lab():
+    """A freshly built lab tgB<hex>; one retry with a new prefix if building fails."""
     from tunnelgate.lab import Lab
-    lab = Lab("tgB" + os.urandom(3).hex())
-    try:
-        lab.build()
-    except BaseException:
-        lab.destroy()
-        raise
-    return lab
+    for attempt in (1, 2):
+        lab = Lab("tgB" + os.urandom(3).hex())
+        try:
+            return lab.build() or lab
+        except Exception as e:
+            lab.destroy()
+            if attempt == 2:
+                raise
+            log(f"building the lab failed ({str(e).splitlines()[0][:120]}); retrying once")
+    raise AssertionError("unreachable")
 
 
 def run_raw(lab, runs, seconds, work) -> dict:

@@ -132,7 +132,7 @@ class Daemon:
             self.loop.add_signal_handler(sig, self._stop.set)
         control = ControlServer(self.paths["control"], self.handlers())
         # a dead instance may have left routes, rules or an nft table behind
-        netsetup.teardown(self.paths["net"])
+        await self.net(netsetup.teardown, self.paths["net"])
         self.store = Store(self.paths["db"])
         try:
             await self.setup()
@@ -156,9 +156,14 @@ class Daemon:
                 t.join(timeout=2)
             await control.close()
             self.shutdown()
-            netsetup.teardown(self.paths["net"])
+            await self.net(netsetup.teardown, self.paths["net"])
             self.store.close()
             log.info("%s stopped", self.role)
+
+    @staticmethod
+    async def net(fn, *args):
+        # pyroute2's synchronous API runs its own event loop, which cannot nest inside ours
+        return await asyncio.to_thread(fn, *args)
 
     def _guard(self, target) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ipaddress
 import json
@@ -80,12 +81,12 @@ class ClientDaemon(Daemon):
                 if addr[:2] != self.endpoint:
                     # authenticated traffic from a new address: the gateway moved
                     self.endpoint = addr[:2]
-                    self.loop.call_soon_threadsafe(self._gateway_moved)
+                    self.loop.call_soon_threadsafe(self._spawn, self._gateway_moved())
                 if kind == DATA:
                     out.append(payload)
                     stats["rx_bytes"] += len(payload)
                 elif kind == DONE:
-                    self.loop.call_soon_threadsafe(self._handshake_done, payload)
+                    self.loop.call_soon_threadsafe(self._spawn, self._handshake_done(payload))
                 elif kind == CONTROL:
                     stats["control_rx"] += 1
             if out:
@@ -113,7 +114,22 @@ class ClientDaemon(Daemon):
 
     # --- control plane (asyncio thread) -------------------------------------------------
 
-    def _handshake_done(self, payload: bytes) -> None:
+    def _spawn(self, coro) -> None:
+        # one at a time: route changes must not interleave
+        prev = getattr(self, "_net_task", None)
+
+        async def chained():
+            if prev is not None:
+                await asyncio.gather(prev, return_exceptions=True)
+            try:
+                await coro
+            except Exception:
+                log.exception("configuring the tunnel failed")
+                self.stats["net_errors"] += 1
+
+        self._net_task = self.loop.create_task(chained())
+
+    async def _handshake_done(self, payload: bytes) -> None:
         self.last_handshake = time.time()
         self.stats["handshakes"] += 1
         try:
@@ -127,23 +143,23 @@ class ClientDaemon(Daemon):
         if address != self.address:
             if self.address is not None:
                 log.warning("gateway changed our address %s -> %s", self.address, address)
-                netsetup.teardown(self.paths["net"])
+                await self.net(netsetup.teardown, self.paths["net"])
                 self.routed_endpoint = None
-            netsetup.setup_client_tun(self.paths["net"], self.cfg.tun, address, self.cfg.mtu)
+            await self.net(netsetup.setup_client_tun, self.paths["net"], self.cfg.tun, address, self.cfg.mtu)
             self.address = address
             log.info("tunnel up: %s on %s", address, self.cfg.tun)
-        self._route_endpoint()
+        await self._route_endpoint()
         self.ready = True
 
-    def _gateway_moved(self) -> None:
+    async def _gateway_moved(self) -> None:
         log.info("gateway now at %s:%d", *self.endpoint[:2])
         if self.address is not None:
-            self._route_endpoint()
+            await self._route_endpoint()
 
-    def _route_endpoint(self) -> None:
+    async def _route_endpoint(self) -> None:
         if self.routed_endpoint != self.endpoint[0]:
-            netsetup.setup_client_routes(self.paths["net"], self.cfg.tun, list(self.cfg.routes),
-                                         self.endpoint[0])
+            await self.net(netsetup.setup_client_routes, self.paths["net"], self.cfg.tun,
+                           list(self.cfg.routes), self.endpoint[0])
             self.routed_endpoint = self.endpoint[0]
 
     def tick(self, now: float) -> None:

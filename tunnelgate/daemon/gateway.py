@@ -36,7 +36,7 @@ class GatewayDaemon(Daemon):
         for key_b64, addr in self.store.peer_addresses().items():
             self._remember(base64.b64decode(key_b64), addr)
         self.tun = Tun(cfg.tun, cfg.mtu)
-        netsetup.setup_gateway(self.paths["net"], cfg.tun, str(cfg.address), cfg.upstream_interface, cfg.mtu)
+        await self.net(netsetup.setup_gateway, self.paths["net"], cfg.tun, str(cfg.address), cfg.upstream_interface, cfg.mtu)
         self.sock = udp_socket(cfg.listen)
         self.ready = True
         log.info("listening on %s:%d, tunnel %s %s, upstream %s", *cfg.listen, cfg.tun, cfg.address,

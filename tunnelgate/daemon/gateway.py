@@ -78,11 +78,14 @@ class GatewayDaemon(Daemon):
                 peer, kind, payload = res
                 if kind == DATA:
                     # forward only what comes from the address we gave this peer
-                    if len(payload) >= 20 and payload[0] >> 4 == 4 and payload[12:16] == addr_of.get(peer):
-                        out.append(payload)
-                        stats["rx_bytes"] += len(payload)
+                    if len(payload) >= 20 and payload[0] >> 4 == 4:
+                        if payload[12:16] == addr_of.get(peer):
+                            out.append(payload)
+                            stats["rx_bytes"] += len(payload)
+                        else:
+                            stats["drop_spoofed"] += 1
                     else:
-                        stats["drop_spoofed"] += 1
+                        stats["drop_not_ipv4"] += 1
                 elif kind == CONTROL:
                     stats["control_rx"] += 1
             if out:
@@ -120,7 +123,10 @@ class GatewayDaemon(Daemon):
                 continue
             now = time.monotonic()
             for pkt in packets:
-                peer = peer_of.get(pkt[16:20]) if pkt[0] >> 4 == 4 else None
+                if pkt[0] >> 4 != 4:
+                    stats["drop_not_ipv4"] += 1
+                    continue
+                peer = peer_of.get(pkt[16:20])
                 if peer is None:
                     stats["drop_no_peer"] += 1
                     continue

@@ -335,7 +335,7 @@ def ratio_text(rs: list[dict]) -> str:
     out = ["tunnelgate compared with:"]
     for r in rs:
         cpu = f", CPU/Gbit x{r['cpu_per_gbit_x']:.2f}" if r["cpu_per_gbit_x"] else ""
-        out.append(f"  {r["name"]:<36} TCP 1 x{r['single_x']:.2f}, TCP 4 x{r['multi_x']:.2f}, "
+        out.append(f"  {r['name']:<36} TCP 1 x{r['single_x']:.2f}, TCP 4 x{r['multi_x']:.2f}, "
                    f"ping {r['ping_idle_diff_ms']:+.3f} ms idle, {r['ping_load_diff_ms']:+.3f} ms under load{cpu}")
     return "\n".join(out)
 

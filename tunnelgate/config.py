@@ -11,9 +11,15 @@ import binascii
 import ipaddress
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from tunnelgate import money
+from tunnelgate.protocol.client import ClientPolicy
+from tunnelgate.protocol.gateway import Pricing
 
 
 class ConfigError(Exception):
@@ -38,6 +44,40 @@ class SessionTiming:
 
 
 @dataclass(frozen=True)
+class Payment:
+    """``[payment]``: the backend's name and its settings (backend-specific keys, validated
+    per backend and role; paths already resolved relative to the config file).
+
+    ``settings`` is a sorted tuple of (key, value) pairs (lists become tuples) so the
+    config stays frozen and hashable; ``settings_dict()`` gives the dict that
+    ``payments.load_backend`` takes.  ``prepay_msat``/``low_balance_msat`` are client-only
+    (0 on a gateway)."""
+    backend: str = "dummy"
+    settings: tuple[tuple[str, Any], ...] = ()
+    prepay_msat: int = 0
+    low_balance_msat: int = 0
+
+    def settings_dict(self) -> dict[str, Any]:
+        return dict(self.settings)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.settings_dict().get(key, default)
+
+
+DEFAULT_PRICE = "0.5"        # msat per KB, when [pricing] default_price is omitted
+DEFAULT_MAX_PRICE = "1"      # msat per KB, when [policy] max_price is omitted
+
+
+def _default_pricing() -> Pricing:
+    p = money.parse_price(DEFAULT_PRICE)
+    return Pricing(default_price=p, floor_price=p)
+
+
+def _default_policy() -> ClientPolicy:
+    return ClientPolicy(max_price=money.parse_price(DEFAULT_MAX_PRICE))
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     path: Path
     node: Node
@@ -47,6 +87,8 @@ class GatewayConfig:
     upstream_interface: str
     mtu: int
     session: SessionTiming = field(default_factory=SessionTiming)
+    pricing: Pricing = field(default_factory=_default_pricing)
+    payment: Payment = field(default_factory=Payment)
     role: str = "gateway"
 
 
@@ -60,6 +102,8 @@ class ClientConfig:
     routes: tuple[str, ...]
     mtu: int
     session: SessionTiming = field(default_factory=SessionTiming)
+    policy: ClientPolicy = field(default_factory=_default_policy)
+    payment: Payment = field(default_factory=Payment)
     role: str = "client"
 
 
@@ -130,10 +174,87 @@ class _Reader:
             raise self.error(key, f"a number greater than {minimum}", value)
         return float(value)
 
+    def integer(self, key: str, default: Any, minimum: int = 0, maximum: int | None = None,
+                unit: str = "") -> int:
+        what = f"a whole number{' of ' + unit if unit else ''} >= {minimum}"
+        if maximum is not None:
+            what = f"a whole number{' of ' + unit if unit else ''} from {minimum} to {maximum}"
+        value = self.get(key, (int, float), what, default)
+        if isinstance(value, float) or value < minimum or (maximum is not None and value > maximum):
+            raise self.error(key, what, value)
+        return value
+
+    def boolean(self, key: str, default: Any = ...) -> bool:
+        return self.get(key, bool, "true or false", default)
+
+    def _no_float(self, key: str, example: str) -> None:
+        value = self.data.get(key)
+        if isinstance(value, float):
+            raise self.error(key, f"expected a decimal string, got the float {value!r}: floats are not "
+                                  f"exact, write it in quotes: {key} = \"{example}\"")
+
+    def price(self, key: str, default: Any = ...) -> int:
+        """msat per KB, as a decimal string ("0.5") or an integer -> price units (money.py)."""
+        self._no_float(key, _float_text(self.data.get(key)))
+        value = self.get(key, (str, int), 'a price in msat per KB as a decimal string, e.g. "0.5"',
+                         default)
+        try:
+            return money.parse_price(value)
+        except money.MoneyError as e:
+            raise self.error(key, f"a price in msat per KB as a decimal string, e.g. \"0.5\" ({e})",
+                             value) from None
+
+    def msat(self, key: str, default: Any = ...) -> int | None:
+        """An amount in msat: an integer (or "12 sat"); None when omitted with default None."""
+        self._no_float(key, _float_text(self.data.get(key)))
+        value = self.get(key, (str, int), 'an amount in msat (an integer, or a string like "12 sat")',
+                         default)
+        if value is None:
+            return None
+        try:
+            return money.parse_msat(value)
+        except money.MoneyError as e:
+            raise self.error(key, f"an amount in msat, a whole number ({e})", value) from None
+
+    def fraction(self, key: str, default: str) -> str:
+        """An exact fraction 0..1 as a decimal string; returned normalized ("0.80" -> "0.8")."""
+        self._no_float(key, _float_text(self.data.get(key)))
+        value = self.get(key, (str, int), 'a fraction from 0 to 1 as a decimal string, e.g. "0.8"', default)
+        try:
+            num, den = money.parse_fraction(value, key)
+        except money.MoneyError as e:
+            raise self.error(key, f'a fraction from 0 to 1 as a decimal string, e.g. "0.8" ({e})',
+                             value) from None
+        if num > den:
+            raise self.error(key, 'a fraction from 0 to 1 as a decimal string, e.g. "0.8"', value)
+        d = Decimal(num) / Decimal(den)
+        text = format(d.normalize(), "f")
+        return text
+
+    def tables(self, key: str) -> list["_Reader"]:
+        """An array of tables ([[prefix.key]]); readers prefixed ``key[1].``, ``key[2].`` …"""
+        value = self.get(key, list, f"an array of tables, written as [[{self.prefix}{key}]] sections", [])
+        out = []
+        for i, item in enumerate(value, 1):
+            if not isinstance(item, dict):
+                raise self.error(f"{key}[{i}]", f"a table, written as a [[{self.prefix}{key}]] section", item)
+            out.append(_Reader(self.path, item, f"{self.prefix}{key}[{i}]."))
+        return out
+
     def finish(self) -> None:
         extra = sorted(set(self.data) - self.used)
         if extra:
             raise self.error(extra[0], "unknown key; check the spelling against conf/*.toml")
+
+
+def _float_text(value: Any) -> str:
+    """How a float the user wrote should look in quotes (0.5 -> "0.5", 1e-07 -> "0.0000001")."""
+    if not isinstance(value, float):
+        return "0.5"
+    try:
+        return format(Decimal(repr(value)).normalize(), "f")
+    except ArithmeticError:
+        return repr(value)
 
 
 def _load_toml(path: Path) -> dict:
@@ -220,9 +341,12 @@ def _gateway(path: Path, data: dict) -> GatewayConfig:
     mtu = _mtu(net)
     net.finish()
     session = _session(r)
+    payment = _payment(r, "payee")
+    pricing = _pricing(r, (payment.backend,))
     r.finish()
     return GatewayConfig(path=path, node=node, listen=listen, tun=tun, address=address,
-                         upstream_interface=upstream, mtu=mtu, session=session)
+                         upstream_interface=upstream, mtu=mtu, session=session,
+                         pricing=pricing, payment=payment)
 
 
 def _client(path: Path, data: dict) -> ClientConfig:
@@ -249,6 +373,221 @@ def _client(path: Path, data: dict) -> ClientConfig:
     mtu = _mtu(net)
     net.finish()
     session = _session(r)
+    policy = _policy(r)
+    payment = _payment(r, "payer")
     r.finish()
     return ClientConfig(path=path, node=node, endpoint=endpoint, gateway_public_key=public_key,
-                        tun=tun, routes=tuple(routes), mtu=mtu, session=session)
+                        tun=tun, routes=tuple(routes), mtu=mtu, session=session,
+                        policy=policy, payment=payment)
+
+
+# --- contracts and payments ------------------------------------------------------------------
+
+def _prefix(t: _Reader, key: str = "prefix") -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    raw = t.get(key, str, 'a network prefix, e.g. "198.18.2.0/24"')
+    try:
+        return ipaddress.ip_network(raw, strict=True)
+    except ValueError:
+        raise t.error(key, 'a network prefix like "198.18.2.0/24" (address bits after the prefix '
+                           'length must be zero; a single host is "198.18.2.7/32")', raw) from None
+
+
+def _scope(t: _Reader, key: str, bits: int) -> str | int:
+    value = t.get(key, (str, int), f'"host" or a prefix length from 0 to {bits}', "host")
+    if value == "host":
+        return "host"
+    if isinstance(value, str) or not 0 <= value <= bits:
+        raise t.error(key, f'"host" or a prefix length from 0 to {bits}', value)
+    return value
+
+
+def _routes(t: _Reader, price_key: str, scopes: dict[int, str | int] | None = None,
+            ) -> tuple[tuple[str, int], ...]:
+    """[[X.route]] tables: prefix + a price (``price_key``)."""
+    out: list[tuple[str, int]] = []
+    seen: dict[str, str] = {}
+    for rt in t.tables("route"):
+        net = _prefix(rt)
+        price = rt.price(price_key)
+        rt.finish()
+        text = str(net)
+        here = rt.prefix.rstrip(".")
+        if text in seen:
+            raise rt.error("prefix", f"each prefix at most once; {text} is also {seen[text]}")
+        seen[text] = here
+        if scopes:
+            scope = scopes[net.version]
+            if scope != "host" and net.prefixlen > scope:
+                key = "scope" if net.version == 4 else "scope6"
+                raise rt.error("prefix", f"a prefix of /{scope} or shorter: {t.prefix}{key} = {scope} "
+                                         f"makes one contract cover a whole /{scope}, so {text} cannot "
+                                         "have a price of its own", text)
+        out.append((text, price))
+    return tuple(out)
+
+
+def _pricing(r: _Reader, methods: tuple[str, ...]) -> Pricing:
+    t = r.table("pricing", required=False)
+    d = Pricing(default_price=0, floor_price=0)
+    default_price = t.price("default_price", DEFAULT_PRICE)
+    floor_price = t.price("floor_price") if "floor_price" in t.data else default_price
+    if floor_price > default_price:
+        raise t.error("floor_price", f"at most default_price ({money.format_price(default_price)}): "
+                                     "the floor is the lowest price a counter-offer can get",
+                      t.data.get("floor_price"))
+    scope = _scope(t, "scope", 32)
+    scope6 = _scope(t, "scope6", 128)
+    pricing = Pricing(
+        default_price=default_price,
+        floor_price=floor_price,
+        prefix_prices=_routes(t, "price", {4: scope, 6: scope6}),
+        contract_kb=t.integer("contract_kb", d.contract_kb, 1, unit="KB (1 KB = 1000 bytes)"),
+        contract_time_s=t.integer("contract_time_s", d.contract_time_s, 1, unit="seconds"),
+        grace_time_s=t.integer("grace_time_s", d.grace_time_s, 0, unit="seconds"),
+        grace_kb=t.integer("grace_kb", d.grace_kb, 0, unit="KB (1 KB = 1000 bytes)"),
+        scope=scope,
+        scope6=scope6,
+        payment_methods=methods,
+        account="",
+        max_rounds=t.integer("max_rounds", d.max_rounds, 1),
+        no_deal_backoff_s=t.integer("no_deal_backoff_s", d.no_deal_backoff_s, 0, unit="seconds"),
+        proposal_timeout_s=t.integer("proposal_timeout_s", d.proposal_timeout_s, 1, unit="seconds"),
+    )
+    t.finish()
+    return pricing
+
+
+def _policy(r: _Reader) -> ClientPolicy:
+    t = r.table("policy", required=False)
+    d = ClientPolicy(max_price=0)
+    policy = ClientPolicy(
+        max_price=t.price("max_price", DEFAULT_MAX_PRICE),
+        prefix_max_prices=_routes(t, "max_price"),
+        counter_fraction=t.fraction("counter_fraction", d.counter_fraction),
+        data_renewal_kb=t.integer("data_renewal_kb", d.data_renewal_kb, 0, unit="KB (1 KB = 1000 bytes)"),
+        time_renewal_s=t.integer("time_renewal_s", d.time_renewal_s, 0, unit="seconds"),
+        max_spend_per_hour=t.msat("max_spend_per_hour", None),
+        max_spend_per_day=t.msat("max_spend_per_day", None),
+        max_spend_total=t.msat("max_spend_total", None),
+        usage_tolerance=t.fraction("usage_tolerance", d.usage_tolerance),
+    )
+    t.finish()
+    return policy
+
+
+# Backend settings known to config (per backend: key -> (kind, roles, required-for-roles)).
+# Kinds: "msat", "bool", "path", "url", "urls", "seconds", "count", "rate".
+# A backend not listed here (added to payments.BACKENDS later) gets its keys passed through
+# unchecked.
+BOTH = ("payer", "payee")
+BACKEND_SETTINGS: dict[str, dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]] = {
+    "dummy": {
+        "balance_msat": ("msat", ("payer",), ()),
+        "fee_msat": ("msat", ("payer",), ()),
+        "pending": ("bool", ("payee",), ()),
+    },
+    "cashu": {
+        "mint_url": ("url", ("payer",), ("payer",)),
+        "wallet_dir": ("path", BOTH, BOTH),
+        "mints": ("urls", ("payee",), ("payee",)),
+        "p2pk_key_file": ("path", ("payee",), ("payee",)),
+        "redeem_timeout_s": ("seconds", ("payee",), ()),
+    },
+    "bitcoind": {
+        "rpc_url": ("url", BOTH, BOTH),
+        "rpc_timeout_s": ("seconds", BOTH, ()),
+        "replaceable": ("bool", ("payer",), ()),
+        "fee_rate_sat_vb": ("rate", ("payer",), ()),
+        "min_confirmations": ("count", ("payee",), ()),
+    },
+}
+CLIENT_ONLY = ("prepay_msat", "low_balance_msat")
+SIDE = {"payer": "a client", "payee": "the gateway"}
+
+
+def _url(t: _Reader, key: str, value: Any, what: str) -> str:
+    u = urllib.parse.urlsplit(value) if isinstance(value, str) else None
+    if u is None or u.scheme not in ("http", "https") or not u.hostname:
+        shown = value if key != "rpc_url" else "(not shown: it may hold a password)"
+        raise t.error(key, f"{what}: an http:// or https:// URL", shown)
+    return value.strip()
+
+
+def _setting(t: _Reader, key: str, kind: str) -> Any:
+    if kind == "msat":
+        return t.msat(key)
+    if kind == "bool":
+        return t.boolean(key)
+    if kind == "path":
+        return str(t.path_value(key))
+    if kind == "url":
+        what = ("the mint's URL, e.g. \"http://127.0.0.1:3338\"" if key == "mint_url" else
+                "the wallet's JSON-RPC URL, http://USER:PASS@HOST:PORT/wallet/NAME")
+        return _url(t, key, t.get(key, str, what), what)
+    if kind == "urls":
+        what = 'a list of accepted mint URLs, e.g. ["http://127.0.0.1:3338"]'
+        raw = t.get(key, (list, str), what)
+        items = [raw] if isinstance(raw, str) else raw
+        if not items:
+            raise t.error(key, what + " (at least one)", raw)
+        return tuple(_url(t, key, item, what) for item in items)
+    if kind == "seconds":
+        return float(t.number(key, 0.0))
+    if kind == "count":
+        return t.integer(key, ..., 0)
+    if kind == "rate":
+        t._no_float(key, _float_text(t.data.get(key)))
+        raw = t.get(key, (str, int), 'a fee rate in sat/vB as a decimal string, e.g. "2.5"')
+        try:
+            d = Decimal(str(raw).strip())
+        except ArithmeticError:
+            d = Decimal(-1)
+        if not d.is_finite() or d <= 0:
+            raise t.error(key, 'a fee rate in sat/vB greater than 0, e.g. "2.5"', raw)
+        return str(raw).strip() if isinstance(raw, str) else raw
+    raise AssertionError(kind)
+
+
+def _payment(r: _Reader, role: str) -> Payment:
+    """role: "payer" (client) or "payee" (gateway)."""
+    from tunnelgate.payments import BACKENDS   # light: base only; real backends load on demand
+    t = r.table("payment", required=False)
+    backend = t.get("backend", str, f"a payment backend name: {' | '.join(sorted(BACKENDS))}", "dummy")
+    if backend not in BACKENDS:
+        raise t.error("backend", f"one of {', '.join(sorted(BACKENDS))}", backend)
+    prepay = low = 0
+    if role == "payer":
+        prepay = t.msat("prepay_msat", 0)
+        low = t.msat("low_balance_msat", 0)
+    else:
+        for key in CLIENT_ONLY:
+            if key in t.data:
+                raise t.error(key, "only in a client config (the gateway does not pay)")
+    known = BACKEND_SETTINGS.get(backend)
+    settings: dict[str, Any] = {}
+    if known is None:
+        for key, value in t.data.items():
+            if key not in ("backend", *CLIENT_ONLY):
+                t.used.add(key)
+                settings[key] = tuple(value) if isinstance(value, list) else value
+    else:
+        for key, (kind, roles, required) in known.items():
+            if key not in t.data:
+                if role in required:
+                    raise t.error(key, f"missing; the {backend} backend on {SIDE[role]} needs it "
+                                       f"(see docs/config.md, [payment] {backend})")
+                continue
+            if role not in roles:
+                other = SIDE["payee" if role == "payer" else "payer"]
+                raise t.error(key, f"a setting of the {backend} backend on {other} only; remove it here")
+            settings[key] = _setting(t, key, kind)
+        extra = sorted(set(t.data) - set(known) - {"backend", *CLIENT_ONLY})
+        if extra:
+            mine = sorted(k for k, (_, roles, _) in known.items() if role in roles)
+            if role == "payer":
+                mine += CLIENT_ONLY
+            raise t.error(extra[0], f"unknown key for the {backend} backend on {SIDE[role]}; "
+                                    f"known: {', '.join(['backend', *mine])}")
+    t.finish()
+    return Payment(backend=backend, settings=tuple(sorted(settings.items())),
+                   prepay_msat=prepay, low_balance_msat=low)

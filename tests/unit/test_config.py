@@ -93,3 +93,287 @@ def test_shipped_examples_load():
     # the client example carries a placeholder key that must be replaced
     with pytest.raises(config.ConfigError, match="public_key"):
         config.load(root / "client.toml")
+
+
+# --- [pricing], [policy], [payment] -----------------------------------------------------------
+
+from tunnelgate.money import parse_price  # noqa: E402
+from tunnelgate.protocol.client import ClientPolicy  # noqa: E402
+from tunnelgate.protocol.gateway import Pricing  # noqa: E402
+
+
+def load_err(tmp_path: Path, text: str) -> str:
+    p = write(tmp_path, text)
+    with pytest.raises(config.ConfigError) as e:
+        config.load(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: "), msg
+    return msg
+
+
+def test_gateway_defaults_without_new_sections(tmp_path):
+    cfg = config.load(write(tmp_path, GATEWAY))
+    assert isinstance(cfg.pricing, Pricing)
+    assert cfg.pricing.default_price == cfg.pricing.floor_price == parse_price("0.5")
+    assert cfg.pricing.payment_methods == ("dummy",) and cfg.pricing.account == ""
+    assert cfg.pricing.prefix_prices == ()
+    assert (cfg.pricing.contract_kb, cfg.pricing.contract_time_s) == (10_000, 3600)
+    assert cfg.pricing.scope == "host"
+    assert cfg.payment == config.Payment("dummy")
+    assert cfg.payment.settings_dict() == {}
+
+
+def test_client_defaults_without_new_sections(tmp_path):
+    cfg = config.load(write(tmp_path, CLIENT))
+    assert cfg.policy == ClientPolicy(max_price=parse_price("1"))
+    assert cfg.policy.max_spend_total is None
+    assert cfg.payment.backend == "dummy"
+    assert (cfg.payment.prepay_msat, cfg.payment.low_balance_msat) == (0, 0)
+
+
+PRICING = """
+[pricing]
+default_price = "0.5"
+floor_price = "0.2"
+contract_kb = 20000
+contract_time_s = 1800
+grace_time_s = 15
+grace_kb = 500
+scope = 24
+scope6 = 64
+no_deal_backoff_s = 30
+max_rounds = 5
+proposal_timeout_s = 7
+[[pricing.route]]
+prefix = "198.18.2.0/24"
+price = "0.1"
+[[pricing.route]]
+prefix = "198.19.0.0/16"
+price = "0"
+[[pricing.route]]
+prefix = "2001:db8::/32"
+price = 2
+"""
+
+
+def test_pricing_all_keys(tmp_path):
+    cfg = config.load(write(tmp_path, GATEWAY + PRICING))
+    assert cfg.pricing == Pricing(
+        default_price=500_000, floor_price=200_000,
+        prefix_prices=(("198.18.2.0/24", 100_000), ("198.19.0.0/16", 0), ("2001:db8::/32", 2_000_000)),
+        contract_kb=20000, contract_time_s=1800, grace_time_s=15, grace_kb=500, scope=24, scope6=64,
+        payment_methods=("dummy",), account="", max_rounds=5, no_deal_backoff_s=30, proposal_timeout_s=7)
+
+
+def test_pricing_integer_price_and_floor_default(tmp_path):
+    cfg = config.load(write(tmp_path, GATEWAY + '[pricing]\ndefault_price = 3\n'))
+    assert cfg.pricing.default_price == cfg.pricing.floor_price == 3_000_000
+
+
+@pytest.mark.parametrize("old,new,words", [
+    ('default_price = "0.5"', 'default_price = 0.5',
+     ["pricing.default_price", "float", 'write it in quotes: default_price = "0.5"']),
+    ('floor_price = "0.2"', 'floor_price = 0.25', ["pricing.floor_price", 'quotes: floor_price = "0.25"']),
+    ('price = "0.1"', 'price = 0.1', ["pricing.route[1].price", "quotes"]),
+    ('price = "0.1"', 'price = "0.1234567"', ["pricing.route[1].price", "msat per KB", "decimals"]),
+    ('price = "0.1"', 'price = "-1"', ["pricing.route[1].price", "negative"]),
+    ('default_price = "0.5"', 'default_price = "cheap"', ["pricing.default_price", "not a decimal"]),
+    ('default_price = "0.5"', 'default_price = true', ["pricing.default_price", "decimal string"]),
+    ('floor_price = "0.2"', 'floor_price = "0.6"', ["pricing.floor_price", "at most default_price"]),
+    ('prefix = "198.18.2.0/24"', 'prefix = "198.18.2.1/24"', ["pricing.route[1].prefix", "network prefix"]),
+    ('prefix = "198.18.2.0/24"', 'prefix = "mesh"', ["pricing.route[1].prefix", "network prefix"]),
+    ('prefix = "198.19.0.0/16"', 'prefix = "198.18.2.0/24"', ["pricing.route[2].prefix", "at most once"]),
+    ('prefix = "198.18.2.0/24"', 'prefix = "198.18.2.0/28"', ["pricing.route[1].prefix", "scope = 24"]),
+    ('prefix = "2001:db8::/32"', 'prefix = "2001:db8::/96"', ["pricing.route[3].prefix", "scope6 = 64"]),
+    ('price = 2', 'price = 2\ncost = 1', ["pricing.route[3].cost", "unknown key"]),
+    ('price = 2', '', ["pricing.route[3].price", "missing"]),
+    ('contract_kb = 20000', 'contract_kb = 0', ["pricing.contract_kb", "whole number of KB", ">= 1"]),
+    ('contract_kb = 20000', 'contract_kb = 1.5', ["pricing.contract_kb", "whole number"]),
+    ('contract_time_s = 1800', 'contract_time_s = "1h"', ["pricing.contract_time_s", "seconds"]),
+    ('grace_time_s = 15', 'grace_time_s = -1', ["pricing.grace_time_s", ">= 0"]),
+    ('grace_kb = 500', 'grace_kb = -5', ["pricing.grace_kb", ">= 0"]),
+    ('scope = 24', 'scope = 33', ["pricing.scope", '"host" or a prefix length from 0 to 32']),
+    ('scope = 24', 'scope = "network"', ["pricing.scope", '"host"']),
+    ('scope6 = 64', 'scope6 = 129', ["pricing.scope6", "0 to 128"]),
+    ('max_rounds = 5', 'max_rounds = 0', ["pricing.max_rounds", ">= 1"]),
+    ('no_deal_backoff_s = 30', 'no_deal_backoff_s = -1', ["pricing.no_deal_backoff_s", ">= 0"]),
+    ('max_rounds = 5', 'max_round = 5', ["pricing.max_round", "unknown key"]),
+    ('[[pricing.route]]\nprefix = "198.18.2.0/24"', '[pricing.route]\nprefix = "198.18.2.0/24"',
+     ["pricing.route", "[[pricing.route]]"]),
+])
+def test_pricing_errors(tmp_path, old, new, words):
+    assert old in PRICING
+    text = GATEWAY + PRICING.replace(old, new, 1)
+    if old.startswith("[[pricing.route]]"):   # keep it valid TOML: only one route then
+        text = GATEWAY + PRICING.split("[[pricing.route]]")[0] + '[pricing.route]\nprefix = "198.18.2.0/24"\n'
+    msg = load_err(tmp_path, text)
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+POLICY = """
+[policy]
+max_price = "1"
+counter_fraction = "0.80"
+data_renewal_kb = 2000
+time_renewal_s = 120
+max_spend_per_hour = 100000
+max_spend_per_day = "1000 sat"
+max_spend_total = 10000000
+usage_tolerance = "0.05"
+[[policy.route]]
+prefix = "198.18.2.0/24"
+max_price = "2"
+"""
+
+
+def test_policy_all_keys(tmp_path):
+    cfg = config.load(write(tmp_path, CLIENT + POLICY))
+    assert cfg.policy == ClientPolicy(
+        max_price=1_000_000, prefix_max_prices=(("198.18.2.0/24", 2_000_000),), counter_fraction="0.8",
+        data_renewal_kb=2000, time_renewal_s=120, max_spend_per_hour=100_000,
+        max_spend_per_day=1_000_000, max_spend_total=10_000_000, usage_tolerance="0.05")
+
+
+@pytest.mark.parametrize("old,new,words", [
+    ('max_price = "1"', 'max_price = 1.5', ["policy.max_price", 'quotes: max_price = "1.5"']),
+    ('max_price = "2"', 'max_price = "two"', ["policy.route[1].max_price", "decimal"]),
+    ('prefix = "198.18.2.0/24"', 'prefix = "198.18.2.9/24"', ["policy.route[1].prefix", "network prefix"]),
+    ('max_price = "2"', 'price = "2"', ["policy.route[1].max_price", "missing"]),
+    ('counter_fraction = "0.80"', 'counter_fraction = 0.8', ["policy.counter_fraction", "quotes"]),
+    ('counter_fraction = "0.80"', 'counter_fraction = "1.5"', ["policy.counter_fraction", "from 0 to 1"]),
+    ('usage_tolerance = "0.05"', 'usage_tolerance = "-0.1"', ["policy.usage_tolerance", "negative"]),
+    ('data_renewal_kb = 2000', 'data_renewal_kb = -1', ["policy.data_renewal_kb", "KB"]),
+    ('time_renewal_s = 120', 'time_renewal_s = 1.5', ["policy.time_renewal_s", "seconds"]),
+    ('max_spend_per_hour = 100000', 'max_spend_per_hour = 100.5', ["policy.max_spend_per_hour", "quotes"]),
+    ('max_spend_per_hour = 100000', 'max_spend_per_hour = "1.5"', ["policy.max_spend_per_hour", "whole"]),
+    ('max_spend_total = 10000000', 'max_spend_total = -1', ["policy.max_spend_total", "negative"]),
+    ('max_spend_total = 10000000', 'max_spend_totl = 1', ["policy.max_spend_totl", "unknown key"]),
+])
+def test_policy_errors(tmp_path, old, new, words):
+    assert old in POLICY
+    msg = load_err(tmp_path, CLIENT + POLICY.replace(old, new, 1))
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_payment_dummy_settings(tmp_path):
+    cfg = config.load(write(tmp_path, CLIENT + '[payment]\nbackend = "dummy"\nbalance_msat = "50 sat"\n'
+                                      'fee_msat = 2\nprepay_msat = 1000\nlow_balance_msat = 500\n'))
+    assert cfg.payment == config.Payment("dummy", (("balance_msat", 50_000), ("fee_msat", 2)), 1000, 500)
+    assert cfg.payment.settings_dict() == {"balance_msat": 50_000, "fee_msat": 2}
+    gw = config.load(write(tmp_path, GATEWAY + '[payment]\nbackend = "dummy"\npending = true\n'))
+    assert gw.payment.settings_dict() == {"pending": True}
+    assert gw.pricing.payment_methods == ("dummy",)
+
+
+def test_payment_settings_reach_the_backend(tmp_path):
+    from tunnelgate.payments import load_backend
+    cfg = config.load(write(tmp_path, CLIENT + '[payment]\nbalance_msat = 7000\n'))
+    payer = load_backend(cfg.payment.backend, cfg.payment.settings_dict(), role="payer")
+    import asyncio
+    assert asyncio.run(payer.balance_msat()) == 7000
+
+
+def test_payment_cashu_paths_relative_to_config(tmp_path):
+    gw = config.load(write(tmp_path, GATEWAY + '[payment]\nbackend = "cashu"\n'
+                                     'mints = ["http://127.0.0.1:3338", "https://mint.example/"]\n'
+                                     'p2pk_key_file = "p2pk.key"\nwallet_dir = "ecash"\n'
+                                     'redeem_timeout_s = 5\n'))
+    assert gw.payment.backend == "cashu" and gw.pricing.payment_methods == ("cashu",)
+    assert gw.payment.settings_dict() == {
+        "mints": ("http://127.0.0.1:3338", "https://mint.example/"),
+        "p2pk_key_file": str(tmp_path / "p2pk.key"), "wallet_dir": str(tmp_path / "ecash"),
+        "redeem_timeout_s": 5.0}
+    one = config.load(write(tmp_path, GATEWAY + '[payment]\nbackend = "cashu"\nmints = "http://m:3338"\n'
+                                      'p2pk_key_file = "/k"\nwallet_dir = "/w"\n'))
+    assert one.payment.get("mints") == ("http://m:3338",)
+    cl = config.load(write(tmp_path, CLIENT + '[payment]\nbackend = "cashu"\nmint_url = "http://127.0.0.1:3338"\n'
+                                     'wallet_dir = "wallet"\nprepay_msat = "10 sat"\n'))
+    assert cl.payment.settings_dict() == {"mint_url": "http://127.0.0.1:3338", "wallet_dir": str(tmp_path / "wallet")}
+    assert cl.payment.prepay_msat == 10_000
+
+
+def test_payment_bitcoind(tmp_path):
+    url = "http://u:p@127.0.0.1:18443/wallet/gw"
+    gw = config.load(write(tmp_path, GATEWAY + f'[payment]\nbackend = "bitcoind"\nrpc_url = "{url}"\n'
+                                     'min_confirmations = 0\nrpc_timeout_s = 10\n'))
+    assert gw.payment.settings_dict() == {"rpc_url": url, "min_confirmations": 0, "rpc_timeout_s": 10.0}
+    cl = config.load(write(tmp_path, CLIENT + f'[payment]\nbackend = "bitcoind"\nrpc_url = "{url}"\n'
+                                     'replaceable = true\nfee_rate_sat_vb = "2.5"\n'))
+    assert cl.payment.settings_dict() == {"rpc_url": url, "replaceable": True, "fee_rate_sat_vb": "2.5"}
+
+
+@pytest.mark.parametrize("base,section,words", [
+    ("gw", 'backend = "lightning"', ["payment.backend", "one of bitcoind, cashu, dummy"]),
+    ("gw", 'backend = 1', ["payment.backend", "payment backend name"]),
+    ("gw", 'prepay_msat = 5', ["payment.prepay_msat", "only in a client config"]),
+    ("gw", 'low_balance_msat = 5', ["payment.low_balance_msat", "only in a client config"]),
+    ("gw", 'balance_msat = 5', ["payment.balance_msat", "on a client only"]),
+    ("cl", 'pending = true', ["payment.pending", "on the gateway only"]),
+    ("cl", 'balance_msat = 1.5', ["payment.balance_msat", "quotes"]),
+    ("cl", 'prepay_msat = -3', ["payment.prepay_msat", "negative"]),
+    ("cl", 'low_balance_msat = "lots"', ["payment.low_balance_msat", "msat"]),
+    ("cl", 'balance_mast = 5', ["payment.balance_mast", "unknown key for the dummy backend",
+                                "balance_msat"]),
+    ("gw", 'backend = "cashu"\np2pk_key_file = "k"\nwallet_dir = "w"',
+     ["payment.mints", "missing", "cashu backend on the gateway"]),
+    ("gw", 'backend = "cashu"\nmints = []\np2pk_key_file = "k"\nwallet_dir = "w"',
+     ["payment.mints", "at least one"]),
+    ("gw", 'backend = "cashu"\nmints = ["ftp://m"]\np2pk_key_file = "k"\nwallet_dir = "w"',
+     ["payment.mints", "http://"]),
+    ("gw", 'backend = "cashu"\nmints = ["http://m"]\nwallet_dir = "w"', ["payment.p2pk_key_file", "missing"]),
+    ("gw", 'backend = "cashu"\nmints = ["http://m"]\np2pk_key_file = 5\nwallet_dir = "w"',
+     ["payment.p2pk_key_file", "path"]),
+    ("cl", 'backend = "cashu"\nwallet_dir = "w"', ["payment.mint_url", "missing", "on a client"]),
+    ("cl", 'backend = "cashu"\nwallet_dir = "w"\nmint_url = "mint"', ["payment.mint_url", "http://"]),
+    ("cl", 'backend = "cashu"\nwallet_dir = "w"\nmint_url = "http://m"\nmints = ["http://m"]',
+     ["payment.mints", "gateway only"]),
+    ("gw", 'backend = "bitcoind"', ["payment.rpc_url", "missing"]),
+    ("gw", 'backend = "bitcoind"\nrpc_url = "127.0.0.1:8332"', ["payment.rpc_url", "JSON-RPC URL"]),
+    ("gw", 'backend = "bitcoind"\nrpc_url = "http://h/"\nmin_confirmations = -1',
+     ["payment.min_confirmations", ">= 0"]),
+    ("gw", 'backend = "bitcoind"\nrpc_url = "http://h/"\nreplaceable = true', ["payment.replaceable", "client only"]),
+    ("cl", 'backend = "bitcoind"\nrpc_url = "http://h/"\nfee_rate_sat_vb = "0"',
+     ["payment.fee_rate_sat_vb", "greater than 0"]),
+    ("cl", 'backend = "bitcoind"\nrpc_url = "http://h/"\nrpc_timeout_s = 0', ["payment.rpc_timeout_s", "greater than 0"]),
+    ("cl", 'backend = "bitcoind"\nrpc_url = "http://h/"\nreplaceable = "yes"', ["payment.replaceable", "true or false"]),
+])
+def test_payment_errors(tmp_path, base, section, words):
+    msg = load_err(tmp_path, (GATEWAY if base == "gw" else CLIENT) + "[payment]\n" + section + "\n")
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_rpc_url_password_not_echoed(tmp_path):
+    msg = load_err(tmp_path, GATEWAY + '[payment]\nbackend = "bitcoind"\nrpc_url = "u:secret@h"\n')
+    assert "secret" not in msg
+
+
+def test_gateway_and_client_sections_do_not_mix(tmp_path):
+    assert "policy" in load_err(tmp_path, GATEWAY + POLICY)
+    assert "pricing" in load_err(tmp_path, CLIENT + PRICING)
+
+
+def test_config_is_frozen_and_hashable(tmp_path):
+    cfg = config.load(write(tmp_path, GATEWAY + PRICING + '[payment]\nbackend = "cashu"\nmints = ["http://m"]\n'
+                                      'p2pk_key_file = "k"\nwallet_dir = "w"\n'))
+    hash(cfg.payment)
+    hash(cfg.pricing)
+    with pytest.raises(Exception):
+        cfg.payment.backend = "dummy"
+
+
+def test_shipped_examples_carry_the_new_sections(tmp_path):
+    root = Path(__file__).resolve().parents[2] / "conf"
+    gw = config.load(root / "gateway.toml")
+    assert gw.pricing.default_price == parse_price("0.5") and gw.pricing.floor_price == parse_price("0.2")
+    assert gw.payment.backend == "dummy"
+    text = (root / "client.toml").read_text()
+    placeholder = "REPLACE-with-`tunnelgate pubkey gateway.key`="
+    assert placeholder in text
+    p = tmp_path / "client.toml"
+    p.write_text(text.replace(placeholder, KEY))
+    cl = config.load(p)
+    assert cl.policy.max_price == parse_price("1") and cl.policy.max_spend_total == 10_000_000
+    assert cl.payment.backend == "dummy"

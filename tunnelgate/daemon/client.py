@@ -11,10 +11,17 @@ import os
 import select
 import time
 
+import threading
+
 from .. import session as sess
 from ..net import setup as netsetup
+from ..payments import PaymentError, Terms, load_backend
+from ..protocol import client as clp
 from ..tun import Tun
 from .base import Daemon, recv_batch, udp_socket
+from .market import Channels, EventLog, Saver
+
+GATEWAY = b"gateway"  # the client's one control channel
 
 log = logging.getLogger("tunnelgate.client")
 
@@ -34,6 +41,7 @@ class ClientDaemon(Daemon):
         self.address: str | None = None       # assigned by the gateway in the handshake
         self.routed_endpoint: str | None = None
         self.last_handshake: float | None = None
+        self._setup_market()
         self.tun = Tun(cfg.tun, cfg.mtu)
         bind = ("::", 0) if ":" in cfg.endpoint[0] else ("0.0.0.0", 0)
         self.sock = udp_socket(bind)
@@ -42,10 +50,40 @@ class ClientDaemon(Daemon):
         self._send(first)
         log.info("connecting to gateway %s:%d", *cfg.endpoint)
 
+    def _setup_market(self) -> None:
+        cfg = self.cfg
+        self.payer = load_backend(cfg.payment.backend, cfg.payment.settings_dict(), role="payer")
+        self.engine = clp.ClientEngine(cfg.policy)
+        self.elock = threading.Lock()
+        self.events = EventLog(self.store)
+        self.channels = Channels(self._send_control)
+        self.saver = Saver(self.store, self.engine, self.elock)
+        if self.saver.restore(time.time()):
+            log.info("resumed %d contracts from %s", len(self.engine.contracts()), self.paths["db"])
+        if not getattr(self.payer, "real_money", True):
+            log.warning("payment backend %r: %s", cfg.payment.backend,
+                        getattr(self.payer, "notice", "no real payment happens"))
+        self.paying: dict[str, asyncio.Task] = {}
+        self.balance_msat: int | None = None
+
+    def handlers(self) -> dict:
+        return {**super().handlers(), "events": self.cmd_events, "contracts": self.cmd_contracts}
+
+    def cmd_events(self, req: dict) -> list[dict]:
+        since = req.get("since", 0)
+        return [e for e in self.events.recent if e["ts"] > since]
+
+    def cmd_contracts(self, req: dict) -> list[dict]:
+        with self.elock:
+            return self.engine.contracts(now=time.time(), history=bool(req.get("all")))
+
     def workers(self):
         return [("udp-to-tun", self.udp_to_tun), ("tun-to-udp", self.tun_to_udp)]
 
     def shutdown(self) -> None:
+        if hasattr(self, "saver"):
+            self.saver.maybe_save(time.time(), force=True)
+            self.events.flush()
         for obj in ("sock", "tun"):
             if hasattr(self, obj):
                 getattr(self, obj).close()
@@ -64,10 +102,13 @@ class ClientDaemon(Daemon):
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         DATA, CONTROL, DONE = sess.DATA, sess.CONTROL, sess.HANDSHAKE_DONE
+        elock, inbound = self.elock, self.engine.inbound
+        frames = []
         while self.running:
             if not poller.poll(500):
                 continue
             now = time.monotonic()
+            wall = time.time()
             out = []
             for datagram, addr in recv_batch(sock, RECV_SIZE):
                 if datagram[:1] == b"\x02":  # handshake response: control plane
@@ -83,23 +124,36 @@ class ClientDaemon(Daemon):
                     self.endpoint = addr[:2]
                     self.loop.call_soon_threadsafe(self._spawn, self._gateway_moved())
                 if kind == DATA:
+                    if len(payload) >= 20 and payload[0] >> 4 == 4:
+                        with elock:
+                            inbound(payload[12:16], (payload[2] << 8) | payload[3], wall)
                     out.append(payload)
                     stats["rx_bytes"] += len(payload)
                 elif kind == DONE:
                     self.loop.call_soon_threadsafe(self._spawn, self._handshake_done(payload))
                 elif kind == CONTROL:
                     stats["control_rx"] += 1
+                    frames.append(payload)
             if out:
                 stats["rx_packets"] += len(out)
                 tun.write_batch(out)
+            if frames:
+                batch, frames = frames, []
+                self.loop.call_soon_threadsafe(self._control_in, batch)
 
     def tun_to_udp(self) -> None:
         sock, initiator, tun, stats = self.sock, self.initiator, self.tun, self.stats
         DATA = sess.DATA
+        elock, outbound = self.elock, self.engine.outbound
         while self.running:
             packets = tun.read_batch(64, 0.5)
             if not packets:
                 continue
+            wall = time.time()
+            with elock:
+                for pkt in packets:
+                    if len(pkt) >= 20 and pkt[0] >> 4 == 4:
+                        outbound(pkt[16:20], (pkt[2] << 8) | pkt[3], wall)
             datagrams = initiator.seal_batch(DATA, packets, time.monotonic())
             if len(datagrams) < len(packets):
                 stats["drop_no_session"] += len(packets) - len(datagrams)
@@ -167,6 +221,65 @@ class ClientDaemon(Daemon):
             out = self.initiator.poll(now, time.time_ns(), os.urandom(sess.RAND_BYTES))
         for datagram in out:
             self._send(datagram)
+        wall = time.time()
+        with self.elock:
+            self.engine.poll(wall)
+        self._pump()
+        self.saver.maybe_save(wall)
+        self.events.flush()
+
+    # --- contracts: control messages, payments ------------------------------------------
+
+    def _send_control(self, peer: bytes, frame: bytes) -> None:
+        datagram = self.initiator.seal(sess.CONTROL, frame, time.monotonic())
+        if datagram is not None:
+            self._send(datagram)
+
+    def _control_in(self, frames: list[bytes]) -> None:
+        now, wall = time.monotonic(), time.time()
+        for frame in frames:
+            for message in self.channels.receive(GATEWAY, frame, now):
+                with self.elock:
+                    self.engine.on_message(message, wall)
+        self._pump()
+
+    def _pump(self) -> None:
+        with self.elock:
+            outgoing = self.engine.take_outgoing()
+            events = self.engine.take_events()
+        for message in outgoing:
+            self.channels.send(GATEWAY, message)
+        for ev in events:
+            self.events.add(ev)
+            if ev.kind == clp.EV_PAYMENT_DUE and ev.contract_id not in self.paying:
+                self.paying[ev.contract_id] = self.loop.create_task(self._pay(ev))
+            elif ev.kind == clp.EV_PAID:
+                self.store.set_client_payment_state(ev.contract_id, "confirmed")
+        self.channels.flush(time.monotonic())
+
+    async def _pay(self, ev) -> None:
+        cid = ev.contract_id
+        try:
+            method = self.cfg.payment.backend
+            if method not in ev.data.get("methods", []):
+                raise PaymentError(f"the gateway accepts {', '.join(ev.data.get('methods', [])) or 'nothing'}, "
+                                   f"this client pays with {method}; change [payment] backend")
+            known = self.store.client_payment(cid)
+            if known:  # paid before a restart: send the same proof again, never pay twice
+                method, proof, amount, _ = known
+            else:
+                amount = ev.amount_msat
+                proof = await self.payer.pay(Terms(cid, amount, account=ev.data.get("account", "")))
+                self.store.record_client_payment(cid, method, proof, amount)
+            with self.elock:
+                self.engine.paid(cid, method, proof, amount)
+            self._pump()
+        except (PaymentError, KeyError) as e:
+            self.events.note({"ts": time.time(), "kind": "payment_failed", "contract_id": cid, "peer": None,
+                              "destination": ev.destination, "reason": str(e), "amount_msat": ev.amount_msat,
+                              "data": {}})
+        finally:
+            self.paying.pop(cid, None)
 
     def status(self) -> dict:
         return {
@@ -178,4 +291,13 @@ class ClientDaemon(Daemon):
             "last_handshake": self.last_handshake,
             "session_stats": dict(self.initiator.stats),
             "tun_stats": dict(self.tun.stats),
+            "payment": {"backend": self.cfg.payment.backend,
+                        "real_money": getattr(self.payer, "real_money", True),
+                        "notice": getattr(self.payer, "notice", "")},
+            "market": self._market_status(),
+            "control_stats": dict(self.channels.stats),
         }
+
+    def _market_status(self) -> dict:
+        with self.elock:
+            return self.engine.status(time.time())

@@ -11,10 +11,19 @@ import os
 import select
 import time
 
+import asyncio
+import dataclasses
+import secrets
+import threading
+
 from .. import session as sess
+from ..meter import FORWARD, HELD
 from ..net import setup as netsetup
+from ..payments import Terms, Verdict, load_backend
+from ..protocol import gateway as gwp
 from ..tun import Tun
 from .base import Daemon, recv_batch, udp_socket
+from .market import Channels, EventLog, Saver, peer_text
 
 log = logging.getLogger("tunnelgate.gateway")
 
@@ -35,6 +44,7 @@ class GatewayDaemon(Daemon):
         self.peer_of: dict[bytes, bytes] = {}
         for key_b64, addr in self.store.peer_addresses().items():
             self._remember(base64.b64decode(key_b64), addr)
+        await self._setup_market()
         self.tun = Tun(cfg.tun, cfg.mtu)
         await self.net(netsetup.setup_gateway, self.paths["net"], cfg.tun, str(cfg.address), cfg.upstream_interface, cfg.mtu)
         self.sock = udp_socket(cfg.listen)
@@ -42,15 +52,48 @@ class GatewayDaemon(Daemon):
         log.info("listening on %s:%d, tunnel %s %s, upstream %s", *cfg.listen, cfg.tun, cfg.address,
                  cfg.upstream_interface)
 
+    async def _setup_market(self) -> None:
+        cfg = self.cfg
+        payment = cfg.payment
+        self.payee = load_backend(payment.backend, {**payment.settings_dict(), "state_dir": str(cfg.node.state_dir)},
+                                  role="payee")
+        account = await self.payee.account_for("any")
+        pricing = dataclasses.replace(cfg.pricing, payment_methods=(payment.backend,), account=account)
+        self.engine = gwp.GatewayEngine(pricing, new_id=lambda: secrets.token_hex(8))
+        self.elock = threading.Lock()
+        self.events = EventLog(self.store)
+        self.channels = Channels(self._send_control)
+        self.saver = Saver(self.store, self.engine, self.elock)
+        if self.saver.restore(time.time()):
+            log.info("resumed %d contracts from %s", len(self.engine.contracts()), self.paths["db"])
+        if not getattr(self.payee, "real_money", True):
+            log.warning("payment backend %r: %s", payment.backend,
+                        getattr(self.payee, "notice", "no real payment happens"))
+        self.verifying: dict[str, asyncio.Task] = {}
+        self._pump_scheduled = False
+
     def _remember(self, peer: bytes, addr: str) -> None:
         packed = ipaddress.IPv4Address(addr).packed
         self.addr_of[peer] = packed
         self.peer_of[packed] = peer
 
+    def handlers(self) -> dict:
+        return {**super().handlers(), "events": self.cmd_events, "contracts": self.cmd_contracts}
+
+    def cmd_events(self, req: dict) -> list[dict]:
+        since = req.get("since", 0)
+        return [e for e in self.events.recent if e["ts"] > since]
+
+    def cmd_contracts(self, req: dict) -> list[dict]:
+        with self.elock:
+            return self.engine.contracts(now=time.time(), history=bool(req.get("all")))
+
     def workers(self):
         return [("udp-to-tun", self.udp_to_tun), ("tun-to-udp", self.tun_to_udp)]
 
     def shutdown(self) -> None:
+        if hasattr(self, "saver"):
+            self.shutdown_market()
         for obj in ("sock", "tun"):
             if hasattr(self, obj):
                 getattr(self, obj).close()
@@ -63,11 +106,15 @@ class GatewayDaemon(Daemon):
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         DATA, CONTROL = sess.DATA, sess.CONTROL
+        elock, outbound = self.elock, self.engine.outbound
+        frames = []
         while self.running:
             if not poller.poll(500):
                 continue
             now = time.monotonic()
+            wall = time.time()
             out = []
+            held = False
             for datagram, addr in recv_batch(sock, RECV_SIZE):
                 res = responder.receive(datagram, now, addr)
                 if res is None:
@@ -80,17 +127,31 @@ class GatewayDaemon(Daemon):
                     # forward only what comes from the address we gave this peer
                     if len(payload) >= 20 and payload[0] >> 4 == 4:
                         if payload[12:16] == addr_of.get(peer):
-                            out.append(payload)
-                            stats["rx_bytes"] += len(payload)
+                            with elock:
+                                verdict = outbound(peer, payload[16:20], (payload[2] << 8) | payload[3],
+                                                   payload, wall)
+                            if verdict == FORWARD:
+                                out.append(payload)
+                                stats["rx_bytes"] += len(payload)
+                            elif verdict == HELD:
+                                stats["held"] += 1
+                                held = True
+                            else:
+                                stats["drop_no_contract"] += 1
                         else:
                             stats["drop_spoofed"] += 1
                     else:
                         stats["drop_not_ipv4"] += 1
                 elif kind == CONTROL:
                     stats["control_rx"] += 1
+                    frames.append((peer, payload))
             if out:
                 stats["rx_packets"] += len(out)
                 tun.write_batch(out)
+            if frames or held:
+                # a held packet waits for a proposal: send it now, not at the next tick
+                batch, frames = frames, []
+                self.loop.call_soon_threadsafe(self._control_in, batch)
 
     def _handshake(self, hs, now: float) -> None:
         key_b64 = base64.b64encode(hs.peer_public).decode()
@@ -117,11 +178,13 @@ class GatewayDaemon(Daemon):
         sock, responder, tun, stats = self.sock, self.responder, self.tun, self.stats
         peer_of = self.peer_of
         DATA = sess.DATA
+        elock, inbound = self.elock, self.engine.inbound
         while self.running:
             packets = tun.read_batch(64, 0.5)
             if not packets:
                 continue
             now = time.monotonic()
+            wall = time.time()
             for pkt in packets:
                 if pkt[0] >> 4 != 4:
                     stats["drop_not_ipv4"] += 1
@@ -129,6 +192,11 @@ class GatewayDaemon(Daemon):
                 peer = peer_of.get(pkt[16:20])
                 if peer is None:
                     stats["drop_no_peer"] += 1
+                    continue
+                with elock:
+                    verdict = inbound(peer, pkt[12:16], (pkt[2] << 8) | pkt[3], wall)
+                if verdict != FORWARD:
+                    stats["drop_no_contract_in"] += 1
                     continue
                 datagram = responder.seal(peer, DATA, pkt, now)
                 endpoint = responder.endpoint(peer)
@@ -152,6 +220,79 @@ class GatewayDaemon(Daemon):
                 self.sock.sendto(datagram, addr)
             except OSError:
                 self.stats["send_errors"] += 1
+        wall = time.time()
+        with self.elock:
+            self.engine.poll(wall)
+        self._pump()
+        self.saver.maybe_save(wall)
+        self.events.flush()
+
+    def shutdown_market(self) -> None:
+        self.saver.maybe_save(time.time(), force=True)
+        self.events.flush()
+
+    # --- contracts: control messages, payments ------------------------------------------
+
+    def _send_control(self, peer: bytes, frame: bytes) -> None:
+        datagram = self.responder.seal(peer, sess.CONTROL, frame, time.monotonic())
+        endpoint = self.responder.endpoint(peer)
+        if datagram is None or endpoint is None:
+            return
+        try:
+            self.sock.sendto(datagram, endpoint)
+        except OSError:
+            self.stats["send_errors"] += 1
+
+    def _control_in(self, frames: list[tuple[bytes, bytes]]) -> None:
+        now, wall = time.monotonic(), time.time()
+        for peer, frame in frames:
+            for message in self.channels.receive(peer, frame, now):
+                with self.elock:
+                    self.engine.on_message(peer, message, wall)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Moves the engine's output: messages to channels, released packets to the TUN,
+        events to the log and the payment backend."""
+        with self.elock:
+            outgoing = self.engine.take_outgoing()
+            released = self.engine.take_released()
+            events = self.engine.take_events()
+        for peer, message in outgoing:
+            self.channels.send(peer, message)
+        if released:
+            self.tun.write_batch([pkt for _, pkt in released])
+            self.stats["released"] += len(released)
+        for ev in events:
+            self.events.add(ev)
+            if ev.kind == gwp.EV_PAYMENT_RECEIVED and ev.contract_id not in self.verifying:
+                self.verifying[ev.contract_id] = self.loop.create_task(self._verify(ev))
+        self.channels.flush(time.monotonic())
+
+    async def _verify(self, ev) -> None:
+        cid = ev.contract_id
+        terms = Terms(cid, ev.data["cost_msat"], peer=peer_text(ev.peer), account=self.engine.pricing.account)
+        deadline = time.monotonic() + self.engine.pricing.grace_time_s + 60
+        try:
+            try:
+                verdict = await self.payee.verify(ev.data["proof"], terms)
+                while verdict.status == "pending" and time.monotonic() < deadline and self.running:
+                    await asyncio.sleep(0.5)
+                    verdict = await self.payee.poll(cid)
+            except Exception as e:  # a backend failure must not take the daemon down
+                log.warning("verifying payment for %s failed: %s", cid, e)
+                verdict = Verdict("invalid", f"verification failed: {e}")
+            now = time.time()
+            with self.elock:
+                if verdict.status == "confirmed":
+                    self.engine.payment_confirmed(cid, now)
+                elif verdict.status == "invalid":
+                    self.engine.payment_failed(cid, verdict.reason or "invalid payment", now)
+            if verdict.status == "confirmed":
+                self.payee.journal.mark_applied(cid)
+            self._pump()
+        finally:
+            self.verifying.pop(cid, None)
 
     def status(self) -> dict:
         peers = []
@@ -170,4 +311,20 @@ class GatewayDaemon(Daemon):
             "peers": peers,
             "session_stats": dict(self.responder.stats),
             "tun_stats": dict(self.tun.stats),
+            "payment": {"backend": self.cfg.payment.backend,
+                        "real_money": getattr(self.payee, "real_money", True),
+                        "notice": getattr(self.payee, "notice", "")},
+            "market": self._market_status(),
+            "control_stats": dict(self.channels.stats),
         }
+
+    def _market_status(self) -> dict:
+        wall = time.time()
+        with self.elock:
+            st = self.engine.status(wall)
+        # the engine keys peers by raw key; people and the other commands use base64
+        st["peers"] = {peer_text(bytes.fromhex(k)): v for k, v in st["peers"].items()}
+        for c in st["contracts"]:
+            if isinstance(c.get("peer"), str) and len(c["peer"]) == 64:
+                c["peer"] = peer_text(bytes.fromhex(c["peer"]))
+        return st

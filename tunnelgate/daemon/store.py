@@ -23,6 +23,32 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- the contract engine's state (contracts, metered bytes), saved every second and on stop
+CREATE TABLE IF NOT EXISTS snapshots (
+    name     TEXT PRIMARY KEY,
+    data     TEXT NOT NULL,
+    saved_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts          REAL NOT NULL,
+    kind        TEXT NOT NULL,
+    contract_id TEXT,
+    peer        TEXT,
+    destination TEXT,
+    reason      TEXT,
+    amount_msat INTEGER NOT NULL DEFAULT 0,
+    data        TEXT
+);
+-- client: a proof is stored before it is sent, so a restart re-sends it instead of paying again
+CREATE TABLE IF NOT EXISTS client_payments (
+    contract_id TEXT PRIMARY KEY,
+    method      TEXT NOT NULL,
+    proof       TEXT NOT NULL,
+    amount_msat INTEGER NOT NULL,
+    created_at  REAL NOT NULL,
+    state       TEXT NOT NULL
+);
 """
 
 
@@ -50,6 +76,45 @@ class Store:
     def execute(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    # --- contract engine state and history ---------------------------------------------
+
+    def save_snapshot(self, name: str, data: str) -> None:
+        self.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", (name, data, time.time()))
+
+    def load_snapshot(self, name: str) -> str | None:
+        rows = self.execute("SELECT data FROM snapshots WHERE name=?", (name,))
+        return rows[0][0] if rows else None
+
+    def add_events(self, rows: list[tuple]) -> None:
+        with self._lock:
+            self._db.executemany("INSERT INTO events (ts, kind, contract_id, peer, destination, reason, "
+                                 "amount_msat, data) VALUES (?,?,?,?,?,?,?,?)", rows)
+
+    def events(self, limit: int = 200, kinds: tuple[str, ...] = ()) -> list[dict]:
+        where = f"WHERE kind IN ({','.join('?' * len(kinds))})" if kinds else ""
+        rows = self.execute(f"SELECT ts, kind, contract_id, peer, destination, reason, amount_msat, data "
+                            f"FROM events {where} ORDER BY id DESC LIMIT ?", (*kinds, limit))
+        keys = ("ts", "kind", "contract_id", "peer", "destination", "reason", "amount_msat", "data")
+        return [dict(zip(keys, r)) for r in reversed(rows)]
+
+    # --- client: proofs sent, so a restart never pays twice ----------------------------
+
+    def client_payment(self, contract_id: str) -> tuple[str, str, int, str] | None:
+        rows = self.execute("SELECT method, proof, amount_msat, state FROM client_payments "
+                            "WHERE contract_id=?", (contract_id,))
+        return rows[0] if rows else None
+
+    def record_client_payment(self, contract_id: str, method: str, proof: str, amount_msat: int) -> None:
+        self.execute("INSERT OR IGNORE INTO client_payments VALUES (?,?,?,?,?,?)",
+                     (contract_id, method, proof, amount_msat, time.time(), "sent"))
+
+    def set_client_payment_state(self, contract_id: str, state: str) -> None:
+        self.execute("UPDATE client_payments SET state=? WHERE contract_id=?", (state, contract_id))
+
+    def client_payments(self) -> list[tuple]:
+        return self.execute("SELECT contract_id, method, amount_msat, created_at, state FROM client_payments "
+                            "ORDER BY created_at")
 
     # --- gateway: stable tunnel address per client key ---------------------------------
 

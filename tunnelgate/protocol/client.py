@@ -39,6 +39,7 @@ EV_PROTOCOL = "protocol_violation"
 
 HOUR, DAY = 3600, 86400
 REQUEST_RETRY_S = 10
+USAGE_SETTLE_S = 2       # after a final USAGE, packets still in flight arrive within this
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class ClientEngine:
         self._flows: dict[str, Flow] = {}
         self._contracts: dict[str, Contract] = {}
         self._history: list[Contract] = []
+        self._own_at_usage: dict[str, int] = {}
+        self._final_checks: dict[str, tuple[float, Contract]] = {}
         self._spend: list[tuple[float, int]] = []      # (time, msat) within the last day
         self.spent_total = 0
         self.unmetered_bytes = 0
@@ -304,19 +307,30 @@ class ClientEngine:
 
     def _on_usage(self, f: Flow, c: Contract, msg: m.Usage, now: float) -> None:
         c.gw_up, c.gw_down = msg.up, msg.down
-        own, theirs = c.up + c.down, msg.up + msg.down
-        bad = usage_disagrees(own, theirs, self._tol[0], self._tol[1], self.policy.usage_slack_bytes)
-        if bad and not c.mismatch:
-            self._emit(EV_USAGE_MISMATCH, c, reason=f"gateway metered {theirs} bytes, I metered {own}",
-                       data={"own": own, "gateway": theirs, "own_up": c.up, "own_down": c.down,
-                             "gateway_up": msg.up, "gateway_down": msg.down})
-        c.mismatch = bad
+        own = c.up + c.down
+        # While traffic flows, both counts move and packets are in flight (socket buffers hold
+        # megabytes): compare only when our count stood still since the last report, or, for
+        # the final report, once in-flight packets had time to arrive.
+        if own == self._own_at_usage.get(c.contract_id):
+            self._compare_usage(c)
+        self._own_at_usage[c.contract_id] = own
+        if msg.final:
+            self._final_checks[c.contract_id] = (now + USAGE_SETTLE_S, c)
         if msg.final and c.state in FORWARDING:
             if theirs >= c.limit_bytes:
                 self._end(f, c, Ev.EXHAUST, "data limit reached (gateway)", now)
             else:
                 self._end(f, c, Ev.EXPIRE, "ended by the gateway", now)
             self._usable(f, now)
+
+    def _compare_usage(self, c: Contract) -> None:
+        own, theirs = c.up + c.down, c.gw_up + c.gw_down
+        bad = usage_disagrees(own, theirs, self._tol[0], self._tol[1], self.policy.usage_slack_bytes)
+        if bad and not c.mismatch:
+            self._emit(EV_USAGE_MISMATCH, c, reason=f"gateway metered {theirs} bytes, I metered {own}",
+                       data={"own": own, "gateway": theirs, "own_up": c.up, "own_down": c.down,
+                             "gateway_up": c.gw_up, "gateway_down": c.gw_down})
+        c.mismatch = bad
 
     def _violation(self, msg: m.Message, why: str) -> None:
         self._emit(EV_PROTOCOL, getattr(msg, "contract_id", None), reason=f"{msg.TYPE}: {why}")
@@ -350,6 +364,11 @@ class ClientEngine:
                     self._renew(f, c, now)
             if f.nodeal_until and f.nodeal_until <= now:
                 f.nodeal_until = 0.0
+        for cid, (due, c) in list(self._final_checks.items()):
+            if due <= now:
+                del self._final_checks[cid]
+                self._own_at_usage.pop(cid, None)
+                self._compare_usage(c)
         cut = now - DAY
         if self._spend and self._spend[0][0] <= cut:
             self._spend = [(t, a) for t, a in self._spend if t > cut]

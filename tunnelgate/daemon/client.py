@@ -8,7 +8,6 @@ import ipaddress
 import json
 import logging
 import os
-import select
 import time
 
 import threading
@@ -18,14 +17,14 @@ from ..net import setup as netsetup
 from ..payments import PaymentError, Terms, load_backend
 from ..protocol import client as clp
 from ..tun import Tun
-from .base import Daemon, recv_batch, udp_socket
+from . import datapath
+from .base import Daemon, udp_socket
 from .market import Channels, EventLog, Saver
 
 GATEWAY = b"gateway"  # the client's one control channel
 
 log = logging.getLogger("tunnelgate.client")
 
-RECV_SIZE = 65535
 
 
 class ClientDaemon(Daemon):
@@ -78,7 +77,8 @@ class ClientDaemon(Daemon):
             return self.engine.contracts(now=time.time(), history=bool(req.get("all")))
 
     def workers(self):
-        return [("udp-to-tun", self.udp_to_tun), ("tun-to-udp", self.tun_to_udp)]
+        return [("udp-to-tun", lambda: datapath.client_udp_to_tun(self)),
+                ("tun-to-udp", lambda: datapath.client_tun_to_udp(self))]
 
     def shutdown(self) -> None:
         if hasattr(self, "saver"):
@@ -96,75 +96,6 @@ class ClientDaemon(Daemon):
             log.debug("send to %s failed: %s", self.endpoint, e)
 
     # --- data path ------------------------------------------------------------------
-
-    def udp_to_tun(self) -> None:
-        sock, initiator, tun, stats = self.sock, self.initiator, self.tun, self.stats
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        DATA, CONTROL, DONE = sess.DATA, sess.CONTROL, sess.HANDSHAKE_DONE
-        elock, inbound = self.elock, self.engine.inbound
-        frames = []
-        while self.running:
-            if not poller.poll(500):
-                continue
-            now = time.monotonic()
-            wall = time.time()
-            out = []
-            for datagram, addr in recv_batch(sock, RECV_SIZE):
-                if datagram[:1] == b"\x02":  # handshake response: control plane
-                    with self.lock:
-                        res = initiator.receive(datagram, now)
-                else:
-                    res = initiator.receive(datagram, now)
-                if res is None:
-                    continue
-                kind, payload = res
-                if addr[:2] != self.endpoint:
-                    # authenticated traffic from a new address: the gateway moved
-                    self.endpoint = addr[:2]
-                    self.loop.call_soon_threadsafe(self._spawn, self._gateway_moved())
-                if kind == DATA:
-                    if len(payload) >= 20 and payload[0] >> 4 == 4:
-                        with elock:
-                            inbound(payload[12:16], (payload[2] << 8) | payload[3], wall)
-                    out.append(payload)
-                    stats["rx_bytes"] += len(payload)
-                elif kind == DONE:
-                    self.loop.call_soon_threadsafe(self._spawn, self._handshake_done(payload))
-                elif kind == CONTROL:
-                    stats["control_rx"] += 1
-                    frames.append(payload)
-            if out:
-                stats["rx_packets"] += len(out)
-                tun.write_batch(out)
-            if frames:
-                batch, frames = frames, []
-                self.loop.call_soon_threadsafe(self._control_in, batch)
-
-    def tun_to_udp(self) -> None:
-        sock, initiator, tun, stats = self.sock, self.initiator, self.tun, self.stats
-        DATA = sess.DATA
-        elock, outbound = self.elock, self.engine.outbound
-        while self.running:
-            packets = tun.read_batch(64, 0.5)
-            if not packets:
-                continue
-            wall = time.time()
-            with elock:
-                for pkt in packets:
-                    if len(pkt) >= 20 and pkt[0] >> 4 == 4:
-                        outbound(pkt[16:20], (pkt[2] << 8) | pkt[3], wall)
-            datagrams = initiator.seal_batch(DATA, packets, time.monotonic())
-            if len(datagrams) < len(packets):
-                stats["drop_no_session"] += len(packets) - len(datagrams)
-            endpoint = self.endpoint
-            for datagram in datagrams:
-                try:
-                    sock.sendto(datagram, endpoint)
-                except OSError:
-                    stats["send_errors"] += 1
-            stats["tx_packets"] += len(datagrams)
-            stats["tx_bytes"] += sum(map(len, packets))
 
     # --- control plane (asyncio thread) -------------------------------------------------
 

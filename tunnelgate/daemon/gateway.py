@@ -8,7 +8,6 @@ import ipaddress
 import json
 import logging
 import os
-import select
 import time
 
 import asyncio
@@ -17,17 +16,16 @@ import secrets
 import threading
 
 from .. import session as sess
-from ..meter import FORWARD, HELD
 from ..net import setup as netsetup
 from ..payments import Terms, Verdict, load_backend
 from ..protocol import gateway as gwp
 from ..tun import Tun
-from .base import Daemon, recv_batch, udp_socket
+from . import datapath
+from .base import Daemon, udp_socket
 from .market import Channels, EventLog, Saver, peer_text
 
 log = logging.getLogger("tunnelgate.gateway")
 
-RECV_SIZE = 65535
 
 
 class GatewayDaemon(Daemon):
@@ -89,7 +87,8 @@ class GatewayDaemon(Daemon):
             return self.engine.contracts(now=time.time(), history=bool(req.get("all")))
 
     def workers(self):
-        return [("udp-to-tun", self.udp_to_tun), ("tun-to-udp", self.tun_to_udp)]
+        return [("udp-to-tun", lambda: datapath.gateway_udp_to_tun(self)),
+                ("tun-to-udp", lambda: datapath.gateway_tun_to_udp(self))]
 
     def shutdown(self) -> None:
         if hasattr(self, "saver"):
@@ -99,59 +98,6 @@ class GatewayDaemon(Daemon):
                 getattr(self, obj).close()
 
     # --- data path ------------------------------------------------------------------
-
-    def udp_to_tun(self) -> None:
-        sock, responder, tun, stats = self.sock, self.responder, self.tun, self.stats
-        addr_of = self.addr_of
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        DATA, CONTROL = sess.DATA, sess.CONTROL
-        elock, outbound = self.elock, self.engine.outbound
-        frames = []
-        while self.running:
-            if not poller.poll(500):
-                continue
-            now = time.monotonic()
-            wall = time.time()
-            out = []
-            held = False
-            for datagram, addr in recv_batch(sock, RECV_SIZE):
-                res = responder.receive(datagram, now, addr)
-                if res is None:
-                    continue
-                if isinstance(res, sess.Handshake):
-                    self._handshake(res, now)
-                    continue
-                peer, kind, payload = res
-                if kind == DATA:
-                    # forward only what comes from the address we gave this peer
-                    if len(payload) >= 20 and payload[0] >> 4 == 4:
-                        if payload[12:16] == addr_of.get(peer):
-                            with elock:
-                                verdict = outbound(peer, payload[16:20], (payload[2] << 8) | payload[3],
-                                                   payload, wall)
-                            if verdict == FORWARD:
-                                out.append(payload)
-                                stats["rx_bytes"] += len(payload)
-                            elif verdict == HELD:
-                                stats["held"] += 1
-                                held = True
-                            else:
-                                stats["drop_no_contract"] += 1
-                        else:
-                            stats["drop_spoofed"] += 1
-                    else:
-                        stats["drop_not_ipv4"] += 1
-                elif kind == CONTROL:
-                    stats["control_rx"] += 1
-                    frames.append((peer, payload))
-            if out:
-                stats["rx_packets"] += len(out)
-                tun.write_batch(out)
-            if frames or held:
-                # a held packet waits for a proposal: send it now, not at the next tick
-                batch, frames = frames, []
-                self.loop.call_soon_threadsafe(self._control_in, batch)
 
     def _handshake(self, hs, now: float) -> None:
         key_b64 = base64.b64encode(hs.peer_public).decode()
@@ -173,42 +119,6 @@ class GatewayDaemon(Daemon):
             self.stats["send_errors"] += 1
             log.debug("handshake response to %s failed: %s", hs.addr, e)
         log.info("peer %s handshake from %s:%d, address %s", key_b64, *hs.addr[:2], addr)
-
-    def tun_to_udp(self) -> None:
-        sock, responder, tun, stats = self.sock, self.responder, self.tun, self.stats
-        peer_of = self.peer_of
-        DATA = sess.DATA
-        elock, inbound = self.elock, self.engine.inbound
-        while self.running:
-            packets = tun.read_batch(64, 0.5)
-            if not packets:
-                continue
-            now = time.monotonic()
-            wall = time.time()
-            for pkt in packets:
-                if pkt[0] >> 4 != 4:
-                    stats["drop_not_ipv4"] += 1
-                    continue
-                peer = peer_of.get(pkt[16:20])
-                if peer is None:
-                    stats["drop_no_peer"] += 1
-                    continue
-                with elock:
-                    verdict = inbound(peer, pkt[12:16], (pkt[2] << 8) | pkt[3], wall)
-                if verdict != FORWARD:
-                    stats["drop_no_contract_in"] += 1
-                    continue
-                datagram = responder.seal(peer, DATA, pkt, now)
-                endpoint = responder.endpoint(peer)
-                if datagram is None or endpoint is None:
-                    stats["drop_no_session"] += 1
-                    continue
-                try:
-                    sock.sendto(datagram, endpoint)
-                    stats["tx_bytes"] += len(pkt)
-                    stats["tx_packets"] += 1
-                except OSError:
-                    stats["send_errors"] += 1
 
     # --- timers and status ---------------------------------------------------------
 

@@ -317,7 +317,7 @@ class ClientEngine:
         if msg.final:
             self._final_checks[c.contract_id] = (now + USAGE_SETTLE_S, c)
         if msg.final and c.state in FORWARDING:
-            if theirs >= c.limit_bytes:
+            if msg.up + msg.down >= c.limit_bytes:
                 self._end(f, c, Ev.EXHAUST, "data limit reached (gateway)", now)
             else:
                 self._end(f, c, Ev.EXPIRE, "ended by the gateway", now)

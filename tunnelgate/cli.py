@@ -221,20 +221,54 @@ def down(config_path, timeout):
 def status(config_path, as_json):
     """Show the daemon's state."""
     cfg = load_config(config_path)
-    from .daemon.base import state_paths
-    from .daemon.control import ControlError, request
-    try:
-        st = request(state_paths(cfg.node.state_dir)["control"], "status")
-    except ControlError as e:
-        if e.code == "not_running":
-            fail(f"not running for {cfg.path}; start it with "
-                 f"`tunnelgate {'serve' if cfg.role == 'gateway' else 'up'} -c {config_path}`", EXIT_NOT_RUNNING)
-        fail(str(e))
+    st = _ask(cfg, config_path, "status")
     if as_json:
         click.echo(json.dumps(st, indent=2, sort_keys=True))
         return
     from .status_text import render
     click.echo(render(st))
+
+
+@main.command()
+@config_option
+@click.option("--all", "show_all", is_flag=True, help="Include ended contracts this run remembers.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def contracts(config_path, show_all, as_json):
+    """List the daemon's contracts."""
+    cfg = load_config(config_path)
+    from .status_text import contracts_table
+    items = _ask(cfg, config_path, "contracts", all=show_all)
+    if as_json:
+        click.echo(json.dumps(items, indent=2, sort_keys=True))
+    else:
+        click.echo("\n".join(contracts_table(items, with_peer=cfg.role == "gateway")))
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def history(config_path, as_json):
+    """Past contracts and payments, with totals (from the database; the daemon may be stopped)."""
+    cfg = load_config(config_path)
+    from .daemon.base import state_paths
+    from . import history as hist
+    try:
+        items = hist.contracts(state_paths(cfg.node.state_dir)["db"])
+    except hist.HistoryError as e:
+        fail(str(e))
+    click.echo(json.dumps(items, indent=2, sort_keys=True) if as_json else hist.render(items))
+
+
+def _ask(cfg, config_path, cmd, **args):
+    from .daemon.base import state_paths
+    from .daemon.control import ControlError, request
+    try:
+        return request(state_paths(cfg.node.state_dir)["control"], cmd, **args)
+    except ControlError as e:
+        if e.code == "not_running":
+            fail(f"not running for {cfg.path}; start it with "
+                 f"`tunnelgate {'serve' if cfg.role == 'gateway' else 'up'} -c {config_path}`", EXIT_NOT_RUNNING)
+        fail(str(e))
 
 
 if __name__ == "__main__":

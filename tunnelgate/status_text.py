@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import time
 
+from .money import format_msat, format_price
+
+SESSION_DROPS = ("bad_mac", "replay", "malformed", "unknown_index", "stale_handshake", "expired")
+
 
 def _age(ts: float | None) -> str:
     if not ts:
@@ -12,7 +16,7 @@ def _age(ts: float | None) -> str:
     return f"{s} s ago" if s < 120 else f"{s // 60} min ago"
 
 
-def _bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -20,30 +24,114 @@ def _bytes(n: int) -> str:
     return str(n)
 
 
+def _duration(s: int | None) -> str:
+    if s is None:
+        return "-"
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def _bar(used: int, limit: int, width: int = 10) -> str:
+    frac = min(1.0, used / limit) if limit else 0.0
+    full = int(round(frac * width))
+    return "#" * full + "." * (width - full)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return ["  " + fmt.format(*header).rstrip()] + ["  " + fmt.format(*map(str, r)).rstrip() for r in rows]
+
+
+def contracts_table(contracts: list[dict], with_peer: bool = False) -> list[str]:
+    if not contracts:
+        return ["  (none)"]
+    rows = []
+    for c in contracts:
+        limit = c["limit_kb"] * 1000
+        pct = 100 * c["used"] // limit if limit else 0
+        row = [c["destination"], c["state"], format_price(c["price"]),
+               f"{human_bytes(c['used'])}/{human_bytes(limit)} {_bar(c['used'], limit)} {pct}%",
+               "queued" if c.get("time_left_s") is None and c["state"] in ("PAID", "ACCEPTED")
+               else _duration(c.get("time_left_s")), format_msat(c["cost_msat"]) + (" paid" if c.get("paid") else ""),
+               c["contract_id"]]
+        if with_peer:
+            row.insert(0, (c.get("peer") or "")[:12])
+        rows.append(row)
+    header = ["destination", "state", "price/KB", "used/limit", "time left", "cost", "id"]
+    if with_peer:
+        header.insert(0, "peer")
+    return _table(rows, header)
+
+
 def render(st: dict) -> str:
     stats = st.get("stats", {})
+    market = st.get("market", {})
     lines = []
     if st["role"] == "client":
         state = "connected" if st.get("connected") else "connecting"
         lines += [
-            f"client   {state}, pid {st['pid']}, up {st['uptime_s']:.0f} s",
-            f"gateway  {st.get('gateway')}  key {st.get('gateway_public_key')}",
-            f"tunnel   {st['tun']} {st.get('address') or '(no address yet)'}  routes {', '.join(st.get('routes', []))}",
+            f"client    {state}, pid {st['pid']}, up {_duration(int(st['uptime_s']))}",
+            f"gateway   {st.get('gateway')}  key {st.get('gateway_public_key')}",
+            f"tunnel    {st['tun']} {st.get('address') or '(no address yet)'}  routes {', '.join(st.get('routes', []))}",
             f"handshake {_age(st.get('last_handshake'))}",
         ]
     else:
         lines += [
-            f"gateway  pid {st['pid']}, up {st['uptime_s']:.0f} s, listening on {st.get('listen')}",
-            f"tunnel   {st['tun']} {st.get('address')}  upstream {st.get('upstream_interface')}",
-            f"peers    {len(st.get('peers', []))}",
+            f"gateway   pid {st['pid']}, up {_duration(int(st['uptime_s']))}, listening on {st.get('listen')}",
+            f"tunnel    {st['tun']} {st.get('address')}  upstream {st.get('upstream_interface')}",
         ]
-        for p in st.get("peers", []):
-            lines.append(f"  {p['address'] or '-':<15} {p['endpoint'] or '-':<22} {p['public_key']}")
-    lines.append(f"traffic  sent {_bytes(stats.get('tx_bytes', 0))} ({stats.get('tx_packets', 0)} packets), "
-                 f"received {_bytes(stats.get('rx_bytes', 0))} ({stats.get('rx_packets', 0)} packets)")
+    pay = st.get("payment")
+    if pay:
+        money = "" if pay.get("real_money", True) else f"  ({pay.get('notice') or 'no real money'})"
+        lines.append(f"payment   {pay['backend']}{money}")
+    lines.append(f"traffic   sent {human_bytes(stats.get('tx_bytes', 0))} ({stats.get('tx_packets', 0)} packets), "
+                 f"received {human_bytes(stats.get('rx_bytes', 0))} ({stats.get('rx_packets', 0)} packets)")
+    if st["role"] == "client" and market:
+        spend = market.get("spend", {})
+        budgets = st.get("budgets", {})
+
+        def against(key, limit_key):
+            limit = budgets.get(limit_key)
+            return format_msat(spend.get(key, 0)) + (f" of {format_msat(limit)}" if limit is not None else "")
+        lines.append(f"spent     this hour {against('hour', 'max_spend_per_hour')}, today "
+                     f"{against('day', 'max_spend_per_day')}, total {against('total', 'max_spend_total')}")
+        if st.get("wallet"):
+            lines.append(f"wallet    {format_msat(st['wallet'].get('balance_msat', 0))}")
+        if market.get("budget_reason"):
+            lines.append(f"budget    {market['budget_reason']}")
+        lines.append("contracts")
+        lines += contracts_table(market.get("contracts", []))
+        for dest, d in sorted(market.get("destinations", {}).items()):
+            if d.get("no_deal_reason"):
+                lines.append(f"no deal   {dest}: {d['no_deal_reason']} (retry in {d.get('retry_in_s', 0)} s)")
+    elif market:
+        contracts = market.get("contracts", [])
+        peers = st.get("peers", [])
+        lines.append(f"peers     {len(peers)}")
+        by_peer: dict[str, list[dict]] = {}
+        for c in contracts:
+            by_peer.setdefault(c.get("peer") or "", []).append(c)
+        rows = []
+        for p in peers:
+            mine = by_peer.get(p["public_key"], [])
+            standing = market.get("peers", {}).get(p["public_key"], {})
+            rows.append([p["address"] or "-", p["endpoint"] or "-", len(mine),
+                         human_bytes(sum(c["used"] for c in mine)),
+                         format_msat(sum(c["cost_msat"] for c in mine if c.get("paid"))),
+                         "yes" if standing.get("grace", True) else "no", p["public_key"]])
+        if rows:
+            lines += _table(rows, ["address", "endpoint", "contracts", "bytes", "paid", "grace", "key"])
+        lines.append("contracts")
+        lines += contracts_table(contracts, with_peer=True)
+        for key, standing in sorted(market.get("peers", {}).items()):
+            for dest, nd in sorted(standing.get("no_deal", {}).items()):
+                lines.append(f"no deal   {key[:12]} {dest}: {nd['reason']} (retry in {nd['retry_in_s']} s)")
     drops = {k: v for k, v in {**stats, **st.get("session_stats", {})}.items()
-             if v and (k.startswith("drop") or k in ("bad_mac", "replay", "malformed", "unknown_index",
-                                                      "stale_handshake"))}
+             if v and (k.startswith("drop") or k in SESSION_DROPS)}
     if drops:
-        lines.append("dropped  " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+        lines.append("dropped   " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
     return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""`tunnelgate status` renders every field a person needs from recorded daemon snapshots."""
+
+import json
+from pathlib import Path
+
+from tunnelgate.status_text import contracts_table, render
+
+DATA = Path(__file__).parent / "data"
+
+
+def load(name):
+    return json.loads((DATA / name).read_text())
+
+
+def test_client_status_shows_contracts_spend_and_payment_notice():
+    st = load("status_client.json")
+    text = render(st)
+    c = st["market"]["contracts"][0]
+    assert "connected" in text and st["address"] in text
+    assert c["destination"] in text and c["contract_id"] in text and c["state"] in text
+    assert "0.5 msat/KB" in text
+    assert "this hour" in text and "total" in text
+    assert "no real payment" in text
+    assert "queued" in text          # the renewal waits behind the current contract
+
+
+def test_gateway_status_shows_peers_and_revenue():
+    st = load("status_gateway.json")
+    text = render(st)
+    peer = st["peers"][0]
+    assert peer["address"] in text and peer["public_key"] in text
+    assert "paid" in text and "contracts" in text
+    assert all(c["contract_id"] in text for c in st["market"]["contracts"])
+
+
+def test_quota_bar_and_percentage():
+    row = contracts_table([{"destination": "198.18.2.2/32", "state": "GRACE", "price": 250_000,
+                            "limit_kb": 100, "used": 50_000, "time_left_s": 30, "cost_msat": 25,
+                            "paid": False, "contract_id": "abc"}])[1]
+    assert "#####....." in row and "50%" in row and "0.25 msat/KB" in row and "30 s" in row
+
+
+def test_no_deal_and_budget_reasons_are_shown():
+    st = load("status_client.json")
+    st["market"]["budget_reason"] = "contract cost 2 sat would exceed max_spend_total"
+    st["market"]["destinations"]["198.18.9.9/32"] = {"no_deal_reason": "price above my maximum",
+                                                     "retry_in_s": 42, "contract": None, "queued": [],
+                                                     "reason": ""}
+    text = render(st)
+    assert "would exceed max_spend_total" in text
+    assert "198.18.9.9/32: price above my maximum (retry in 42 s)" in text

@@ -271,5 +271,9 @@ def _ask(cfg, config_path, cmd, **args):
         fail(str(e))
 
 
+from .cli_config import config_group  # noqa: E402  (keeps `config` commands in their own module)
+
+main.add_command(config_group)
+
 if __name__ == "__main__":
     main()

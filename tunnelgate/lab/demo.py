@@ -1,7 +1,9 @@
 """The README's first command: a gateway and a client in network namespaces,
-real traffic through the tunnel, the daemons' own status, then clean-up.
+a local Cashu mint as the payment rail, real traffic through the tunnel so
+contracts are proposed, paid in ecash and renewed, the daemons' own status
+(and the TUI when run in a terminal), then clean-up.
 
-Run as root: `python -m tunnelgate.lab.demo`.
+Run as root: `python -m tunnelgate.lab.demo [--dummy] [--no-tui]`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from .. import keys
 from . import GW_LINK, UPSTREAM, Lab
 
 TG = [sys.executable, "-m", "tunnelgate.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+MINT_PORT = 3338
+FUND_SAT = 2000
 
 
 def say(text: str) -> None:
@@ -26,6 +31,8 @@ def say(text: str) -> None:
 
 
 def main() -> int:
+    dummy = "--dummy" in sys.argv
+    want_tui = sys.stdout.isatty() and "--no-tui" not in sys.argv
     if os.geteuid() != 0:
         print("demo: run as root (it builds network namespaces)", file=sys.stderr)
         return 1
@@ -36,6 +43,10 @@ def main() -> int:
         say(f"building the lab: namespaces {lab.client}, {lab.gw}, {lab.up}")
         lab.build()
         files = lab.start_upstream({"demo-20M.bin": 20_000_000})
+        if dummy:
+            gw_pay = cl_pay = 'backend = "dummy"'
+        else:
+            gw_pay, cl_pay = start_mint(lab, work)
         gw_key, cl_key = keys.generate(), keys.generate()
         keys.write_private(work / "gateway.key", gw_key)
         keys.write_private(work / "client.key", cl_key)
@@ -49,6 +60,17 @@ listen = "{GW_LINK}:51900"
 tun = "tgs0"
 address = "100.64.0.1/24"
 upstream_interface = "veth-up"
+[pricing]
+default_price = "0.5"        # msat per KB
+floor_price = "0.3"
+contract_kb = 5000           # 5 MB per contract: a 20 MB download renews a few times
+contract_time_s = 120
+grace_time_s = 10
+[[pricing.route]]            # the gateway's own mint is free to reach
+prefix = "{GW_LINK}/32"
+price = "0"
+[payment]
+{gw_pay}
 """)
         cl_conf.write_text(f"""[node]
 private_key_file = "client.key"
@@ -59,6 +81,14 @@ public_key = "{keys.b64(keys.public_of(gw_key))}"
 [network]
 tun = "tg0"
 routes = ["0.0.0.0/0"]
+[policy]
+max_price = "0.4"            # below the asking price: the client counters, the gateway meets it
+counter_fraction = "0.8"
+data_renewal_kb = 2000
+time_renewal_s = 20
+max_spend_per_hour = 100000  # msat
+[payment]
+{cl_pay}
 """)
 
         def tg(ns, *args):
@@ -88,10 +118,18 @@ routes = ["0.0.0.0/0"]
         print(f"{len(data):,} bytes in {took:.2f} s ({len(data) * 8 / took / 1e6:.0f} Mbit/s), "
               f"sha256 {'matches' if ok else 'MISMATCH'}")
 
+        time.sleep(1.5)  # let the last payment settle and usage reports arrive
         say("tunnelgate status (client)")
         tg(lab.client, "status", "-c", str(cl_conf))
         say("tunnelgate status (gateway)")
         tg(lab.gw, "status", "-c", str(gw_conf))
+
+        say("tunnelgate history (client): every contract and what it cost")
+        tg(lab.client, "history", "-c", str(cl_conf))
+
+        if want_tui:
+            say("tunnelgate tui (client): press q to quit")
+            subprocess.run(["ip", "netns", "exec", lab.client, *TG, "tui", "-c", str(cl_conf)])
 
         say("tunnelgate down: routes restored")
         tg(lab.client, "down", "-c", str(cl_conf))
@@ -102,9 +140,28 @@ routes = ["0.0.0.0/0"]
             if conf.exists():
                 subprocess.run(["ip", "netns", "exec", lab.client if "client" in conf.name else lab.gw,
                                 *TG, "down", "-c", str(conf)], capture_output=True)
+        subprocess.run([str(ROOT / "scripts" / "mint"), "stop", str(work / "mint")], capture_output=True)
         lab.destroy()
         shutil.rmtree(work, ignore_errors=True)
         say("lab removed")
+
+
+def start_mint(lab: Lab, work: Path) -> tuple[str, str]:
+    """A Cashu mint on the gateway's link address (FakeWallet Lightning: no real money
+    enters it), the gateway's P2PK key, and a client wallet funded with FUND_SAT."""
+    url = f"http://{GW_LINK}:{MINT_PORT}"
+    say(f"starting a local Cashu mint at {url} (gateway namespace) and funding the client's wallet")
+    subprocess.run([str(ROOT / "scripts" / "mint"), "start", str(work / "mint"), "--listen",
+                    f"{GW_LINK}:{MINT_PORT}", "--netns", lab.gw], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "tunnelgate.payments.cashu", "keygen", str(work / "p2pk.key")],
+                   check=True, stdout=subprocess.DEVNULL)
+    lab.run(lab.client, str(ROOT / "scripts" / "mint"), "fund", str(work / "wallet"), str(FUND_SAT),
+            "--mint", url, timeout=120)
+    print(f"client wallet funded with {FUND_SAT} sat of ecash")
+    gw = (f'backend = "cashu"\nmints = ["{url}"]\np2pk_key_file = "p2pk.key"\n'
+          f'wallet_dir = "{work / "gw-wallet"}"')
+    cl = f'backend = "cashu"\nmint_url = "{url}"\nwallet_dir = "{work / "wallet"}"'
+    return gw, cl
 
 
 if __name__ == "__main__":

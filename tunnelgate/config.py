@@ -89,6 +89,7 @@ class GatewayConfig:
     session: SessionTiming = field(default_factory=SessionTiming)
     pricing: Pricing = field(default_factory=_default_pricing)
     payment: Payment = field(default_factory=Payment)
+    metrics_listen: tuple[str, int] | None = None   # [metrics] listen: Prometheus text format
     role: str = "gateway"
 
 
@@ -343,10 +344,13 @@ def _gateway(path: Path, data: dict) -> GatewayConfig:
     session = _session(r)
     payment = _payment(r, "payee")
     pricing = _pricing(r, (payment.backend,))
+    metrics = r.table("metrics", required=False)
+    metrics_listen = metrics.endpoint("listen") if "listen" in metrics.data else None
+    metrics.finish()
     r.finish()
     return GatewayConfig(path=path, node=node, listen=listen, tun=tun, address=address,
                          upstream_interface=upstream, mtu=mtu, session=session,
-                         pricing=pricing, payment=payment)
+                         pricing=pricing, payment=payment, metrics_listen=metrics_listen)
 
 
 def _client(path: Path, data: dict) -> ClientConfig:

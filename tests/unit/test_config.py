@@ -377,3 +377,11 @@ def test_shipped_examples_carry_the_new_sections(tmp_path):
     cl = config.load(p)
     assert cl.policy.max_price == parse_price("1") and cl.policy.max_spend_total == 10_000_000
     assert cl.payment.backend == "dummy"
+
+
+def test_gateway_metrics_listen(tmp_path):
+    cfg = config.load(write(tmp_path, GATEWAY + '\n[metrics]\nlisten = "127.0.0.1:9108"\n'))
+    assert cfg.metrics_listen == ("127.0.0.1", 9108)
+    assert config.load(write(tmp_path, GATEWAY)).metrics_listen is None
+    with pytest.raises(config.ConfigError, match="metrics.listen"):
+        config.load(write(tmp_path, GATEWAY + '\n[metrics]\nlisten = "9108"\n'))

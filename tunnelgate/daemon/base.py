@@ -137,6 +137,14 @@ class Daemon:
         try:
             await self.setup()
             await control.start()
+            metrics = None
+            if getattr(self.cfg, "metrics_listen", None):
+                from .metrics import start as start_metrics
+                try:
+                    metrics, _ = start_metrics(self, self.cfg.metrics_listen)
+                except OSError as e:
+                    raise DaemonError(f"cannot serve metrics on {self.cfg.metrics_listen[0]}:"
+                                      f"{self.cfg.metrics_listen[1]}: {e.strerror}; change [metrics] listen") from None
             for name, target in self.workers():
                 t = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
                 t.start()
@@ -149,6 +157,8 @@ class Daemon:
                 except asyncio.TimeoutError:
                     pass
             log.info("%s stopping", self.role)
+            if metrics is not None:
+                metrics.shutdown()
             return 0
         finally:
             self.running = False

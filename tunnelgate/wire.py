@@ -10,6 +10,7 @@ malformed.
   RESP       type=2 | sender_index u32 | receiver_index u32 | noise msg2
              (msg2's payload starts with sender_index again, authenticated)
   transport  type   | receiver_index u32 | counter u64 | AEAD(payload)
+             (type DATA, KEEPALIVE, CONTROL or DATA_PARTIAL)
              (the 16-byte header is the AEAD's associated data)
 """
 
@@ -22,7 +23,12 @@ RESP = 2
 DATA = 3  # payload: one IP packet
 KEEPALIVE = 4  # payload: empty
 CONTROL = 5  # payload: one opaque control-channel frame
-TRANSPORT_KINDS = frozenset((DATA, KEEPALIVE, CONTROL))
+# payload: one IPv4 TCP or UDP packet whose transport checksum field holds only
+# the pseudo-header sum (Linux CHECKSUM_PARTIAL): the sender skips summing the
+# payload in Python, the receiver hands it to its kernel to finish (virtio-net
+# NEEDS_CSUM) or completes it itself. See tunnelgate/offload.py.
+DATA_PARTIAL = 6
+TRANSPORT_KINDS = frozenset((DATA, KEEPALIVE, CONTROL, DATA_PARTIAL))
 
 TYPE = struct.Struct("<I")
 INDEX = struct.Struct("<I")

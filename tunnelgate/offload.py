@@ -1,0 +1,365 @@
+"""Offload helpers for the data path: virtio-net headers (TUN TSO/CSUM), TCP
+segmentation and coalescing in Python, UDP GSO send and UDP GRO receive.
+
+Why: in Python the cost per syscall dominates. With offloads a TUN read returns
+up to 64 KB of one TCP flow, one `sendmsg` sends up to 64 equal datagrams, one
+`recvmsg_into` returns several, and one TUN write hands the kernel a burst to
+segment itself.
+
+Each datagram still carries exactly one IP packet (a lost datagram costs one
+segment). Segments cut from a TSO burst travel as DATA_PARTIAL: their TCP
+checksum field holds only the pseudo-header sum, exactly like a Linux
+CHECKSUM_PARTIAL packet, so nobody sums payload bytes in Python on the common
+path: the receiving kernel finishes the checksum (virtio-net NEEDS_CSUM), or
+`complete_checksum` does it when the receiver has no offloads.
+
+virtio-net header (10 bytes, little-endian, TUNSETVNETHDRSZ default):
+  flags u8 | gso_type u8 | hdr_len u16 | gso_size u16 | csum_start u16 | csum_offset u16
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+# --- constants (Python 3.11 has no names for these) --------------------------------
+VNET = struct.Struct("<BBHHHH")
+VNET_LEN = VNET.size
+VNET_PLAIN = bytes(VNET_LEN)          # a complete packet, no GSO
+F_NEEDS_CSUM = 1
+GSO_NONE, GSO_TCPV4, GSO_UDP, GSO_TCPV6, GSO_UDP_L4 = 0, 1, 3, 4, 5
+GSO_ECN = 0x80
+
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+GSO_MAX_SEGMENTS = 64                 # UDP_MAX_SEGMENTS on older kernels
+GSO_MAX_BYTES = 65000                 # one UDP GSO send is one <64 KB skb
+COALESCE_MAX = 65535 - 60             # IP total length of a coalesced burst
+
+TCP, UDP = 6, 17
+CSUM_OFFSET = {TCP: 16, UDP: 6}
+FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
+
+_IP_FIXED = struct.Struct("!2sHH4sH8s")        # ver/ihl+tos, len, id, frag+ttl+proto, csum, src+dst
+_TCP_FIXED = struct.Struct("!4sI5sB2sH")       # ports, seq, ack+doff, flags, window, csum
+_H10 = struct.Struct("!10H")
+_PSEUDO = struct.Struct("!4H")
+
+
+# --- checksums ------------------------------------------------------------------------
+
+def fold(s: int) -> int:
+    """Ones' complement fold to 16 bits."""
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def ip_header_checksum(hdr) -> int:
+    """Checksum of a 20-byte IPv4 header whose checksum field is zero."""
+    return ~fold(sum(_H10.unpack_from(hdr))) & 0xFFFF
+
+
+def sum16(data) -> int:
+    """Ones' complement sum of data (padded to even length), unfolded but < 2**17.
+    int.from_bytes mod 0xFFFF is the ones' complement sum, done in C."""
+    if len(data) & 1:
+        data = bytes(data) + b"\0"
+    s = int.from_bytes(data, "big") % 0xFFFF
+    return s if s or not any(data) else 0xFFFF
+
+
+def pseudo_sum(src_dst, proto: int, length: int) -> int:
+    """Unfolded IPv4 pseudo-header sum (src, dst, proto, L4 length)."""
+    return sum(_PSEUDO.unpack_from(src_dst)) + proto + length
+
+
+def complete_checksum(pkt: bytes, csum_start: int, csum_offset: int) -> bytes:
+    """Finish a CHECKSUM_PARTIAL packet in Python (the no-offload fallback):
+    the field holds the pseudo-header sum, sum the rest on top of it."""
+    c = ~fold(sum16(memoryview(pkt)[csum_start:])) & 0xFFFF
+    if c == 0 and pkt[9] == UDP:
+        c = 0xFFFF
+    at = csum_start + csum_offset
+    return pkt[:at] + c.to_bytes(2, "big") + pkt[at + 2:]
+
+
+def reseed_partial(pkt: bytes) -> bytes:
+    """An IPv4 TCP/UDP packet (checksum complete or partial) made DATA_PARTIAL:
+    its checksum field set to the pseudo-header sum."""
+    ihl = (pkt[0] & 15) * 4
+    at = ihl + CSUM_OFFSET[pkt[9]]
+    seed = fold(pseudo_sum(pkt[12:20], pkt[9], len(pkt) - ihl))
+    return pkt[:at] + seed.to_bytes(2, "big") + pkt[at + 2:]
+
+
+def partial_ok(pkt) -> bool:
+    """Is pkt an IPv4 TCP/UDP packet that DATA_PARTIAL can describe (the
+    receiver derives csum_start/offset from the headers)?"""
+    return (len(pkt) >= 28 and pkt[0] >> 4 == 4 and pkt[9] in CSUM_OFFSET
+            and (pkt[6] & 0x3F) == 0 and pkt[7] == 0)        # not a fragment
+
+
+def partial_vnet(pkt) -> bytes:
+    """virtio-net header asking the kernel to finish a DATA_PARTIAL packet."""
+    ihl = (pkt[0] & 15) * 4
+    return VNET.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, ihl, CSUM_OFFSET[pkt[9]])
+
+
+# --- TUN reads: virtio-net frame -> packets --------------------------------------------
+
+def split_frame(frame: bytes) -> tuple[list[bytes], bool]:
+    """One TUN read (virtio-net header + packet) -> (IP packets, partial).
+
+    partial=True: every packet is DATA_PARTIAL-shaped (pseudo-header sum in the
+    checksum field). A packet the kernel left partial in a shape DATA_PARTIAL
+    cannot describe is completed here (rare: IPv6, options). Returns ([], False)
+    for a GSO type we did not enable."""
+    flags, gso_type, _, gso_size, cs_start, cs_off = VNET.unpack_from(frame)
+    pkt = frame[VNET_LEN:]
+    gso_type &= ~GSO_ECN
+    if gso_type == GSO_NONE:
+        if not flags & F_NEEDS_CSUM:
+            return [pkt], False
+        if (partial_ok(pkt) and cs_start == (pkt[0] & 15) * 4
+                and cs_off == CSUM_OFFSET[pkt[9]]):
+            return [pkt], True
+        return [complete_checksum(pkt, cs_start, cs_off)], False
+    if gso_type == GSO_TCPV4 and gso_size and len(pkt) >= 40 and pkt[0] >> 4 == 4 and pkt[9] == TCP:
+        return tcp4_segments(pkt, gso_size), True
+    return [], False
+
+
+def tcp4_segments(pkt: bytes, mss: int) -> list[bytes]:
+    """Cut an IPv4 TCP TSO burst into segments of `mss` payload bytes, as the
+    kernel's GSO would: IP length/ID/checksum per segment, sequence numbers
+    advanced, FIN/PSH only on the last segment, CWR only on the first. The TCP
+    checksum field gets the segment's pseudo-header sum (DATA_PARTIAL)."""
+    ihl = (pkt[0] & 15) * 4
+    thl = (pkt[ihl + 12] >> 4) * 4
+    hl = ihl + thl
+    ver_tos, _, ip_id, frag_ttl_proto, _, addrs = _IP_FIXED.unpack_from(pkt)
+    ip_opts = pkt[20:ihl]
+    ports, seq, ack_doff, tflags, window, _ = _TCP_FIXED.unpack_from(pkt, ihl)
+    tcp_tail = pkt[ihl + 18:hl]                        # urgent pointer + options
+    # Header words that do not change between segments, summed once.
+    ip_const = sum(_H10.unpack_from(pkt[:10] + bytes(2) + pkt[12:20]))
+    ip_const -= int.from_bytes(pkt[2:4], "big") + ip_id  # length and ID vary
+    ip_const += sum16(ip_opts) if ip_opts else 0
+    pseudo = pseudo_sum(addrs, TCP, 0)
+    payload = memoryview(pkt)[hl:]
+    total = len(payload)
+    ip_pack, tcp_pack = _IP_FIXED.pack, _TCP_FIXED.pack
+    mid_flags = tflags & ~(FIN | PSH)
+    out = []
+    append = out.append
+    off = i = 0
+    while off < total:
+        chunk = payload[off:off + mss]
+        n = len(chunk)
+        last = off + n >= total
+        ip_len = hl + n
+        pid = (ip_id + i) & 0xFFFF
+        ipc = ~fold(ip_const + ip_len + pid) & 0xFFFF
+        f = tflags if last else mid_flags
+        if i:
+            f &= ~CWR
+        append(b"".join((ip_pack(ver_tos, ip_len, pid, frag_ttl_proto, ipc, addrs), ip_opts,
+                         tcp_pack(ports, (seq + off) & 0xFFFFFFFF, ack_doff, f, window,
+                                  fold(pseudo + thl + n)),
+                         tcp_tail, chunk)))
+        off += n
+        i += 1
+    return out
+
+
+# --- TUN writes: packets -> virtio-net frames (GRO in Python) --------------------------
+
+def _mergeable(pkt) -> bool:
+    """An IPv4 TCP data segment without IP options or fragmenting, flags ACK[+PSH]."""
+    return (len(pkt) > 40 and pkt[0] == 0x45 and pkt[9] == TCP and (pkt[6] & 0x3F) == 0
+            and pkt[7] == 0 and pkt[33] & ~PSH == ACK
+            and len(pkt) > 20 + (pkt[32] >> 4) * 4)
+
+
+class _Burst:
+    __slots__ = ("pkts", "next_seq", "mss", "size", "closed", "sig", "partial")
+
+    def __init__(self, pkt, partial: bool):
+        thl = (pkt[32] >> 4) * 4
+        n = len(pkt) - 20 - thl
+        self.pkts = [pkt]
+        self.next_seq = (int.from_bytes(pkt[24:28], "big") + n) & 0xFFFFFFFF
+        self.mss = n
+        self.size = len(pkt)
+        self.closed = bool(pkt[33] & PSH)  # Linux GRO also ends a burst at PSH
+        # what must be equal for segments to merge: tos, ttl, ack, doff, window, options
+        self.sig = (pkt[1], pkt[8], pkt[28:33], pkt[34:36], pkt[40:20 + thl])
+        self.partial = partial
+
+
+def coalesce(packets: list[bytes], partial: list[bool]) -> list:
+    """Group in-order TCP segments of one flow (same addresses, ports, ack,
+    window, options; contiguous sequence numbers; equal sizes except a smaller
+    last one; PSH ends a group) into lists, keeping every flow's order. Other
+    packets come back as (packet, partial) pairs, `partial[i]` saying whether
+    packet i is DATA_PARTIAL. Groups (lists of two or more) lose that flag:
+    gso_frame reseeds the checksum anyway, and `reseed_partial` makes any
+    member DATA_PARTIAL again."""
+    out: list = []
+    open_: dict[bytes, tuple[int, _Burst]] = {}
+    for pkt, part in zip(packets, partial):
+        if not _mergeable(pkt):
+            if len(pkt) >= 24 and pkt[9] == TCP:
+                open_.pop(pkt[12:24], None)
+            out.append((pkt, part))
+            continue
+        key = pkt[12:24]                               # addresses + ports
+        entry = open_.get(key)
+        if entry is not None:
+            b = entry[1]
+            thl = (pkt[32] >> 4) * 4
+            n = len(pkt) - 20 - thl
+            if (not b.closed and n <= b.mss and b.size + n <= COALESCE_MAX
+                    and int.from_bytes(pkt[24:28], "big") == b.next_seq
+                    and (pkt[1], pkt[8], pkt[28:33], pkt[34:36], pkt[40:20 + thl]) == b.sig):
+                b.pkts.append(pkt)
+                b.size += n
+                b.next_seq = (b.next_seq + n) & 0xFFFFFFFF
+                b.partial = b.partial or part
+                b.closed = n < b.mss or bool(pkt[33] & PSH)
+                continue
+        b = _Burst(pkt, part)
+        open_[key] = (len(out), b)
+        out.append(b)
+    return [(x.pkts if len(x.pkts) > 1 else (x.pkts[0], x.partial)) if type(x) is _Burst else x
+            for x in out]
+
+
+def gso_frame(pkts: list[bytes]) -> bytes:
+    """One virtio-net GSO frame for a coalesced group: the first segment's
+    headers with the total length, a fresh IP checksum and the pseudo-header
+    sum as TCP checksum; the kernel re-segments at the first segment's size
+    and finishes every checksum. Flags: the last segment's (PSH)."""
+    first = pkts[0]
+    thl = (first[32] >> 4) * 4
+    hl = 20 + thl
+    payload_len = sum(map(len, pkts)) - hl * len(pkts)
+    mss = len(first) - hl
+    ip_len = hl + payload_len
+    ip = bytearray(first[:hl])
+    ip[2:4] = ip_len.to_bytes(2, "big")
+    ip[10:12] = b"\0\0"
+    ip[10:12] = ip_header_checksum(ip).to_bytes(2, "big")
+    ip[33] = pkts[-1][33]
+    ip[36:38] = fold(pseudo_sum(first[12:20], TCP, thl + payload_len)).to_bytes(2, "big")
+    parts = [VNET.pack(F_NEEDS_CSUM, GSO_TCPV4, hl, mss, 20, 16), ip]
+    parts.extend(memoryview(p)[hl:] for p in pkts)
+    return b"".join(parts)
+
+
+# --- UDP: GSO send, GRO receive --------------------------------------------------------
+
+def enable_udp_gro(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        return True
+    except OSError:
+        return False
+
+
+_SEG = struct.Struct("=H")
+_GRO_CMSG = socket.CMSG_SPACE(4)
+
+
+class UdpSender:
+    """sendto for a list of datagrams to one address, as few UDP GSO sends as
+    possible (runs of equal size, a shorter one may end a run). Falls back to
+    one sendto per datagram for good if the kernel refuses UDP_SEGMENT."""
+
+    def __init__(self, sock: socket.socket, gso: bool = True):
+        self.sock = sock
+        self.gso = gso
+
+    def send(self, datagrams: list[bytes], addr) -> int:
+        """Returns the number of datagrams that failed to send."""
+        sock = self.sock
+        if not self.gso or len(datagrams) == 1:
+            return self._plain(datagrams, addr)
+        errors = 0
+        i, n = 0, len(datagrams)
+        while i < n:
+            size = len(datagrams[i])
+            j = i + 1
+            limit = min(n, i + GSO_MAX_SEGMENTS, i + GSO_MAX_BYTES // size)
+            while j < limit and len(datagrams[j]) == size:
+                j += 1
+            if j < limit and len(datagrams[j]) < size:
+                j += 1                                  # a shorter one may end the run
+            if j - i == 1:
+                errors += self._plain(datagrams[i:j], addr)
+            else:
+                try:
+                    sock.sendmsg([b"".join(datagrams[i:j])],
+                                 [(SOL_UDP, UDP_SEGMENT, _SEG.pack(size))], 0, addr)
+                except OSError as e:
+                    if e.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                        self.gso = False               # no GSO on this path: never again
+                        errors += self._plain(datagrams[i:], addr)
+                        return errors
+                    errors += j - i
+            i = j
+        return errors
+
+    def _plain(self, datagrams, addr) -> int:
+        errors = 0
+        sendto = self.sock.sendto
+        for d in datagrams:
+            try:
+                sendto(d, addr)
+            except OSError:
+                errors += 1
+        return errors
+
+
+class UdpReceiver:
+    """Receive datagrams with UDP GRO: one recvmsg_into may return several
+    datagrams of one sender, concatenated, with their size in a cmsg. The first
+    receive blocks (up to the socket's SO_RCVTIMEO), the rest do not."""
+
+    def __init__(self, sock: socket.socket, bufsize: int = 65535 + 1024):
+        self.sock = sock
+        self.gro = enable_udp_gro(sock)
+        self.buf = bytearray(bufsize)
+        self.view = memoryview(self.buf)
+
+    def recv(self, limit: int = 128) -> list[tuple[bytes, object]]:
+        out: list[tuple[bytes, object]] = []
+        recv = self.sock.recvmsg_into
+        bufs = [self.buf]
+        view = self.view
+        flags = 0
+        while len(out) < limit:
+            try:
+                n, anc, _, addr = recv(bufs, _GRO_CMSG, flags)
+            except (BlockingIOError, InterruptedError, TimeoutError):
+                break
+            except OSError:
+                break                                  # e.g. ICMP errors queued on the socket
+            flags = socket.MSG_DONTWAIT
+            seg = n
+            for level, kind, data in anc:
+                if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
+                    seg = int.from_bytes(data[:4], "little") or n
+            if seg >= n:
+                out.append((bytes(view[:n]), addr))
+            else:
+                for i in range(0, n, seg):
+                    out.append((bytes(view[i:min(i + seg, n)]), addr))
+        return out

@@ -9,33 +9,40 @@ process dies), taking its addresses and routes with it. Addresses, routes and
 the link state are set by ``tunnelgate.net.setup``, not here (the MTU is set
 here because it bounds the read buffer).
 
-Offloads (later, performance work): open with ``IFF_VNET_HDR`` and
-``TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6)``. Every read/write then
-carries a 10-byte virtio-net header in front of the IP packet and a read may
-return up to 64 KB of one TCP flow. The places to change are marked
-``OFFLOAD:`` below; the public API (lists of IP packets in, lists out) can stay
-the same, or grow a ``read_batch_gso`` variant returning (header, burst) pairs.
+Offloads (``offload=True``, the default): the device is opened with
+``IFF_VNET_HDR`` and ``TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4)``, so every read and
+write carries a 10-byte virtio-net header and a read may return up to 64 KB of
+one TCP flow (``tun.vnet_hdr_len == 10``). If the kernel refuses, the device
+works without (``vnet_hdr_len == 0``). The data path uses the raw frames
+(``read_frames``/``write_frames``, see tunnelgate.offload); ``read_batch`` and
+``write_batch`` keep handing out and taking plain, complete IP packets either
+way (segmenting and finishing checksums in Python: correct, not fast).
+TSO6 is not enabled: IPv6 arrives unsegmented.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import select
+import struct
 
 import pytun
+
+from . import offload as off
 
 __all__ = ["Tun", "TunError"]
 
 TUN_DEVICE = "/dev/net/tun"
 IFNAMSIZ = 16
-# OFFLOAD: with IFF_VNET_HDR + TSO a read returns up to 65535 bytes + the
-# virtio-net header; the buffer below is already large enough for that.
+# With IFF_VNET_HDR + TSO a read returns up to 65535 bytes + the virtio-net header.
 READ_SIZE = 65536 + 64
 # how long write_batch waits for the queue to drain after EAGAIN (ms)
 WRITE_WAIT_MS = 20
 
 _POLL_DEAD = select.POLLERR | select.POLLHUP | select.POLLNVAL
+IFF_VNET_HDR = getattr(pytun, "IFF_VNET_HDR", 0x4000)
 
 
 class TunError(Exception):
@@ -70,22 +77,31 @@ class Tun:
     write_dropped (refused by the kernel or queue full), write_eagain
     """
 
-    def __init__(self, name: str, mtu: int = 1420):
+    def __init__(self, name: str, mtu: int = 1420, offload: bool = True):
         if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or name.strip() != name:
             raise TunError(f"bad TUN name {name!r}: 1-15 characters, no '/' or spaces")
         if not 68 <= mtu <= 65535:
             raise TunError(f"bad MTU {mtu} for TUN {name!r}: must be 68..65535")
-        # OFFLOAD: add pytun.IFF_VNET_HDR here, then ioctl TUNSETOFFLOAD and
-        # TUNSETVNETHDRSZ on the fd, and set self.vnet_hdr_len = 10.
         flags = pytun.IFF_TUN | pytun.IFF_NO_PI
+        if offload:
+            flags |= IFF_VNET_HDR
         try:
             self._dev = pytun.TunTapDevice(name=name, flags=flags)
         except (pytun.Error, OSError) as exc:
             raise _explain_open_error(name, exc) from exc
         self.name: str = self._dev.name
         self.mtu = mtu
-        self.vnet_hdr_len = 0   # OFFLOAD: 10 with IFF_VNET_HDR
         self._fd = self._dev.fileno()
+        self.vnet_hdr_len = 0
+        if offload:
+            try:
+                fcntl.ioctl(self._fd, off.TUNSETVNETHDRSZ, struct.pack("i", off.VNET_LEN))
+                fcntl.ioctl(self._fd, off.TUNSETOFFLOAD, off.TUN_F_CSUM | off.TUN_F_TSO4)
+                self.vnet_hdr_len = off.VNET_LEN
+            except OSError:
+                # IFF_VNET_HDR is set, so frames still carry the header (all
+                # zero from the kernel without offloads); only TSO is missing.
+                self.vnet_hdr_len = off.VNET_LEN
         try:
             os.set_blocking(self._fd, False)
             self._dev.mtu = mtu
@@ -112,32 +128,53 @@ class Tun:
     # -- reading ---------------------------------------------------------
     def read_batch(self, max_packets: int = 64, timeout: float = 0.5) -> list[bytes]:
         """Wait up to ``timeout`` s for a packet, then drain up to ``max_packets``
-        without blocking. Returns [] on timeout or once the device is closed."""
+        reads without blocking. Plain, complete IP packets (TSO bursts are
+        segmented, partial checksums finished). [] on timeout or once closed."""
+        frames = self.read_frames(max_packets, timeout)
+        if not self.vnet_hdr_len:
+            return frames
+        out: list[bytes] = []
+        for frame in frames:
+            pkts, partial = off.split_frame(frame)
+            if partial:
+                pkts = [off.complete_checksum(p, (p[0] & 15) * 4, off.CSUM_OFFSET[p[9]]) for p in pkts]
+            out.extend(pkts)
+        return out
+
+    def read_frames(self, max_reads: int = 64, timeout: float = 0.5) -> list[bytes]:
+        """Raw reads: with ``vnet_hdr_len`` each starts with a virtio-net header.
+
+        Reads first and polls only when nothing is queued, so a busy data path
+        costs one syscall per read (no poll and no final EAGAIN read per batch
+        when the first read already returned data and the queue drains)."""
         if self.closed:
-            return []
-        try:
-            events = self._rpoll.poll(max(0, int(timeout * 1000)))
-        except (OSError, ValueError):
-            return []
-        if not events or self.closed:
-            return []
-        if events[0][1] & _POLL_DEAD and not events[0][1] & select.POLLIN:
             return []
         out: list[bytes] = []
         append = out.append
         read = os.read
         fd = self._fd
         nbytes = 0
-        for _ in range(max_packets):
+        polled = False
+        while len(out) < max_reads:
             try:
                 pkt = read(fd, READ_SIZE)
             except BlockingIOError:
-                break
+                if out or polled:
+                    break
+                polled = True
+                try:
+                    events = self._rpoll.poll(max(0, int(timeout * 1000)))
+                except (OSError, ValueError):
+                    break
+                if not events or self.closed:
+                    break
+                if events[0][1] & _POLL_DEAD and not events[0][1] & select.POLLIN:
+                    break
+                continue
             except OSError as exc:
                 if exc.errno in (errno.EBADF, errno.EBADFD, errno.EIO):
                     break           # closed under us, or the device went away
                 raise
-            # OFFLOAD: strip/parse the virtio-net header (pkt[:10]) here.
             if not pkt:
                 break
             nbytes += len(pkt)
@@ -150,7 +187,16 @@ class Tun:
 
     # -- writing ---------------------------------------------------------
     def write_batch(self, packets) -> int:
-        """Write each packet; return how many the kernel accepted.
+        """Write each (plain, complete) IP packet; return how many the kernel
+        accepted. See write_frames."""
+        if self.vnet_hdr_len and not self.closed:
+            plain = off.VNET_PLAIN
+            packets = [plain + p for p in packets]
+        return self.write_frames(packets)
+
+    def write_frames(self, packets) -> int:
+        """Write each frame (with ``vnet_hdr_len``: virtio-net header + packet);
+        return how many the kernel accepted.
 
         A packet the kernel refuses (EINVAL for a malformed header, EIO when
         the link is down, ...) is dropped and counted in stats['write_dropped'];
@@ -164,7 +210,6 @@ class Tun:
         fd = self._fd
         ok = nbytes = dropped = eagain = 0
         for pkt in packets:
-            # OFFLOAD: prepend a virtio-net header (a GSO one for coalesced bursts).
             try:
                 write(fd, pkt)
             except BlockingIOError:

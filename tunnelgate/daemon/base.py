@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from .store import Store
 log = logging.getLogger("tunnelgate")
 
 SOCKET_BUFFER = 4 * 1024 * 1024
+RECV_TIMEOUT_S = 0.5
 TICK_S = 0.05
 
 
@@ -80,8 +82,11 @@ def udp_socket(bind: tuple[str, int]) -> socket.socket:
         s.close()
         raise DaemonError(f"cannot bind UDP {bind[0]}:{bind[1]}: {e.strerror}; "
                           "is another daemon using it, or is the address not configured here?") from None
-    # blocking sends give the data path back-pressure instead of drops;
-    # receives use MSG_DONTWAIT after poll() to drain a batch
+    # Blocking sends give the data path back-pressure instead of drops.
+    # Receives block too, but at most RECV_TIMEOUT_S (so a data-path thread
+    # sees `running` go false): no poll() per batch, the first recv waits.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                 struct.pack("@ll", 0, int(RECV_TIMEOUT_S * 1_000_000)))
     return s
 
 

@@ -14,7 +14,7 @@ from tunnelgate.protocol import gateway as ge
 from tunnelgate.protocol.channel import Channel
 from tunnelgate.protocol.client import ClientEngine, ClientPolicy
 from tunnelgate.protocol.gateway import GatewayEngine, Pricing
-from tunnelgate.protocol.messages import decode, encode
+from tunnelgate.protocol.messages import Propose, Request, Usage, decode, encode
 
 PEER = b"\x01" * 32
 DST = "198.18.2.7"
@@ -361,3 +361,86 @@ def test_burst_metering():
     w.run(1)
     assert w.gw.outbound_burst(PEER, pk.addr_bytes(DST), 8000, 8, w.now) == FORWARD
     assert w.gw.contracts(PEER, w.now)[0]["used"] == 9000
+
+
+# --- issue 3 regressions -------------------------------------------------------------------
+
+def test_zero_renewal_settings_never_renew():
+    """data_renewal_kb = 0 and time_renewal_s = 0 mean "never renew": no REQUEST, not even
+    when the data or the time runs out (the next contract comes only from new traffic)."""
+    w = World(pr=pricing(contract_kb=10, contract_time_s=5),
+              po=policy(data_renewal_kb=0, time_renewal_s=0), loss=0)
+    w.send()
+    w.run(0.5)
+    for _ in range(12):
+        w.send(size=1000)
+    w.run(6)
+    assert ce.EV_RENEWAL_REQUESTED not in w.kinds("cl")
+    assert [e for e in w.gev if e.kind == ge.EV_PROPOSED].__len__() == 2   # the 2nd: on new traffic
+    c = ClientEngine(policy(data_renewal_kb=0, time_renewal_s=0))
+    c.on_message(Propose("x1", DST + "/32", parse_price("0.5"), 10, 5, ("dummy",), "", 1, 5, 50), 0.0)
+    c.take_outgoing()
+    d = pk.addr_bytes(DST)
+    for i in range(10):
+        c.outbound(d, 1000, 0.1 * i)
+    c.poll(4.9)
+    assert not [m for m in c.take_outgoing() if isinstance(m, Request)]
+
+
+def test_client_final_usage_ends_contract_and_compares_after_settling():
+    cl = ClientEngine(policy(usage_tolerance="0", usage_slack_bytes=0))
+    cl.on_message(Propose("k1", DST + "/32", parse_price("0.5"), 10, 60, ("dummy",), "", 1, 5, 50), 0.0)
+    cl.take_outgoing()
+    cl.take_events()
+    d = pk.addr_bytes(DST)
+    for _ in range(3):
+        cl.outbound(d, 1000, 1.0)
+    # the gateway ended it (e.g. its own count reached the limit first): final USAGE
+    cl.on_message(Usage("k1", 3000, 7000, True), 2.0)
+    [c] = cl.contracts(2.0, history=True)
+    assert c["state"] == "EXHAUSTED" and c["reason"] == "data limit reached (gateway)"
+    assert cl.status(2.0)["destinations"][DST + "/32"]["contract"] is None
+    kinds = [e.kind for e in cl.take_events()]
+    assert ce.EV_EXHAUSTED in kinds and ce.EV_USAGE_MISMATCH not in kinds
+    cl.poll(2.0 + ce.USAGE_SETTLE_S - 0.1)
+    assert not cl.take_events()
+    cl.poll(2.0 + ce.USAGE_SETTLE_S)              # settled: 3000 here vs 10000 there
+    [ev] = cl.take_events()
+    assert ev.kind == ce.EV_USAGE_MISMATCH and ev.data["gateway"] == 10_000 and ev.data["own"] == 3000
+    # a final USAGE below the limit: ended by the gateway (expired there)
+    cl.on_message(Propose("k2", DST + "/32", parse_price("0.5"), 10, 60, ("dummy",), "", 1, 5, 50), 3.0)
+    cl.on_message(Usage("k2", 0, 0, True), 3.5)
+    assert [c for c in cl.contracts(3.5, history=True) if c["contract_id"] == "k2"][0]["state"] == "EXPIRED"
+
+
+def test_contract_that_runs_out_before_its_payment_is_still_paid():
+    """A tiny contract used up in grace before the payment is ready: the client still pays
+    (it used it), the gateway takes the payment and counts it."""
+    w = World(autopay=False, pr=pricing(contract_kb=5, grace_kb=50, grace_time_s=5), loss=0)
+    w.send()
+    w.run(0.3)
+    [c] = w.gw.contracts(PEER, w.now)
+    cid = c["contract_id"]
+    for _ in range(8):
+        w.send(size=1000)
+    w.run(0.3)
+    assert w.gw_contract(cid)["state"] == "EXHAUSTED" and not w.gw_contract(cid)["paid"]
+    w.cl.paid(cid, "dummy", "proof-late")          # used to raise KeyError: no live contract
+    w.run(0.5)
+    assert w.gw_contract(cid)["paid"]
+    st = w.gw.status(w.now)["peers"][PEER.hex()]
+    assert st["grace"] and st["paid_contracts"] == 1
+    assert ce.EV_PAID in w.kinds("cl")
+
+
+def test_contract_that_ran_out_unpaid_costs_the_peer_its_grace():
+    w = World(autopay=False, pr=pricing(contract_kb=5, grace_kb=50, grace_time_s=2), loss=0)
+    w.send()
+    w.run(0.3)
+    cid = w.gw.contracts(PEER, w.now)[0]["contract_id"]
+    for _ in range(8):
+        w.send(size=1000)
+    w.run(2.5)
+    assert w.gw_contract(cid)["state"] == "EXHAUSTED"
+    assert not w.gw.status(w.now)["peers"][PEER.hex()]["grace"]
+    assert any(e.kind == ge.EV_PAYMENT_FAILED and e.contract_id == cid for e in w.gev)

@@ -39,6 +39,7 @@ EV_PROTOCOL = "protocol_violation"
 
 HOUR, DAY = 3600, 86400
 REQUEST_RETRY_S = 10
+NEVER = 1 << 62          # renew_at when data_renewal_kb = 0: no renewal on data
 USAGE_SETTLE_S = 2       # after a final USAGE, packets still in flight arrive within this
 
 
@@ -134,7 +135,10 @@ class ClientEngine:
 
     def _arm(self, c: Contract) -> None:
         c.stop_at, c.stop_bytes = c.expires_at, c.limit_bytes
-        c.renew_at = max(0, c.limit_bytes - self.policy.data_renewal_kb * BYTES_PER_KB)
+        if self.policy.data_renewal_kb:
+            c.renew_at = max(0, c.limit_bytes - self.policy.data_renewal_kb * BYTES_PER_KB)
+        else:
+            c.renew_at = NEVER                  # data_renewal_kb = 0: never renew on data
 
     def _activate(self, f: Flow, c: Contract, now: float) -> None:
         f.current = c
@@ -142,7 +146,7 @@ class ClientEngine:
         c.apply(Ev.ACTIVATE)
         self._arm(c)
         self._emit(EV_ACTIVATED, c)
-        if c.renew_at == 0 or c.time_s <= self.policy.time_renewal_s:
+        if c.renew_at == 0 or (self.policy.time_renewal_s and c.time_s <= self.policy.time_renewal_s):
             self._renew(f, c, now)
 
     def _end(self, f: Flow, c: Contract, ev: Ev, reason: str, now: float) -> None:
@@ -341,7 +345,12 @@ class ClientEngine:
         """The payment backend produced a proof: send PAY."""
         c = self._contracts.get(contract_id)
         if c is None:
-            raise KeyError(f"no live contract {contract_id!r}")
+            # a contract may run out (a tiny one at full speed) before its payment is ready:
+            # it was accepted and used, so it is paid all the same
+            c = next((h for h in reversed(self._history)
+                      if h.contract_id == contract_id and h.accepted_at is not None), None)
+        if c is None:
+            raise KeyError(f"no accepted contract {contract_id!r}")
         self._out.append(m.Pay(contract_id, c.cost_msat if amount_msat is None else amount_msat,
                                method, proof))
 
@@ -358,7 +367,7 @@ class ClientEngine:
                 self._usable(f, now)
                 c = f.current
             if c is not None and c.state in FORWARDING and not f.queue:
-                if (c.expires_at - now < p.time_renewal_s or c.used >= c.renew_at) and (
+                if ((p.time_renewal_s and c.expires_at - now < p.time_renewal_s) or c.used >= c.renew_at) and (
                         not c.renew_asked or f.requested_at is None
                         or now - f.requested_at >= REQUEST_RETRY_S):
                     self._renew(f, c, now)

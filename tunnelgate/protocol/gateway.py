@@ -22,7 +22,9 @@ from tunnelgate import packet as pk
 from tunnelgate.meter import DROP, FORWARD, HELD, MISS, Flow, GatewayMeter
 from tunnelgate.money import BYTES_PER_KB, format_price
 from tunnelgate.protocol import messages as m
-from tunnelgate.protocol.contract import FORWARDING, Contract, Ev, Event, State
+from tunnelgate.protocol.contract import FORWARDING, Contract, Ev, Event, State, allowed
+
+ENDED_AFTER_ACCEPT = frozenset({State.EXHAUSTED, State.EXPIRED, State.REVOKED})
 
 # event kinds
 EV_PROPOSED = "proposed"
@@ -96,6 +98,7 @@ class GatewayEngine:
         self._contracts: dict[str, Contract] = {}      # live + proposed, by id
         self._history: list[Contract] = []             # ended, most recent last (bounded)
         self._nodeal: set[Flow] = set()
+        self._unpaid: dict[str, Contract] = {}         # ended in grace, payment still due
         self._out: list[tuple[bytes, m.Message]] = []
         self._released: list[tuple[bytes, bytes]] = []
         self._events: list[Event] = []
@@ -350,6 +353,8 @@ class GatewayEngine:
         self._out.append((c.peer, m.Usage(c.contract_id, c.up, c.down, True)))
         c.last_usage_sent = c.used
         self._retire(c, now)
+        if not c.paid and ev is not Ev.REVOKE and c.grace_until is not None:
+            self._unpaid[c.contract_id] = c       # still owes its payment by grace_until
         kind = {Ev.EXHAUST: EV_EXHAUSTED, Ev.EXPIRE: EV_EXPIRED, Ev.REVOKE: EV_REVOKED}[ev]
         self._emit(kind, c, reason=reason, data={"up": c.up, "down": c.down})
 
@@ -387,6 +392,10 @@ class GatewayEngine:
                 if old is not None and old.paid:
                     self._out.append((peer, m.Paid(cid)))
                     return
+                # a contract that ran out (or was revoked) before its payment arrived: the
+                # client used it in grace and owes it; take the payment
+                if old is not None and old.accepted_at is not None and old.state in ENDED_AFTER_ACCEPT:
+                    return self._on_pay(peer, old, msg)
             if isinstance(msg, m.UsageRequest):
                 old = next((h for h in reversed(self._history)
                             if h.contract_id == cid and h.peer == peer), None)
@@ -404,24 +413,26 @@ class GatewayEngine:
         if isinstance(msg, m.Pay):
             if c.state not in (State.ACCEPTED, State.GRACE, State.PAID):
                 return self._violation(peer, msg, f"contract is {c.state.value}")
-            if c.paid:
-                self._out.append((peer, m.Paid(c.contract_id)))
-                return
-            if msg.method not in c.methods:
-                self._out.append((peer, m.PaymentFailed(c.contract_id, f"method {msg.method!r} not accepted"[:200])))
-                return
-            if msg.amount_msat < c.cost_msat:
-                self._out.append((peer, m.PaymentFailed(
-                    c.contract_id, f"amount {msg.amount_msat} msat is below the cost {c.cost_msat} msat")))
-                return
-            self._emit(EV_PAYMENT_RECEIVED, c, amount_msat=msg.amount_msat,
-                       data={"method": msg.method, "proof": msg.proof, "cost_msat": c.cost_msat})
-            return
+            return self._on_pay(peer, c, msg)
         if isinstance(msg, m.UsageRequest):
             self._out.append((peer, m.Usage(c.contract_id, c.up, c.down, c.state not in FORWARDING
                                             and c.state is not State.ACCEPTED)))
             return
         return self._violation(peer, msg, "not a message a client sends")
+
+    def _on_pay(self, peer: bytes, c: Contract, msg: m.Pay) -> None:
+        if c.paid:
+            self._out.append((peer, m.Paid(c.contract_id)))
+            return
+        if msg.method not in c.methods:
+            self._out.append((peer, m.PaymentFailed(c.contract_id, f"method {msg.method!r} not accepted"[:200])))
+            return
+        if msg.amount_msat < c.cost_msat:
+            self._out.append((peer, m.PaymentFailed(
+                c.contract_id, f"amount {msg.amount_msat} msat is below the cost {c.cost_msat} msat")))
+            return
+        self._emit(EV_PAYMENT_RECEIVED, c, amount_msat=msg.amount_msat,
+                   data={"method": msg.method, "proof": msg.proof, "cost_msat": c.cost_msat})
 
     def _on_request(self, peer: bytes, msg: m.Request, now: float) -> None:
         key, plen = pk.parse_prefix(msg.destination)
@@ -472,7 +483,9 @@ class GatewayEngine:
 
     def payment_failed(self, contract_id: str, reason: str, now: float) -> None:
         c = self._contracts.get(contract_id)
-        if c is None or c.state is State.PROPOSED:
+        if c is None:
+            c = next((h for h in reversed(self._history) if h.contract_id == contract_id), None)
+        if c is None or c.state is State.PROPOSED or not allowed(c.state, Ev.PAYMENT_FAILED):
             return
         c.apply(Ev.PAYMENT_FAILED)
         self._out.append((c.peer, m.PaymentFailed(contract_id, reason[:m.MAX_TEXT])))
@@ -506,6 +519,15 @@ class GatewayEngine:
                     c.last_usage_sent, c.last_usage_at = c.used, now
                 elif f.current is not c and f.current is not None:
                     self._release(f, now)
+        for cid, c in list(self._unpaid.items()):
+            if c.paid:
+                del self._unpaid[cid]
+            elif now >= c.grace_until:
+                del self._unpaid[cid]
+                self._peers[c.peer].no_grace = True
+                reason = "payment not confirmed within the grace period (the contract had ended)"
+                self._out.append((c.peer, m.PaymentFailed(c.contract_id, reason)))
+                self._emit(EV_PAYMENT_FAILED, c, reason=reason)
         for f in list(self._nodeal):
             if f.nodeal_until <= now:
                 self._nodeal.discard(f)

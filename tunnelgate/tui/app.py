@@ -77,9 +77,10 @@ class TunnelgateApp(App):
     #middle { height: 8; }
     #budget { width: 1fr; height: 100%; border: round $primary; padding: 0 1; }
     #budget Static { text-wrap: nowrap; text-overflow: ellipsis; height: auto; }
-    #graphs { width: 1fr; height: 100%; border: round $primary; padding: 0 1; }
-    #graphs Label { width: 100%; text-wrap: nowrap; text-overflow: ellipsis; }
-    #graphs Sparkline { height: 2; }
+    #middle.gateway { height: 5; }
+    #graphs, #graphs2 { width: 1fr; height: 100%; border: round $primary; padding: 0 1; }
+    #graphs Label, #graphs2 Label { width: 100%; text-wrap: nowrap; text-overflow: ellipsis; }
+    #graphs Sparkline, #graphs2 Sparkline { height: 2; }
     #events { height: 1fr; min-height: 4; border: round $primary; }
     """
 
@@ -133,10 +134,11 @@ class TunnelgateApp(App):
         else:
             yield DataTable(id="peers", cursor_type="row", zebra_stripes=True)
             yield DataTable(id="contracts", cursor_type="row", zebra_stripes=True)
-            with Horizontal(id="middle"):
+            with Horizontal(id="middle", classes="gateway"):
                 with Vertical(id="graphs"):
                     yield Label("revenue", id="money-label")
                     yield Sparkline([0.0], id="money")
+                with Vertical(id="graphs2"):
                     yield Label("throughput", id="tput-label")
                     yield Sparkline([0.0], id="tput")
         yield RichLog(id="events", max_lines=EVENTS_SHOWN, wrap=False, markup=False)
@@ -155,7 +157,11 @@ class TunnelgateApp(App):
             peers.add_columns(*w.PEER_COLUMNS)
         else:
             self.query_one("#budget").border_title = "spend / budget"
-        self.query_one("#graphs").border_title = "last 5 min"
+        if self.role == "gateway":
+            self.query_one("#graphs").border_title = "revenue · last 5 min"
+            self.query_one("#graphs2").border_title = "throughput · last 5 min"
+        else:
+            self.query_one("#graphs").border_title = "last 5 min"
         self.query_one("#events").border_title = "events"
         self.poll()
         if self.interval:
@@ -347,7 +353,7 @@ class TunnelgateApp(App):
         if self.role == "client":
             tput = f"throughput ↓ {w.rate(rx)} ↑ {w.rate(tx)}  peak {peak}"
         else:
-            tput = f"throughput to peers {w.rate(tx)}, from peers {w.rate(rx)}  peak {peak}"
+            tput = f"throughput → peers {w.rate(tx)} ← peers {w.rate(rx)}  peak {peak}"
         self.query_one("#tput-label", Label).update(tput)
         self.query_one("#tput", Sparkline).data = w.sparkline_data(a + b for a, b, _ in r.history)
         total, covered = r.recent(2, 60)

@@ -20,8 +20,16 @@ virtio-net header (10 bytes, little-endian, TUNSETVNETHDRSZ default):
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
+
+def mode() -> str:
+    """TUNNELGATE_OFFLOAD: unset/"1" all offloads, "0" none (one packet per
+    syscall everywhere), "nogro" all but UDP GRO. A diagnostic and test switch
+    for the fallback paths, read when a daemon opens its TUN and socket."""
+    return os.environ.get("TUNNELGATE_OFFLOAD", "1")
+
 
 # --- constants (Python 3.11 has no names for these) --------------------------------
 VNET = struct.Struct("<BBHHHH")
@@ -283,9 +291,9 @@ class UdpSender:
     possible (runs of equal size, a shorter one may end a run). Falls back to
     one sendto per datagram for good if the kernel refuses UDP_SEGMENT."""
 
-    def __init__(self, sock: socket.socket, gso: bool = True):
+    def __init__(self, sock: socket.socket, gso: bool | None = None):
         self.sock = sock
-        self.gso = gso
+        self.gso = mode() != "0" if gso is None else gso
 
     def send(self, datagrams: list[bytes], addr) -> int:
         """Returns the number of datagrams that failed to send."""
@@ -333,9 +341,11 @@ class UdpReceiver:
     datagrams of one sender, concatenated, with their size in a cmsg. The first
     receive blocks (up to the socket's SO_RCVTIMEO), the rest do not."""
 
-    def __init__(self, sock: socket.socket, bufsize: int = 65535 + 1024):
+    def __init__(self, sock: socket.socket, bufsize: int = 65535 + 1024, gro: bool | None = None):
         self.sock = sock
-        self.gro = enable_udp_gro(sock)
+        if gro is None:
+            gro = mode() not in ("0", "nogro")
+        self.gro = gro and enable_udp_gro(sock)
         self.buf = bytearray(bufsize)
         self.view = memoryview(self.buf)
 

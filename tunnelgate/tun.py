@@ -9,7 +9,7 @@ process dies), taking its addresses and routes with it. Addresses, routes and
 the link state are set by ``tunnelgate.net.setup``, not here (the MTU is set
 here because it bounds the read buffer).
 
-Offloads (``offload=True``, the default): the device is opened with
+Offloads (``offload=True``; the default unless TUNNELGATE_OFFLOAD=0): the device is opened with
 ``IFF_VNET_HDR`` and ``TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4)``, so every read and
 write carries a 10-byte virtio-net header and a read may return up to 64 KB of
 one TCP flow (``tun.vnet_hdr_len == 10``). If the kernel refuses, the device
@@ -77,12 +77,14 @@ class Tun:
     write_dropped (refused by the kernel or queue full), write_eagain
     """
 
-    def __init__(self, name: str, mtu: int = 1420, offload: bool = True):
+    def __init__(self, name: str, mtu: int = 1420, offload: bool | None = None):
         if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or name.strip() != name:
             raise TunError(f"bad TUN name {name!r}: 1-15 characters, no '/' or spaces")
         if not 68 <= mtu <= 65535:
             raise TunError(f"bad MTU {mtu} for TUN {name!r}: must be 68..65535")
         flags = pytun.IFF_TUN | pytun.IFF_NO_PI
+        if offload is None:
+            offload = off.mode() != "0"
         if offload:
             flags |= IFF_VNET_HDR
         try:

@@ -305,6 +305,26 @@ def test_q_quits():
     run_app(client_app(), body)
 
 
+def test_daemon_dying_mid_reply_then_gone_is_logged_once_each():
+    class Dying(RecordedSource):
+        def status(self):
+            st = super().status()
+            if self.index == 1:
+                raise ControlError("io", "talking to control.sock failed: [Errno 104] Connection reset by peer")
+            return st
+
+    snaps = recorded("client")
+    src = Dying([snaps[0], snaps[1], None, None])
+
+    async def body(app, pilot):
+        await poll(app, pilot, 3)
+        log = log_text(app)
+        assert log.count("daemon error: talking to control.sock failed") == 1
+        assert log.count("daemon not running") == 1
+        assert "daemon not running" in screen_text(app)
+    run_app(client_app(src), body)
+
+
 def test_stopped_daemon_shows_message_and_keeps_trying():
     snaps = recorded("client")
     src = RecordedSource([snaps[0], None, None, snaps[1]])

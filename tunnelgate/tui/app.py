@@ -21,7 +21,6 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Label, RichLog, Sparkline, Static
 
 from ..money import MoneyError, format_msat, format_price, parse_price
-from ..status_text import human_bytes
 from . import widgets as w
 from .source import ControlError, Source
 
@@ -109,6 +108,7 @@ class TunnelgateApp(App):
         self.sets_done = 0                 # set requests answered (tests wait on it)
         self._since = 0.0
         self._polling = False
+        self._last_error_code: str | None = None
         self._first_events = True
         self._revenue = 0                  # gateway: msat of `paid` events seen while running
         self.rates = w.Rates(3)
@@ -246,6 +246,7 @@ class TunnelgateApp(App):
         st, events = value
         was = self.running
         self.running, self.error, self.status = True, None, st
+        self._last_error_code = None
         if was is False:
             self.note(f"daemon is back (pid {st.get('pid')})", "bold green")
         self._events(events)
@@ -270,8 +271,9 @@ class TunnelgateApp(App):
             msg = f"daemon not answering ({err.code}): {err}; retrying"
         banner.update(msg)
         banner.add_class("shown")
-        if was is not False:
+        if was is not False or err.code != self._last_error_code:
             self.note("daemon not running" if err.code == "not_running" else f"daemon error: {err}", "bold red")
+        self._last_error_code = err.code
         self._render_info()
 
     def _events(self, events: list) -> None:
@@ -398,11 +400,3 @@ class TunnelgateApp(App):
             buying.append(f"{self.max_price or '?'} (m)")
             self.query_one("#buying", Static).update(buying)
 
-
-def screen_summary(app: TunnelgateApp) -> str:
-    """One line for logs/tests: what the app currently believes."""
-    st = app.status or {}
-    n = len((st.get("market") or {}).get("contracts") or [])
-    return (f"{app.role} running={app.running} contracts={n} paused={app.paused} "
-            f"max={app.max_price} tx={human_bytes(app.rates.latest(0))}/s "
-            f"money={format_msat(int(app.rates.recent(2)[0]))}")

@@ -134,7 +134,6 @@ def budget_text(spend: dict, policy, wallet: dict | None, width: int = 6) -> Tex
         limit = getattr(policy, attr, None) if policy is not None else None
         cells.append((key, format_msat(used), "no limit" if limit is None else format_msat(limit), used, limit))
     w_used = max(len(c[1]) for c in cells)
-    w_limit = max(len(c[2]) for c in cells)
     for key, used_s, limit_s, used, limit in cells:
         out.append(f"{key:<6}", style="bold")
         if limit:

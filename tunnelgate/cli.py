@@ -259,6 +259,14 @@ def history(config_path, as_json):
     click.echo(json.dumps(items, indent=2, sort_keys=True) if as_json else hist.render(items))
 
 
+@main.command()
+@config_option
+def tui(config_path):
+    """Live view of the daemon: contracts, spend/budgets, throughput, events."""
+    from .tui import run
+    sys.exit(run(config_path))
+
+
 def _ask(cfg, config_path, cmd, **args):
     from .daemon.base import state_paths
     from .daemon.control import ControlError, request

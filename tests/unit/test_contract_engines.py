@@ -444,3 +444,23 @@ def test_contract_that_ran_out_unpaid_costs_the_peer_its_grace():
     assert w.gw_contract(cid)["state"] == "EXHAUSTED"
     assert not w.gw.status(w.now)["peers"][PEER.hex()]["grace"]
     assert any(e.kind == ge.EV_PAYMENT_FAILED and e.contract_id == cid for e in w.gev)
+
+
+def test_client_restored_with_an_unpaid_contract_pays_it_again():
+    w = World(autopay=False, loss=0)
+    w.send()
+    w.run(0.3)
+    snap = json.loads(json.dumps(w.cl.snapshot()))
+    cl2 = ClientEngine(policy())
+    cl2.restore(snap, w.now)
+    [ev] = [e for e in cl2.take_events() if e.kind == ce.EV_PAYMENT_DUE]
+    [c] = w.cl.contracts(w.now)
+    assert ev.contract_id == c["contract_id"] and ev.amount_msat == c["cost_msat"]
+    assert ev.data["methods"] == ["dummy"]
+    # a paid one is not paid again
+    w.autopay = True
+    w.cl.paid(c["contract_id"], "dummy", "p")
+    w.run(0.5)
+    cl3 = ClientEngine(policy())
+    cl3.restore(json.loads(json.dumps(w.cl.snapshot())), w.now)
+    assert not [e for e in cl3.take_events() if e.kind == ce.EV_PAYMENT_DUE]

@@ -439,3 +439,9 @@ class ClientEngine:
             f.nodeal_until, f.nodeal_reason = d["nodeal_until"], d["nodeal_reason"]
             if f.current is not None and f.current.state in FORWARDING:
                 self._arm(f.current)
+        # a contract accepted but not yet paid when we stopped: pay it again (the daemon re-sends
+        # the proof it stored before sending, so this never pays twice)
+        for c in byid.values():
+            if not c.paid and c.state in (State.ACCEPTED, State.GRACE):
+                self._emit(EV_PAYMENT_DUE, c, amount_msat=c.cost_msat,
+                           data={"methods": list(c.methods), "account": c.account})

@@ -41,6 +41,7 @@ class SessionTiming:
     rekey_after_s: float = 120.0
     dead_after_s: float = 3.0
     handshake_retry_s: float = 1.0
+    cipher: str = "auto"    # client: transport AEAD; "auto" = AES-GCM where the CPU has AES
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,11 @@ def _session(r: _Reader) -> SessionTiming:
         rekey_after_s=t.number("rekey_after_s", d.rekey_after_s),
         dead_after_s=t.number("dead_after_s", d.dead_after_s),
         handshake_retry_s=t.number("handshake_retry_s", d.handshake_retry_s),
+        cipher=t.get("cipher", str, '"auto", "chacha" or "aesgcm"', d.cipher),
     )
+    from .session import CIPHERS
+    if s.cipher not in CIPHERS:
+        raise t.error("cipher", f"one of {', '.join(repr(c) for c in CIPHERS)}", s.cipher)
     t.finish()
     return s
 

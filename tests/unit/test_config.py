@@ -385,3 +385,11 @@ def test_gateway_metrics_listen(tmp_path):
     assert config.load(write(tmp_path, GATEWAY)).metrics_listen is None
     with pytest.raises(config.ConfigError, match="metrics.listen"):
         config.load(write(tmp_path, GATEWAY + '\n[metrics]\nlisten = "9108"\n'))
+
+
+def test_session_cipher(tmp_path):
+    assert config.load(write(tmp_path, CLIENT)).session.cipher == "auto"
+    cfg = config.load(write(tmp_path, CLIENT + '\n[session]\ncipher = "chacha"\n'))
+    assert cfg.session.cipher == "chacha"
+    with pytest.raises(config.ConfigError, match="session.cipher.*aesgcm"):
+        config.load(write(tmp_path, CLIENT + '\n[session]\ncipher = "des"\n'))

@@ -78,7 +78,9 @@ class GatewayMeter:
     def plen(self, addr: bytes) -> int:
         return self.m4.plen if len(addr) == 4 else self.m6.plen
 
-    def up(self, peer: bytes, dst: bytes, length: int, now: float) -> int:
+    def up(self, peer: bytes, dst: bytes, length: int, now: float, whole: bool = False) -> int:
+        """whole: a burst of several packets passes only if all of it fits, so a contract
+        never overshoots by more than one packet (the caller then meters packet by packet)."""
         flows = self.peers.get(peer)
         if flows is None:
             return MISS
@@ -87,7 +89,8 @@ class GatewayMeter:
         if f is None:
             return MISS
         c = f.current
-        if c is not None and c.used < c.stop_bytes and now < c.stop_at:
+        if c is not None and (c.used + length <= c.stop_bytes if whole else c.used < c.stop_bytes) \
+                and now < c.stop_at:
             c.used += length
             c.up += length
             return FORWARD
@@ -96,7 +99,9 @@ class GatewayMeter:
             return FORWARD
         return MISS
 
-    def down(self, peer: bytes, src: bytes, length: int, now: float) -> int:
+    def down(self, peer: bytes, src: bytes, length: int, now: float, whole: bool = False) -> int:
+        """whole: a burst of several packets passes only if all of it fits, so a contract
+        never overshoots by more than one packet (the caller then meters packet by packet)."""
         flows = self.peers.get(peer)
         if flows is None:
             return MISS
@@ -105,7 +110,8 @@ class GatewayMeter:
         if f is None:
             return MISS
         c = f.current
-        if c is not None and c.used < c.stop_bytes and now < c.stop_at:
+        if c is not None and (c.used + length <= c.stop_bytes if whole else c.used < c.stop_bytes) \
+                and now < c.stop_at:
             c.used += length
             c.down += length
             return FORWARD

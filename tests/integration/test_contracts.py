@@ -209,10 +209,6 @@ def test_metering_client_gateway_and_wire_agree(lab, make_env):
 NO_RENEWAL = "data_renewal_kb = 0\ntime_renewal_s = 0\n"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "datapath.gateway_tun_to_udp meters a whole TSO burst (up to 64 KB) with one inbound() "
-    "call and forwards all of it when the contract had a byte left: the limit overshoots by "
-    "up to one burst, not one packet (datapath.py belongs to the performance work)"))
 def test_data_limit_stops_download_within_one_packet(lab, make_env):
     lab.start_upstream({"2M.bin": 2_000_000})
     # 200 KB at 0.5 msat/KB = 100 msat; the budget is one contract, so the gateway's proposal

@@ -169,7 +169,7 @@ def _gateway_meter(items, peer_of_src, elock, outbound, outbound_burst, wall, vn
 def gateway_tun_to_udp(d) -> None:
     sock, responder, tun, stats = d.sock, d.responder, d.tun, d.stats
     peer_of = d.peer_of
-    elock, inbound = d.elock, d.engine.inbound
+    elock, inbound, inbound_burst = d.elock, d.engine.inbound, d.engine.inbound_burst
     seal_batch, endpoint_of = responder.seal_batch, responder.endpoint
     sender = off.UdpSender(sock)
     vnet = bool(tun.vnet_hdr_len)
@@ -194,9 +194,15 @@ def gateway_tun_to_udp(d) -> None:
                 continue
             total = sum(map(len, pkts))
             with elock:
-                verdict = inbound(peer, first[12:16], total, wall)
-            if verdict != FORWARD:
-                stats["drop_no_contract_in"] += len(pkts)
+                if inbound_burst(peer, first[12:16], total, wall) != FORWARD:
+                    # near a contract's end: decide per packet (overshoot at most one packet)
+                    src = first[12:16]
+                    n = len(pkts)
+                    pkts = [p for p in pkts if inbound(peer, src, len(p), wall) == FORWARD]
+                    if len(pkts) < n:
+                        stats["drop_no_contract_in"] += n - len(pkts)
+                    total = sum(map(len, pkts))
+            if not pkts:
                 continue
             datagrams = seal_batch(peer, DATA_PARTIAL if partial else DATA, pkts, now)
             endpoint = endpoint_of(peer)

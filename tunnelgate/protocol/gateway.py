@@ -120,15 +120,31 @@ class GatewayEngine:
         return self._slow_out(peer, dst, length, packet, now)
 
     def outbound_burst(self, peer: bytes, dst: bytes, total_len: int, n_packets: int, now: float) -> int:
-        """Meter a coalesced burst of packets to one destination at once (a decision for the
-        whole burst; overshoot at most one burst).  HELD is not possible: DROP if the burst
-        is not covered (hold per packet with ``outbound`` instead)."""
-        r = self.meter.up(peer, dst, total_len, now)
+        """Meter a coalesced burst of packets to one destination at once: FORWARD only if
+        the whole burst fits in the contract, else DROP without metering anything, and the
+        caller decides packet by packet with ``outbound`` (which may hold or end contracts)."""
+        r = self.meter.up(peer, dst, total_len, now, True)
         if r != MISS:
             return r
         f = self._flow(peer, dst, now)
         if self._usable(f, now):
-            return self.meter.up(peer, dst, total_len, now)
+            r = self.meter.up(peer, dst, total_len, now, True)
+            if r != MISS:
+                return r
+        return DROP
+
+    def inbound_burst(self, peer: bytes, src: bytes, total_len: int, now: float) -> int:
+        """Internet -> client burst: FORWARD if all of it fits in the contract, else DROP
+        without metering (then decide per packet with ``inbound``)."""
+        r = self.meter.down(peer, src, total_len, now, True)
+        if r != MISS:
+            return r
+        flows = self.meter.peers.get(peer)
+        f = flows.get(self.meter.key(src)) if flows else None
+        if f is not None and self._usable(f, now):
+            r = self.meter.down(peer, src, total_len, now, True)
+            if r != MISS:
+                return r
         return DROP
 
     def inbound(self, peer: bytes, src: bytes | str, length: int, now: float) -> int:

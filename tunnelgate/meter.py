@@ -27,7 +27,7 @@ class Flow:
 
     __slots__ = ("peer", "key", "plen", "destination", "current", "queue", "free", "free_bytes",
                  "held", "held_bytes", "proposal", "nodeal_until", "nodeal_reason", "list_price",
-                 "dropped", "requested_at", "reason")
+                 "dropped", "requested_at", "reason", "fast")
 
     def __init__(self, peer: bytes, key: bytes, plen: int, destination: str):
         self.peer, self.key, self.plen, self.destination = peer, key, plen, destination
@@ -44,6 +44,7 @@ class Flow:
         self.dropped = 0
         self.requested_at = None       # client: when a REQUEST was sent
         self.reason = ""               # last reason shown in status
+        self.fast = False              # client: the last contract was used up within seconds
 
 
 class Masker:

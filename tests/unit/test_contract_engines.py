@@ -464,3 +464,19 @@ def test_client_restored_with_an_unpaid_contract_pays_it_again():
     cl3 = ClientEngine(policy())
     cl3.restore(json.loads(json.dumps(w.cl.snapshot())), w.now)
     assert not [e for e in cl3.take_events() if e.kind == ce.EV_PAYMENT_DUE]
+
+
+def test_fast_consumption_keeps_two_contracts_queued():
+    # 20 KB contracts used up in 0.8 s: renewal starts at activation and two wait in line,
+    # so a lost or slow negotiation costs no gap
+    w = World(pr=pricing(contract_kb=20), po=policy(data_renewal_kb=15, time_renewal_s=5), loss=0)
+    w.send()
+    w.run(0.5)
+    results = []
+    for _ in range(120):
+        results.append(w.send())
+        w.step(0.04)
+    assert results.count(FORWARD) == len(results)
+    w.run(0.2)                       # let the negotiation in flight finish
+    queued = w.cl.status(w.now)["destinations"][DST + "/32"]["queued"]
+    assert len(queued) == 2

@@ -35,7 +35,8 @@ class ClientDaemon(Daemon):
         timing = sess.Timing(keepalive_s=cfg.session.keepalive_s, rekey_after_s=cfg.session.rekey_after_s,
                              dead_after_s=cfg.session.dead_after_s,
                              handshake_retry_s=cfg.session.handshake_retry_s)
-        self.initiator = sess.Initiator(self.private_key, cfg.gateway_public_key, timing)
+        self.initiator = sess.Initiator(self.private_key, cfg.gateway_public_key, timing,
+                                        cipher=cfg.session.cipher)
         self.endpoint = cfg.endpoint
         self.address: str | None = None       # assigned by the gateway in the handshake
         self.routed_endpoint: str | None = None
@@ -63,6 +64,7 @@ class ClientDaemon(Daemon):
             log.warning("payment backend %r: %s", cfg.payment.backend,
                         getattr(self.payer, "notice", "no real payment happens"))
         self.paying: dict[str, asyncio.Task] = {}
+        self.wake_pending = False
         self.balance_msat: int | None = None
 
     def handlers(self) -> dict:
@@ -172,6 +174,10 @@ class ClientDaemon(Daemon):
             for message in self.channels.receive(GATEWAY, frame, now):
                 with self.elock:
                     self.engine.on_message(message, wall)
+        self._pump()
+
+    def wake(self) -> None:
+        self.wake_pending = False
         self._pump()
 
     def _pump(self) -> None:

@@ -220,10 +220,18 @@ def gateway_tun_to_udp(d) -> None:
 
 # --- client -----------------------------------------------------------------------------
 
+def _wake(d) -> None:
+    """A renewal request is waiting: send it now rather than at the next timer tick,
+    at most one wake-up in flight."""
+    if not d.wake_pending:
+        d.wake_pending = True
+        d.loop.call_soon_threadsafe(d.wake)
+
+
 def client_udp_to_tun(d) -> None:
     sock, initiator, tun, stats = d.sock, d.initiator, d.tun, d.stats
     DONE = sess.HANDSHAKE_DONE
-    elock, inbound = d.elock, d.engine.inbound
+    elock, inbound, engine = d.elock, d.engine.inbound, d.engine
     receiver = off.UdpReceiver(sock)
     vnet = bool(tun.vnet_hdr_len)
     receive = initiator.receive
@@ -266,6 +274,8 @@ def client_udp_to_tun(d) -> None:
                 with elock:
                     for src, total in by_src.items():
                         inbound(src, total, wall)
+                if engine.has_output:
+                    _wake(d)
             stats["rx_packets"] += len(pkts)
             stats["rx_bytes"] += sum(map(len, pkts))
             tun.write_frames(_tun_frames(pkts, partial, vnet))
@@ -276,7 +286,7 @@ def client_udp_to_tun(d) -> None:
 
 def client_tun_to_udp(d) -> None:
     sock, initiator, tun, stats = d.sock, d.initiator, d.tun, d.stats
-    elock, outbound_burst = d.elock, d.engine.outbound_burst
+    elock, outbound_burst, engine = d.elock, d.engine.outbound_burst, d.engine
     seal_batch = initiator.seal_batch
     sender = off.UdpSender(sock)
     vnet = bool(tun.vnet_hdr_len)
@@ -291,6 +301,8 @@ def client_tun_to_udp(d) -> None:
             for pkts, _ in bursts:
                 if pkts and len(pkts[0]) >= 20 and pkts[0][0] >> 4 == 4:
                     outbound_burst(pkts[0][16:20], sum(map(len, pkts)), len(pkts), wall)
+        if engine.has_output:
+            _wake(d)
         datagrams = []
         npkts = nbytes = 0
         for pkts, partial in bursts:

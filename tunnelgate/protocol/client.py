@@ -40,6 +40,7 @@ EV_PROTOCOL = "protocol_violation"
 HOUR, DAY = 3600, 86400
 REQUEST_RETRY_S = 10
 NEVER = 1 << 62          # renew_at when data_renewal_kb = 0: no renewal on data
+FAST_S = 2               # a contract exhausted faster than this makes renewal start at activation
 USAGE_SETTLE_S = 2       # after a final USAGE, packets still in flight arrive within this
 
 
@@ -146,10 +147,14 @@ class ClientEngine:
         c.apply(Ev.ACTIVATE)
         self._arm(c)
         self._emit(EV_ACTIVATED, c)
-        if c.renew_at == 0 or (self.policy.time_renewal_s and c.time_s <= self.policy.time_renewal_s):
+        if c.renew_at == 0 or (self.policy.time_renewal_s and c.time_s <= self.policy.time_renewal_s) \
+                or (f.fast and c.renew_at != NEVER):
             self._renew(f, c, now)
 
     def _end(self, f: Flow, c: Contract, ev: Ev, reason: str, now: float) -> None:
+        # A contract used up within FAST_S: at this rate the renewal margin is shorter than a
+        # negotiation, so the next contract is asked for as soon as the one after it starts.
+        f.fast = ev is Ev.EXHAUST and c.activated_at is not None and now - c.activated_at < FAST_S
         c.apply(ev)
         c.disarm()
         c.reason = reason
@@ -171,7 +176,8 @@ class ClientEngine:
 
     def _renew(self, f: Flow, c: Contract, now: float) -> None:
         c.renew_asked = True
-        if f.queue or f.proposal is not None or f.nodeal_until > now:
+        # at a fast rate keep two contracts queued, so one lost message costs no gap
+        if len(f.queue) >= (2 if f.fast else 1) or f.proposal is not None or f.nodeal_until > now:
             return
         if f.requested_at is not None and now - f.requested_at < REQUEST_RETRY_S:
             return
@@ -306,6 +312,8 @@ class ClientEngine:
             self._arm(c)
         self._out.append(m.Accept(c.contract_id))
         self._emit(EV_ACCEPTED, c, amount_msat=cost, data={"queued": f.current is not c})
+        if f.fast and f.current is not None and f.current is not c and len(f.queue) < 2:
+            self._renew(f, f.current, now)
         self._emit(EV_PAYMENT_DUE, c, amount_msat=cost,
                    data={"methods": list(c.methods), "account": c.account})
 
@@ -391,6 +399,11 @@ class ClientEngine:
                                       data or {}))
         else:
             self._events.append(Event(kind, c, None, destination, reason, amount_msat, data or {}))
+
+    @property
+    def has_output(self) -> bool:
+        """Messages wait to be sent (the data path wakes the control thread for a renewal)."""
+        return bool(self._out)
 
     def take_outgoing(self) -> list[m.Message]:
         out, self._out = self._out, []

@@ -26,6 +26,8 @@ from tunnelgate.protocol.contract import FORWARDING, Contract, Ev, Event, State,
 
 ENDED_AFTER_ACCEPT = frozenset({State.EXHAUSTED, State.EXPIRED, State.REVOKED})
 
+MAX_QUEUED = 3   # accepted contracts waiting behind the current one, per destination
+
 # event kinds
 EV_PROPOSED = "proposed"
 EV_ACCEPTED = "accepted"
@@ -464,8 +466,11 @@ class GatewayEngine:
             self._out.append((peer, m.NoDeal(f.destination, f.nodeal_reason[:m.MAX_TEXT],
                                              int(f.nodeal_until - now) + 1)))
             return
-        if f.proposal is not None or f.queue or (f.current is not None and f.current.state is State.ACCEPTED):
-            return      # a proposal is on its way / the next contract is already queued
+        # The client asks when its own queue is empty; ours may still hold the contract it
+        # just started (the two meters switch a few packets apart), so allow one more.
+        if f.proposal is not None or len(f.queue) >= MAX_QUEUED or (
+                f.current is not None and f.current.state is State.ACCEPTED):
+            return      # a proposal is on its way / the next contracts are already queued
         self._propose(f, now, 1, f.list_price, self.pricing.contract_kb, self.pricing.contract_time_s)
 
     def _violation(self, peer: bytes, msg: m.Message, why: str) -> None:

@@ -259,6 +259,28 @@ def history(config_path, as_json):
     click.echo(json.dumps(items, indent=2, sort_keys=True) if as_json else hist.render(items))
 
 
+@main.command("set")
+@config_option
+@click.argument("settings", nargs=-1, required=True)
+def set_(config_path, settings):
+    """Change live settings: KEY=VALUE ...
+
+    Client: pause_buying=true|false, max_price=0.8 (msat/KB), max_spend_per_hour|day|total=MSAT
+    (none lifts the limit). Gateway: default_price=0.5, floor_price=0.2. Not written to the config.
+    """
+    cfg = load_config(config_path)
+    args = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"expected KEY=VALUE, got {item!r}", EXIT_CONFIG)
+        low = value.lower()
+        args[key] = True if low == "true" else False if low == "false" else None if low in ("none", "null") \
+            else int(value) if value.isdigit() and key.startswith("max_spend") else value
+    result = _ask(cfg, config_path, "set", **args)
+    click.echo("\n".join(f"{k} = {v}" for k, v in result.items()))
+
+
 @main.command()
 @config_option
 def tui(config_path):

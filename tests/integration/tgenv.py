@@ -73,6 +73,10 @@ routes = {json.dumps(list(routes))}
         ns, conf = (self.lab.gw, self.gw_conf) if which == "gw" else (self.lab.client, self.client_conf)
         return json.loads(self.tg(ns, "status", "-c", str(conf), "--json").stdout)
 
+    def events(self, which: str) -> list[dict]:
+        from tunnelgate.daemon.control import request
+        return request(self.dir / ("gw" if which == "gw" else "cl") / "control.sock", "events")
+
     def pid(self, which: str) -> int:
         return int((self.dir / ("gw" if which == "gw" else "cl") / "tunnelgate.pid").read_text())
 

@@ -14,14 +14,17 @@ import threading
 
 from .. import session as sess
 from ..net import setup as netsetup
+from ..money import format_price, parse_msat, parse_price
 from ..payments import PaymentError, Terms, load_backend
 from ..protocol import client as clp
 from ..tun import Tun
 from . import datapath
 from .base import Daemon, udp_socket
+from .control import ControlError
 from .market import Channels, EventLog, Saver
 
 GATEWAY = b"gateway"  # the client's one control channel
+BALANCE_EVERY_S = 5.0
 
 log = logging.getLogger("tunnelgate.client")
 
@@ -66,9 +69,51 @@ class ClientDaemon(Daemon):
         self.paying: dict[str, asyncio.Task] = {}
         self.wake_pending = False
         self.balance_msat: int | None = None
+        self.balance_at: float | None = None
+        self._balance_task: asyncio.Task | None = None
 
     def handlers(self) -> dict:
-        return {**super().handlers(), "events": self.cmd_events, "contracts": self.cmd_contracts}
+        return {**super().handlers(), "events": self.cmd_events, "contracts": self.cmd_contracts,
+                "set": self.cmd_set}
+
+    def cmd_set(self, req: dict) -> dict:
+        """Live settings, not written back to the config: pause_buying, max_price (msat/KB as a
+        decimal string), max_spend_per_hour/day/total (msat; null lifts the limit)."""
+        changes, paused = {}, None
+        for key, value in req.items():
+            if key == "cmd":
+                continue
+            try:
+                if key == "pause_buying":
+                    if not isinstance(value, bool):
+                        raise ValueError("expected true or false")
+                    paused = value
+                elif key == "max_price":
+                    changes[key] = parse_price(value)
+                elif key in ("max_spend_per_hour", "max_spend_per_day", "max_spend_total"):
+                    changes[key] = None if value is None else parse_msat(value)
+                else:
+                    raise ControlError("bad_setting", f"unknown setting {key!r}; settable: pause_buying, "
+                                       "max_price, max_spend_per_hour, max_spend_per_day, max_spend_total")
+            except ValueError as e:
+                raise ControlError("bad_value", f"{key}: {e}") from None
+        with self.elock:
+            if changes:
+                self.engine.set_policy(**changes)
+            if paused is not None:
+                self.engine.paused = paused
+        for key, value in req.items():
+            if key != "cmd":
+                self.events.note({"ts": time.time(), "kind": "setting", "contract_id": None, "peer": None,
+                                  "destination": None, "reason": f"{key} = {value}", "amount_msat": 0,
+                                  "data": {}})
+        return self._settings()
+
+    def _settings(self) -> dict:
+        p = self.engine.policy
+        return {"pause_buying": self.engine.paused, "max_price": format_price(p.max_price),
+                "max_price_units": p.max_price, "max_spend_per_hour": p.max_spend_per_hour,
+                "max_spend_per_day": p.max_spend_per_day, "max_spend_total": p.max_spend_total}
 
     def cmd_events(self, req: dict) -> list[dict]:
         since = req.get("since", 0)
@@ -160,6 +205,16 @@ class ClientDaemon(Daemon):
         self._pump()
         self.saver.maybe_save(wall)
         self.events.flush()
+        if (self.balance_at is None or wall - self.balance_at >= BALANCE_EVERY_S) and (
+                self._balance_task is None or self._balance_task.done()):
+            self._balance_task = self.loop.create_task(self._check_balance())
+
+    async def _check_balance(self) -> None:
+        self.balance_at = time.time()
+        try:
+            self.balance_msat = await self.payer.balance_msat()
+        except Exception as e:  # the wallet may be unreachable: say so in status, keep running
+            log.debug("wallet balance unavailable: %s", e)
 
     # --- contracts: control messages, payments ------------------------------------------
 
@@ -232,9 +287,15 @@ class ClientDaemon(Daemon):
                         "real_money": getattr(self.payer, "real_money", True),
                         "notice": getattr(self.payer, "notice", "")},
             "market": self._market_status(),
+            "budgets": {k: v for k, v in self._settings().items() if k.startswith("max_spend")},
+            "settings": self._settings(),
+            "wallet": {"balance_msat": self.balance_msat, "checked_at": self.balance_at}
+            if self.balance_msat is not None else None,
             "control_stats": dict(self.channels.stats),
         }
 
     def _market_status(self) -> dict:
         with self.elock:
-            return self.engine.status(time.time())
+            st = self.engine.status(time.time())
+            st.update(pause_buying=self.engine.paused, max_price=self.engine.policy.max_price)
+            return st

@@ -21,7 +21,9 @@ from ..payments import Terms, Verdict, load_backend
 from ..protocol import gateway as gwp
 from ..tun import Tun
 from . import datapath
+from ..money import format_price, parse_price
 from .base import Daemon, udp_socket
+from .control import ControlError
 from .market import Channels, EventLog, Saver, peer_text
 
 log = logging.getLogger("tunnelgate.gateway")
@@ -56,7 +58,14 @@ class GatewayDaemon(Daemon):
         self.payee = load_backend(payment.backend, {**payment.settings_dict(), "state_dir": str(cfg.node.state_dir)},
                                   role="payee")
         account = await self.payee.account_for("any")
-        pricing = dataclasses.replace(cfg.pricing, payment_methods=(payment.backend,), account=account)
+        # the gateway's own tunnel address costs nothing to reach (nothing is forwarded), so
+        # `ping <gateway address>` works before any contract, unless the operator prices it
+        own = (f"{cfg.address.ip}/32", 0)
+        routes = cfg.pricing.prefix_prices
+        if not any(prefix == own[0] for prefix, _ in routes):
+            routes = (*routes, own)
+        pricing = dataclasses.replace(cfg.pricing, payment_methods=(payment.backend,), account=account,
+                                      prefix_prices=routes)
         self.engine = gwp.GatewayEngine(pricing, new_id=lambda: secrets.token_hex(8))
         self.elock = threading.Lock()
         self.events = EventLog(self.store)
@@ -76,7 +85,38 @@ class GatewayDaemon(Daemon):
         self.peer_of[packed] = peer
 
     def handlers(self) -> dict:
-        return {**super().handlers(), "events": self.cmd_events, "contracts": self.cmd_contracts}
+        return {**super().handlers(), "events": self.cmd_events, "contracts": self.cmd_contracts,
+                "set": self.cmd_set}
+
+    def cmd_set(self, req: dict) -> dict:
+        """Live prices (msat/KB as decimal strings): default_price, floor_price."""
+        changes = {}
+        for key, value in req.items():
+            if key == "cmd":
+                continue
+            if key not in ("default_price", "floor_price"):
+                raise ControlError("bad_setting", f"unknown setting {key!r}; settable: default_price, floor_price")
+            try:
+                changes[key] = parse_price(value)
+            except ValueError as e:
+                raise ControlError("bad_value", f"{key}: {e}") from None
+        with self.elock:
+            pricing = self.engine.pricing
+            floor = changes.get("floor_price", pricing.floor_price)
+            if floor > changes.get("default_price", pricing.default_price):
+                raise ControlError("bad_value", "floor_price would be above default_price")
+            self.engine.set_prices(**changes)
+        for key, value in changes.items():
+            self.events.note({"ts": time.time(), "kind": "setting", "contract_id": None, "peer": None,
+                              "destination": None, "reason": f"{key} = {format_price(value)}",
+                              "amount_msat": 0, "data": {}})
+        return self._pricing()
+
+    def _pricing(self) -> dict:
+        p = self.engine.pricing
+        return {"default_price": format_price(p.default_price), "floor_price": format_price(p.floor_price),
+                "contract_kb": p.contract_kb, "contract_time_s": p.contract_time_s,
+                "grace_time_s": p.grace_time_s, "grace_kb": p.grace_kb}
 
     def cmd_events(self, req: dict) -> list[dict]:
         since = req.get("since", 0)
@@ -225,6 +265,7 @@ class GatewayDaemon(Daemon):
                         "real_money": getattr(self.payee, "real_money", True),
                         "notice": getattr(self.payee, "notice", "")},
             "market": self._market_status(),
+            "pricing": self._pricing(),
             "control_stats": dict(self.channels.stats),
         }
 

@@ -12,7 +12,7 @@ only), ``on_message`` per decoded control message, ``poll(now)`` every
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tunnelgate import packet as pk
 from tunnelgate.meter import ClientMeter, Flow, usage_disagrees
@@ -25,6 +25,7 @@ METERED, UNMETERED = 1, 0
 EV_ACCEPTED = "accepted"
 EV_REJECTED = "rejected"                  # rejected with a counter-offer
 EV_BUDGET_EXCEEDED = "budget_exceeded"
+EV_DECLINED = "declined"                  # a proposal left unanswered: buying is paused
 EV_PAYMENT_DUE = "payment_due"            # daemon: pay amount_msat, then call paid()
 EV_PAID = "paid"
 EV_PAYMENT_FAILED = "payment_failed"
@@ -71,6 +72,7 @@ class ClientEngine:
         self._flows: dict[str, Flow] = {}
         self._contracts: dict[str, Contract] = {}
         self._history: list[Contract] = []
+        self.paused = False
         self._own_at_usage: dict[str, int] = {}
         self._final_checks: dict[str, tuple[float, Contract]] = {}
         self._spend: list[tuple[float, int]] = []      # (time, msat) within the last day
@@ -175,6 +177,8 @@ class ClientEngine:
             del self._history[:256]
 
     def _renew(self, f: Flow, c: Contract, now: float) -> None:
+        if self.paused:
+            return
         c.renew_asked = True
         # at a fast rate keep two contracts queued, so one lost message costs no gap
         if len(f.queue) >= (2 if f.fast else 1) or f.proposal is not None or f.nodeal_until > now:
@@ -198,6 +202,10 @@ class ClientEngine:
             if len(key) == len(pkey) and pk.mask(key, plen) == pkey:
                 return price
         return self.policy.max_price
+
+    def set_policy(self, **changes) -> None:
+        """Live settings (the control socket's `set`): max_price, budgets; None lifts a budget."""
+        self.policy = replace(self.policy, **changes)
 
     # --- budgets -----------------------------------------------------------------------------
 
@@ -273,6 +281,13 @@ class ClientEngine:
             f.proposal.apply(Ev.WITHDRAW)
             self._retire(f.proposal, now)
         f.proposal = None
+        if self.paused:
+            # the user paused buying: no answer, so no no-deal back-off outlives the pause
+            c.apply(Ev.REJECT)
+            c.reason = f.reason = "buying paused"
+            self._retire(c, now)
+            self._emit(EV_DECLINED, c, reason="buying paused")
+            return
         maxp = self._max_price(f.key)
         if msg.price > maxp:
             counter = min((msg.price * self._frac[0]) // self._frac[1], maxp)

@@ -15,7 +15,7 @@ after a restart.  Ids come from ``new_id`` (the daemon passes a random one, e.g.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from tunnelgate import packet as pk
@@ -170,6 +170,15 @@ class GatewayEngine:
         if p is None:
             p = self._peers[peer] = _Peer()
         return p
+
+    def set_prices(self, **changes) -> None:
+        """Live settings: default_price, floor_price. Flows already priced get the new list
+        price for their next proposal; running contracts keep the price they were sold at."""
+        self.pricing = replace(self.pricing, **changes)
+        for flows in self.meter.peers.values():
+            for f in flows.values():
+                f.list_price = self._price_for(f.key)
+                f.free = f.list_price == 0
 
     def _price_for(self, key: bytes) -> int:
         for pkey, plen, price in self._prices:

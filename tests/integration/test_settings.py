@@ -1,0 +1,64 @@
+"""Live settings through the control socket (`tunnelgate set`), on real daemons."""
+
+import time
+
+import pytest
+
+from tgenv import TunnelEnv, ping, wait_until
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def env(lab):
+    lab.start_upstream({})
+    e = TunnelEnv(lab, gateway_extra='[pricing]\ndefault_price = "0.5"\nfloor_price = "0.2"\n'
+                                     'no_deal_backoff_s = 2\n',
+                  client_extra='[policy]\nmax_price = "1"\n')
+    yield e
+    print(e.logs())
+    e.close()
+
+
+def kinds(env, which):
+    return [ev["kind"] for ev in env.events(which)]
+
+
+def test_gateway_address_is_free_and_pause_resume_buying(lab, env):
+    env.serve()
+    env.up()
+    # the gateway's own tunnel address needs no contract
+    assert ping(lab, lab.client, dst="100.64.0.1", count=2).returncode == 0
+    assert env.status("client")["market"]["contracts"] == []
+
+    out = env.tg(lab.client, "set", "-c", str(env.client_conf), "pause_buying=true").stdout
+    assert "pause_buying = True" in out
+    assert ping(lab, lab.client, count=2).returncode != 0          # nothing bought while paused
+    st = env.status("client")
+    assert st["settings"]["pause_buying"] is True and st["market"]["contracts"] == []
+    assert "declined" in kinds(env, "client")
+
+    env.tg(lab.client, "set", "-c", str(env.client_conf), "pause_buying=false")
+    assert wait_until(lambda: ping(lab, lab.client, count=1).returncode == 0, timeout=15) is not None
+    [c] = env.status("client")["market"]["contracts"]
+    assert c["state"] in ("GRACE", "PAID") and c["price"] == 500_000
+
+
+def test_live_prices_and_max_price(lab, env):
+    env.serve()
+    env.up()
+    # the client now accepts at most 0.3: it counters, the gateway (floor 0.2) meets it
+    env.tg(lab.client, "set", "-c", str(env.client_conf), "max_price=0.3")
+    assert ping(lab, lab.client, count=2).returncode == 0
+    [c] = env.status("client")["market"]["contracts"]
+    assert c["price"] == 300_000
+    # the gateway lowers its list price: the next contract (another destination) sells at 0.25
+    out = env.tg(lab.gw, "set", "-c", str(env.gw_conf), "default_price=0.25").stdout
+    assert "default_price = 0.25 msat/KB" in out
+    assert env.status("gw")["pricing"]["default_price"] == "0.25 msat/KB"
+    r = env.tg(lab.gw, "set", "-c", str(env.gw_conf), "floor_price=0.3", check=False)
+    assert r.returncode == 1 and "floor_price would be above default_price" in r.stderr
+    r = env.tg(lab.client, "set", "-c", str(env.client_conf), "max_price=0.1234567", check=False)
+    assert r.returncode == 1 and "max_price" in r.stderr and "decimals" in r.stderr
+    r = env.tg(lab.client, "set", "-c", str(env.client_conf), "colour=blue", check=False)
+    assert r.returncode == 1 and "unknown setting 'colour'" in r.stderr

@@ -259,6 +259,28 @@ def history(config_path, as_json):
     click.echo(json.dumps(items, indent=2, sort_keys=True) if as_json else hist.render(items))
 
 
+@main.command()
+@config_option
+@click.option("-f", "--follow", is_flag=True, help="Keep printing events as they happen (Ctrl-C stops).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def events(config_path, follow, as_json):
+    """Contract, payment and setting events: proposed, accepted, paid, renewed, revoked, ..."""
+    cfg = load_config(config_path)
+    from .daemon.base import state_paths
+    from .daemon.control import ControlError, stream
+    from .status_text import event_line
+    path = state_paths(cfg.node.state_dir)["control"]
+    items = stream(path, "events", follow=True) if follow else iter(_ask(cfg, config_path, "events"))
+    try:
+        for ev in items:
+            click.echo(json.dumps(ev, sort_keys=True) if as_json else event_line(ev))
+            sys.stdout.flush()  # a pipe (| grep, a log collector) sees each event as it happens
+    except ControlError as e:
+        fail(str(e), EXIT_NOT_RUNNING if e.code == "not_running" else EXIT_FAILED)
+    except KeyboardInterrupt:
+        pass
+
+
 @main.command("set")
 @config_option
 @click.argument("settings", nargs=-1, required=True)

@@ -135,3 +135,16 @@ def render(st: dict) -> str:
     if drops:
         lines.append("dropped   " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
     return "\n".join(lines)
+
+
+def event_line(ev: dict) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(ev["ts"]))
+    parts = [when, f"{ev['kind']:<18}"]
+    if ev.get("contract_id"):
+        parts.append(ev["contract_id"])
+    if ev.get("destination"):
+        parts.append(ev["destination"])
+    if ev.get("amount_msat"):
+        parts.append(format_msat(ev["amount_msat"]))
+    line = " ".join(parts)
+    return f"{line}: {ev['reason']}" if ev.get("reason") else line

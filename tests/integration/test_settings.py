@@ -62,3 +62,30 @@ def test_live_prices_and_max_price(lab, env):
     assert r.returncode == 1 and "max_price" in r.stderr and "decimals" in r.stderr
     r = env.tg(lab.client, "set", "-c", str(env.client_conf), "colour=blue", check=False)
     assert r.returncode == 1 and "unknown setting 'colour'" in r.stderr
+
+
+def test_events_stream_follows_live_events(lab, env):
+    import os
+    import select
+    import subprocess
+    import sys
+    env.serve()
+    env.up()
+    follower = subprocess.Popen(["ip", "netns", "exec", lab.client, sys.executable, "-m", "tunnelgate.cli",
+                                 "events", "-c", str(env.client_conf), "--follow"],
+                                stdout=subprocess.PIPE)
+    try:
+        time.sleep(1.0)
+        assert ping(lab, lab.client, count=2).returncode == 0     # a contract: accepted, paid
+        env.tg(lab.client, "set", "-c", str(env.client_conf), "max_price=0.9")
+        text = ""
+        deadline = time.monotonic() + 10
+        fd = follower.stdout.fileno()
+        while time.monotonic() < deadline and "max_price = 0.9" not in text:
+            if select.select([fd], [], [], 0.5)[0]:
+                text += os.read(fd, 65536).decode()
+        assert "accepted" in text and "paid" in text and "setting" in text, text
+    finally:
+        follower.kill()
+    listed = env.tg(lab.client, "events", "-c", str(env.client_conf)).stdout
+    assert "accepted" in listed and "198.18.2.2/32" in listed

@@ -195,7 +195,26 @@ class Daemon:
     # --- control socket -------------------------------------------------------------
 
     def handlers(self) -> dict:
-        return {"status": self.cmd_status, "stop": self.cmd_stop}
+        return {"status": self.cmd_status, "stop": self.cmd_stop, "events": self.cmd_events}
+
+    def cmd_events(self, req: dict):
+        """Recent events newer than `since`; with `follow`, a stream of them as they happen."""
+        since = req.get("since", 0)
+        backlog = [e for e in self.events.recent if e["ts"] > since]
+        if not req.get("follow"):
+            return backlog
+        queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
+
+        async def follow():
+            self.events.subscribers.add(queue)
+            try:
+                for e in backlog:
+                    yield e
+                while self.running:
+                    yield await queue.get()
+            finally:
+                self.events.subscribers.discard(queue)
+        return follow()
 
     def cmd_stop(self, req: dict) -> dict:
         self.loop.call_soon(self._stop.set)

@@ -57,6 +57,7 @@ class ClientDaemon(Daemon):
         cfg = self.cfg
         self.payer = load_backend(cfg.payment.backend, cfg.payment.settings_dict(), role="payer")
         self.engine = clp.ClientEngine(cfg.policy)
+        self.engine.prepay_msat = cfg.payment.prepay_msat
         self.elock = threading.Lock()
         self.events = EventLog(self.store)
         self.channels = Channels(self._send_control)
@@ -71,9 +72,10 @@ class ClientDaemon(Daemon):
         self.balance_msat: int | None = None
         self.balance_at: float | None = None
         self._balance_task: asyncio.Task | None = None
+        self.low_balance = False          # below [payment] low_balance_msat (warned once)
 
     def handlers(self) -> dict:
-        return {**super().handlers(), "events": self.cmd_events, "contracts": self.cmd_contracts,
+        return {**super().handlers(), "contracts": self.cmd_contracts,
                 "set": self.cmd_set}
 
     def cmd_set(self, req: dict) -> dict:
@@ -114,10 +116,6 @@ class ClientDaemon(Daemon):
         return {"pause_buying": self.engine.paused, "max_price": format_price(p.max_price),
                 "max_price_units": p.max_price, "max_spend_per_hour": p.max_spend_per_hour,
                 "max_spend_per_day": p.max_spend_per_day, "max_spend_total": p.max_spend_total}
-
-    def cmd_events(self, req: dict) -> list[dict]:
-        since = req.get("since", 0)
-        return [e for e in self.events.recent if e["ts"] > since]
 
     def cmd_contracts(self, req: dict) -> list[dict]:
         with self.elock:
@@ -209,12 +207,32 @@ class ClientDaemon(Daemon):
                 self._balance_task is None or self._balance_task.done()):
             self._balance_task = self.loop.create_task(self._check_balance())
 
+    def _recheck_balance(self) -> None:
+        """Check the wallet at the next tick (after a payment, or one that failed)."""
+        self.balance_at = None
+
     async def _check_balance(self) -> None:
         self.balance_at = time.time()
         try:
-            self.balance_msat = await self.payer.balance_msat()
+            balance = await self.payer.balance_msat()
         except Exception as e:  # the wallet may be unreachable: say so in status, keep running
             log.debug("wallet balance unavailable: %s", e)
+            return
+        self.balance_msat = balance
+        now = time.time()
+        with self.elock:
+            if not self.paying:      # a payment under way: its own estimate stands until it ends
+                self.engine.set_funds(balance, now)
+        low = self.cfg.payment.low_balance_msat
+        if low and balance < low and not self.low_balance:
+            self.low_balance = True
+            self.events.note({"ts": now, "kind": "low_balance", "contract_id": None, "peer": None,
+                              "destination": None, "amount_msat": balance, "data": {"threshold_msat": low},
+                              "reason": f"wallet balance {balance} msat is below low_balance_msat = {low}; "
+                                        "fund the wallet"})
+        elif low and balance >= low and self.low_balance:
+            self.low_balance = False
+        self._pump()
 
     # --- contracts: control messages, payments ------------------------------------------
 
@@ -260,8 +278,15 @@ class ClientDaemon(Daemon):
             if known:  # paid before a restart: send the same proof again, never pay twice
                 method, proof, amount, _ = known
             else:
-                amount = ev.amount_msat
-                proof = await self.payer.pay(Terms(cid, amount, account=ev.data.get("account", "")))
+                # at least the cost; with [payment] prepay_msat more, kept as credit at the gateway
+                amount = max(ev.amount_msat, int(ev.data.get("pay_msat", ev.amount_msat)))
+                try:
+                    proof = await self.payer.pay(Terms(cid, amount, account=ev.data.get("account", "")))
+                except PaymentError:
+                    if amount == ev.amount_msat:
+                        raise
+                    amount = ev.amount_msat      # could not prepay: pay this contract only
+                    proof = await self.payer.pay(Terms(cid, amount, account=ev.data.get("account", "")))
                 self.store.record_client_payment(cid, method, proof, amount)
             with self.elock:
                 self.engine.paid(cid, method, proof, amount)
@@ -272,6 +297,7 @@ class ClientDaemon(Daemon):
                               "data": {}})
         finally:
             self.paying.pop(cid, None)
+            self._recheck_balance()
 
     def status(self) -> dict:
         return {
@@ -289,8 +315,12 @@ class ClientDaemon(Daemon):
             "market": self._market_status(),
             "budgets": {k: v for k, v in self._settings().items() if k.startswith("max_spend")},
             "settings": self._settings(),
-            "wallet": {"balance_msat": self.balance_msat, "checked_at": self.balance_at}
+            "wallet": {"balance_msat": self.balance_msat, "checked_at": self.balance_at,
+                       "low_balance": self.low_balance, "low_balance_msat": self.cfg.payment.low_balance_msat,
+                       "no_funds": self.engine.no_funds_reason, "credit_msat": self.engine.credit_msat,
+                       "prepay_msat": self.cfg.payment.prepay_msat}
             if self.balance_msat is not None else None,
+            "credit_msat": self.engine.credit_msat,
             "control_stats": dict(self.channels.stats),
         }
 

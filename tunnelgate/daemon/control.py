@@ -59,8 +59,15 @@ class ControlServer:
         try:
             while line := await reader.readline():
                 reply = await self._dispatch(line)
+                stream = reply.pop("stream", None)
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
+                if stream is not None:
+                    # a streaming reply (events --follow): one JSON line per item until the
+                    # client goes away
+                    async for item in stream:
+                        writer.write(json.dumps(item).encode() + b"\n")
+                        await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
@@ -78,6 +85,8 @@ class ControlServer:
             result = handler(req)
             if asyncio.iscoroutine(result):
                 result = await result
+            if hasattr(result, "__aiter__"):
+                return {"ok": True, "result": "streaming", "stream": result}
             return {"ok": True, "result": result}
         except ControlError as e:
             return {"ok": False, "error": {"code": e.code, "message": str(e)}}
@@ -86,6 +95,30 @@ class ControlServer:
         except Exception as e:  # a bug in a handler must not take the daemon down
             log.exception("control command failed")
             return {"ok": False, "error": {"code": "internal", "message": f"{type(e).__name__}: {e}"}}
+
+
+def stream(path: Path, cmd: str, **args):
+    """A streaming request: yields each JSON line after the first reply, until the daemon
+    closes the connection (or the caller stops iterating)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            s.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise ControlError("not_running", f"no daemon is listening on {path}") from None
+        s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        f = s.makefile("rb")
+        first = f.readline()
+        if not first:
+            raise ControlError("closed", f"the daemon on {path} closed the connection without answering")
+        reply = json.loads(first)
+        if not reply.get("ok"):
+            err = reply.get("error") or {}
+            raise ControlError(err.get("code", "error"), err.get("message", "unknown error"))
+        for line in f:
+            yield json.loads(line)
+    finally:
+        s.close()
 
 
 def request(path: Path, cmd: str, timeout: float = 5.0, **args) -> Any:

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import secrets
 import threading
+from collections import deque
 
 from .. import session as sess
 from ..net import setup as netsetup
@@ -27,6 +28,72 @@ from .control import ControlError
 from .market import Channels, EventLog, Saver, peer_text
 
 log = logging.getLogger("tunnelgate.gateway")
+
+ACCOUNT_POOL = 8          # fresh per-contract accounts (bitcoin addresses) kept ready
+ACCOUNT_WAIT_S = 10       # at start: how long to wait for the first ones
+
+
+class JournalCredit:
+    """The engine's credit book (see protocol.gateway.MemoryCredit), kept in the payment
+    journal: durable, so a restart keeps every peer's prepaid credit."""
+
+    def __init__(self, journal):
+        self.journal = journal
+
+    def balance(self, peer: bytes) -> int:
+        return self.journal.credit_balance(peer_text(peer))
+
+    def spend(self, peer: bytes, msat: int, contract_id: str) -> int | None:
+        return self.journal.spend_credit(peer_text(peer), msat, contract_id)
+
+
+class AccountPool:
+    """Fresh payment accounts (a new bitcoin address per contract), asked from the backend
+    ahead of time: the engine proposes synchronously, the backend answers over RPC.
+    ``take(contract_id)`` is called under the engine lock from any thread; it records the
+    account for the contract in the journal and asks for a refill on the asyncio loop."""
+
+    def __init__(self, payee, loop, size: int = ACCOUNT_POOL):
+        self.payee, self.loop, self.size = payee, loop, size
+        self.ready: deque[tuple[str, str]] = deque()   # (placeholder id, account)
+        self._refilling = False
+        self.errors = 0
+        self.last_error = ""
+
+    def take(self, contract_id: str) -> str | None:
+        try:
+            tag, account = self.ready.popleft()
+        except IndexError:
+            account = None
+        if len(self.ready) < self.size // 2:
+            self.loop.call_soon_threadsafe(self.refill)
+        if account is None:
+            return None
+        self.payee.journal.set_account(contract_id, self.payee.name, account)
+        return account
+
+    def refill(self) -> None:
+        if not self._refilling:
+            self._refilling = True
+            self.loop.create_task(self._refill())
+
+    async def _refill(self) -> None:
+        try:
+            while len(self.ready) < self.size:
+                tag = "pool-" + secrets.token_hex(8)
+                try:
+                    account = await self.payee.account_for(tag)
+                except Exception as e:  # the node may be down: say so, try again later
+                    self.errors += 1
+                    if str(e) != self.last_error:
+                        log.warning("cannot get a fresh payment account: %s", e)
+                    self.last_error = str(e)
+                    await asyncio.sleep(2)
+                    break
+                self.ready.append((tag, account))
+                self.last_error = ""
+        finally:
+            self._refilling = False
 
 
 
@@ -57,7 +124,20 @@ class GatewayDaemon(Daemon):
         payment = cfg.payment
         self.payee = load_backend(payment.backend, {**payment.settings_dict(), "state_dir": str(cfg.node.state_dir)},
                                   role="payee")
-        account = await self.payee.account_for("any")
+        self.accounts: AccountPool | None = None
+        if getattr(self.payee, "per_contract_account", False):
+            # a fresh account (bitcoin address) per contract, from a pool filled ahead
+            account = ""
+            self.accounts = AccountPool(self.payee, self.loop)
+            self.accounts.refill()
+            deadline = time.monotonic() + ACCOUNT_WAIT_S
+            while not self.accounts.ready and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if not self.accounts.ready:
+                log.warning("no fresh payment account yet (%s); contracts are proposed once the "
+                            "backend answers", self.accounts.last_error or "backend slow")
+        else:
+            account = await self.payee.account_for("any")
         # the gateway's own tunnel address costs nothing to reach (nothing is forwarded), so
         # `ping <gateway address>` works before any contract, unless the operator prices it
         own = (f"{cfg.address.ip}/32", 0)
@@ -66,7 +146,9 @@ class GatewayDaemon(Daemon):
             routes = (*routes, own)
         pricing = dataclasses.replace(cfg.pricing, payment_methods=(payment.backend,), account=account,
                                       prefix_prices=routes)
-        self.engine = gwp.GatewayEngine(pricing, new_id=lambda: secrets.token_hex(8))
+        self.engine = gwp.GatewayEngine(pricing, new_id=lambda: secrets.token_hex(8),
+                                        account_for=self.accounts.take if self.accounts else None,
+                                        credit=JournalCredit(self.payee.journal))
         self.elock = threading.Lock()
         self.events = EventLog(self.store)
         self.channels = Channels(self._send_control)
@@ -78,6 +160,88 @@ class GatewayDaemon(Daemon):
                         getattr(self.payee, "notice", "no real payment happens"))
         self.verifying: dict[str, asyncio.Task] = {}
         self._pump_scheduled = False
+        self._recover_payments()
+
+    def _recover_payments(self) -> None:
+        """After a restart: no payment taken is lost. A confirmed payment not yet applied (we
+        stopped between taking the money and recording the contract paid) pays its contract if
+        this run still has it unpaid, else becomes credit for the peer; a pending one is
+        checked again; a contract paid from credit stays paid."""
+        journal = self.payee.journal
+        for rec in journal.records("pending"):
+            if rec.contract_id not in self.verifying:
+                self.verifying[rec.contract_id] = self.loop.create_task(self._resume(rec))
+        for rec in journal.unapplied():
+            self._settle(rec.contract_id, rec.peer, rec.amount_msat, recovered=True)
+        now = time.time()
+        with self.elock:
+            for c in self.engine.contracts():
+                if not c["paid"] and journal.paid_from_credit(c["contract_id"]):
+                    self.engine.find(c["contract_id"]).credit = True
+                    self.engine.payment_confirmed(c["contract_id"], now)
+
+    async def _resume(self, rec) -> None:
+        cid = rec.contract_id
+        try:
+            verdict = await self._poll_until_final(cid, await self.payee.poll(cid))
+            self._finish(cid, rec.peer, verdict, cost=None)
+        finally:
+            self.verifying.pop(cid, None)
+
+    async def _poll_until_final(self, cid: str, verdict: Verdict) -> Verdict:
+        deadline = time.monotonic() + self.engine.pricing.grace_time_s + 60
+        try:
+            while verdict.status == "pending" and time.monotonic() < deadline and self.running:
+                await asyncio.sleep(0.5)
+                verdict = await self.payee.poll(cid)
+        except Exception as e:  # a backend failure must not take the daemon down
+            log.warning("checking the payment for %s failed: %s", cid, e)
+            verdict = Verdict("invalid", f"verification failed: {e}")
+        return verdict
+
+    def _finish(self, cid: str, peer: str, verdict: Verdict, cost: int | None) -> None:
+        now = time.time()
+        if verdict.status == "confirmed":
+            self._settle(cid, peer, verdict.amount_msat, cost=cost)
+        elif verdict.status == "invalid":
+            with self.elock:
+                self.engine.payment_failed(cid, verdict.reason or "invalid payment", now)
+        self._pump()
+
+    def _settle(self, cid: str, peer: str, amount_msat: int, cost: int | None = None,
+                recovered: bool = False) -> None:
+        """A confirmed payment of amount_msat for contract cid: the contract is paid and what
+        exceeds its cost becomes the peer's credit; a contract this run does not have (lost in
+        a crash) or one that is already paid otherwise turns the whole payment into credit.
+        Journal first (one transaction), then the engine: a crash in between is settled again
+        at the next start (the credit is keyed by contract, so never twice)."""
+        with self.elock:
+            c = self.engine.find(cid)
+            if c is not None and cost is None:
+                cost = c.cost_msat
+            # a revoked contract was not honoured: its late payment is the peer's credit
+            usable = (c is not None and (not c.paid or not c.credit) and cost is not None
+                      and c.state is not gwp.State.REVOKED)
+        if usable:
+            surplus = max(0, amount_msat - cost)
+            left = self.payee.journal.settle(cid, peer, surplus, f"surplus:{cid}",
+                                             "paid beyond the contract's cost (prepaid credit)")
+            with self.elock:
+                self.engine.payment_confirmed(cid, time.time(), credit_msat=left)
+            if surplus:
+                self.events.note(self._credit_event(cid, peer, surplus, left, "prepaid credit"))
+        else:
+            left = self.payee.journal.settle(cid, peer, amount_msat, f"recovered:{cid}",
+                                             "payment taken for a contract that could not use it")
+            self.events.note(self._credit_event(
+                cid, peer, amount_msat, left, "payment taken for a contract this gateway no longer "
+                "has (restart): kept as credit for the peer" if recovered else
+                "payment for a contract already paid: kept as credit"))
+
+    @staticmethod
+    def _credit_event(cid: str, peer: str, amount: int, left: int, why: str) -> dict:
+        return {"ts": time.time(), "kind": "credit", "contract_id": cid, "peer": peer, "destination": None,
+                "reason": why, "amount_msat": amount, "data": {"credit_msat": left}}
 
     def _remember(self, peer: bytes, addr: str) -> None:
         packed = ipaddress.IPv4Address(addr).packed
@@ -85,7 +249,7 @@ class GatewayDaemon(Daemon):
         self.peer_of[packed] = peer
 
     def handlers(self) -> dict:
-        return {**super().handlers(), "events": self.cmd_events, "contracts": self.cmd_contracts,
+        return {**super().handlers(), "contracts": self.cmd_contracts,
                 "set": self.cmd_set}
 
     def cmd_set(self, req: dict) -> dict:
@@ -117,10 +281,6 @@ class GatewayDaemon(Daemon):
         return {"default_price": format_price(p.default_price), "floor_price": format_price(p.floor_price),
                 "contract_kb": p.contract_kb, "contract_time_s": p.contract_time_s,
                 "grace_time_s": p.grace_time_s, "grace_kb": p.grace_kb}
-
-    def cmd_events(self, req: dict) -> list[dict]:
-        since = req.get("since", 0)
-        return [e for e in self.events.recent if e["ts"] > since]
 
     def cmd_contracts(self, req: dict) -> list[dict]:
         with self.elock:
@@ -221,26 +381,17 @@ class GatewayDaemon(Daemon):
 
     async def _verify(self, ev) -> None:
         cid = ev.contract_id
-        terms = Terms(cid, ev.data["cost_msat"], peer=peer_text(ev.peer), account=self.engine.pricing.account)
-        deadline = time.monotonic() + self.engine.pricing.grace_time_s + 60
+        peer = peer_text(ev.peer)
+        account = ev.data.get("account") or self.engine.pricing.account
+        terms = Terms(cid, ev.data["cost_msat"], peer=peer, account=account)
         try:
             try:
                 verdict = await self.payee.verify(ev.data["proof"], terms)
-                while verdict.status == "pending" and time.monotonic() < deadline and self.running:
-                    await asyncio.sleep(0.5)
-                    verdict = await self.payee.poll(cid)
             except Exception as e:  # a backend failure must not take the daemon down
                 log.warning("verifying payment for %s failed: %s", cid, e)
                 verdict = Verdict("invalid", f"verification failed: {e}")
-            now = time.time()
-            with self.elock:
-                if verdict.status == "confirmed":
-                    self.engine.payment_confirmed(cid, now)
-                elif verdict.status == "invalid":
-                    self.engine.payment_failed(cid, verdict.reason or "invalid payment", now)
-            if verdict.status == "confirmed":
-                self.payee.journal.mark_applied(cid)
-            self._pump()
+            verdict = await self._poll_until_final(cid, verdict)
+            self._finish(cid, peer, verdict, cost=ev.data["cost_msat"])
         finally:
             self.verifying.pop(cid, None)
 
@@ -263,7 +414,10 @@ class GatewayDaemon(Daemon):
             "tun_stats": dict(self.tun.stats),
             "payment": {"backend": self.cfg.payment.backend,
                         "real_money": getattr(self.payee, "real_money", True),
-                        "notice": getattr(self.payee, "notice", "")},
+                        "notice": getattr(self.payee, "notice", ""),
+                        "credit_msat": self.payee.journal.credit_balances(),   # by peer key
+                        "verifying": len(self.verifying),
+                        "accounts_ready": len(self.accounts.ready) if self.accounts else None},
             "market": self._market_status(),
             "pricing": self._pricing(),
             "control_stats": dict(self.channels.stats),

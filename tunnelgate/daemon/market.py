@@ -61,7 +61,8 @@ class EventLog:
                 f" {rec['amount_msat']} msat" if rec["amount_msat"] else "",
                 f": {rec['reason']}" if rec["reason"] else "")
         for q in list(self.subscribers):
-            q.put_nowait(rec)
+            if not q.full():  # a subscriber that stopped reading misses events, never blocks us
+                q.put_nowait(rec)
 
     def flush(self) -> None:
         if self._pending:

@@ -247,6 +247,23 @@ def contracts(config_path, show_all, as_json):
 @main.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def peers(config_path, as_json):
+    """Gateway: its clients (address, endpoint, grace, paid contracts, drops). Client: its gateway."""
+    cfg = load_config(config_path)
+    items = _ask(cfg, config_path, "peers")
+    if as_json:
+        click.echo(json.dumps(items, indent=2, sort_keys=True))
+        return
+    for p in items:
+        extra = "" if cfg.role == "client" else (
+            f"  grace {'yes' if p.get('grace', True) else 'no'}, {p.get('paid_contracts', 0)} paid contracts, "
+            f"dropped {p.get('drops_held', 0) + p.get('drops_no_deal', 0) + p.get('drops_inbound_no_contract', 0)}")
+        click.echo(f"{p.get('address') or '-':<18} {p.get('endpoint') or '-':<22} {p['public_key']}{extra}")
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def history(config_path, as_json):
     """Past contracts and payments, with totals (from the database; the daemon may be stopped)."""
     cfg = load_config(config_path)

@@ -89,3 +89,15 @@ def test_events_stream_follows_live_events(lab, env):
         follower.kill()
     listed = env.tg(lab.client, "events", "-c", str(env.client_conf)).stdout
     assert "accepted" in listed and "198.18.2.2/32" in listed
+
+
+def test_peers_command(lab, env):
+    import json
+    env.serve()
+    env.up()
+    assert ping(lab, lab.client, count=1).returncode == 0
+    [p] = json.loads(env.tg(lab.gw, "peers", "-c", str(env.gw_conf), "--json").stdout)
+    assert p["address"] == "100.64.0.2" and p["public_key"] == env.client_public
+    assert p["grace"] is True and p["endpoint"].startswith("198.18.1.2:")
+    text = env.tg(lab.client, "peers", "-c", str(env.client_conf)).stdout
+    assert env.gw_public in text and "198.18.1.1:51900" in text

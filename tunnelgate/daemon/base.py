@@ -195,7 +195,18 @@ class Daemon:
     # --- control socket -------------------------------------------------------------
 
     def handlers(self) -> dict:
-        return {"status": self.cmd_status, "stop": self.cmd_stop, "events": self.cmd_events}
+        return {"status": self.cmd_status, "stop": self.cmd_stop, "events": self.cmd_events,
+                "peers": self.cmd_peers}
+
+    def cmd_peers(self, req: dict) -> list[dict]:
+        """Gateway: its clients with address, endpoint and standing (grace, paid contracts,
+        drops, no-deal back-offs). Client: its gateway."""
+        st = self.status()
+        if self.role == "client":
+            return [{"endpoint": st["gateway"], "public_key": st["gateway_public_key"],
+                     "connected": st["connected"], "address": st["address"]}]
+        standing = st.get("market", {}).get("peers", {})
+        return [{**p, **standing.get(p["public_key"], {})} for p in st.get("peers", [])]
 
     def cmd_events(self, req: dict):
         """Recent events newer than `since`; with `follow`, a stream of them as they happen."""

@@ -92,3 +92,26 @@ def test_journal_threadsafe(tmp_path):
     for t in ts:
         t.join(10)
     assert wins.count(True) == 1
+
+
+def test_journal_prepaid_credit_once_per_ref_and_durable(tmp_path):
+    j = Journal(tmp_path / "j.sqlite")
+    assert j.credit_balance("p") == 0
+    assert j.add_credit("p", 300, "surplus:c1", "c1") == 300
+    assert j.add_credit("p", 300, "surplus:c1", "c1") == 300        # replayed: once
+    assert j.spend_credit("p", 100, "c2") == 200
+    assert j.spend_credit("p", 100, "c2") == 200                    # same contract: once
+    assert j.spend_credit("p", 500, "c3") is None and j.credit_balance("p") == 200
+    assert j.paid_from_credit("c2") and not j.paid_from_credit("c3")
+    j.close()
+    j = Journal(tmp_path / "j.sqlite")
+    assert j.credit_balance("p") == 200 and j.credit_balances() == {"p": 200}
+
+
+def test_journal_settle_applies_and_credits_in_one_go(tmp_path):
+    j = Journal(tmp_path / "j.sqlite")
+    j.insert("k1", "c1", "p", "dummy", 5000, "confirmed")
+    assert [r.contract_id for r in j.unapplied("p")] == ["c1"]
+    assert j.settle("c1", "p", 4000, "surplus:c1", "prepay") == 4000
+    assert j.unapplied("p") == [] and j.credit("p") == 0
+    assert j.settle("c1", "p", 4000, "surplus:c1", "prepay") == 4000  # a second settle: nothing more

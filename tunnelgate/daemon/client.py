@@ -179,7 +179,24 @@ class ClientDaemon(Daemon):
             self.address = address
             log.info("tunnel up: %s on %s", address, self.cfg.tun)
         await self._route_endpoint()
+        if self.ready:
+            self._resend_payments()
         self.ready = True
+
+    def _resend_payments(self) -> None:
+        """A new session (the gateway restarted?): send the stored proof of every contract not
+        yet confirmed paid again. The gateway answers from its journal (the same proof is one
+        payment), so a payment it took just before a crash is honoured, never taken twice."""
+        with self.elock:
+            for cid in self.engine.unpaid():
+                known = self.store.client_payment(cid)
+                if known and cid not in self.paying:
+                    method, proof, amount, _ = known
+                    try:
+                        self.engine.paid(cid, method, proof, amount)
+                    except KeyError:
+                        pass
+        self._pump()
 
     async def _gateway_moved(self) -> None:
         log.info("gateway now at %s:%d", *self.endpoint[:2])
@@ -295,6 +312,14 @@ class ClientDaemon(Daemon):
             self.events.note({"ts": time.time(), "kind": "payment_failed", "contract_id": cid, "peer": None,
                               "destination": ev.destination, "reason": str(e), "amount_msat": ev.amount_msat,
                               "data": {}})
+            if "insufficient funds" in str(e).lower():
+                try:
+                    funds = await self.payer.balance_msat()
+                except Exception:
+                    funds = self.balance_msat
+                with self.elock:
+                    self.engine.payment_impossible(cid, str(e), funds)
+                self._pump()
         finally:
             self.paying.pop(cid, None)
             self._recheck_balance()

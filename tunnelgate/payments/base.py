@@ -120,6 +120,9 @@ class PayeeBackend:
 
     name: str = "?"
     real_money: bool = True
+    # True: every contract gets its own account (account_for(contract_id) makes a new one, e.g.
+    # a fresh address); False: account_for gives the same account to every contract
+    per_contract_account: bool = False
 
     def __init__(self, journal: "Journal") -> None:
         if not isinstance(journal, Journal):
@@ -202,6 +205,18 @@ CREATE TABLE IF NOT EXISTS payments (
 );
 CREATE INDEX IF NOT EXISTS payments_contract ON payments(contract_id);
 CREATE INDEX IF NOT EXISTS payments_peer ON payments(peer, status, applied);
+CREATE TABLE IF NOT EXISTS credit (
+    peer TEXT PRIMARY KEY,
+    balance_msat INTEGER NOT NULL CHECK (balance_msat >= 0)
+);
+CREATE TABLE IF NOT EXISTS credit_log (
+    ref TEXT PRIMARY KEY,
+    peer TEXT NOT NULL,
+    delta_msat INTEGER NOT NULL,
+    contract_id TEXT NOT NULL DEFAULT '',
+    note TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS accounts (
     contract_id TEXT NOT NULL,
     backend TEXT NOT NULL,
@@ -363,6 +378,85 @@ class Journal:
                 self._db.execute("ROLLBACK")
                 raise
         return sum(r[1] for r in rows), [r[0] for r in rows]
+
+    # -- prepaid credit per peer ---------------------------------------------
+    # What a peer paid beyond a contract's cost (prepay), and payments the daemon took but
+    # could not turn into a contract (recovered after a crash), pay later contracts. Every
+    # change has a unique ``ref`` in credit_log, so replaying one (after a crash) changes
+    # nothing.
+
+    def credit_balance(self, peer: str) -> int:
+        with self._lock:
+            r = self._db.execute("SELECT balance_msat FROM credit WHERE peer=?", (peer,)).fetchone()
+        return int(r[0]) if r else 0
+
+    def credit_balances(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute("SELECT peer, balance_msat FROM credit WHERE balance_msat > 0"))
+
+    def _credit_change(self, peer: str, delta: int, ref: str, contract_id: str, note: str) -> bool:
+        """Inside a transaction: apply delta once per ref; False if ref was applied before."""
+        cur = self._db.execute("INSERT OR IGNORE INTO credit_log (ref, peer, delta_msat, contract_id, note,"
+                               " created) VALUES (?,?,?,?,?,?)",
+                               (ref, peer, delta, contract_id, note, time.time()))
+        if cur.rowcount != 1:
+            return False
+        cur = self._db.execute("UPDATE credit SET balance_msat = balance_msat + ? WHERE peer=?", (delta, peer))
+        if cur.rowcount != 1:
+            self._db.execute("INSERT INTO credit (peer, balance_msat) VALUES (?, ?)", (peer, delta))
+        return True
+
+    def _tx(self, fn):
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return out
+
+    def add_credit(self, peer: str, msat: int, ref: str, contract_id: str = "", note: str = "") -> int:
+        """Credit ``peer`` with ``msat`` once per ``ref``; returns the balance."""
+        if not isinstance(msat, int) or msat < 0:
+            raise ValueError("credit must be a non-negative int (msat)")
+        if msat:
+            self._tx(lambda: self._credit_change(peer, msat, ref, contract_id, note))
+        return self.credit_balance(peer)
+
+    def spend_credit(self, peer: str, msat: int, contract_id: str) -> int | None:
+        """Pay ``contract_id`` from ``peer``'s credit: the balance left, or None if it is
+        short (nothing taken). Paying the same contract again takes nothing more."""
+        ref = f"spend:{contract_id}"
+
+        def run():
+            if self._db.execute("SELECT 1 FROM credit_log WHERE ref=?", (ref,)).fetchone():
+                return True
+            r = self._db.execute("SELECT balance_msat FROM credit WHERE peer=?", (peer,)).fetchone()
+            if (int(r[0]) if r else 0) < msat:
+                return False
+            return self._credit_change(peer, -msat, ref, contract_id, "contract paid from credit")
+        if not self._tx(run):
+            return None
+        return self.credit_balance(peer)
+
+    def paid_from_credit(self, contract_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM credit_log WHERE ref=?",
+                                    (f"spend:{contract_id}",)).fetchone() is not None
+
+    def settle(self, contract_id: str, peer: str, credit_msat: int, ref: str, note: str) -> int:
+        """One transaction: the contract's confirmed payment is applied (``mark_applied``) and
+        ``credit_msat`` of it (a prepaid surplus, or all of it when no contract could take it)
+        goes to ``peer``'s credit, once per ``ref``. Returns the balance."""
+        def run():
+            self._db.execute("UPDATE payments SET applied=1 WHERE contract_id=? AND status='confirmed'",
+                             (contract_id,))
+            if credit_msat > 0:
+                self._credit_change(peer, credit_msat, ref, contract_id, note)
+        self._tx(run)
+        return self.credit_balance(peer)
 
     # -- per-contract accounts (addresses handed out) ----------------------
     def account(self, contract_id: str, backend: str) -> str | None:

@@ -163,6 +163,7 @@ class BitcoindPayer(PayerBackend):
 class BitcoindPayee(PayeeBackend):
     name = "bitcoind"
     real_money = True
+    per_contract_account = True
 
     def __init__(self, settings: Mapping[str, Any], journal: Journal) -> None:
         super().__init__(journal)

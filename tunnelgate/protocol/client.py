@@ -37,6 +37,8 @@ EV_EXPIRED = "expired"
 EV_RENEWAL_REQUESTED = "renewal_requested"
 EV_USAGE_MISMATCH = "usage_mismatch"
 EV_PROTOCOL = "protocol_violation"
+EV_NO_FUNDS = "no_funds"                  # the wallet cannot pay a contract: buying stops
+EV_FUNDS_OK = "funds_restored"            # ...and resumes
 
 HOUR, DAY = 3600, 86400
 REQUEST_RETRY_S = 10
@@ -79,6 +81,15 @@ class ClientEngine:
         self.spent_total = 0
         self.unmetered_bytes = 0
         self.budget_reason = ""
+        # payments: set by the daemon.  funds_msat: what the wallet can spend (None: not known
+        # yet, so proposals are not refused for it); credit_msat: our prepaid credit at the
+        # gateway as it last said (PAID), less the contracts accepted from it since;
+        # prepay_msat: pay at least this much per payment, the surplus staying as credit.
+        self.funds_msat: int | None = None
+        self.credit_msat = 0
+        self.prepay_msat = 0
+        self.no_funds_reason = ""
+        self._no_funds_at = 0
         self._out: list[m.Message] = []
         self._events: list[Event] = []
 
@@ -251,16 +262,26 @@ class ClientEngine:
         if isinstance(msg, m.Paid):
             if c.state is State.PROPOSED or c.state is State.REJECTED or c.state is State.NO_DEAL:
                 return self._violation(msg, f"contract is {c.state.value}")
+            if msg.credit_msat is not None:
+                # the gateway's word (if it had not yet seen an ACCEPT from credit of ours, the
+                # next PAID corrects it; a credit that falls short is answered PAYMENT_FAILED)
+                self.credit_msat = msg.credit_msat
             if not c.paid:
                 c.apply(Ev.PAID)
                 c.paid = True
-                self._emit(EV_PAID, c, amount_msat=c.cost_msat)
+                self._emit(EV_PAID, c, amount_msat=c.cost_msat,
+                           data={"credit_msat": msg.credit_msat, "from_credit": c.credit})
             return
         if isinstance(msg, m.PaymentFailed):
             if c.state in (State.ACCEPTED, State.GRACE) or c.state in (State.EXPIRED, State.EXHAUSTED,
                                                                        State.REVOKED):
                 c.apply(Ev.PAYMENT_FAILED)
                 self._emit(EV_PAYMENT_FAILED, c, reason=msg.reason, amount_msat=c.cost_msat)
+                if c.credit and not c.paid:
+                    # the credit did not cover it after all: pay it the ordinary way, in grace
+                    c.credit = False
+                    self.credit_msat = 0
+                    self._payment_due(c)
             return
         if isinstance(msg, m.Revoke):
             if c.state in (State.ACCEPTED, State.GRACE, State.PAID):
@@ -308,6 +329,16 @@ class ClientEngine:
             self._emit(EV_BUDGET_EXCEEDED, c, reason=problem, amount_msat=cost)
             return
         self.budget_reason = ""
+        from_credit = self.credit_msat >= cost > 0
+        if not from_credit and self.no_funds_reason and (self.funds_msat is None or self.funds_msat < cost):
+            # a payment failed for lack of funds: no answer (as when paused), so the gateway
+            # withdraws the offer and proposes again on a later packet; buying resumes as soon
+            # as the wallet holds more (set_funds)
+            c.apply(Ev.REJECT)
+            c.reason = f.reason = self.no_funds_reason
+            self._retire(c, now)
+            self._emit(EV_DECLINED, c, reason=self.no_funds_reason, amount_msat=cost)
+            return
         self._spend.append((now, cost))
         self.spent_total += cost
         self._contracts[c.contract_id] = c
@@ -325,12 +356,48 @@ class ClientEngine:
             f.current = c
             c.activated_at, c.expires_at = now, now + c.time_s
             self._arm(c)
-        self._out.append(m.Accept(c.contract_id))
-        self._emit(EV_ACCEPTED, c, amount_msat=cost, data={"queued": f.current is not c})
+        c.credit = from_credit
+        self._out.append(m.Accept(c.contract_id, True if from_credit else None))
+        self._emit(EV_ACCEPTED, c, amount_msat=cost, data={"queued": f.current is not c,
+                                                             "from_credit": from_credit})
         if f.fast and f.current is not None and f.current is not c and len(f.queue) < 2:
             self._renew(f, f.current, now)
+        if from_credit:
+            self.credit_msat -= cost          # the gateway takes it at ACCEPT and says so in PAID
+        else:
+            self._payment_due(c)
+
+    def _payment_due(self, c: Contract) -> None:
+        cost = c.cost_msat
+        amount = max(cost, self.prepay_msat)
+        if self.funds_msat is not None:
+            if amount > self.funds_msat:
+                amount = cost                 # cannot prepay now: pay this contract only
+            self.funds_msat = max(0, self.funds_msat - amount)
         self._emit(EV_PAYMENT_DUE, c, amount_msat=cost,
-                   data={"methods": list(c.methods), "account": c.account})
+                   data={"methods": list(c.methods), "account": c.account, "pay_msat": amount})
+
+    def payment_impossible(self, contract_id: str, reason: str, funds_msat: int | None) -> None:
+        """The wallet could not pay (insufficient funds): stop buying, say so once."""
+        self.funds_msat = funds_msat
+        self._no_funds_at = funds_msat or 0
+        if not self.no_funds_reason:
+            self._emit(EV_NO_FUNDS, contract_id, reason=f"stopped buying: {reason}",
+                       data={"funds_msat": funds_msat, "credit_msat": self.credit_msat})
+        self.no_funds_reason = f"wallet: insufficient funds ({format_msat(funds_msat or 0)}): fund it; " \
+                               "buying resumes when it holds more"
+
+    def set_funds(self, funds_msat: int | None, now: float) -> None:
+        """The wallet's spendable balance (the daemon checks it every few seconds)."""
+        self.funds_msat = funds_msat
+        if self.no_funds_reason and funds_msat is not None and funds_msat > self._no_funds_at:
+            # buying resumes; a contract still too dear is declined again (with a new event)
+            self._emit(EV_FUNDS_OK, None, reason=f"wallet holds {format_msat(funds_msat)}: buying resumes",
+                       data={"funds_msat": funds_msat})
+            self.no_funds_reason = ""
+            for f in self._flows.values():
+                if f.reason.startswith("wallet:"):
+                    f.reason = ""
 
     def _on_usage(self, f: Flow, c: Contract, msg: m.Usage, now: float) -> None:
         c.gw_up, c.gw_down = msg.up, msg.down
@@ -376,6 +443,12 @@ class ClientEngine:
             raise KeyError(f"no accepted contract {contract_id!r}")
         self._out.append(m.Pay(contract_id, c.cost_msat if amount_msat is None else amount_msat,
                                method, proof))
+
+    def unpaid(self) -> list[str]:
+        """Accepted contracts (live or ended) not confirmed paid, to be paid from a proof."""
+        cs = list(self._contracts.values()) + self._history[-64:]
+        return [c.contract_id for c in cs if c.accepted_at is not None and not c.paid and not c.credit
+                and c.state is not State.REVOKED]
 
     def request_usage(self, contract_id: str) -> None:
         self._out.append(m.UsageRequest(contract_id))
@@ -434,6 +507,8 @@ class ClientEngine:
 
     def status(self, now: float) -> dict:
         return {"spend": self.spend(now), "budget_reason": self.budget_reason,
+                "credit_msat": self.credit_msat, "no_funds_reason": self.no_funds_reason,
+                "prepay_msat": self.prepay_msat,
                 "unmetered_bytes": self.unmetered_bytes,
                 "destinations": {d: {"contract": f.current.contract_id if f.current else None,
                                      "queued": [c.contract_id for c in f.queue],
@@ -447,6 +522,7 @@ class ClientEngine:
 
     def snapshot(self) -> dict:
         return {"version": 1, "spent_total": self.spent_total, "spend": [list(x) for x in self._spend],
+                "credit_msat": self.credit_msat,
                 "contracts": [c.to_dict() for c in self._contracts.values()],
                 "flows": [{"destination": d, "current": f.current.contract_id if f.current else None,
                            "queue": [c.contract_id for c in f.queue], "nodeal_until": f.nodeal_until,
@@ -454,6 +530,7 @@ class ClientEngine:
 
     def restore(self, snap: dict, now: float) -> None:
         self.spent_total = snap["spent_total"]
+        self.credit_msat = snap.get("credit_msat", 0)
         self._spend = [(t, a) for t, a in snap["spend"]]
         byid = {}
         for d in snap["contracts"]:
@@ -470,6 +547,7 @@ class ClientEngine:
         # a contract accepted but not yet paid when we stopped: pay it again (the daemon re-sends
         # the proof it stored before sending, so this never pays twice)
         for c in byid.values():
-            if not c.paid and c.state in (State.ACCEPTED, State.GRACE):
+            if not c.paid and c.state in (State.ACCEPTED, State.GRACE) and not c.credit:
                 self._emit(EV_PAYMENT_DUE, c, amount_msat=c.cost_msat,
-                           data={"methods": list(c.methods), "account": c.account})
+                           data={"methods": list(c.methods), "account": c.account,
+                                 "pay_msat": c.cost_msat})

@@ -135,7 +135,7 @@ class Contract:
                  "created_at", "accepted_at", "activated_at", "expires_at", "grace_until",
                  "paid", "stop_at", "stop_bytes", "used", "up", "down", "reason",
                  "gw_up", "gw_down", "last_usage_sent", "last_usage_at", "renew_asked", "renew_at",
-                 "mismatch", "ended_at")
+                 "mismatch", "ended_at", "credit")
 
     def __init__(self, contract_id: str, peer: bytes, key: bytes, plen: int, destination: str,
                  price: int, limit_kb: int, time_s: int, methods: tuple[str, ...] = (),
@@ -160,6 +160,7 @@ class Contract:
         self.renew_at = 0
         self.mismatch = False
         self.last_usage_at = 0.0
+        self.credit = False             # paid (gateway) / to be paid (client) from prepaid credit
 
     @property
     def limit_bytes(self) -> int:
@@ -196,14 +197,17 @@ class Contract:
                 "limit_kb": self.limit_kb, "time_s": self.time_s, "cost_msat": self.cost_msat,
                 "used": self.used, "up": self.up, "down": self.down,
                 "data_left": max(0, self.limit_bytes - self.used), "time_left_s": left_s,
-                "paid": self.paid, "reason": self.reason, "round": self.round}
+                "paid": self.paid, "reason": self.reason, "round": self.round,
+                "credit": self.credit}
 
     # --- persistence -----------------------------------------------------------------------
 
     _PERSIST = ("contract_id", "plen", "destination", "price", "limit_kb", "time_s", "account",
                 "round", "grace_s", "grace_kb", "created_at", "accepted_at", "activated_at",
                 "expires_at", "grace_until", "paid", "used", "up", "down", "gw_up", "gw_down",
-                "reason", "ended_at")
+                "reason", "ended_at", "credit")
+
+    _ADDED = frozenset({"credit"})     # keys newer than the first snapshots: optional on load
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self._PERSIST}
@@ -219,6 +223,7 @@ class Contract:
                 d["destination"], d["price"], d["limit_kb"], d["time_s"], tuple(d["methods"]),
                 d["account"], d["round"], d["grace_s"], d["grace_kb"], d["created_at"])
         for k in cls._PERSIST:
-            setattr(c, k, d[k])
+            if k in d or k not in cls._ADDED:
+                setattr(c, k, d[k])
         c.state = State(d["state"])
         return c

@@ -79,18 +79,57 @@ def _plen(scope: str | int, bits: int) -> int:
 
 class _Peer:
     __slots__ = ("no_grace", "held_packets", "held_bytes", "drops_held", "drops_no_deal",
-                 "drops_no_contract_in", "paid_contracts")
+                 "drops_no_contract_in", "paid_contracts", "no_account", "credit_contracts")
 
     def __init__(self):
         self.no_grace = False
         self.held_packets = self.held_bytes = 0
         self.drops_held = self.drops_no_deal = self.drops_no_contract_in = 0
         self.paid_contracts = 0
+        self.no_account = 0
+        self.credit_contracts = 0
+
+
+class MemoryCredit:
+    """Prepaid credit per peer, in memory (tests; the daemon keeps it in the payment journal).
+
+    The engine calls ``balance(peer)`` (status) and ``spend(peer, msat, contract_id)`` at an
+    ACCEPT that asks to be paid from credit: the remaining balance, or None (not enough; nothing
+    taken).  Spending twice for the same contract takes once."""
+
+    def __init__(self, balances: dict[bytes, int] | None = None):
+        self.balances: dict[bytes, int] = dict(balances or {})
+        self.spent: dict[str, int] = {}
+
+    def balance(self, peer: bytes) -> int:
+        return self.balances.get(peer, 0)
+
+    def spend(self, peer: bytes, msat: int, contract_id: str) -> int | None:
+        if contract_id in self.spent:
+            return self.balance(peer)
+        have = self.balance(peer)
+        if have < msat:
+            return None
+        self.balances[peer] = have - msat
+        self.spent[contract_id] = msat
+        return self.balances[peer]
+
+    def add(self, peer: bytes, msat: int) -> int:
+        self.balances[peer] = self.balance(peer) + msat
+        return self.balances[peer]
 
 
 class GatewayEngine:
-    def __init__(self, pricing: Pricing, new_id: Callable[[], str] | None = None):
+    """``account_for(contract_id) -> str | None``: the payment account advertised in a
+    PROPOSE (e.g. a fresh bitcoin address per contract); None = none available right now (no
+    proposal; the next packet or REQUEST tries again).  Default: ``pricing.account``.
+    ``credit``: prepaid credit per peer (see MemoryCredit); default: an empty MemoryCredit."""
+
+    def __init__(self, pricing: Pricing, new_id: Callable[[], str] | None = None,
+                 account_for: Callable[[str], str | None] | None = None, credit=None):
         self.pricing = pricing
+        self.account_for = account_for
+        self.credit = credit if credit is not None else MemoryCredit()
         self._seq = 0
         self._new_id = new_id or self._counter_id
         self.meter = GatewayMeter(_plen(pricing.scope, 32), _plen(pricing.scope6, 128))
@@ -284,14 +323,20 @@ class GatewayEngine:
     def _propose(self, f: Flow, now: float, rnd: int, price: int, limit_kb: int, time_s: int) -> None:
         pr = self.pricing
         cid = self._new_id()
+        account = pr.account
+        if self.account_for is not None:
+            account = self.account_for(cid)
+            if account is None:          # no account to give right now: propose on the next try
+                self._peers[f.peer].no_account += 1
+                return
         grace = not self._peers[f.peer].no_grace
         c = Contract(cid, f.peer, f.key, f.plen, f.destination, price, limit_kb, time_s,
-                     pr.payment_methods, pr.account, rnd, pr.grace_time_s if grace else 0,
+                     pr.payment_methods, account, rnd, pr.grace_time_s if grace else 0,
                      pr.grace_kb if grace else 0, now)
         self._contracts[cid] = c
         f.proposal = c
         self._out.append((f.peer, m.Propose(cid, f.destination, price, limit_kb, time_s,
-                                            pr.payment_methods, pr.account, rnd, c.grace_s, c.grace_kb)))
+                                            pr.payment_methods, account, rnd, c.grace_s, c.grace_kb)))
         self._emit(EV_PROPOSED, c, data={"price": price, "round": rnd})
 
     def _no_deal(self, f: Flow, c: Contract | None, reason: str, now: float) -> None:
@@ -359,6 +404,21 @@ class GatewayEngine:
         if f.current is c and c.state is State.GRACE:
             self._release(f, now)
 
+    def _pay_from_credit(self, c: Contract, now: float) -> None:
+        """ACCEPT with credit: take the cost from the peer's prepaid credit, or say it is not enough
+        (the client then pays with PAY; grace runs as for any contract)."""
+        left = self.credit.spend(c.peer, c.cost_msat, c.contract_id)
+        if left is None:
+            have = self.credit.balance(c.peer)
+            reason = (f"not enough prepaid credit: {have} msat, the contract costs {c.cost_msat} msat; "
+                      "pay it with PAY")
+            self._out.append((c.peer, m.PaymentFailed(c.contract_id, reason)))
+            self._emit(EV_PAYMENT_FAILED, c, reason=reason, data={"credit_msat": have})
+            return
+        c.credit = True
+        self._peers[c.peer].credit_contracts += 1
+        self.payment_confirmed(c.contract_id, now, credit_msat=left)
+
     def _activate(self, f: Flow, c: Contract, now: float) -> None:
         f.current = c
         c.activated_at, c.expires_at = now, now + c.time_s
@@ -417,7 +477,7 @@ class GatewayEngine:
                 old = next((h for h in reversed(self._history)
                             if h.contract_id == cid and h.peer == peer), None)
                 if old is not None and old.paid:
-                    self._out.append((peer, m.Paid(cid)))
+                    self._out.append((peer, m.Paid(cid, self.credit.balance(peer))))
                     return
                 # a contract that ran out (or was revoked) before its payment arrived: the
                 # client used it in grace and owes it; take the payment
@@ -435,7 +495,10 @@ class GatewayEngine:
             if c.state is not State.PROPOSED or f.proposal is not c:
                 return self._violation(peer, msg, f"contract is {c.state.value}")
             if isinstance(msg, m.Accept):
-                return self._on_accept(f, c, now)
+                self._on_accept(f, c, now)
+                if msg.credit:
+                    self._pay_from_credit(c, now)
+                return
             return self._on_reject(f, c, msg, now)
         if isinstance(msg, m.Pay):
             if c.state not in (State.ACCEPTED, State.GRACE, State.PAID):
@@ -449,7 +512,7 @@ class GatewayEngine:
 
     def _on_pay(self, peer: bytes, c: Contract, msg: m.Pay) -> None:
         if c.paid:
-            self._out.append((peer, m.Paid(c.contract_id)))
+            self._out.append((peer, m.Paid(c.contract_id, self.credit.balance(peer))))
             return
         if msg.method not in c.methods:
             self._out.append((peer, m.PaymentFailed(c.contract_id, f"method {msg.method!r} not accepted"[:200])))
@@ -459,7 +522,8 @@ class GatewayEngine:
                 c.contract_id, f"amount {msg.amount_msat} msat is below the cost {c.cost_msat} msat")))
             return
         self._emit(EV_PAYMENT_RECEIVED, c, amount_msat=msg.amount_msat,
-                   data={"method": msg.method, "proof": msg.proof, "cost_msat": c.cost_msat})
+                   data={"method": msg.method, "proof": msg.proof, "cost_msat": c.cost_msat,
+                         "account": c.account})
 
     def _on_request(self, peer: bytes, msg: m.Request, now: float) -> None:
         key, plen = pk.parse_prefix(msg.destination)
@@ -487,7 +551,9 @@ class GatewayEngine:
 
     # --- payment backend inputs ------------------------------------------------------------
 
-    def payment_confirmed(self, contract_id: str, now: float) -> None:
+    def payment_confirmed(self, contract_id: str, now: float, credit_msat: int | None = None) -> None:
+        """The contract's payment is final.  ``credit_msat``: the peer's prepaid credit after it
+        (sent in PAID; None: the engine asks ``credit.balance``)."""
         c = self._contracts.get(contract_id)
         if c is None:
             c = next((h for h in reversed(self._history) if h.contract_id == contract_id), None)
@@ -500,8 +566,11 @@ class GatewayEngine:
         p = self._peers[c.peer]
         p.no_grace = False
         p.paid_contracts += 1
-        self._out.append((c.peer, m.Paid(contract_id)))
-        self._emit(EV_PAID, c, amount_msat=c.cost_msat)
+        if credit_msat is None:
+            credit_msat = self.credit.balance(c.peer)
+        self._out.append((c.peer, m.Paid(contract_id, credit_msat)))
+        self._emit(EV_PAID, c, amount_msat=c.cost_msat,
+                   data={"credit_msat": credit_msat, "from_credit": c.credit})
         f = self.meter.peers.get(c.peer, {}).get(c.key)
         if f is not None and f.current is c:
             if c.state is State.PAID and c.activated_at is not None:
@@ -510,6 +579,13 @@ class GatewayEngine:
                 c.apply(Ev.ACTIVATE)
                 c.arm(True)
                 self._release(f, now)
+
+    def find(self, contract_id: str) -> Contract | None:
+        """A contract this run knows (live, or ended and still in the history)."""
+        c = self._contracts.get(contract_id)
+        if c is None:
+            c = next((h for h in reversed(self._history) if h.contract_id == contract_id), None)
+        return c
 
     def payment_failed(self, contract_id: str, reason: str, now: float) -> None:
         c = self._contracts.get(contract_id)
@@ -609,6 +685,8 @@ class GatewayEngine:
             flows = self.meter.peers.get(peer, {})
             peers[peer.hex()] = {
                 "grace": not p.no_grace, "paid_contracts": p.paid_contracts,
+                "credit_msat": self.credit.balance(peer), "credit_contracts": p.credit_contracts,
+                "no_account": p.no_account,
                 "held_packets": p.held_packets, "held_bytes": p.held_bytes,
                 "drops_held": p.drops_held, "drops_no_deal": p.drops_no_deal,
                 "drops_inbound_no_contract": p.drops_no_contract_in,

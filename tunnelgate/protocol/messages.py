@@ -78,9 +78,13 @@ class Propose(Message):
 
 @dataclass(frozen=True)
 class Accept(Message):
+    """Client -> gateway: yes.  ``credit`` true: "pay this contract from my prepaid credit";
+    the gateway answers PAID (credit taken) or PAYMENT_FAILED (not enough credit: pay with PAY)."""
     TYPE = "ACCEPT"
-    SCHEMA = {"contract_id": _ID}
+    SCHEMA = {"contract_id": _ID, "credit": _BOOL}
+    OPTIONAL = frozenset({"credit"})
     contract_id: str
+    credit: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class Request(Message):
 
 @dataclass(frozen=True)
 class Pay(Message):
+    """Client -> gateway: a proof for a contract.  ``amount_msat`` may exceed the contract's
+    cost (prepaid credit): what the proof is worth beyond the cost is credited to the peer."""
     TYPE = "PAY"
     SCHEMA = {"contract_id": _ID, "amount_msat": _MSAT, "method": _TEXT, "proof": _PROOF}
     contract_id: str
@@ -117,9 +123,13 @@ class Pay(Message):
 
 @dataclass(frozen=True)
 class Paid(Message):
+    """Gateway -> client: the contract is paid.  ``credit_msat``: the peer's prepaid credit
+    left at the gateway after this contract (absent: not known / unchanged)."""
     TYPE = "PAID"
-    SCHEMA = {"contract_id": _ID}
+    SCHEMA = {"contract_id": _ID, "credit_msat": _MSAT}
+    OPTIONAL = frozenset({"credit_msat"})
     contract_id: str
+    credit_msat: int | None = None
 
 
 @dataclass(frozen=True)

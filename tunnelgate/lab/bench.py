@@ -1,6 +1,7 @@
 """Data-path benchmark: tunnelgate against wireguard-go, same machine, same lab.
 
     scripts/bench [--quick] [--runs N] [--time S] [--json FILE] [--only ROW,...]
+    scripts/bench --peers N [--contracts M] ...   (scale: tunnelgate/lab/scale.py)
 
 Rows (each in a freshly built lab `tgB<hex>-{client,gw,up}`, removed after):
 
@@ -343,6 +344,9 @@ def ratio_text(rs: list[dict]) -> str:
 # ---------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
+    if any(a == "--peers" or a.startswith("--peers=") for a in (sys.argv[1:] if argv is None else argv)):
+        from . import scale   # one gateway, many peers and contracts: see tunnelgate/lab/scale.py
+        return scale.main(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="scripts/bench", description="tunnelgate vs wireguard-go, same lab")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 run of iperf3 -t 2 per column")
     ap.add_argument("--runs", type=int, default=None, help="iperf3 runs per column (default 3)")

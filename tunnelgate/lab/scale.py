@@ -9,36 +9,37 @@ A lab `tgS<hex>-{client,gw,up}` is built, a real `tunnelgate serve` runs in the
 gw namespace (tunnel prefix 100.64.0.1/16, dummy payments, contracts large and
 long enough that none ends during the run), and one worker process in the
 client namespace plays N peers: each is a `session.Initiator` on its own UDP
-socket, with its own control `Channel` (no TUN). Phases, in order:
+socket with its own control `Channel` (no TUN). Phases, in order:
 
-  handshakes  every peer sends its INIT at once (INITs written before the
-              clock starts); handshakes/s = completed / wall time from the
-              first send to the last RESP; the gateway's CPU time
-              (/proc/<pid>/stat utime+stime) over the phase.
+  handshakes  every peer sends its INIT at once (INITs written before the clock
+              starts); handshakes/s = completed / wall time from the first send
+              to the last RESP; the gateway's CPU time (/proc/<pid>/stat
+              utime+stime, 10 ms ticks) over the same interval.
   peers       gateway RSS (/proc/<pid>/status VmRSS) before and after: per peer.
-  contracts   every peer sends one small DATA packet (an IPv4/UDP packet from
-              its assigned address) to each of its M/N destinations in
-              198.19.0.0/16; the gateway holds it and PROPOSEs; the peer
-              answers ACCEPT and PAY (the dummy backend's proof) on its control
-              channel, the gateway verifies and answers PAID. Counted: unique
-              destinations proposed, accepted, paid; the gateway's own contract
-              list (`tunnelgate contracts --json`) by state. RSS delta / M.
-  idle        gateway CPU over a few seconds with no traffic, with N peers and
-              0 contracts, then with M contracts (the timers' cost).
-  load        all N peers send DATA packets of --size bytes (inner IP length)
-              as fast as one process can seal them, for --time seconds,
-              cycling over all their destinations (every contract is metered).
+  contracts   a peer opens a contract by sending one small DATA packet (IPv4/UDP
+              from its assigned address) to a destination in 198.19.0.0/16; the
+              gateway holds it and PROPOSEs; the peer answers ACCEPT and PAY (the
+              dummy backend's proof) on its control channel; the gateway verifies
+              and answers PAID. First 1 per peer, later M/N per peer. Counted by
+              the peers, and by the gateway (`tunnelgate contracts --json`, by
+              state). Memory per contract = RSS delta over the second step / the
+              contracts it added.
+  idle        gateway CPU with no traffic: with N peers, with N contracts, with M.
+  load        all peers send --size byte packets (inner IP length) as fast as one
+              process can seal them for --time seconds, round-robin over all
+              their contracts: once with N contracts (1 per peer), once with M.
               Received = an nft counter in the up namespace (prerouting, daddr
-              198.19.0.0/16): the gateway forwards them out of veth-up via the
-              up host, which has forwarding off and drops them without answer,
-              so nothing leaves the lab. Mbit/s counts inner IP bytes.
+              198.19.0.0/16): the gateway forwards and masquerades them out of
+              veth-up via the up host, which has forwarding off and drops them
+              without answering, so nothing leaves the lab. Mbit/s of inner IP bytes.
 
-Then, without any network, a micro-benchmark of GatewayEngine.outbound and
-.inbound per packet with 10 ... 100,000 live contracts (100 per peer, built
-through the engine API: first packet, PROPOSE, ACCEPT), random order over all
-flows; the figure that must stay flat is the ratio largest/smallest.
+Then, without any network, GatewayEngine.outbound/.inbound per call with 10 ...
+100,000 live contracts (100 per peer, one engine grown through the sizes with the
+engine API: first packet, PROPOSE, ACCEPT): over the same 10 flows (the lookup and
+metering cost: must stay flat) and over all flows at random (adds the cache/TLB
+misses of a working set that grows with the contracts).
 
-A benchmark, not a test: nothing is asserted. The worker shares the 2 CPUs with
+A benchmark, not a test: nothing is asserted. The worker shares the CPUs with
 the gateway; "sent" vs "received" shows how much the gateway dropped.
 """
 
@@ -444,6 +445,8 @@ def worker_main() -> int:
         except Exception as e:  # the orchestrator reports it
             res = {"error": f"{type(e).__name__}: {e}"}
         res["rx"] = dict(fleet.rx)
+        res["channels"] = {k: sum(p.channel.stats[k] for p in fleet.peers)
+                           for k in ("sent", "retransmits", "received", "duplicates")}
         out.write(json.dumps(res) + "\n")
         out.flush()
 
@@ -615,7 +618,7 @@ def _load(lab, worker: Worker, gw_pid: int, seconds: float, size: int, batch: in
 
 
 def lab_run(peers: int, contracts: int, seconds: float, size: int, pay: bool, batch: int,
-            work: Path) -> dict:
+            work: Path, idle_s: float = 2.5) -> dict:
     from tunnelgate.lab import Lab
     res: dict = {"peers": peers, "contracts_requested": contracts, "pay": pay}
     lab = None
@@ -652,7 +655,7 @@ def lab_run(peers: int, contracts: int, seconds: float, size: int, pay: bool, ba
         rss1 = _settle_rss(gw_pid)
         res["memory_peers"] = {"rss_before_kb": rss0, "rss_after_kb": rss1,
                                "per_peer_kb": (rss1 - rss0) / max(1, hs["completed"])}
-        res["idle_cpu_peers"] = _idle_cpu(gw_pid, 2.0)
+        res["idle_cpu_peers"] = _idle_cpu(gw_pid, idle_s)
 
         # --- one contract per peer, throughput with N contracts
         live = hs["completed"]
@@ -660,7 +663,7 @@ def lab_run(peers: int, contracts: int, seconds: float, size: int, pay: bool, ba
             raise RuntimeError("no handshake completed")
         ct1 = _contracts(lab, conf, worker, gw_pid, [1] * live, pay)
         res["contracts_1"] = ct1
-        res["idle_cpu_1"] = _idle_cpu(gw_pid, 2.0)
+        res["idle_cpu_1"] = _idle_cpu(gw_pid, idle_s)
         res["load_1"] = _load(lab, worker, gw_pid, seconds, size, batch)
 
         # --- M contracts: memory per contract, throughput with M contracts
@@ -672,7 +675,7 @@ def lab_run(peers: int, contracts: int, seconds: float, size: int, pay: bool, ba
         new = max(1, ct["gateway_live"] - ct1["gateway_live"])
         res["memory_contracts"] = {"rss_before_kb": rss_b, "rss_after_kb": rss_m,
                                    "new_contracts": new, "per_contract_kb": (rss_m - rss_b) / new}
-        res["idle_cpu_contracts"] = _idle_cpu(gw_pid, 3.0)
+        res["idle_cpu_contracts"] = _idle_cpu(gw_pid, idle_s)
         log(f"gateway idle CPU: {res['idle_cpu_1'] * 100:.0f}% with {ct1['gateway_live']} contracts, "
             f"{res['idle_cpu_contracts'] * 100:.0f}% with {ct['gateway_live']}")
         res["load"] = _load(lab, worker, gw_pid, seconds, size, batch)

@@ -445,6 +445,7 @@ def worker_main() -> int:
         except Exception as e:  # the orchestrator reports it
             res = {"error": f"{type(e).__name__}: {e}"}
         res["rx"] = dict(fleet.rx)
+        res["messages"] = dict(fleet.msgs)       # control messages received, by type, so far
         res["channels"] = {k: sum(p.channel.stats[k] for p in fleet.peers)
                            for k in ("sent", "retransmits", "received", "duplicates")}
         out.write(json.dumps(res) + "\n")

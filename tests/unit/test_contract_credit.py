@@ -155,3 +155,15 @@ def test_client_credit_survives_a_snapshot():
     cl = ClientEngine(policy())
     cl.restore(snap, w.now)
     assert cl.credit_msat == 150
+
+
+def test_pay_for_a_contract_the_gateway_lost_is_taken_as_credit_and_revoked():
+    from tunnelgate.protocol import messages as m
+    gw = GatewayEngine(pricing())
+    gw.on_message(PEER, m.Pay("lost1", 500, "dummy", "proof"), 1000.0)
+    [(peer, rev)] = gw.take_outgoing()
+    assert isinstance(rev, m.Revoke) and rev.contract_id == "lost1" and "credit" in rev.reason
+    [ev] = gw.take_events()
+    assert ev.kind == ge.EV_PAYMENT_RECEIVED and ev.data["unknown"] and ev.data["cost_msat"] == 0
+    gw.payment_confirmed("lost1", 1001.0)       # the daemon credits it; the engine has nothing to do
+    assert gw.take_outgoing() == []

@@ -9,6 +9,7 @@ Run as root: `python -m tunnelgate.lab.demo [--dummy] [--no-tui]`.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -124,6 +125,18 @@ max_spend_per_hour = 100000  # msat
         say("tunnelgate status (gateway)")
         tg(lab.gw, "status", "-c", str(gw_conf))
 
+        if not dummy:
+            say("money: the client's wallet and its prepaid credit at the gateway")
+            st = json.loads(lab.run(lab.client, *TG, "status", "-c", str(cl_conf), "--json", check=False).stdout or "{}")
+            gw = json.loads(lab.run(lab.gw, *TG, "status", "-c", str(gw_conf), "--json", check=False).stdout or "{}")
+            wallet = st.get("wallet") or {}
+            print(f"client wallet: {wallet.get('balance_msat', 0) // 1000} sat of ecash (funded {FUND_SAT} sat)")
+            print(f"credit at the gateway, as the client knows it: {st.get('credit_msat', 0)} msat")
+            print(f"credit per client, in the gateway's journal: {(gw.get('payment') or {}).get('credit_msat')}")
+            paid = [c for c in gw.get("market", {}).get("contracts", []) if c.get("paid")]
+            print(f"live paid contracts at the gateway: {len(paid)}, "
+                  f"of which paid from credit: {sum(1 for c in paid if c.get('credit'))}")
+
         say("tunnelgate history (client): every contract and what it cost")
         tg(lab.client, "history", "-c", str(cl_conf))
 
@@ -160,7 +173,9 @@ def start_mint(lab: Lab, work: Path) -> tuple[str, str]:
     print(f"client wallet funded with {FUND_SAT} sat of ecash")
     gw = (f'backend = "cashu"\nmints = ["{url}"]\np2pk_key_file = "p2pk.key"\n'
           f'wallet_dir = "{work / "gw-wallet"}"')
-    cl = f'backend = "cashu"\nmint_url = "{url}"\nwallet_dir = "{work / "wallet"}"'
+    cl = (f'backend = "cashu"\nmint_url = "{url}"\nwallet_dir = "{work / "wallet"}"\n'
+          'prepay_msat = 20000          # pay 20 sat at a time: later contracts come out of the credit\n'
+          'low_balance_msat = 500000    # warn below 500 sat')
     return gw, cl
 
 

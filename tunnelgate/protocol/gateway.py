@@ -483,6 +483,16 @@ class GatewayEngine:
                 # client used it in grace and owes it; take the payment
                 if old is not None and old.accepted_at is not None and old.state in ENDED_AFTER_ACCEPT:
                     return self._on_pay(peer, old, msg)
+                if old is None and c is None:
+                    # a contract we do not know (lost in a crash before it was saved): the
+                    # payment is taken as the peer's credit (the daemon verifies it; a proof
+                    # pays once), the contract id is revoked so the client moves on
+                    reason = "unknown contract (the gateway restarted?): a valid payment is kept as credit"
+                    self._out.append((peer, m.Revoke(cid, reason)))
+                    self._emit(EV_PAYMENT_RECEIVED, cid, peer=peer, amount_msat=msg.amount_msat, reason=reason,
+                               data={"method": msg.method, "proof": msg.proof, "cost_msat": 0, "account": "",
+                                     "unknown": True})
+                    return
             if isinstance(msg, m.UsageRequest):
                 old = next((h for h in reversed(self._history)
                             if h.contract_id == cid and h.peer == peer), None)

@@ -129,11 +129,20 @@ class Store:
             if row:
                 self._db.execute("UPDATE peers SET last_seen=? WHERE public_key=?", (now, public_key))
                 return row[0]
-            taken = {r[0] for r in self._db.execute("SELECT address FROM peers")}
-            for host in network.network.hosts():
-                if host == network.ip or str(host) in taken:
+            # Start after the newest assignment and probe the UNIQUE index, so a new peer
+            # costs O(1) however many there are (this runs on the receive thread).
+            net = network.network
+            first, last = int(net.network_address) + 1, int(net.broadcast_address) - 1
+            row = self._db.execute("SELECT address FROM peers ORDER BY rowid DESC LIMIT 1").fetchone()
+            start = int(ipaddress.IPv4Address(row[0])) + 1 if row else first
+            size = last - first + 1
+            for i in range(size):
+                host = ipaddress.IPv4Address(first + (start - first + i) % size)
+                if host == network.ip or self._db.execute("SELECT 1 FROM peers WHERE address=?",
+                                                          (str(host),)).fetchone():
                     continue
                 self._db.execute("INSERT INTO peers VALUES (?,?,?,?)", (public_key, str(host), now, now))
                 return str(host)
-        raise StoreError(f"address pool {network.network} is full ({len(taken)} peers); "
+            count = self._db.execute("SELECT COUNT(*) FROM peers").fetchone()[0]
+        raise StoreError(f"address pool {network.network} is full ({count} peers); "
                          "use a larger [network] address prefix")

@@ -1,0 +1,27 @@
+import ipaddress
+
+import pytest
+
+from tunnelgate.daemon.store import Store, StoreError
+
+
+def test_addresses_are_stable_per_key_and_skip_the_gateway(tmp_path):
+    s = Store(tmp_path / "db")
+    net = ipaddress.IPv4Interface("100.64.0.1/29")     # hosts .1-.6, .1 is the gateway
+    got = [s.assign_address(f"k{i}", net) for i in range(5)]
+    assert got == ["100.64.0.2", "100.64.0.3", "100.64.0.4", "100.64.0.5", "100.64.0.6"]
+    assert s.assign_address("k2", net) == "100.64.0.4"
+    with pytest.raises(StoreError, match="pool 100.64.0.0/29 is full .5 peers.*larger"):
+        s.assign_address("k5", net)
+    s.close()
+    again = Store(tmp_path / "db")                     # a restart keeps them
+    assert again.peer_addresses()["k0"] == "100.64.0.2"
+
+
+def test_a_freed_address_is_reused_after_wrapping(tmp_path):
+    s = Store(tmp_path / "db")
+    net = ipaddress.IPv4Interface("100.64.0.1/29")
+    for i in range(5):
+        s.assign_address(f"k{i}", net)
+    s.execute("DELETE FROM peers WHERE public_key='k1'")
+    assert s.assign_address("new", net) == "100.64.0.3"

@@ -99,8 +99,18 @@ def render(st: dict) -> str:
             return format_msat(spend.get(key, 0)) + (f" of {format_msat(limit)}" if limit is not None else "")
         lines.append(f"spent     this hour {against('hour', 'max_spend_per_hour')}, today "
                      f"{against('day', 'max_spend_per_day')}, total {against('total', 'max_spend_total')}")
-        if st.get("wallet"):
-            lines.append(f"wallet    {format_msat(st['wallet'].get('balance_msat', 0))}")
+        wallet = st.get("wallet")
+        if wallet:
+            note = ""
+            if wallet.get("low_balance"):
+                note = f"  (below the warning level {format_msat(wallet.get('low_balance_msat', 0))})"
+            lines.append(f"wallet    {format_msat(wallet.get('balance_msat') or 0)}{note}")
+            if wallet.get("no_funds"):
+                lines.append(f"buying    stopped: {wallet['no_funds']}")
+        if st.get("credit_msat"):
+            lines.append(f"credit    {format_msat(st['credit_msat'])} prepaid at the gateway")
+        if st.get("settings", {}).get("pause_buying"):
+            lines.append("buying    paused (tunnelgate set -c FILE pause_buying=false resumes)")
         if market.get("budget_reason"):
             lines.append(f"budget    {market['budget_reason']}")
         lines.append("contracts")
@@ -122,9 +132,10 @@ def render(st: dict) -> str:
             rows.append([p["address"] or "-", p["endpoint"] or "-", len(mine),
                          human_bytes(sum(c["used"] for c in mine)),
                          format_msat(sum(c["cost_msat"] for c in mine if c.get("paid"))),
+                         format_msat(standing.get("credit_msat", 0)),
                          "yes" if standing.get("grace", True) else "no", p["public_key"]])
         if rows:
-            lines += _table(rows, ["address", "endpoint", "contracts", "bytes", "paid", "grace", "key"])
+            lines += _table(rows, ["address", "endpoint", "contracts", "bytes", "paid", "credit", "grace", "key"])
         lines.append("contracts")
         lines += contracts_table(contracts, with_peer=True)
         for key, standing in sorted(market.get("peers", {}).items()):

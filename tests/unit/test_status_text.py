@@ -49,3 +49,16 @@ def test_no_deal_and_budget_reasons_are_shown():
     text = render(st)
     assert "would exceed max_spend_total" in text
     assert "198.18.9.9/32: price above my maximum (retry in 42 s)" in text
+
+
+def test_wallet_credit_no_funds_and_pause_lines():
+    st = load("status_client.json")
+    st["wallet"] = {"balance_msat": 1500, "low_balance": True, "low_balance_msat": 5000,
+                    "no_funds": "wallet: insufficient funds"}
+    st["credit_msat"] = 6000
+    st["settings"] = {"pause_buying": True}
+    text = render(st)
+    assert "wallet    1.500 sat  (below the warning level 5 sat)" in text
+    assert "buying    stopped: wallet: insufficient funds" in text
+    assert "credit    6 sat prepaid at the gateway" in text
+    assert "buying    paused" in text

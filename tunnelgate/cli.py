@@ -278,6 +278,27 @@ def history(config_path, as_json):
 
 @main.command()
 @config_option
+@click.argument("destination")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def quote(config_path, destination, as_json):
+    """Ask the gateway's terms for DESTINATION (an address or prefix) without buying."""
+    cfg = load_config(config_path, "client")
+    from .money import format_msat
+    q = _ask(cfg, config_path, "quote", destination=destination, timeout=10)
+    if as_json:
+        click.echo(json.dumps(q, indent=2, sort_keys=True))
+        return
+    click.echo(f"{q['destination']}: {q['price_text']}, {q['limit_kb']} KB for up to {q['time_s']} s "
+               f"= {format_msat(q['cost_msat'])} per contract; pay with {', '.join(q['methods'])}; "
+               f"grace {q['grace_s']} s / {q['grace_kb']} KB")
+    if q["reason"]:
+        click.echo(f"note: {q['reason']}")
+    click.echo(f"your max price {q['max_price']}: "
+               + ("would accept" if q["acceptable"] else "would counter-offer"))
+
+
+@main.command()
+@config_option
 @click.option("-f", "--follow", is_flag=True, help="Keep printing events as they happen (Ctrl-C stops).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def events(config_path, follow, as_json):
@@ -328,11 +349,11 @@ def tui(config_path):
     sys.exit(run(config_path))
 
 
-def _ask(cfg, config_path, cmd, **args):
+def _ask(cfg, config_path, cmd, timeout: float = 5.0, **args):
     from .daemon.base import state_paths
     from .daemon.control import ControlError, request
     try:
-        return request(state_paths(cfg.node.state_dir)["control"], cmd, **args)
+        return request(state_paths(cfg.node.state_dir)["control"], cmd, timeout=timeout, **args)
     except ControlError as e:
         if e.code == "not_running":
             fail(f"not running for {cfg.path}; start it with "

@@ -101,3 +101,21 @@ def test_peers_command(lab, env):
     assert p["grace"] is True and p["endpoint"].startswith("198.18.1.2:")
     text = env.tg(lab.client, "peers", "-c", str(env.client_conf)).stdout
     assert env.gw_public in text and "198.18.1.1:51900" in text
+
+
+def test_quote_asks_terms_without_buying(lab, env):
+    import json
+    env.serve()
+    env.up()
+    q = json.loads(env.tg(lab.client, "quote", "-c", str(env.client_conf), "198.18.2.2", "--json").stdout)
+    assert q["destination"] == "198.18.2.2/32" and q["price"] == 500_000 and q["acceptable"] is True
+    assert q["cost_msat"] == 5000 and q["methods"] == ["dummy"] and not q["reason"]
+    assert env.status("client")["market"]["contracts"] == []      # nothing bought
+    assert env.status("gw")["market"]["contracts"] == []
+    free = env.tg(lab.client, "quote", "-c", str(env.client_conf), "100.64.0.1").stdout
+    assert "free destination" in free
+    env.tg(lab.client, "set", "-c", str(env.client_conf), "max_price=0.3")
+    text = env.tg(lab.client, "quote", "-c", str(env.client_conf), "198.18.2.2").stdout
+    assert "0.5 msat/KB" in text and "would counter-offer" in text
+    r = env.tg(lab.client, "quote", "-c", str(env.client_conf), "not-an-address", check=False)
+    assert r.returncode == 1 and "expected an IP address" in r.stderr

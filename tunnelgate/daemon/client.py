@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import ipaddress
 import json
 import logging
@@ -25,6 +26,7 @@ from .market import Channels, EventLog, Saver
 
 GATEWAY = b"gateway"  # the client's one control channel
 BALANCE_EVERY_S = 5.0
+QUOTE_TIMEOUT_S = 5.0
 
 log = logging.getLogger("tunnelgate.client")
 
@@ -69,6 +71,7 @@ class ClientDaemon(Daemon):
                         getattr(self.payer, "notice", "no real payment happens"))
         self.paying: dict[str, asyncio.Task] = {}
         self.wake_pending = False
+        self.quotes: collections.deque = collections.deque()   # futures awaiting a QUOTE
         self.balance_msat: int | None = None
         self.balance_at: float | None = None
         self._balance_task: asyncio.Task | None = None
@@ -76,7 +79,7 @@ class ClientDaemon(Daemon):
 
     def handlers(self) -> dict:
         return {**super().handlers(), "contracts": self.cmd_contracts,
-                "set": self.cmd_set}
+                "set": self.cmd_set, "quote": self.cmd_quote}
 
     def cmd_set(self, req: dict) -> dict:
         """Live settings, not written back to the config: pause_buying, max_price (msat/KB as a
@@ -282,7 +285,37 @@ class ClientDaemon(Daemon):
                 self.paying[ev.contract_id] = self.loop.create_task(self._pay(ev))
             elif ev.kind == clp.EV_PAID:
                 self.store.set_client_payment_state(ev.contract_id, "confirmed")
+            elif ev.kind == clp.EV_QUOTE and self.quotes:
+                # the gateway answers quote requests one each, in order
+                fut = self.quotes.popleft()
+                if not fut.done():
+                    fut.set_result(ev)
         self.channels.flush(time.monotonic())
+
+    async def cmd_quote(self, req: dict) -> dict:
+        """The gateway's current terms for a destination, without buying anything."""
+        dest = req.get("destination")
+        try:
+            net = ipaddress.ip_network(dest if "/" in str(dest) else f"{dest}/{32 if ':' not in str(dest) else 128}")
+        except (ValueError, TypeError):
+            raise ControlError("bad_value", f"destination: expected an IP address or prefix, got {dest!r}") from None
+        if not self.initiator.established:
+            raise ControlError("not_connected", "no session with the gateway yet; wait for the handshake")
+        fut = self.loop.create_future()
+        self.quotes.append(fut)
+        with self.elock:
+            self.engine.request_quote(str(net))
+        self._pump()
+        try:
+            ev = await asyncio.wait_for(fut, QUOTE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise ControlError("timeout", f"the gateway did not quote within {QUOTE_TIMEOUT_S:g} s") from None
+        d = ev.data
+        return {"destination": ev.destination, "price": d["price"], "price_text": format_price(d["price"]),
+                "limit_kb": d["limit_kb"], "time_s": d["time_s"], "cost_msat": ev.amount_msat,
+                "methods": d["methods"], "grace_s": d["grace_s"], "grace_kb": d["grace_kb"],
+                "max_price": format_price(d["max_price"]), "acceptable": d["acceptable"],
+                "reason": ev.reason}
 
     async def _pay(self, ev) -> None:
         cid = ev.contract_id

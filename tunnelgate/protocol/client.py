@@ -25,6 +25,7 @@ METERED, UNMETERED = 1, 0
 EV_ACCEPTED = "accepted"
 EV_REJECTED = "rejected"                  # rejected with a counter-offer
 EV_BUDGET_EXCEEDED = "budget_exceeded"
+EV_QUOTE = "quote"                        # the gateway's answer to request_quote
 EV_DECLINED = "declined"                  # a proposal left unanswered: buying is paused
 EV_PAYMENT_DUE = "payment_due"            # daemon: pay amount_msat, then call paid()
 EV_PAID = "paid"
@@ -242,6 +243,15 @@ class ClientEngine:
     def on_message(self, msg: m.Message, now: float) -> None:
         if isinstance(msg, m.Propose):
             return self._on_propose(msg, now)
+        if isinstance(msg, m.Quote):
+            key, _ = pk.parse_prefix(msg.destination)
+            maxp = self._max_price(key)
+            self._emit(EV_QUOTE, None, destination=msg.destination, reason=msg.reason or "",
+                       amount_msat=cost_msat(msg.price, msg.limit_kb),
+                       data={"price": msg.price, "limit_kb": msg.limit_kb, "time_s": msg.time_s,
+                             "methods": list(msg.methods), "grace_s": msg.grace_s, "grace_kb": msg.grace_kb,
+                             "max_price": maxp, "acceptable": msg.price <= maxp})
+            return
         if isinstance(msg, m.NoDeal):
             f = self._flow(msg.destination)
             f.nodeal_until = now + msg.retry_after_s
@@ -449,6 +459,10 @@ class ClientEngine:
         cs = list(self._contracts.values()) + self._history[-64:]
         return [c.contract_id for c in cs if c.accepted_at is not None and not c.paid and not c.credit
                 and c.state is not State.REVOKED]
+
+    def request_quote(self, destination: str) -> None:
+        """Ask the gateway's terms for a destination without buying (answered by an EV_QUOTE)."""
+        self._out.append(m.QuoteRequest(destination))
 
     def request_usage(self, contract_id: str) -> None:
         self._out.append(m.UsageRequest(contract_id))

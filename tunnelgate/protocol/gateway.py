@@ -468,6 +468,8 @@ class GatewayEngine:
 
     def on_message(self, peer: bytes, msg: m.Message, now: float) -> None:
         self._peer(peer)
+        if isinstance(msg, m.QuoteRequest):
+            return self._on_quote(peer, msg, now)
         if isinstance(msg, m.Request):
             return self._on_request(peer, msg, now)
         cid = getattr(msg, "contract_id", None)
@@ -555,6 +557,23 @@ class GatewayEngine:
                 f.current is not None and f.current.state is State.ACCEPTED):
             return      # a proposal is on its way / the next contracts are already queued
         self._propose(f, now, 1, f.list_price, self.pricing.contract_kb, self.pricing.contract_time_s)
+
+    def _on_quote(self, peer: bytes, msg: m.QuoteRequest, now: float) -> None:
+        addr, _ = pk.parse_prefix(msg.destination)
+        key, plen = self.meter.key(addr), self.meter.plen(addr)
+        price = self._price_for(key)
+        flows = self.meter.peers.get(peer)
+        f = flows.get(key) if flows else None
+        reason = None
+        if price == 0:
+            reason = "free destination: no contract needed"
+        elif f is not None and f.nodeal_until > now:
+            reason = f"no deal for {int(f.nodeal_until - now) + 1} s: {f.nodeal_reason}"[:m.MAX_TEXT]
+        pr, p = self.pricing, self._peers.get(peer)
+        grace = p is None or not p.no_grace
+        self._out.append((peer, m.Quote(pk.prefix_text(key, plen), price, pr.contract_kb, pr.contract_time_s,
+                                        pr.payment_methods, pr.grace_time_s if grace else 0,
+                                        pr.grace_kb if grace else 0, reason)))
 
     def _violation(self, peer: bytes, msg: m.Message, why: str) -> None:
         self._emit(EV_PROTOCOL, getattr(msg, "contract_id", None), peer=peer, reason=f"{msg.TYPE}: {why}")

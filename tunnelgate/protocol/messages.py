@@ -179,9 +179,36 @@ class NoDeal(Message):
     contract_id: str | None = None
 
 
+@dataclass(frozen=True)
+class QuoteRequest(Message):
+    """Client -> gateway: what would a contract for this destination cost now?  Nothing is
+    bought and no state changes; answered by exactly one QUOTE, in order."""
+    TYPE = "QUOTE_REQUEST"
+    SCHEMA = {"destination": _DEST}
+    destination: str
+
+
+@dataclass(frozen=True)
+class Quote(Message):
+    """Gateway -> client: the terms a proposal for this destination (masked to the gateway's
+    scope) would carry now; ``reason`` says why none would be made (free, no-deal back-off)."""
+    TYPE = "QUOTE"
+    SCHEMA = {"destination": _DEST, "price": _PRICE, "limit_kb": _KB, "time_s": _SECS,
+              "methods": _METHODS, "grace_s": _SECS, "grace_kb": _KB, "reason": _TEXT}
+    OPTIONAL = frozenset({"reason"})
+    destination: str
+    price: int
+    limit_kb: int
+    time_s: int
+    methods: tuple[str, ...]
+    grace_s: int
+    grace_kb: int
+    reason: str | None = None
+
+
 TYPES: dict[str, type[Message]] = {c.TYPE: c for c in
                                    (Propose, Accept, Reject, Request, Pay, Paid, PaymentFailed,
-                                    Revoke, Usage, UsageRequest, NoDeal)}
+                                    Revoke, Usage, UsageRequest, NoDeal, QuoteRequest, Quote)}
 
 
 def _check(cls: type[Message], name: str, kind: tuple, value: object) -> object:

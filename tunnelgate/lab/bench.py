@@ -127,6 +127,9 @@ def cpu_of(pids: dict[str, int]) -> dict[str, float]:
 def measure(lab, pids: dict[str, int], runs: int, seconds: float) -> dict:
     """All columns for one path that is up; pids: tunnel processes ({} for raw)."""
     res: dict = {"single": [], "multi": []}
+    # the path's very first packet to the upstream host: for tunnelgate it is held while
+    # the contract is proposed and accepted, then released
+    res["first_ms"] = ping(lab, count=1)["avg_ms"]
     cpu = {side: 0.0 for side in pids}
     bits = 0
     for _ in range(runs):
@@ -280,11 +283,12 @@ def _fmt(x, spec=".0f", none="-"):
 
 
 def table(rows: list[Row], runs: int, seconds: float) -> str:
-    head = ["path", "TCP 1 Mbit/s", "TCP 4 Mbit/s", "ping ms", "ping/load ms", "CPU s/Gbit cl+gw"]
+    head = ["path", "TCP 1 Mbit/s", "TCP 4 Mbit/s", "ping ms", "ping/load ms", "1st pkt ms",
+            "CPU s/Gbit cl+gw"]
     lines = []
     for r in rows:
         if r.result is None:
-            lines.append([r.name, f"FAILED: {(r.error or '').splitlines()[0].removeprefix('RuntimeError: ')[:110]}", "", "", "", ""])
+            lines.append([r.name, f"FAILED: {(r.error or '').splitlines()[0].removeprefix('RuntimeError: ')[:110]}", "", "", "", "", ""])
             continue
         x = r.result
         single = x["single"]
@@ -292,7 +296,8 @@ def table(rows: list[Row], runs: int, seconds: float) -> str:
         cpu = x["cpu_s_per_gbit"]
         cpu_txt = "-" if not cpu else f"{_fmt(cpu.get('client'), '.2f')}+{_fmt(cpu.get('gw'), '.2f')}"
         lines.append([r.name, f"{x['single_mbps']:.0f}{spread}", f"{x['multi_mbps']:.0f}",
-                      f"{x['ping_idle']['avg_ms']:.3f}", f"{x['ping_load']['avg_ms']:.3f}", cpu_txt])
+                      f"{x['ping_idle']['avg_ms']:.3f}", f"{x['ping_load']['avg_ms']:.3f}",
+                      _fmt(x.get("first_ms"), ".3f"), cpu_txt])
     ok = [l for l in lines if not l[1].startswith("FAILED")]
     widths = [max([len(h)] + [len(l[i]) for l in ok]) for i, h in enumerate(head)]
     widths[0] = max([widths[0]] + [len(l[0]) for l in lines])
@@ -304,7 +309,8 @@ def table(rows: list[Row], runs: int, seconds: float) -> str:
         else:
             out.append("| " + " | ".join(c.ljust(w) for c, w in zip(l, widths)) + " |")
     out.append(f"(median of {runs} x iperf3 -t {seconds:g}; TCP 1 shows min-max in brackets; "
-               f"ping: avg of 20 at 0.05 s; CPU: per tunnel end during the single-stream runs)")
+               f"ping: avg of 20 at 0.05 s; 1st pkt: RTT of the path's first packet (tunnelgate: held "
+               f"while the contract is negotiated); CPU: per tunnel end during the single-stream runs)")
     return "\n".join(out)
 
 
@@ -326,7 +332,9 @@ def ratios(rows: list[Row]) -> list[dict]:
                     "multi_x": a["multi_mbps"] / b["multi_mbps"],
                     "ping_idle_diff_ms": a["ping_idle"]["avg_ms"] - b["ping_idle"]["avg_ms"],
                     "ping_load_diff_ms": a["ping_load"]["avg_ms"] - b["ping_load"]["avg_ms"],
-                    "cpu_per_gbit_x": (cpu_a / cpu_b) if cpu_b and key != "raw" else None})
+                    "cpu_per_gbit_x": (cpu_a / cpu_b) if cpu_b and key != "raw" else None,
+                    "first_diff_ms": (a["first_ms"] - b["first_ms"]) if "first_ms" in a and "first_ms" in b
+                    else None})
     return out
 
 
@@ -336,6 +344,8 @@ def ratio_text(rs: list[dict]) -> str:
     out = ["tunnelgate compared with:"]
     for r in rs:
         cpu = f", CPU/Gbit x{r['cpu_per_gbit_x']:.2f}" if r["cpu_per_gbit_x"] else ""
+        if r.get("first_diff_ms") is not None:
+            cpu += f", first packet {r['first_diff_ms']:+.3f} ms"
         out.append(f"  {r['name']:<36} TCP 1 x{r['single_x']:.2f}, TCP 4 x{r['multi_x']:.2f}, "
                    f"ping {r['ping_idle_diff_ms']:+.3f} ms idle, {r['ping_load_diff_ms']:+.3f} ms under load{cpu}")
     return "\n".join(out)

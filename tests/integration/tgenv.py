@@ -12,11 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from tunnelgate import keys
-from tunnelgate.lab import GW_LINK, UPSTREAM
+from tunnelgate.lab import UPSTREAM
+from tunnelgate.lab.configs import PORT, write_pair
 
 TG = [sys.executable, "-m", "tunnelgate.cli"]
-PORT = 51900
+__all__ = ["PORT", "TG", "TunnelEnv", "ping", "wait_until"]
 
 
 class TunnelEnv:
@@ -24,37 +24,9 @@ class TunnelEnv:
                  routes: tuple[str, ...] = ("0.0.0.0/0",)):
         self.lab = lab
         self.dir = Path(tempfile.mkdtemp(prefix="tg-", dir="/tmp"))
-        gw_key, cl_key = keys.generate(), keys.generate()
-        keys.write_private(self.dir / "gw.key", gw_key)
-        keys.write_private(self.dir / "cl.key", cl_key)
-        self.gw_public = keys.b64(keys.public_of(gw_key))
-        self.client_public = keys.b64(keys.public_of(cl_key))
-        self.gw_conf = self.dir / "gateway.toml"
-        self.gw_conf.write_text(f"""
-[node]
-private_key_file = "gw.key"
-state_dir = "gw"
-[link]
-listen = "{GW_LINK}:{PORT}"
-[network]
-tun = "tgs0"
-address = "100.64.0.1/24"
-upstream_interface = "veth-up"
-{gateway_extra}
-""")
-        self.client_conf = self.dir / "client.toml"
-        self.client_conf.write_text(f"""
-[node]
-private_key_file = "cl.key"
-state_dir = "cl"
-[gateway]
-endpoint = "{GW_LINK}:{PORT}"
-public_key = "{self.gw_public}"
-[network]
-tun = "tg0"
-routes = {json.dumps(list(routes))}
-{client_extra}
-""")
+        pair = write_pair(self.dir, gateway_extra, client_extra, routes)
+        self.gw_conf, self.client_conf = pair.gateway, pair.client
+        self.gw_public, self.client_public = pair.gateway_public, pair.client_public
 
     def tg(self, ns: str, *args, check=True, timeout=30) -> subprocess.CompletedProcess:
         return self.lab.run(ns, *TG, *args, check=check, timeout=timeout)

@@ -197,32 +197,9 @@ def run_wg(binary):
 
 
 def _tg_configs(work: Path) -> tuple[Path, Path]:
-    from tunnelgate import keys
-    gw_key, cl_key = keys.generate(), keys.generate()
-    keys.write_private(work / "gw.key", gw_key)
-    keys.write_private(work / "cl.key", cl_key)
-    gw_conf, cl_conf = work / "gateway.toml", work / "client.toml"
-    gw_conf.write_text(f"""[node]
-private_key_file = "gw.key"
-state_dir = "gw"
-[link]
-listen = "{GW_LINK}:{TG_PORT}"
-[network]
-tun = "tgbs0"
-address = "100.64.0.1/24"
-upstream_interface = "veth-up"
-""")
-    cl_conf.write_text(f"""[node]
-private_key_file = "cl.key"
-state_dir = "cl"
-[gateway]
-endpoint = "{GW_LINK}:{TG_PORT}"
-public_key = "{keys.b64(keys.public_of(gw_key))}"
-[network]
-tun = "tgb0"
-routes = ["{UPSTREAM_NET}"]
-""")
-    return gw_conf, cl_conf
+    from .configs import write_pair
+    pair = write_pair(work, routes=(UPSTREAM_NET,), tun="tgbs0", client_tun="tgb0", port=TG_PORT)
+    return pair.gateway, pair.client
 
 
 def _tg(lab, ns, *args, timeout=60):

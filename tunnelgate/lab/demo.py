@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .. import keys
 from . import GW_LINK, UPSTREAM, Lab
+from .configs import write_pair
 
 TG = [sys.executable, "-m", "tunnelgate.cli"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,20 +48,7 @@ def main() -> int:
             gw_pay = cl_pay = 'backend = "dummy"'
         else:
             gw_pay, cl_pay = start_mint(lab, work)
-        gw_key, cl_key = keys.generate(), keys.generate()
-        keys.write_private(work / "gateway.key", gw_key)
-        keys.write_private(work / "client.key", cl_key)
-        gw_conf, cl_conf = work / "gateway.toml", work / "client.toml"
-        gw_conf.write_text(f"""[node]
-private_key_file = "gateway.key"
-state_dir = "gw"
-[link]
-listen = "{GW_LINK}:51900"
-[network]
-tun = "tgs0"
-address = "100.64.0.1/24"
-upstream_interface = "veth-up"
-[pricing]
+        pair = write_pair(work, gateway_extra=f"""[pricing]
 default_price = "0.5"        # msat per KB
 floor_price = "0.3"
 contract_kb = 5000           # 5 MB per contract: a 20 MB download renews a few times
@@ -72,17 +59,7 @@ prefix = "{GW_LINK}/32"
 price = "0"
 [payment]
 {gw_pay}
-""")
-        cl_conf.write_text(f"""[node]
-private_key_file = "client.key"
-state_dir = "client"
-[gateway]
-endpoint = "{GW_LINK}:51900"
-public_key = "{keys.b64(keys.public_of(gw_key))}"
-[network]
-tun = "tg0"
-routes = ["0.0.0.0/0"]
-[policy]
+""", client_extra=f"""[policy]
 max_price = "0.4"            # below the asking price: the client counters, the gateway meets it
 counter_fraction = "0.8"
 data_renewal_kb = 2000
@@ -91,6 +68,7 @@ max_spend_per_hour = 100000  # msat
 [payment]
 {cl_pay}
 """)
+        gw_conf, cl_conf = pair.gateway, pair.client
 
         def tg(ns, *args):
             r = lab.run(ns, *TG, *args, check=False, timeout=60)

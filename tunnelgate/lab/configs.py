@@ -1,0 +1,62 @@
+"""A gateway and a client configured for a lab: keys and TOML in one directory.
+
+The demo, the benchmarks and the tests all start the real daemons from files
+written here, so a config change is made once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import keys
+from . import GW_LINK
+
+PORT = 51900
+
+
+@dataclass(frozen=True)
+class Pair:
+    dir: Path
+    gateway: Path          # gateway.toml
+    client: Path           # client.toml
+    gateway_public: str
+    client_public: str
+
+
+def write_pair(directory: Path, gateway_extra: str = "", client_extra: str = "",
+               routes: tuple[str, ...] = ("0.0.0.0/0",), tun: str = "tgs0", client_tun: str = "tg0",
+               tunnel_address: str = "100.64.0.1/24", port: int = PORT) -> Pair:
+    """Keys (gw.key, cl.key) and configs with state in gw/ and cl/ under directory.
+    *_extra: more TOML sections appended as they are ([pricing], [policy], [payment], ...)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    gw_key, cl_key = keys.generate(), keys.generate()
+    keys.write_private(directory / "gw.key", gw_key)
+    keys.write_private(directory / "cl.key", cl_key)
+    gw_public = keys.b64(keys.public_of(gw_key))
+    gateway = directory / "gateway.toml"
+    gateway.write_text(f"""[node]
+private_key_file = "gw.key"
+state_dir = "gw"
+[link]
+listen = "{GW_LINK}:{port}"
+[network]
+tun = "{tun}"
+address = "{tunnel_address}"
+upstream_interface = "veth-up"
+{gateway_extra}
+""")
+    client = directory / "client.toml"
+    client.write_text(f"""[node]
+private_key_file = "cl.key"
+state_dir = "cl"
+[gateway]
+endpoint = "{GW_LINK}:{port}"
+public_key = "{gw_public}"
+[network]
+tun = "{client_tun}"
+routes = {json.dumps(list(routes))}
+{client_extra}
+""")
+    return Pair(directory, gateway, client, gw_public, keys.b64(keys.public_of(cl_key)))

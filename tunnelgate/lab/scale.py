@@ -519,20 +519,9 @@ class Worker:
 
 
 def _gateway_config(work: Path, pay_grace_s: int) -> tuple[Path, str]:
-    from tunnelgate import keys
-    gw_key = keys.generate()
-    keys.write_private(work / "gw.key", gw_key)
-    conf = work / "gateway.toml"
-    conf.write_text(f"""[node]
-private_key_file = "gw.key"
-state_dir = "gw"
-[link]
-listen = "{GW_LINK}:{TG_PORT}"
-[network]
-tun = "tgss0"
-address = "{TUN_ADDRESS}"
-upstream_interface = "veth-up"
-[pricing]
+    """Only the gateway side of the pair runs: the clients are the worker's sessions."""
+    from .configs import write_pair
+    pair = write_pair(work, tun="tgss0", tunnel_address=TUN_ADDRESS, port=TG_PORT, gateway_extra=f"""[pricing]
 default_price = "0.5"
 contract_kb = 100000000
 contract_time_s = 3600
@@ -541,7 +530,7 @@ grace_kb = 100000000
 [payment]
 backend = "dummy"
 """)
-    return conf, keys.b64(keys.public_of(gw_key))
+    return pair.gateway, pair.gateway_public
 
 
 def _tg(lab, ns, *args, timeout=60) -> subprocess.CompletedProcess:

@@ -396,7 +396,7 @@ def test_client_final_usage_ends_contract_and_compares_after_settling():
     for _ in range(3):
         cl.outbound(d, 1000, 1.0)
     # the gateway ended it (e.g. its own count reached the limit first): final USAGE
-    cl.on_message(Usage("k1", 3000, 7000, True), 2.0)
+    cl.on_message(Usage.one("k1", 3000, 7000, True), 2.0)
     [c] = cl.contracts(2.0, history=True)
     assert c["state"] == "EXHAUSTED" and c["reason"] == "data limit reached (gateway)"
     assert cl.status(2.0)["destinations"][DST + "/32"]["contract"] is None
@@ -409,7 +409,7 @@ def test_client_final_usage_ends_contract_and_compares_after_settling():
     assert ev.kind == ce.EV_USAGE_MISMATCH and ev.data["gateway"] == 10_000 and ev.data["own"] == 3000
     # a final USAGE below the limit: ended by the gateway (expired there)
     cl.on_message(Propose("k2", DST + "/32", parse_price("0.5"), 10, 60, ("dummy",), "", 1, 5, 50), 3.0)
-    cl.on_message(Usage("k2", 0, 0, True), 3.5)
+    cl.on_message(Usage.one("k2", 0, 0, True), 3.5)
     assert [c for c in cl.contracts(3.5, history=True) if c["contract_id"] == "k2"][0]["state"] == "EXPIRED"
 
 

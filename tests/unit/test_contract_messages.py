@@ -19,7 +19,8 @@ SAMPLES = [
     m.Paid("c1", 0),
     m.PaymentFailed("c1", "spent token"),
     m.Revoke("c1", "payment not confirmed"),
-    m.Usage("c1", 1234, 5678, True),
+    m.Usage.one("c1", 1234, 5678, True),
+    m.Usage((("c1", 1234, 5678, False), ("c2", 0, 2**64 - 1, True))),
     m.UsageRequest("c1"),
     m.NoDeal("2001:db8::/48", "below floor", 60, "c2"),
     m.NoDeal("198.18.2.7/32", "x", 0),
@@ -84,10 +85,29 @@ def test_encode_refuses_invalid():
     with pytest.raises(m.ProtocolError):
         m.encode(m.Accept(""))
     with pytest.raises(m.ProtocolError):
-        m.encode(m.Usage("c1", -5, 0))
+        m.encode(m.Usage.one("c1", -5, 0))
+    with pytest.raises(m.ProtocolError):
+        m.encode(m.Usage(()))
 
 
 def test_compact_json():
     raw = m.encode(m.Accept("c1"))
     assert raw == b'{"t":"ACCEPT","contract_id":"c1"}'
     assert json.loads(raw)["t"] == "ACCEPT"
+
+
+def test_usage_items_strict():
+    ok = b'{"t":"USAGE","items":[["c1",1,2,false],["c2",3,4,true]]}'
+    assert m.decode(ok) == m.Usage((("c1", 1, 2, False), ("c2", 3, 4, True)))
+    for bad in (b'{"t":"USAGE","items":[]}', b'{"t":"USAGE","items":[["c1",1,2]]}',
+                b'{"t":"USAGE","items":[["c1",1,2,0]]}', b'{"t":"USAGE","items":[["",1,2,false]]}',
+                b'{"t":"USAGE","items":[["c1",-1,2,false]]}', b'{"t":"USAGE","items":"c1"}',
+                b'{"t":"USAGE","items":[{"c1":1}]}', b'{"t":"USAGE","contract_id":"c1","up":1,"down":2}',
+                b'{"t":"USAGE","items":[' + b",".join([b'["c1",1,2,false]'] * (m.MAX_USAGE_ITEMS + 1)) + b"]}"):
+        with pytest.raises(m.ProtocolError):
+            m.decode(bad)
+
+
+def test_usage_worst_case_fits():
+    items = tuple(("x" * m.MAX_ID, 2**64 - 1, 2**64 - 1, False) for _ in range(m.MAX_USAGE_ITEMS))
+    assert len(m.encode(m.Usage(items))) <= m.MAX_MESSAGE

@@ -262,6 +262,14 @@ class ClientEngine:
             self._emit(EV_NO_DEAL, msg.contract_id, destination=msg.destination, reason=msg.reason,
                        data={"retry_after_s": msg.retry_after_s})
             return
+        if isinstance(msg, m.Usage):
+            for cid, up, down, final in msg.items:
+                c = self._find(cid)
+                if c is None:
+                    self._violation(msg, f"unknown contract id {cid}"[:m.MAX_TEXT])
+                    continue
+                self._on_usage(self._flows[c.destination], c, up, down, final, now)
+            return
         c = self._contracts.get(getattr(msg, "contract_id", None))
         if c is None:
             c = next((h for h in reversed(self._history)
@@ -297,8 +305,6 @@ class ClientEngine:
             if c.state in (State.ACCEPTED, State.GRACE, State.PAID):
                 self._end(f, c, Ev.REVOKE, msg.reason, now)
             return
-        if isinstance(msg, m.Usage):
-            return self._on_usage(f, c, msg, now)
         return self._violation(msg, "not a message a gateway sends")
 
     def _on_propose(self, msg: m.Propose, now: float) -> None:
@@ -409,8 +415,14 @@ class ClientEngine:
                 if f.reason.startswith("wallet:"):
                     f.reason = ""
 
-    def _on_usage(self, f: Flow, c: Contract, msg: m.Usage, now: float) -> None:
-        c.gw_up, c.gw_down = msg.up, msg.down
+    def _find(self, contract_id: str) -> Contract | None:
+        c = self._contracts.get(contract_id)
+        if c is None:
+            c = next((h for h in reversed(self._history) if h.contract_id == contract_id), None)
+        return c
+
+    def _on_usage(self, f: Flow, c: Contract, up: int, down: int, final: bool, now: float) -> None:
+        c.gw_up, c.gw_down = up, down
         own = c.up + c.down
         # While traffic flows, both counts move and packets are in flight (socket buffers hold
         # megabytes): compare only when our count stood still since the last report, or, for
@@ -418,10 +430,10 @@ class ClientEngine:
         if own == self._own_at_usage.get(c.contract_id):
             self._compare_usage(c)
         self._own_at_usage[c.contract_id] = own
-        if msg.final:
+        if final:
             self._final_checks[c.contract_id] = (now + USAGE_SETTLE_S, c)
-        if msg.final and c.state in FORWARDING:
-            if msg.up + msg.down >= c.limit_bytes:
+        if final and c.state in FORWARDING:
+            if up + down >= c.limit_bytes:
                 self._end(f, c, Ev.EXHAUST, "data limit reached (gateway)", now)
             else:
                 self._end(f, c, Ev.EXPIRE, "ended by the gateway", now)

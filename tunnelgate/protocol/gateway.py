@@ -15,6 +15,8 @@ after a restart.  Ids come from ``new_id`` (the daemon passes a random one, e.g.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -27,6 +29,10 @@ from tunnelgate.protocol.contract import FORWARDING, Contract, Ev, Event, State,
 ENDED_AFTER_ACCEPT = frozenset({State.EXHAUSTED, State.EXPIRED, State.REVOKED})
 
 MAX_QUEUED = 3   # accepted contracts waiting behind the current one, per destination
+PRUNE_FLOWS = 4096   # a peer with this many flows has its idle ones dropped
+
+# timer kinds (see GatewayEngine.poll)
+T_PROPOSAL, T_GRACE, T_EXPIRE, T_USAGE, T_NODEAL = range(5)
 
 # event kinds
 EV_PROPOSED = "proposed"
@@ -140,6 +146,15 @@ class GatewayEngine:
         self._history: list[Contract] = []             # ended, most recent last (bounded)
         self._nodeal: set[Flow] = set()
         self._unpaid: dict[str, Contract] = {}         # ended in grace, payment still due
+        # Timers: a heap of (when, n, kind, object), invalidated lazily (an entry whose
+        # deadline no longer matches the object's is skipped), so poll costs what is due.
+        self._timers: list[tuple[float, int, int, object]] = []
+        self._tn = itertools.count()
+        # peer -> its current forwarding contracts (the meter moves their counters); a
+        # USAGE timer per peer (in _usage_due) reports the ones that moved
+        self._metered: dict[bytes, dict[str, Contract]] = {}
+        self._usage_due: set[bytes] = set()
+        self._prune_due: set[bytes] = set()
         self._out: list[tuple[bytes, m.Message]] = []
         self._released: list[tuple[bytes, bytes]] = []
         self._events: list[Event] = []
@@ -237,6 +252,7 @@ class GatewayEngine:
             f = flows[key] = Flow(peer, key, plen, pk.prefix_text(key, plen))
             f.list_price = self._price_for(key)
             f.free = f.list_price == 0
+            self._prune_due.add(peer)        # poll drops idle flows if it has too many
         return f
 
     def _usable(self, f: Flow, now: float) -> bool:
@@ -335,6 +351,7 @@ class GatewayEngine:
                      pr.grace_kb if grace else 0, now)
         self._contracts[cid] = c
         f.proposal = c
+        self._at(c.created_at + pr.proposal_timeout_s, T_PROPOSAL, c)
         self._out.append((f.peer, m.Propose(cid, f.destination, price, limit_kb, time_s,
                                             pr.payment_methods, account, rnd, c.grace_s, c.grace_kb)))
         self._emit(EV_PROPOSED, c, data={"price": price, "round": rnd})
@@ -349,6 +366,7 @@ class GatewayEngine:
         f.nodeal_until = now + backoff
         f.nodeal_reason = f.reason = reason
         self._nodeal.add(f)
+        self._at(f.nodeal_until, T_NODEAL, f)
         self._out.append((f.peer, m.NoDeal(f.destination, reason[:m.MAX_TEXT], backoff,
                                            c.contract_id if c else None)))
         self._emit(EV_NO_DEAL, c, f=f, reason=reason, data={"retry_after_s": backoff})
@@ -401,6 +419,8 @@ class GatewayEngine:
             c.activated_at, c.expires_at = now, now + c.time_s
             c.arm(True)
         self._emit(EV_ACCEPTED, c, data={"queued": c in f.queue})
+        self._at(c.grace_until, T_GRACE, c)
+        self._sched(f, c, now)
         if f.current is c and c.state is State.GRACE:
             self._release(f, now)
 
@@ -431,13 +451,17 @@ class GatewayEngine:
         # else: stays ACCEPTED until paid (no grace for this peer)
         c.last_usage_sent = -1
         self._emit(EV_ACTIVATED, c, data={"state": c.state.value})
+        self._sched(f, c, now)
 
     def _end(self, f: Flow, c: Contract, ev: Ev, reason: str, now: float) -> None:
         c.apply(ev)
         c.disarm()
         c.reason = reason
         f.current = None
-        self._out.append((c.peer, m.Usage(c.contract_id, c.up, c.down, True)))
+        mt = self._metered.get(c.peer)
+        if mt is not None:
+            mt.pop(c.contract_id, None)
+        self._usage_final(c)
         c.last_usage_sent = c.used
         self._retire(c, now)
         if not c.paid and ev is not Ev.REVOKE and c.grace_until is not None:
@@ -499,7 +523,7 @@ class GatewayEngine:
                 old = next((h for h in reversed(self._history)
                             if h.contract_id == cid and h.peer == peer), None)
                 if old is not None:
-                    self._out.append((peer, m.Usage(cid, old.up, old.down, True)))
+                    self._out.append((peer, m.Usage.one(cid, old.up, old.down, True)))
                     return
             return self._violation(peer, msg, "unknown contract id")
         f = self.meter.peers[peer][c.key]
@@ -517,8 +541,8 @@ class GatewayEngine:
                 return self._violation(peer, msg, f"contract is {c.state.value}")
             return self._on_pay(peer, c, msg)
         if isinstance(msg, m.UsageRequest):
-            self._out.append((peer, m.Usage(c.contract_id, c.up, c.down, c.state not in FORWARDING
-                                            and c.state is not State.ACCEPTED)))
+            self._out.append((peer, m.Usage.one(c.contract_id, c.up, c.down, c.state not in FORWARDING
+                                                and c.state is not State.ACCEPTED)))
             return
         return self._violation(peer, msg, "not a message a client sends")
 
@@ -607,6 +631,7 @@ class GatewayEngine:
                     c.expires_at = now + c.time_s
                 c.apply(Ev.ACTIVATE)
                 c.arm(True)
+                self._sched(f, c, now)
                 self._release(f, now)
 
     def find(self, contract_id: str) -> Contract | None:
@@ -628,51 +653,145 @@ class GatewayEngine:
 
     # --- timers ------------------------------------------------------------------------------
 
+    def _at(self, when: float, kind: int, obj) -> None:
+        heapq.heappush(self._timers, (when, next(self._tn), kind, obj))
+
+    def _sched(self, f: Flow, c: Contract, now: float) -> None:
+        """Timers of a contract that became (or stays) current: its expiry, and the peer's
+        USAGE reports while it forwards."""
+        if f.current is not c:
+            return
+        if c.expires_at is not None:
+            self._at(c.expires_at, T_EXPIRE, c)
+        if c.state in FORWARDING:
+            mt = self._metered.get(c.peer)
+            if mt is None:
+                mt = self._metered[c.peer] = {}
+            mt[c.contract_id] = c
+            if c.peer not in self._usage_due:
+                self._usage_due.add(c.peer)
+                self._at(now, T_USAGE, c.peer)
+
+    def _usage_final(self, c: Contract) -> None:
+        """A final USAGE, now; consecutive finals to one peer share a message."""
+        item = (c.contract_id, c.up, c.down, True)
+        out = self._out
+        if out:
+            peer, last = out[-1]
+            if peer == c.peer and type(last) is m.Usage and len(last.items) < m.MAX_USAGE_ITEMS:
+                out[-1] = (peer, m.Usage(last.items + (item,)))
+                return
+        out.append((c.peer, m.Usage((item,))))
+
     def poll(self, now: float) -> None:
-        pr = self.pricing
-        for c in list(self._contracts.values()):
-            f = self.meter.peers[c.peer][c.key]
-            if c.state is State.PROPOSED:
-                if now - c.created_at >= pr.proposal_timeout_s:
-                    c.apply(Ev.WITHDRAW)
-                    c.reason = "no answer to the proposal"
-                    self._retire(c, now)
-                    if f.proposal is c:
-                        f.proposal = None
-                    self._emit(EV_WITHDRAWN, c, reason=c.reason)
-                    self._drop_held(f, "no answer to the proposal")
+        """Runs what is due: proposal timeouts, grace ends (revoke / unpaid), expiries, USAGE
+        reports (one per peer per usage interval), no-deal back-off ends."""
+        h = self._timers
+        first_new = next(self._tn)      # timers set while this runs wait for the next poll
+        later = []
+        while h and h[0][0] <= now:
+            entry = heapq.heappop(h)
+            when, n, kind, obj = entry
+            if n > first_new:
+                later.append(entry)
                 continue
-            if not c.paid and c.grace_until is not None and now >= c.grace_until:
-                self._peers[c.peer].no_grace = True
-                self._revoke(f, c, "payment not confirmed within the grace period", now)
-                continue
-            if f.current is c and c.state in FORWARDING:
+            if kind == T_USAGE:
+                self._usage_tick(obj, now)
+            elif kind == T_EXPIRE:
+                c = obj
+                if when != c.expires_at or c.state not in FORWARDING:
+                    continue
+                f = self.meter.peers.get(c.peer, {}).get(c.key)
+                if f is None or f.current is not c:
+                    continue
                 self._usable(f, now)                # ends on expiry, starts the next
-                if f.current is c and c.used != c.last_usage_sent and (
-                        now - c.last_usage_at >= pr.usage_interval_s):
-                    self._out.append((c.peer, m.Usage(c.contract_id, c.up, c.down, False)))
-                    c.last_usage_sent, c.last_usage_at = c.used, now
-                elif f.current is not c and f.current is not None:
+                if f.current is not c and f.current is not None:
                     self._release(f, now)
-        for cid, c in list(self._unpaid.items()):
-            if c.paid:
-                del self._unpaid[cid]
-            elif now >= c.grace_until:
-                del self._unpaid[cid]
-                self._peers[c.peer].no_grace = True
-                reason = "payment not confirmed within the grace period (the contract had ended)"
-                self._out.append((c.peer, m.PaymentFailed(c.contract_id, reason)))
-                self._emit(EV_PAYMENT_FAILED, c, reason=reason)
-        for f in list(self._nodeal):
-            if f.nodeal_until <= now:
+            elif kind == T_GRACE:
+                self._grace_end(obj, when, now)
+            elif kind == T_PROPOSAL:
+                c = obj
+                if c.state is not State.PROPOSED or self._contracts.get(c.contract_id) is not c:
+                    continue
+                f = self.meter.peers[c.peer][c.key]
+                c.apply(Ev.WITHDRAW)
+                c.reason = "no answer to the proposal"
+                self._retire(c, now)
+                if f.proposal is c:
+                    f.proposal = None
+                self._emit(EV_WITHDRAWN, c, reason=c.reason)
+                self._drop_held(f, "no answer to the proposal")
+            elif kind == T_NODEAL:
+                f = obj
+                if f not in self._nodeal or when != f.nodeal_until:
+                    continue
                 self._nodeal.discard(f)
                 f.nodeal_until = 0.0
                 self._emit(EV_NO_DEAL_EXPIRED, f=f, reason=f.nodeal_reason)
-        self._prune()
+        for entry in later:
+            heapq.heappush(h, entry)
+        if self._prune_due:
+            self._prune()
+
+    def _grace_end(self, c: Contract, when: float, now: float) -> None:
+        if c.paid:
+            self._unpaid.pop(c.contract_id, None)
+            return
+        if when != c.grace_until:
+            return
+        cid = c.contract_id
+        if self._contracts.get(cid) is c:
+            if c.state is State.PROPOSED:
+                return
+            self._peers[c.peer].no_grace = True
+            self._revoke(self.meter.peers[c.peer][c.key], c,
+                         "payment not confirmed within the grace period", now)
+        elif self._unpaid.get(cid) is c:
+            del self._unpaid[cid]
+            self._peers[c.peer].no_grace = True
+            reason = "payment not confirmed within the grace period (the contract had ended)"
+            self._out.append((c.peer, m.PaymentFailed(cid, reason)))
+            self._emit(EV_PAYMENT_FAILED, c, reason=reason)
+
+    def _usage_tick(self, peer: bytes, now: float) -> None:
+        """One USAGE for the peer's contracts whose count moved since the last; a contract
+        that reached its limit with no packet since ends here (its final USAGE goes out)."""
+        self._usage_due.discard(peer)
+        mt = self._metered.get(peer)
+        flows = self.meter.peers.get(peer)
+        if not mt or flows is None:
+            self._metered.pop(peer, None)
+            return
+        items = []
+        for cid, c in list(mt.items()):
+            f = flows.get(c.key)
+            if f is None or f.current is not c or c.state not in FORWARDING:
+                del mt[cid]
+                continue
+            if c.used >= c.limit_bytes or now >= c.expires_at:
+                self._usable(f, now)
+                if f.current is not c:
+                    mt.pop(cid, None)
+                    if f.current is not None:
+                        self._release(f, now)
+                    continue
+            if c.used != c.last_usage_sent:
+                items.append((cid, c.up, c.down, False))
+                c.last_usage_sent, c.last_usage_at = c.used, now
+        step = m.MAX_USAGE_ITEMS
+        for i in range(0, len(items), step):
+            self._out.append((peer, m.Usage(tuple(items[i:i + step]))))
+        if mt:
+            self._usage_due.add(peer)
+            self._at(now + self.pricing.usage_interval_s, T_USAGE, peer)
+        else:
+            del self._metered[peer]
 
     def _prune(self) -> None:
-        for peer, flows in self.meter.peers.items():
-            if len(flows) < 4096:
+        due, self._prune_due = self._prune_due, set()
+        for peer in due:
+            flows = self.meter.peers.get(peer)
+            if flows is None or len(flows) < PRUNE_FLOWS:
                 continue
             for k in [k for k, f in flows.items() if f.current is None and not f.queue and not f.held
                       and f.proposal is None and f.nodeal_until == 0.0]:
@@ -782,5 +901,11 @@ class GatewayEngine:
             f.nodeal_until, f.nodeal_reason = d["nodeal_until"], d["nodeal_reason"]
             if f.nodeal_until:
                 self._nodeal.add(f)
+                self._at(f.nodeal_until, T_NODEAL, f)
             if cur is not None and cur.state in FORWARDING:
                 cur.arm(not self._peers[peer].no_grace or cur.state is State.PAID)
+            if cur is not None:
+                self._sched(f, cur, now)
+        for c in byid.values():
+            if c.grace_until is not None and not c.paid:
+                self._at(c.grace_until, T_GRACE, c)

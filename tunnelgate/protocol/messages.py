@@ -48,6 +48,8 @@ _BYTES = ("int", MAX_U64)
 _ROUND = ("int", 255)
 _BOOL = ("bool", None)
 _METHODS = ("strlist", 16)
+MAX_USAGE_ITEMS = 32     # worst case (64-char ids, u64 counters) still fits MAX_MESSAGE
+_USAGE_ITEMS = ("usage", MAX_USAGE_ITEMS)
 
 
 @dataclass(frozen=True)
@@ -150,14 +152,18 @@ class Revoke(Message):
 
 @dataclass(frozen=True)
 class Usage(Message):
-    """Gateway -> client: cumulative metered bytes of a contract (authoritative).
-    ``final`` is set once the contract has ended on the gateway."""
+    """Gateway -> client: cumulative metered bytes (authoritative) of one or more of the
+    peer's contracts, as ``items`` of ``(contract_id, up, down, final)``; ``final`` is set
+    once the contract has ended on the gateway.  The gateway sends at most one USAGE per
+    peer per usage interval with every contract whose count moved (split in messages of at
+    most ``MAX_USAGE_ITEMS``), and a final one as soon as a contract ends."""
     TYPE = "USAGE"
-    SCHEMA = {"contract_id": _ID, "up": _BYTES, "down": _BYTES, "final": _BOOL}
-    contract_id: str
-    up: int
-    down: int
-    final: bool = False
+    SCHEMA = {"items": _USAGE_ITEMS}
+    items: tuple[tuple[str, int, int, bool], ...]
+
+    @classmethod
+    def one(cls, contract_id: str, up: int, down: int, final: bool = False) -> "Usage":
+        return cls(((contract_id, up, down, final),))
 
 
 @dataclass(frozen=True)
@@ -235,6 +241,16 @@ def _check(cls: type[Message], name: str, kind: tuple, value: object) -> object:
         except PacketError as e:
             raise ProtocolError(f"{cls.TYPE}.{name}: {e}") from None
         return value
+    if k == "usage":
+        if type(value) not in (list, tuple) or not 0 < len(value) <= bound:
+            raise ProtocolError(f"{cls.TYPE}.{name}: expected a list of 1..{bound} usage items")
+        items = []
+        for it in value:
+            if type(it) not in (list, tuple) or len(it) != 4:
+                raise ProtocolError(f"{cls.TYPE}.{name}: expected items [contract_id, up, down, final]")
+            items.append((_check(cls, name + ".contract_id", _ID, it[0]), _check(cls, name + ".up", _BYTES, it[1]),
+                          _check(cls, name + ".down", _BYTES, it[2]), _check(cls, name + ".final", _BOOL, it[3])))
+        return tuple(items)
     if k == "strlist":
         if type(value) not in (list, tuple) or len(value) > bound or any(
                 type(s) is not str or not s or len(s) > MAX_ID for s in value):
@@ -269,7 +285,7 @@ def encode(msg: Message) -> bytes:
         v = getattr(msg, f.name)
         if v is None and f.name in cls.OPTIONAL:
             continue
-        data[f.name] = list(v) if isinstance(v, tuple) else v
+        data[f.name] = [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple) else v
     _validate(cls, data)        # never put on the wire what the peer would refuse
     raw = json.dumps({"t": cls.TYPE, **data}, separators=(",", ":"), ensure_ascii=True).encode()
     if len(raw) > MAX_MESSAGE:

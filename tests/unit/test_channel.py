@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from tunnelgate.protocol.channel import HEADER, INITIAL_RTO, MAX_RTO, WINDOW, Channel, ChannelFull
+from tunnelgate.protocol.channel import HEADER, INITIAL_RTO, MAX_RTO, MIN_RTO, WINDOW, Channel, ChannelFull
 
 
 def run(a, b, msgs, rng, loss=0.0, dup=0.0, reorder=0.0, steps=4000, dt=0.02):
@@ -145,3 +145,57 @@ def test_bad_frames_counted_not_raised():
             fr = bytes([rng.choice((1, 2))]) + fr[1:]
         b.receive(fr, 0.0)
     assert b.stats["bad_frames"] > 0
+
+
+def _exchange(a, b, t_send, t_ack):
+    """a sends what it has at t_send, b receives it and acks at t_ack."""
+    frames = a.poll(t_send)
+    for fr in frames:
+        b.receive(fr, t_ack)
+    for fr in b.poll(t_ack):
+        a.receive(fr, t_ack)
+    return frames
+
+
+def test_rto_follows_measured_rtt():
+    a, b = Channel(epoch=1), Channel(epoch=2)
+    assert a.rto == INITIAL_RTO and a.srtt is None
+    a.send(b"x")
+    _exchange(a, b, 0.0, 0.03)
+    assert a.srtt == pytest.approx(0.03) and a.rttvar == pytest.approx(0.015)
+    assert a.rto == pytest.approx(0.09)              # SRTT + 4 RTTVAR
+    a.send(b"y")
+    assert a.poll(1.0)
+    assert a.next_deadline() == pytest.approx(1.09)  # the new message uses the measured RTO
+    assert not a.poll(1.08) and a.poll(1.09)         # retransmitted after it
+
+
+def test_rto_floor_and_ceiling():
+    a, b = Channel(epoch=1), Channel(epoch=2)
+    for i in range(5):
+        a.send(b"x")
+        _exchange(a, b, float(i), i + 0.001)
+    assert a.rto == pytest.approx(MIN_RTO)
+    c, d = Channel(epoch=3), Channel(epoch=4)
+    c.send(b"x")
+    c.poll(0.0)
+    assert c.poll(0.2)                               # RTO 0.2: retransmitted, channel RTO backs off
+    assert c.rto == pytest.approx(0.4)
+    for fr in c.poll(10.0):
+        d.receive(fr, 10.0)
+    for fr in d.poll(10.0):
+        c.receive(fr, 12.0)                          # acked after a retransmission: no sample (Karn)
+    assert c.srtt is None and c.rto <= MAX_RTO
+
+
+def test_karn_ignores_retransmitted_and_samples_the_newest():
+    a, b = Channel(epoch=1), Channel(epoch=2)
+    a.send(b"0")
+    f0 = a.poll(0.0)
+    a.send(b"1")
+    f1 = a.poll(0.1)
+    for fr in f0 + f1:
+        b.receive(fr, 0.15)
+    (ack,) = b.poll(0.15)
+    a.receive(ack, 0.15)                             # newest acked was sent at 0.1: RTT 0.05
+    assert a.srtt == pytest.approx(0.05)

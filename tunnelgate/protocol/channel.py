@@ -14,8 +14,12 @@ Carried inside the encrypted session as opaque frames.  Every frame has a fixed
   and starts at that frame's ``base`` (messages acked by the old instance are not
   redelivered, unacked ones are).  Retired epochs are remembered (last 16) so a
   late frame from the old instance cannot flip the state back.
-* Retransmission per message: first RTO ``INITIAL_RTO`` (0.2 s), doubling up to
-  ``MAX_RTO`` (2 s).  At most ``WINDOW`` (64) messages in flight, at most
+* Retransmission per message after the channel's RTO, measured as in RFC 6298:
+  smoothed RTT and RTT variance from acknowledged sequence numbers (Karn's rule:
+  only messages sent once give a sample), RTO = SRTT + 4 RTTVAR within ``MIN_RTO``
+  (50 ms) .. ``MAX_RTO`` (2 s); ``INITIAL_RTO`` (0.2 s) until the first sample.  A
+  timeout doubles the message's RTO (up to ``MAX_RTO``) and backs off the channel's
+  RTO until the next sample.  At most ``WINDOW`` (64) messages in flight, at most
   ``max_queue`` waiting; ``send`` raises ``ChannelFull`` beyond that.
 * Sequence numbers are u32: reset the channel (new epoch) before 2**32 messages.
 
@@ -34,7 +38,9 @@ HEADER = struct.Struct("!BQIIQIQ")
 DATA, ACK = 1, 2
 WINDOW = 64
 INITIAL_RTO = 0.2
+MIN_RTO = 0.05
 MAX_RTO = 2.0
+CLOCK_G = 0.005        # timer granularity term of the RTO (RFC 6298 "G")
 MAX_PAYLOAD = 8192
 RETIRED_EPOCHS = 16
 
@@ -44,10 +50,10 @@ class ChannelFull(ProtocolError):
 
 
 class _Inflight:
-    __slots__ = ("payload", "due", "rto", "sends")
+    __slots__ = ("payload", "due", "rto", "sends", "sent_at")
 
     def __init__(self, payload: bytes):
-        self.payload, self.due, self.rto, self.sends = payload, 0.0, INITIAL_RTO, 0
+        self.payload, self.due, self.rto, self.sends, self.sent_at = payload, 0.0, INITIAL_RTO, 0, 0.0
 
 
 class Channel:
@@ -63,6 +69,9 @@ class Channel:
         self._buffer: dict[int, bytes] = {}
         self._retired: deque[int] = deque(maxlen=RETIRED_EPOCHS)
         self._ack_due: float | None = None
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.rto = INITIAL_RTO
 
     def _reset_local(self, epoch: int) -> None:
         self.epoch = epoch
@@ -114,12 +123,16 @@ class Channel:
             return out
         ack_epoch, cum, sack = self._ack_fields()
         base = self._base()
+        backoff = False
         for seq, f in self._inflight.items():
             if f.sends and f.due > now:
                 continue
             if f.sends:
                 self.stats["retransmits"] += 1
                 f.rto = min(f.rto * 2, MAX_RTO)
+                backoff = True
+            else:
+                f.rto, f.sent_at = self.rto, now
             f.sends += 1
             f.due = now + f.rto
             self.stats["sent"] += 1
@@ -127,7 +140,18 @@ class Channel:
         if self._ack_due is not None and not out:
             out.append(HEADER.pack(ACK, self.epoch, base, 0, ack_epoch, cum, sack))
         self._ack_due = None
+        if backoff:              # RFC 6298 5.5: back off until a new sample
+            self.rto = min(self.rto * 2, MAX_RTO)
         return out
+
+    def _sample(self, r: float) -> None:
+        """One RTT measurement (RFC 6298 2.2/2.3)."""
+        if self.srtt is None:
+            self.srtt, self.rttvar = r, r / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - r)
+            self.srtt = 0.875 * self.srtt + 0.125 * r
+        self.rto = min(max(self.srtt + max(CLOCK_G, 4 * self.rttvar), MIN_RTO), MAX_RTO)
 
     def next_deadline(self) -> float | None:
         """When poll() must next run; a value <= now (even 0.0) means now.  None: idle."""
@@ -168,7 +192,7 @@ class Channel:
             for s in [s for s in self._buffer if s < base]:
                 del self._buffer[s]
         if ack_epoch == self.epoch:
-            self._on_ack(cum, sack)
+            self._on_ack(cum, sack, now)
         if kind == ACK:
             return []
         self._ack_due = now if self._ack_due is None else self._ack_due
@@ -189,15 +213,22 @@ class Channel:
         self.stats["received"] += len(out)
         return out
 
-    def _on_ack(self, cum: int, sack: int) -> None:
+    def _on_ack(self, cum: int, sack: int, now: float) -> None:
         inflight = self._inflight
         if not inflight:
             return
+        newest = None               # the latest sent of the newly acked, sent once (Karn)
         for s in [s for s in inflight if s < cum]:
-            del inflight[s]
+            f = inflight.pop(s)
+            if f.sends == 1 and (newest is None or f.sent_at > newest):
+                newest = f.sent_at
         i = 0
         while sack:
             if sack & 1:
-                inflight.pop(cum + 1 + i, None)
+                f = inflight.pop(cum + 1 + i, None)
+                if f is not None and f.sends == 1 and (newest is None or f.sent_at > newest):
+                    newest = f.sent_at
             sack >>= 1
             i += 1
+        if newest is not None and now >= newest:
+            self._sample(now - newest)

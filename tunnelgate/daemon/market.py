@@ -8,6 +8,7 @@ asyncio thread (messages, timers), so every call goes through `lock`.
 from __future__ import annotations
 
 import base64
+import heapq
 import json
 import logging
 import os
@@ -71,12 +72,19 @@ class EventLog:
 
 
 class Channels:
-    """One reliable control channel per peer; frames go out through `send_frame(peer, frame)`."""
+    """One reliable control channel per peer; frames go out through `send_frame(peer, frame)`.
+
+    ``flush`` polls only the channels that may have something to send: those given a
+    message or a frame since the last flush, and those whose retransmission deadline
+    passed (a heap of (deadline, peer), stale entries skipped)."""
 
     def __init__(self, send_frame):
         self.send_frame = send_frame
         self.by_peer: dict[bytes, Channel] = {}
         self.stats = {"bad_messages": 0, "queue_full": 0}
+        self._active: set[bytes] = set()
+        self._deadlines: list[tuple[float, bytes]] = []
+        self._next: dict[bytes, float] = {}      # peer -> its deadline in the heap
 
     def get(self, peer: bytes) -> Channel:
         ch = self.by_peer.get(peer)
@@ -86,6 +94,7 @@ class Channels:
         return ch
 
     def send(self, peer: bytes, message: msgs.Message) -> None:
+        self._active.add(peer)
         try:
             self.get(peer).send(msgs.encode(message))
         except ChannelFull:
@@ -94,6 +103,7 @@ class Channels:
 
     def receive(self, peer: bytes, frame: bytes, now: float) -> list[msgs.Message]:
         out = []
+        self._active.add(peer)
         for raw in self.get(peer).receive(frame, now):
             try:
                 out.append(msgs.decode(raw))
@@ -103,9 +113,29 @@ class Channels:
         return out
 
     def flush(self, now: float) -> None:
-        for peer, ch in list(self.by_peer.items()):
+        due, self._active = self._active, set()
+        h, nxt = self._deadlines, self._next
+        while h and h[0][0] <= now:
+            when, peer = heapq.heappop(h)
+            if nxt.get(peer) == when:
+                del nxt[peer]
+                due.add(peer)
+        for peer in due:
+            ch = self.by_peer.get(peer)
+            if ch is None:
+                continue
             for frame in ch.poll(now):
                 self.send_frame(peer, frame)
+            d = ch.next_deadline()
+            if d is None:
+                continue
+            if d <= now:                    # e.g. more queued than the window: next flush
+                self._active.add(peer)
+                continue
+            cur = nxt.get(peer)
+            if cur is None or d < cur:
+                nxt[peer] = d
+                heapq.heappush(h, (d, peer))
 
 
 class Saver:

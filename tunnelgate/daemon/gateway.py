@@ -184,7 +184,7 @@ class GatewayDaemon(Daemon):
         cid = rec.contract_id
         try:
             verdict = await self._poll_until_final(cid, await self.payee.poll(cid))
-            self._finish(cid, rec.peer, verdict, cost=None)
+            await self._finish(cid, rec.peer, verdict, cost=None)
         finally:
             self.verifying.pop(cid, None)
 
@@ -199,10 +199,13 @@ class GatewayDaemon(Daemon):
             verdict = Verdict("invalid", f"verification failed: {e}")
         return verdict
 
-    def _finish(self, cid: str, peer: str, verdict: Verdict, cost: int | None) -> None:
+    async def _finish(self, cid: str, peer: str, verdict: Verdict, cost: int | None) -> None:
         now = time.time()
         if verdict.status == "confirmed":
-            self._settle(cid, peer, verdict.amount_msat, cost=cost)
+            plan = self._settle_plan(cid, peer, verdict.amount_msat, cost, False)
+            # the journal's fsync off the event loop; journal first, then the engine, as before
+            left = await asyncio.to_thread(self.payee.journal.settle, *plan[1])
+            self._settled(plan, left)
         elif verdict.status == "invalid":
             with self.elock:
                 self.engine.payment_failed(cid, verdict.reason or "invalid payment", now)
@@ -215,6 +218,12 @@ class GatewayDaemon(Daemon):
         a crash) or one that is already paid otherwise turns the whole payment into credit.
         Journal first (one transaction), then the engine: a crash in between is settled again
         at the next start (the credit is keyed by contract, so never twice)."""
+        plan = self._settle_plan(cid, peer, amount_msat, cost, recovered)
+        self._settled(plan, self.payee.journal.settle(*plan[1]))
+
+    def _settle_plan(self, cid: str, peer: str, amount_msat: int, cost: int | None, recovered: bool):
+        """What _settle writes to the journal: (usable, journal.settle args, msat credited,
+        the cost when usable else recovered)."""
         with self.elock:
             c = self.engine.find(cid)
             if c is not None and cost is None:
@@ -224,15 +233,30 @@ class GatewayDaemon(Daemon):
                       and c.state is not gwp.State.REVOKED)
         if usable:
             surplus = max(0, amount_msat - cost)
-            left = self.payee.journal.settle(cid, peer, surplus, f"surplus:{cid}",
-                                             "paid beyond the contract's cost (prepaid credit)")
+            return (True, (cid, peer, surplus, f"surplus:{cid}",
+                           "paid beyond the contract's cost (prepaid credit)"), surplus, amount_msat - surplus)
+        return (False, (cid, peer, amount_msat, f"recovered:{cid}",
+                        "payment taken for a contract that could not use it"), amount_msat, recovered)
+
+    def _settled(self, plan, left: int) -> None:
+        usable, (cid, peer, *_), amount_msat, recovered = plan
+        if usable:
             with self.elock:
-                self.engine.payment_confirmed(cid, time.time(), credit_msat=left)
-            if surplus:
-                self.events.note(self._credit_event(cid, peer, surplus, left, "prepaid credit"))
+                c = self.engine.find(cid)
+                # revoked (grace ran out) while the journal was written off the loop: the
+                # payment is the peer's credit, as for any payment of a revoked contract
+                late = c is not None and c.state is gwp.State.REVOKED and not c.paid
+                if not late:
+                    self.engine.payment_confirmed(cid, time.time(), credit_msat=left)
+            if amount_msat:
+                self.events.note(self._credit_event(cid, peer, amount_msat, left, "prepaid credit"))
+            if late:
+                cost = recovered
+                left = self.payee.journal.settle(cid, peer, cost, f"recovered:{cid}",
+                                                 "payment taken for a contract that could not use it")
+                self.events.note(self._credit_event(cid, peer, cost, left,
+                                                    "payment for a revoked contract: kept as credit"))
         else:
-            left = self.payee.journal.settle(cid, peer, amount_msat, f"recovered:{cid}",
-                                             "payment taken for a contract that could not use it")
             self.events.note(self._credit_event(
                 cid, peer, amount_msat, left, "payment taken for a contract this gateway no longer "
                 "has (restart): kept as credit for the peer" if recovered else
@@ -391,7 +415,7 @@ class GatewayDaemon(Daemon):
                 log.warning("verifying payment for %s failed: %s", cid, e)
                 verdict = Verdict("invalid", f"verification failed: {e}")
             verdict = await self._poll_until_final(cid, verdict)
-            self._finish(cid, peer, verdict, cost=ev.data["cost_msat"])
+            await self._finish(cid, peer, verdict, cost=ev.data["cost_msat"])
         finally:
             self.verifying.pop(cid, None)
 

@@ -258,6 +258,11 @@ class Journal:
             pass
         self._lock = threading.RLock()
 
+    def atomic(self):
+        """Hold the journal across several calls from one thread (e.g. the checks and the
+        insert of one proof): ``with journal.atomic(): ...``."""
+        return self._lock
+
     def close(self) -> None:
         with self._lock:
             try:

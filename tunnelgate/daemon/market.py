@@ -139,14 +139,36 @@ class Channels:
 
 
 class Saver:
-    """Saves engine.snapshot() at most every SAVE_EVERY_S and on stop."""
+    """Saves the engine's state at most every SAVE_EVERY_S and on stop.
+
+    An engine with ``snapshot_changes()`` (the gateway: thousands of contracts) is saved
+    incrementally, one row per contract / flow / peer, only what changed (taken under the
+    lock: a few dicts and the counters that moved; JSON and SQLite outside it).  A database
+    with the older single-blob snapshot is loaded from it once and rewritten as rows.  Others
+    (the client: one gateway, a handful of contracts) keep the single JSON blob."""
 
     def __init__(self, store: Store, engine, lock: threading.Lock, name: str = "engine"):
         self.store, self.engine, self.lock, self.name = store, engine, lock, name
         self.last = 0.0
+        self.incremental = hasattr(engine, "snapshot_changes")
+        self._migrate = False
+        self.stats = {"saves": 0, "records": 0}
 
     def restore(self, now: float) -> bool:
         raw = self.store.load_snapshot(self.name)
+        if self.incremental:
+            if raw is not None:         # an older database: the blob, then rows from it
+                with self.lock:
+                    self.engine.restore(json.loads(raw), now)
+                    self.engine.mark_all_dirty()
+                self._migrate = True
+                return True
+            snap = self.store.load_records(self.name)
+            if snap is None:
+                return False
+            with self.lock:
+                self.engine.restore(snap, now)
+            return True
         if raw is None:
             return False
         with self.lock:
@@ -154,8 +176,22 @@ class Saver:
         return True
 
     def maybe_save(self, now: float, force: bool = False) -> None:
-        if force or now - self.last >= SAVE_EVERY_S:
+        if not (force or now - self.last >= SAVE_EVERY_S):
+            return
+        if self.incremental:
+            with self.lock:
+                ch = self.engine.snapshot_changes()
+            try:
+                self.store.save_changes(self.name, ch, drop_snapshot=self._migrate)
+            except Exception:
+                with self.lock:         # nothing of it was written: all of it next time
+                    self.engine.save_failed(ch)
+                raise
+            self._migrate = False
+            self.stats["saves"] += 1
+            self.stats["records"] += len(ch["contracts"]) + len(ch["counters"]) + len(ch["flows"])
+        else:
             with self.lock:
                 snap = self.engine.snapshot()
             self.store.save_snapshot(self.name, json.dumps(snap))
-            self.last = now
+        self.last = now

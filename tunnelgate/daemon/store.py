@@ -7,6 +7,7 @@ a lock keeps their statements from interleaving on one connection.
 from __future__ import annotations
 
 import ipaddress
+import json
 import sqlite3
 import threading
 import time
@@ -28,6 +29,24 @@ CREATE TABLE IF NOT EXISTS snapshots (
     name     TEXT PRIMARY KEY,
     data     TEXT NOT NULL,
     saved_at REAL NOT NULL
+);
+-- the gateway engine's state, one row per record, written incrementally (only what changed)
+-- in one transaction every second and on stop; `used`/`up`/`down` override data's counters
+CREATE TABLE IF NOT EXISTS contracts (
+    id    TEXT PRIMARY KEY,
+    peer  TEXT NOT NULL,
+    data  TEXT NOT NULL,
+    used  INTEGER NOT NULL,
+    up    INTEGER NOT NULL,
+    down  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS flows (
+    id    TEXT PRIMARY KEY,
+    data  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS peers_standing (
+    peer  TEXT PRIMARY KEY,
+    data  TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -85,6 +104,54 @@ class Store:
     def load_snapshot(self, name: str) -> str | None:
         rows = self.execute("SELECT data FROM snapshots WHERE name=?", (name,))
         return rows[0][0] if rows else None
+
+    def save_changes(self, name: str, ch: dict, drop_snapshot: bool = False) -> None:
+        """Write the engine's ``snapshot_changes()`` in one transaction (and, migrating, drop
+        the old whole-state snapshot row in the same one)."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if ch["contracts"]:
+                    db.executemany("INSERT OR REPLACE INTO contracts VALUES (?,?,?,?,?,?)",
+                                   [(d["contract_id"], d["peer"], json.dumps(d), d["used"], d["up"], d["down"])
+                                    for d in ch["contracts"]])
+                if ch["counters"]:
+                    db.executemany("UPDATE contracts SET used=?, up=?, down=? WHERE id=?",
+                                   [(u, up, down, cid) for cid, u, up, down in ch["counters"]])
+                if ch["removed"]:
+                    db.executemany("DELETE FROM contracts WHERE id=?", [(i,) for i in ch["removed"]])
+                if ch["flows"]:
+                    db.executemany("INSERT OR REPLACE INTO flows VALUES (?,?)",
+                                   [(fid, json.dumps(d)) for fid, d in ch["flows"]])
+                if ch["flows_removed"]:
+                    db.executemany("DELETE FROM flows WHERE id=?", [(i,) for i in ch["flows_removed"]])
+                if ch["peers"]:
+                    db.executemany("INSERT OR REPLACE INTO peers_standing VALUES (?,?)",
+                                   [(k, json.dumps(d)) for k, d in ch["peers"].items()])
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (f"{name}.seq", str(ch["seq"])))
+                if drop_snapshot:
+                    db.execute("DELETE FROM snapshots WHERE name=?", (name,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def load_records(self, name: str) -> dict | None:
+        """The records save_changes wrote, as a whole snapshot (``engine.restore`` format);
+        None when there are none."""
+        with self._lock:
+            seq = self._db.execute("SELECT value FROM meta WHERE key=?", (f"{name}.seq",)).fetchone()
+            if seq is None:
+                return None
+            contracts = []
+            for data, used, up, down in self._db.execute("SELECT data, used, up, down FROM contracts"):
+                d = json.loads(data)
+                d["used"], d["up"], d["down"] = used, up, down
+                contracts.append(d)
+            flows = [json.loads(d) for (d,) in self._db.execute("SELECT data FROM flows")]
+            peers = {k: json.loads(d) for k, d in self._db.execute("SELECT peer, data FROM peers_standing")}
+        return {"version": 1, "seq": int(seq[0]), "contracts": contracts, "flows": flows, "peers": peers}
 
     def add_events(self, rows: list[tuple]) -> None:
         with self._lock:

@@ -135,7 +135,7 @@ class Contract:
                  "created_at", "accepted_at", "activated_at", "expires_at", "grace_until",
                  "paid", "stop_at", "stop_bytes", "used", "up", "down", "reason",
                  "gw_up", "gw_down", "last_usage_sent", "last_usage_at", "renew_asked", "renew_at",
-                 "mismatch", "ended_at", "credit")
+                 "mismatch", "ended_at", "credit", "saved_used")
 
     def __init__(self, contract_id: str, peer: bytes, key: bytes, plen: int, destination: str,
                  price: int, limit_kb: int, time_s: int, methods: tuple[str, ...] = (),
@@ -161,6 +161,7 @@ class Contract:
         self.mismatch = False
         self.last_usage_at = 0.0
         self.credit = False             # paid (gateway) / to be paid (client) from prepaid credit
+        self.saved_used = -1            # gateway: ``used`` as last persisted (incremental saves)
 
     @property
     def limit_bytes(self) -> int:

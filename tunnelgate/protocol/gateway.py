@@ -155,6 +155,13 @@ class GatewayEngine:
         self._metered: dict[bytes, dict[str, Contract]] = {}
         self._usage_due: set[bytes] = set()
         self._prune_due: set[bytes] = set()
+        # incremental persistence (snapshot_changes): what changed since the last save
+        self._dirty: set[Contract] = set()
+        self._dirty_flows: set[Flow] = set()
+        self._dirty_peers: set[bytes] = set()
+        self._persisted: set[str] = set()          # contract ids with a saved record
+        self._saved_flows: set[Flow] = set()       # flows with a saved record
+        self._retry_removed: tuple[list, list] = ([], [])   # deletions of a failed save
         self._out: list[tuple[bytes, m.Message]] = []
         self._released: list[tuple[bytes, bytes]] = []
         self._events: list[Event] = []
@@ -271,6 +278,7 @@ class GatewayEngine:
                 if c.state is State.ACCEPTED:
                     return False           # waiting for payment (no grace)
                 f.current = None
+                self._dirty_flows.add(f)
             if not f.queue:
                 return f.free
             self._activate(f, f.queue.popleft(), now)
@@ -801,7 +809,17 @@ class GatewayEngine:
 
     def _emit(self, kind: str, c: Contract | str | None = None, f: Flow | None = None,
               peer: bytes | None = None, reason: str = "", amount_msat: int = 0, data=None) -> None:
+        # every change of a contract, flow or peer standing comes with an event: mark it for
+        # the next incremental save (its state is read then, so later changes are included)
+        if f is not None:
+            self._dirty_flows.add(f)
         if isinstance(c, Contract):
+            self._dirty.add(c)
+            self._dirty_peers.add(c.peer)
+            flows = self.meter.peers.get(c.peer)
+            cf = flows.get(c.key) if flows else None
+            if cf is not None:
+                self._dirty_flows.add(cf)
             self._events.append(Event(kind, c.contract_id, c.peer, c.destination, reason,
                                       amount_msat, data or {}))
         elif f is not None:
@@ -862,18 +880,91 @@ class GatewayEngine:
 
     # --- persistence -------------------------------------------------------------------------
 
+    @staticmethod
+    def _flow_record(f: Flow) -> dict | None:
+        if f.current is None and not f.queue and f.nodeal_until == 0.0:
+            return None
+        return {"peer": f.peer.hex(), "key": f.key.hex(), "plen": f.plen,
+                "current": f.current.contract_id if f.current else None,
+                "queue": [c.contract_id for c in f.queue],
+                "nodeal_until": f.nodeal_until, "nodeal_reason": f.nodeal_reason}
+
+    @staticmethod
+    def flow_id(peer_hex: str, key_hex: str) -> str:
+        return f"{peer_hex}/{key_hex}"
+
+    def snapshot_changes(self) -> dict:
+        """What changed since the last call (or restore), cheap enough to run under the engine
+        lock every second: full records of the contracts, flows and peers whose state changed,
+        the counters (used, up, down) of the running contracts that moved, and the ids of
+        records to delete.  ``restore`` takes the saved records back (as a ``snapshot()``)."""
+        contracts, removed = [], []
+        live = self._contracts
+        for c in self._dirty:
+            cid = c.contract_id
+            if live.get(cid) is c and c.state is not State.PROPOSED:
+                contracts.append(c.to_dict())
+                c.saved_used = c.used
+                self._persisted.add(cid)
+            elif cid in self._persisted and live.get(cid) is not c:
+                self._persisted.discard(cid)
+                removed.append(cid)
+        self._dirty = set()
+        counters = []
+        for mt in self._metered.values():
+            for cid, c in mt.items():
+                if c.used != c.saved_used and cid in self._persisted:
+                    counters.append((cid, c.used, c.up, c.down))
+                    c.saved_used = c.used
+        flows, flows_removed = [], []
+        for f in self._dirty_flows:
+            rec = self._flow_record(f)
+            fid = self.flow_id(f.peer.hex(), f.key.hex())
+            if rec is not None:
+                flows.append((fid, rec))
+                self._saved_flows.add(f)
+            elif f in self._saved_flows:
+                self._saved_flows.discard(f)
+                flows_removed.append(fid)
+        self._dirty_flows = set()
+        peers = {}
+        for k in self._dirty_peers:
+            p = self._peers.get(k)
+            if p is not None:
+                peers[k.hex()] = {"no_grace": p.no_grace, "paid_contracts": p.paid_contracts}
+        self._dirty_peers = set()
+        if self._retry_removed[0] or self._retry_removed[1]:
+            (rc, rf), self._retry_removed = self._retry_removed, ([], [])
+            removed = [i for i in rc if i not in self._persisted] + removed
+            flows_removed = rf + flows_removed
+        return {"version": 2, "seq": self._seq, "contracts": contracts, "counters": counters,
+                "removed": removed, "flows": flows, "flows_removed": flows_removed, "peers": peers}
+
+    def save_failed(self, changes: dict) -> None:
+        """The store did not take ``changes``: the next snapshot_changes() has everything."""
+        self._retry_removed = (self._retry_removed[0] + changes["removed"],
+                               self._retry_removed[1] + changes["flows_removed"])
+        self.mark_all_dirty()
+
+    def mark_all_dirty(self) -> None:
+        """The next snapshot_changes() has every record (a first save, or after a failed one)."""
+        self._dirty.update(self._contracts.values())
+        self._persisted.update(self._contracts)      # old records of gone contracts: deleted
+        for fl in self.meter.peers.values():
+            self._dirty_flows.update(fl.values())
+        self._saved_flows.update(self._dirty_flows)
+        self._dirty_peers.update(self._peers)
+
     def snapshot(self) -> dict:
         """JSON-able state: live contracts (not proposals), metered bytes, peer standing,
-        no-deal back-offs.  Persist at least every second and on stop."""
+        no-deal back-offs.  Persist at least every second and on stop (or incrementally:
+        snapshot_changes)."""
         flows = []
         for peer, fl in self.meter.peers.items():
             for f in fl.values():
-                if f.current is None and not f.queue and f.nodeal_until == 0.0:
-                    continue
-                flows.append({"peer": peer.hex(), "key": f.key.hex(), "plen": f.plen,
-                              "current": f.current.contract_id if f.current else None,
-                              "queue": [c.contract_id for c in f.queue],
-                              "nodeal_until": f.nodeal_until, "nodeal_reason": f.nodeal_reason})
+                rec = self._flow_record(f)
+                if rec is not None:
+                    flows.append(rec)
         return {"version": 1, "seq": self._seq,
                 "contracts": [c.to_dict() for c in self._contracts.values() if c.state is not State.PROPOSED],
                 "flows": flows,
@@ -890,11 +981,14 @@ class GatewayEngine:
         byid = {}
         for d in snap["contracts"]:
             c = Contract.from_dict(d)
+            c.saved_used = c.used
             byid[c.contract_id] = c
             self._contracts[c.contract_id] = c
+            self._persisted.add(c.contract_id)
         for d in snap["flows"]:
             peer, key = bytes.fromhex(d["peer"]), bytes.fromhex(d["key"])
             f = self._flow(peer, key, now)
+            self._saved_flows.add(f)
             cur = byid.get(d["current"]) if d["current"] else None
             f.current = cur
             f.queue.extend(byid[i] for i in d["queue"] if i in byid)

@@ -115,3 +115,27 @@ def test_journal_settle_applies_and_credits_in_one_go(tmp_path):
     assert j.settle("c1", "p", 4000, "surplus:c1", "prepay") == 4000
     assert j.unapplied("p") == [] and j.credit("p") == 0
     assert j.settle("c1", "p", 4000, "surplus:c1", "prepay") == 4000  # a second settle: nothing more
+
+
+def test_batched_group_commit_isolates_a_failing_call(tmp_path):
+    import asyncio as _asyncio
+    j = Journal(tmp_path / "journal.db")
+
+    def boom():
+        j.insert("kx", "cx", "p", "dummy", 5, "confirmed")
+        raise ValueError("no")
+
+    async def main():
+        calls = [j.batched(j.insert, f"k{i}", f"c{i}", "p", "dummy", 10 + i, "confirmed") for i in range(20)]
+        calls.insert(5, j.batched(boom))
+        calls.append(j.batched(j.settle, "c3", "p", 7, "surplus:c3", "x"))
+        return await _asyncio.gather(*calls, return_exceptions=True)
+
+    out = _asyncio.run(main())
+    assert isinstance(out[5], ValueError)
+    recs = [r for i, r in enumerate(out[:-1]) if i != 5]
+    assert [r[0].contract_id for r in recs] == [f"c{i}" for i in range(20)] and all(r[1] for r in recs)
+    assert out[-1] == 7                                 # the balance after the settle
+    assert j.get("kx") is None                          # the failing call was undone alone
+    assert j.for_contract("c3").applied and j.credit_balance("p") == 7
+    assert len(j.records()) == 20

@@ -204,7 +204,7 @@ class GatewayDaemon(Daemon):
         if verdict.status == "confirmed":
             plan = self._settle_plan(cid, peer, verdict.amount_msat, cost, False)
             # the journal's fsync off the event loop; journal first, then the engine, as before
-            left = await asyncio.to_thread(self.payee.journal.settle, *plan[1])
+            left = await self.payee.journal.batched(self.payee.journal.settle, *plan[1])
             self._settled(plan, left)
         elif verdict.status == "invalid":
             with self.elock:

@@ -257,6 +257,60 @@ class Journal:
         except OSError:
             pass
         self._lock = threading.RLock()
+        self._batch: list = []
+        self._batch_lock = threading.Lock()
+        self._batch_running = False
+
+    async def batched(self, fn, *args):
+        """``fn(*args)`` (journal calls) off the event loop, in a group commit: the calls queued
+        while one transaction is written share the next one (one fsync for all), each in its
+        own savepoint so a failing one is undone alone.  Returns (or raises) once its
+        transaction is on disk, so "recorded before the money counts" still holds."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._batch_lock:
+            self._batch.append((fn, args, fut, loop))
+            start, self._batch_running = not self._batch_running, True
+        if start:
+            loop.run_in_executor(None, self._drain)
+        return await fut
+
+    def _drain(self) -> None:
+        while True:
+            with self._batch_lock:
+                batch, self._batch = self._batch, []
+                if not batch:
+                    self._batch_running = False
+                    return
+            try:
+                results = self._run_batch(batch)
+            except Exception as e:              # the commit failed: none of it happened
+                results = [(None, e)] * len(batch)
+            for (_, _, fut, loop), (r, e) in zip(batch, results):
+                loop.call_soon_threadsafe(_resolve, fut, r, e)
+
+    def _run_batch(self, batch: list) -> list:
+        db, results = self._db, []
+        with self._lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for fn, args, _, _ in batch:
+                    db.execute("SAVEPOINT b")
+                    try:
+                        results.append((fn(*args), None))
+                        db.execute("RELEASE b")
+                    except Exception as e:
+                        db.execute("ROLLBACK TO b")
+                        db.execute("RELEASE b")
+                        results.append((None, e))
+                db.execute("COMMIT")
+            except BaseException:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
+        return results
 
     def atomic(self):
         """Hold the journal across several calls from one thread (e.g. the checks and the
@@ -413,6 +467,16 @@ class Journal:
 
     def _tx(self, fn):
         with self._lock:
+            if self._db.in_transaction:      # inside a group commit (batched): a savepoint
+                self._db.execute("SAVEPOINT tx")
+                try:
+                    out = fn()
+                    self._db.execute("RELEASE tx")
+                except BaseException:
+                    self._db.execute("ROLLBACK TO tx")
+                    self._db.execute("RELEASE tx")
+                    raise
+                return out
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 out = fn()
@@ -478,6 +542,15 @@ class Journal:
         got = self.account(contract_id, backend)
         assert got is not None
         return got
+
+
+def _resolve(fut, result, exc) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
 
 
 async def to_thread(fn, *args, **kwargs):

@@ -199,3 +199,20 @@ def test_karn_ignores_retransmitted_and_samples_the_newest():
     (ack,) = b.poll(0.15)
     a.receive(ack, 0.15)                             # newest acked was sent at 0.1: RTT 0.05
     assert a.srtt == pytest.approx(0.05)
+
+
+def test_timeout_resends_the_oldest_and_the_sacked_gaps_only():
+    a, b = Channel(epoch=1), Channel(epoch=2)
+    for i in range(4):
+        a.send(bytes([i]))
+    f = a.poll(0.0)
+    assert len(f) == 4
+    again = a.poll(0.2)                              # no ack at all: only the oldest goes again
+    assert [HEADER.unpack_from(x)[3] for x in again] == [0]
+    assert a.stats["retransmits"] == 1
+    b.receive(f[2], 0.25)                            # seq 2 arrived, 0, 1 and 3 did not (yet)
+    for fr in b.poll(0.25):
+        a.receive(fr, 0.25)
+    again = a.poll(0.41)         # 1 is below a selectively acked seq: lost; 3 waits; 0 is not due
+    assert [HEADER.unpack_from(x)[3] for x in again] == [1]
+    assert [HEADER.unpack_from(x)[3] for x in a.poll(0.61)] == [0]

@@ -480,3 +480,22 @@ def test_fast_consumption_keeps_two_contracts_queued():
     w.run(0.2)                       # let the negotiation in flight finish
     queued = w.cl.status(w.now)["destinations"][DST + "/32"]["queued"]
     assert len(queued) == 2
+
+
+def test_timers_stay_bounded_one_usage_report_chain_per_peer():
+    """Contracts that run out on the USAGE timer and hand over to the queued one must not start
+    a second report chain; the timer heap holds what is pending, not history."""
+    w = World(pr=pricing(contract_kb=20), po=policy(data_renewal_kb=15, time_renewal_s=5),
+              loss=0, reorder=0, seed=6)
+    w.send()
+    w.run(0.5)
+    for i in range(300):
+        w.send(size=1000 if i % 7 else 2000)
+        w.step(0.04)
+        usage = [e for e in w.gw._timers if e[2] == ge.T_USAGE]
+        assert len(usage) <= 2, usage                 # the chain (+ one just set by a new contract)
+    w.run(3)
+    assert len([e for e in w.gw._timers if e[2] == ge.T_USAGE]) <= 1
+    assert len(w.gw._timers) < 40
+    ended = [c for c in w.gw_contract() if c["state"] == "EXHAUSTED"]
+    assert len(ended) >= 10

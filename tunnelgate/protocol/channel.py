@@ -19,7 +19,9 @@ Carried inside the encrypted session as opaque frames.  Every frame has a fixed
   only messages sent once give a sample), RTO = SRTT + 4 RTTVAR within ``MIN_RTO``
   (50 ms) .. ``MAX_RTO`` (2 s); ``INITIAL_RTO`` (0.2 s) until the first sample.  A
   timeout doubles the message's RTO (up to ``MAX_RTO``) and backs off the channel's
-  RTO until the next sample.  At most ``WINDOW`` (64) messages in flight, at most
+  RTO until the next sample.  As in TCP, a timeout resends the oldest timed-out message
+  and those the peer's selective acks show lost (a later seq arrived); other timed-out
+  ones wait one more RTO (under load their acks are late, not lost).  At most ``WINDOW`` (64) messages in flight, at most
   ``max_queue`` waiting; ``send`` raises ``ChannelFull`` beyond that.
 * Sequence numbers are u32: reset the channel (new epoch) before 2**32 messages.
 
@@ -72,12 +74,14 @@ class Channel:
         self.srtt: float | None = None
         self.rttvar = 0.0
         self.rto = INITIAL_RTO
+        self._max_acked = -1
 
     def _reset_local(self, epoch: int) -> None:
         self.epoch = epoch
         self._next_seq = 0
         self._queue: deque[bytes] = deque()
         self._inflight: dict[int, _Inflight] = {}
+        self._max_acked = -1          # highest of our seqs the peer acknowledged
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -124,10 +128,18 @@ class Channel:
         ack_epoch, cum, sack = self._ack_fields()
         base = self._base()
         backoff = False
+        first = True
         for seq, f in self._inflight.items():
             if f.sends and f.due > now:
                 continue
             if f.sends:
+                # as TCP: a timeout resends the oldest message, and those the peer's selective
+                # acks show lost (a later one arrived); the others wait one more RTO (their
+                # acks are most likely just late: no storm of spurious resends under load)
+                if not first and seq > self._max_acked:
+                    f.due = now + f.rto
+                    continue
+                first = False
                 self.stats["retransmits"] += 1
                 f.rto = min(f.rto * 2, MAX_RTO)
                 backoff = True
@@ -218,6 +230,8 @@ class Channel:
         if not inflight:
             return
         newest = None               # the latest sent of the newly acked, sent once (Karn)
+        if cum - 1 > self._max_acked:
+            self._max_acked = cum - 1
         for s in [s for s in inflight if s < cum]:
             f = inflight.pop(s)
             if f.sends == 1 and (newest is None or f.sent_at > newest):
@@ -225,6 +239,8 @@ class Channel:
         i = 0
         while sack:
             if sack & 1:
+                if cum + 1 + i > self._max_acked:
+                    self._max_acked = cum + 1 + i
                 f = inflight.pop(cum + 1 + i, None)
                 if f is not None and f.sends == 1 and (newest is None or f.sent_at > newest):
                     newest = f.sent_at

@@ -790,8 +790,9 @@ class GatewayEngine:
         for i in range(0, len(items), step):
             self._out.append((peer, m.Usage(tuple(items[i:i + step]))))
         if mt:
-            self._usage_due.add(peer)
-            self._at(now + self.pricing.usage_interval_s, T_USAGE, peer)
+            if peer not in self._usage_due:     # (a contract started here may have set one)
+                self._usage_due.add(peer)
+                self._at(now + self.pricing.usage_interval_s, T_USAGE, peer)
         else:
             del self._metered[peer]
 

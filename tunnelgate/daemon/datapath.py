@@ -231,7 +231,7 @@ def _wake(d) -> None:
 def client_udp_to_tun(d) -> None:
     sock, initiator, tun, stats = d.sock, d.initiator, d.tun, d.stats
     DONE = sess.HANDSHAKE_DONE
-    elock, inbound, engine = d.elock, d.engine.inbound, d.engine
+    elock, inbound, engine, fits = d.elock, d.engine.inbound, d.engine, d.engine.fits
     receiver = off.UdpReceiver(sock)
     vnet = bool(tun.vnet_hdr_len)
     receive = initiator.receive
@@ -243,7 +243,7 @@ def client_udp_to_tun(d) -> None:
         now = time.monotonic()
         wall = time.time()
         pkts, partial = [], []
-        by_src: dict[bytes, int] = {}
+        by_src: dict[bytes, list[int]] = {}
         for datagram, addr in datagrams:
             if datagram[:1] == b"\x02":  # handshake response: control plane
                 with d.lock:
@@ -259,8 +259,7 @@ def client_udp_to_tun(d) -> None:
                 d.loop.call_soon_threadsafe(d._spawn, d._gateway_moved())
             if kind == DATA or kind == DATA_PARTIAL:
                 if len(payload) >= 20 and payload[0] >> 4 == 4:
-                    src = payload[12:16]
-                    by_src[src] = by_src.get(src, 0) + len(payload)
+                    by_src.setdefault(payload[12:16], []).append(len(payload))
                 pkts.append(payload)
                 partial.append(kind == DATA_PARTIAL and off.partial_ok(payload))
             elif kind == DONE:
@@ -272,8 +271,13 @@ def client_udp_to_tun(d) -> None:
             if by_src:
                 # the client meters and never blocks: one call per source per batch
                 with elock:
-                    for src, total in by_src.items():
-                        inbound(src, total, wall)
+                    for src, lengths in by_src.items():
+                        total = sum(lengths)
+                        if fits(src, total, wall):
+                            inbound(src, total, wall)
+                        else:
+                            for n in lengths:
+                                inbound(src, n, wall)
                 if engine.has_output:
                     _wake(d)
             stats["rx_packets"] += len(pkts)
@@ -286,7 +290,7 @@ def client_udp_to_tun(d) -> None:
 
 def client_tun_to_udp(d) -> None:
     sock, initiator, tun, stats = d.sock, d.initiator, d.tun, d.stats
-    elock, outbound_burst, engine = d.elock, d.engine.outbound_burst, d.engine
+    elock, outbound_burst, engine, fits = d.elock, d.engine.outbound_burst, d.engine, d.engine.fits
     seal_batch = initiator.seal_batch
     sender = off.UdpSender(sock)
     vnet = bool(tun.vnet_hdr_len)
@@ -300,7 +304,12 @@ def client_tun_to_udp(d) -> None:
         with elock:
             for pkts, _ in bursts:
                 if pkts and len(pkts[0]) >= 20 and pkts[0][0] >> 4 == 4:
-                    outbound_burst(pkts[0][16:20], sum(map(len, pkts)), len(pkts), wall)
+                    dst, total = pkts[0][16:20], sum(map(len, pkts))
+                    if fits(dst, total, wall):
+                        outbound_burst(dst, total, len(pkts), wall)
+                    else:
+                        for p in pkts:
+                            outbound_burst(dst, len(p), 1, wall)
         if engine.has_output:
             _wake(d)
         datagrams = []

@@ -114,6 +114,14 @@ class ClientEngine:
     def outbound_burst(self, dst: bytes, total_len: int, n_packets: int, now: float) -> int:
         return self.outbound(dst, total_len, now)
 
+    def fits(self, addr: bytes, total_len: int, now: float) -> bool:
+        """Whether a burst to/from addr fits whole in the current contract.  When it does not,
+        the data path meters it packet by packet, so the client switches contracts on the same
+        packet as the gateway and their per-contract counts agree."""
+        f = self.meter.find(addr)
+        c = f.current if f is not None else None
+        return c is None or (c.used + total_len <= c.stop_bytes and now < c.stop_at)
+
     def inbound(self, src: bytes, length: int, now: float) -> int:
         f = self.meter.find(src)
         if f is not None:

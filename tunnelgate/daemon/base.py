@@ -196,7 +196,11 @@ class Daemon:
 
     def handlers(self) -> dict:
         return {"status": self.cmd_status, "stop": self.cmd_stop, "events": self.cmd_events,
-                "peers": self.cmd_peers}
+                "peers": self.cmd_peers, "contracts": self.cmd_contracts}
+
+    def cmd_contracts(self, req: dict) -> list[dict]:
+        with self.elock:
+            return self.engine.contracts(now=time.time(), history=bool(req.get("all")))
 
     def cmd_peers(self, req: dict) -> list[dict]:
         """Gateway: its clients with address, endpoint and standing (grace, paid contracts,

@@ -78,7 +78,7 @@ class ClientDaemon(Daemon):
         self.low_balance = False          # below [payment] low_balance_msat (warned once)
 
     def handlers(self) -> dict:
-        return {**super().handlers(), "contracts": self.cmd_contracts,
+        return {**super().handlers(),
                 "set": self.cmd_set, "quote": self.cmd_quote}
 
     def cmd_set(self, req: dict) -> dict:
@@ -109,9 +109,7 @@ class ClientDaemon(Daemon):
                 self.engine.paused = paused
         for key, value in req.items():
             if key != "cmd":
-                self.events.note({"ts": time.time(), "kind": "setting", "contract_id": None, "peer": None,
-                                  "destination": None, "reason": f"{key} = {value}", "amount_msat": 0,
-                                  "data": {}})
+                self.events.say("setting", f"{key} = {value}")
         return self._settings()
 
     def _settings(self) -> dict:
@@ -119,10 +117,6 @@ class ClientDaemon(Daemon):
         return {"pause_buying": self.engine.paused, "max_price": format_price(p.max_price),
                 "max_price_units": p.max_price, "max_spend_per_hour": p.max_spend_per_hour,
                 "max_spend_per_day": p.max_spend_per_day, "max_spend_total": p.max_spend_total}
-
-    def cmd_contracts(self, req: dict) -> list[dict]:
-        with self.elock:
-            return self.engine.contracts(now=time.time(), history=bool(req.get("all")))
 
     def workers(self):
         return [("udp-to-tun", lambda: datapath.client_udp_to_tun(self)),
@@ -246,10 +240,8 @@ class ClientDaemon(Daemon):
         low = self.cfg.payment.low_balance_msat
         if low and balance < low and not self.low_balance:
             self.low_balance = True
-            self.events.note({"ts": now, "kind": "low_balance", "contract_id": None, "peer": None,
-                              "destination": None, "amount_msat": balance, "data": {"threshold_msat": low},
-                              "reason": f"wallet balance {balance} msat is below low_balance_msat = {low}; "
-                                        "fund the wallet"})
+            self.events.say("low_balance", f"wallet balance {balance} msat is below low_balance_msat = "
+                            f"{low}; fund the wallet", amount_msat=balance, data={"threshold_msat": low})
         elif low and balance >= low and self.low_balance:
             self.low_balance = False
         self._pump()
@@ -342,9 +334,8 @@ class ClientDaemon(Daemon):
                 self.engine.paid(cid, method, proof, amount)
             self._pump()
         except (PaymentError, KeyError) as e:
-            self.events.note({"ts": time.time(), "kind": "payment_failed", "contract_id": cid, "peer": None,
-                              "destination": ev.destination, "reason": str(e), "amount_msat": ev.amount_msat,
-                              "data": {}})
+            self.events.say("payment_failed", str(e), contract_id=cid, destination=ev.destination,
+                            amount_msat=ev.amount_msat)
             if "insufficient funds" in str(e).lower():
                 try:
                     funds = await self.payer.balance_msat()

@@ -273,7 +273,7 @@ class GatewayDaemon(Daemon):
         self.peer_of[packed] = peer
 
     def handlers(self) -> dict:
-        return {**super().handlers(), "contracts": self.cmd_contracts,
+        return {**super().handlers(),
                 "set": self.cmd_set}
 
     def cmd_set(self, req: dict) -> dict:
@@ -295,9 +295,7 @@ class GatewayDaemon(Daemon):
                 raise ControlError("bad_value", "floor_price would be above default_price")
             self.engine.set_prices(**changes)
         for key, value in changes.items():
-            self.events.note({"ts": time.time(), "kind": "setting", "contract_id": None, "peer": None,
-                              "destination": None, "reason": f"{key} = {format_price(value)}",
-                              "amount_msat": 0, "data": {}})
+            self.events.say("setting", f"{key} = {format_price(value)}")
         return self._pricing()
 
     def _pricing(self) -> dict:
@@ -305,10 +303,6 @@ class GatewayDaemon(Daemon):
         return {"default_price": format_price(p.default_price), "floor_price": format_price(p.floor_price),
                 "contract_kb": p.contract_kb, "contract_time_s": p.contract_time_s,
                 "grace_time_s": p.grace_time_s, "grace_kb": p.grace_kb}
-
-    def cmd_contracts(self, req: dict) -> list[dict]:
-        with self.elock:
-            return self.engine.contracts(now=time.time(), history=bool(req.get("all")))
 
     def workers(self):
         return [("udp-to-tun", lambda: datapath.gateway_udp_to_tun(self)),

@@ -50,6 +50,13 @@ class EventLog:
         self.note(rec)
         return rec
 
+    def say(self, kind: str, reason: str = "", contract_id: str | None = None, destination: str | None = None,
+            amount_msat: int = 0, data: dict | None = None) -> None:
+        """An event of the daemon's own (a setting, a wallet warning), not of the engine."""
+        self.note({"ts": time.time(), "kind": kind, "contract_id": contract_id, "peer": None,
+                   "destination": destination, "reason": reason, "amount_msat": amount_msat,
+                   "data": data or {}})
+
     def note(self, rec: dict) -> None:
         self.recent.append(rec)
         self._pending.append((rec["ts"], rec["kind"], rec["contract_id"], rec["peer"], rec["destination"],

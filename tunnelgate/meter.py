@@ -79,6 +79,8 @@ class GatewayMeter:
     def plen(self, addr: bytes) -> int:
         return self.m4.plen if len(addr) == 4 else self.m6.plen
 
+    # up() and down() are written out twice on purpose: a shared helper taking the counter's
+    # name would cost a call and a getattr per packet on the hottest path.
     def up(self, peer: bytes, dst: bytes, length: int, now: float, whole: bool = False) -> int:
         """whole: a burst of several packets passes only if all of it fits, so a contract
         never overshoots by more than one packet (the caller then meters packet by packet)."""

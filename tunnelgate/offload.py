@@ -24,11 +24,19 @@ import os
 import socket
 import struct
 
+from .wire import CHUNKS_MAX, DATA, DATA_CHUNK, DATA_PARTIAL, chunk_kind
+
 def mode() -> str:
     """TUNNELGATE_OFFLOAD: unset/"1" all offloads, "0" none (one packet per
-    syscall everywhere), "nogro" all but UDP GRO. A diagnostic and test switch
-    for the fallback paths, read when a daemon opens its TUN and socket."""
+    syscall everywhere), "nogro" all but UDP GRO, "nochunks" all but chunk
+    records (the daemon neither announces nor sends DATA_CHUNK). A diagnostic
+    and test switch for the fallback paths, read when a daemon opens its TUN
+    and socket or handshakes."""
     return os.environ.get("TUNNELGATE_OFFLOAD", "1")
+
+
+def chunks_enabled() -> bool:
+    return mode() != "nochunks"
 
 
 # --- constants (Python 3.11 has no names for these) --------------------------------
@@ -142,6 +150,22 @@ def split_frame(frame: bytes) -> tuple[list[bytes], bool]:
     if gso_type == GSO_TCPV4 and gso_size and len(pkt) >= 40 and pkt[0] >> 4 == 4 and pkt[9] == TCP:
         return tcp4_segments(pkt, gso_size), True
     return [], False
+
+
+def frame_payloads(frame: bytes, chunks: bool) -> tuple[list[bytes], int]:
+    """One TUN read -> (transport payloads, their kind): a TCP TSO burst as
+    DATA_CHUNK payloads when `chunks` (the peer takes them) and they can carry
+    it, otherwise as split_frame's packets, DATA_PARTIAL or DATA. ([], DATA)
+    for a GSO type we did not enable."""
+    if chunks and frame[1] & ~GSO_ECN == GSO_TCPV4:
+        gso_size = VNET.unpack_from(frame)[3]
+        pkt = frame[VNET_LEN:]
+        if len(pkt) >= 41 and pkt[9] == TCP:
+            out = tcp4_chunks(pkt, gso_size)
+            if out is not None:
+                return out, DATA_CHUNK
+    pkts, partial = split_frame(frame)
+    return pkts, DATA_PARTIAL if partial else DATA
 
 
 def tcp4_segments(pkt: bytes, mss: int) -> list[bytes]:
@@ -373,3 +397,170 @@ class UdpReceiver:
                 for i in range(0, n, seg):
                     out.append((bytes(view[i:min(i + seg, n)]), addr))
         return out
+
+
+# --- chunk records (wire.DATA_CHUNK) ----------------------------------------------------
+
+def tcp4_chunks(pkt: bytes, mss: int) -> list[bytes] | None:
+    """An IPv4 TCP TSO burst -> DATA_CHUNK payloads: the burst's headers (the
+    template, its IP checksum field holding `mss`) + each `mss` slice of its
+    payload. None when chunks cannot carry it (IP options, too many chunks):
+    the caller cuts segments instead."""
+    if pkt[0] != 0x45 or not 0 < mss <= 0xFFFF:
+        return None
+    hl = 20 + (pkt[32] >> 4) * 4
+    total = len(pkt) - hl
+    if total <= 0 or -(-total // mss) > CHUNKS_MAX:
+        return None
+    template = pkt[:10] + mss.to_bytes(2, "big") + pkt[12:hl]
+    payload = memoryview(pkt)[hl:]
+    return [template + payload[i:i + mss] for i in range(0, total, mss)]
+
+
+class ChunkRun:
+    """Received chunks index first, first+1, ... of one burst (same template).
+    `frame()` is what the TUN gets: one GSO frame for two or more chunks;
+    `segments()` rebuilds each chunk's own DATA_PARTIAL segment (per-packet
+    metering, TUNs without offloads)."""
+
+    __slots__ = ("template", "hl", "mss", "first", "count", "chunks", "next_kind", "full")
+
+    def __init__(self, template: bytes, hl: int, mss: int, first: int, count: int, chunk: bytes):
+        self.template = template
+        self.hl = hl
+        self.mss = mss
+        self.first = first
+        self.count = count
+        self.chunks = [chunk]
+        self.next_kind = chunk_kind(first + 1, count) if first + 1 < count else -1
+        self.full = hl + mss
+
+    @property
+    def src(self) -> bytes:
+        return self.template[12:16]
+
+    @property
+    def dst(self) -> bytes:
+        return self.template[16:20]
+
+    def wire_len(self) -> int:
+        """Sum of the IP lengths of the segments these chunks stand for."""
+        return sum(map(len, self.chunks))
+
+    def _header(self, index: int, k: int, payload_len: int) -> bytearray:
+        t, hl = self.template, self.hl
+        hdr = bytearray(t)
+        hdr[2:4] = (hl + payload_len).to_bytes(2, "big")
+        hdr[4:6] = ((int.from_bytes(t[4:6], "big") + index) & 0xFFFF).to_bytes(2, "big")
+        hdr[10:12] = b"\0\0"
+        hdr[10:12] = ip_header_checksum(hdr).to_bytes(2, "big")
+        hdr[24:28] = ((int.from_bytes(t[24:28], "big") + index * self.mss) & 0xFFFFFFFF).to_bytes(4, "big")
+        f = t[33]
+        if index + k < self.count:
+            f &= ~(FIN | PSH)
+        if index:
+            f &= ~CWR
+        hdr[33] = f
+        hdr[36:38] = fold(pseudo_sum(t[12:20], TCP, hl - 20 + payload_len)).to_bytes(2, "big")
+        return hdr
+
+    def frame(self) -> bytes:
+        """virtio-net frame: GSO for two or more chunks, else one NEEDS_CSUM packet."""
+        hl, chunks = self.hl, self.chunks
+        payload_len = sum(map(len, chunks)) - hl * len(chunks)
+        hdr = self._header(self.first, len(chunks), payload_len)
+        if len(chunks) == 1:
+            return b"".join((VNET.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 16), hdr, memoryview(chunks[0])[hl:]))
+        parts = [VNET.pack(F_NEEDS_CSUM, GSO_TCPV4, hl, self.mss, 20, 16), hdr]
+        parts.extend(memoryview(c)[hl:] for c in chunks)
+        return b"".join(parts)
+
+    def segments(self) -> list[bytes]:
+        hl = self.hl
+        return [bytes(self._header(self.first + i, 1, len(c) - hl)) + memoryview(c)[hl:]
+                for i, c in enumerate(self.chunks)]
+
+
+def chunk_run(payload: bytes, kind: int) -> ChunkRun | None:
+    """A received chunk (type word `kind`, wire.is_chunk true) -> a run of one,
+    or None when the payload is not a chunk this module could have sent."""
+    index, count = kind >> 8 & 0xFF, kind >> 16
+    if len(payload) < 41 or payload[0] != 0x45 or payload[9] != TCP or (payload[6] & 0x3F) or payload[7]:
+        return None
+    thl = (payload[32] >> 4) * 4
+    hl = 20 + thl
+    mss = int.from_bytes(payload[10:12], "big")
+    n = len(payload) - hl
+    if thl < 20 or n <= 0 or n > mss or (n < mss and index != count - 1):
+        return None
+    return ChunkRun(payload[:hl], hl, mss, index, count, payload)
+
+
+class Arrivals:
+    """Decrypted data packets in arrival order -> items for the TUN, keeping
+    each flow's order: ChunkRun, lists of coalesced segments (see coalesce)
+    and (packet, partial) pairs."""
+
+    __slots__ = ("items", "pkts", "partial", "run", "gso")
+
+    def __init__(self, gso: bool = True):
+        # gso False: the TUN takes no GSO frames, so done() returns only
+        # (packet, partial) pairs, chunk runs cut back into their segments
+        self.gso = gso
+        self.items: list = []
+        self.pkts: list[bytes] = []
+        self.partial: list[bool] = []
+        self.run: ChunkRun | None = None
+
+    def packet(self, pkt: bytes, partial: bool) -> None:
+        self.pkts.append(pkt)
+        self.partial.append(partial)
+        self.run = None
+
+    def chunk(self, payload: bytes, kind: int) -> bool:
+        """Add a chunk; False (and nothing added) if it is malformed."""
+        run = self.run
+        if (run is not None and kind == run.next_kind and payload.startswith(run.template)
+                and (len(payload) == run.full or (kind >> 16) - (kind >> 8 & 0xFF) == 1 and len(payload) < run.full)):
+            run.chunks.append(payload)
+            idx = (kind >> 8 & 0xFF) + 1
+            run.next_kind = kind + 256 if idx < run.count else -1
+            return True
+        run = chunk_run(payload, kind)
+        if run is None:
+            return False
+        self._flush()
+        self.items.append(run)
+        self.run = run
+        return True
+
+    def _flush(self) -> None:
+        if self.pkts:
+            if self.gso:
+                self.items.extend(coalesce(self.pkts, self.partial))
+            else:
+                self.items.extend(zip(self.pkts, self.partial))
+            self.pkts, self.partial = [], []
+
+    def done(self) -> list:
+        self._flush()
+        items = self.items
+        self.items, self.run = [], None
+        if not self.gso:
+            flat = []
+            for item in items:
+                if type(item) is ChunkRun:
+                    flat.extend((p, True) for p in item.segments())
+                else:
+                    flat.append(item)
+            return flat
+        return items
+
+
+def chunks_as_segments(payloads: list[bytes]) -> list[bytes]:
+    """A burst's DATA_CHUNK payloads (from tcp4_chunks) -> its DATA_PARTIAL
+    segments, for a receiver that does not take chunks or a burst metered
+    packet by packet."""
+    run = chunk_run(payloads[0], chunk_kind(0, len(payloads)))
+    run.chunks.extend(payloads[1:])
+    return run.segments()

@@ -31,6 +31,7 @@ from .replay import ReplayWindow
 from .wire import (
     CONTROL,
     DATA,
+    DATA_CHUNK,
     DATA_PARTIAL,
     INDEX,
     INIT,
@@ -47,11 +48,13 @@ from .wire import (
     TRANSPORT_KINDS,
     TRANSPORT_MIN,
     TYPE,
+    chunk_kind,
+    is_chunk,
 )
 
 __all__ = [
     "PROTOCOL_NAME", "PROTOCOL_NAME_AESGCM", "PROTOCOLS", "CIPHERS", "DATA",
-    "DATA_PARTIAL", "KEEPALIVE", "CONTROL", "resolve_cipher", "HANDSHAKE_DONE", "RAND_BYTES", "REJECT_AFTER_MESSAGES",
+    "DATA_PARTIAL", "DATA_CHUNK", "KEEPALIVE", "CONTROL", "resolve_cipher", "HANDSHAKE_DONE", "RAND_BYTES", "REJECT_AFTER_MESSAGES",
     "public_key", "SessionError", "Timing", "Transport", "Initiator",
     "Handshake", "Responder",
 ]
@@ -201,8 +204,12 @@ class Transport:
 
     def seal_batch(self, kind: int, payloads: list[bytes]) -> list[bytes]:
         """seal() for each payload, with the lookups hoisted out of the loop
-        (this runs per TSO segment)."""
-        if kind not in TRANSPORT_KINDS:
+        (this runs per TSO segment). kind DATA_CHUNK: the payloads are the
+        chunks of one burst, in order; each gets its index/count type word."""
+        if kind == DATA_CHUNK:
+            if not 1 <= len(payloads) <= 255:
+                raise SessionError(f"a burst has 1..255 chunks, not {len(payloads)}")
+        elif kind not in TRANSPORT_KINDS:
             raise SessionError(f"not a transport kind: {kind}")
         if not payloads:
             return []
@@ -211,12 +218,18 @@ class Transport:
         out = []
         append = out.append
         n = 0
+        if kind == DATA_CHUNK:
+            kind = chunk_kind(0, len(payloads))
+            step = 1 << 8
+        else:
+            step = 0
         for p in payloads:
             n = next(counter)
             if n >= REJECT_AFTER_MESSAGES:
                 raise SessionError("transport counter exhausted")
             header = pack(kind, remote, n)
             append(header + encrypt(nonce(n), p, header))
+            kind += step
         self.send_count = n + 1
         return out
 
@@ -226,7 +239,7 @@ class Transport:
             stats["malformed"] += 1
             return None
         kind, index, n = TRANSPORT_HDR.unpack_from(datagram)
-        if kind not in TRANSPORT_KINDS:
+        if kind not in TRANSPORT_KINDS and not is_chunk(kind):
             stats["malformed"] += 1
             return None
         if index != self.local_index:
@@ -377,7 +390,7 @@ class Initiator:
         kind = TYPE.unpack_from(datagram)[0]
         if kind == RESP:
             return self._complete(datagram, now)
-        if kind not in TRANSPORT_KINDS:
+        if kind not in TRANSPORT_KINDS and not is_chunk(kind):
             self.stats["malformed"] += 1
             return None
         index = INDEX.unpack_from(datagram, 4)[0]
@@ -547,7 +560,7 @@ class Responder:
         kind = TYPE.unpack_from(datagram)[0]
         if kind == INIT:
             return self._init(datagram, addr)
-        if kind not in TRANSPORT_KINDS:
+        if kind not in TRANSPORT_KINDS and not is_chunk(kind):
             stats["malformed"] += 1
             return None
         entry = self._by_index.get(INDEX.unpack_from(datagram, 4)[0])

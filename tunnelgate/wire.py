@@ -12,6 +12,9 @@ malformed.
   transport  type   | receiver_index u32 | counter u64 | AEAD(payload)
              (type DATA, KEEPALIVE, CONTROL or DATA_PARTIAL)
              (the 16-byte header is the AEAD's associated data)
+  chunk      DATA_CHUNK | index u8 | count u8 | 0 | receiver_index u32 | counter u64 | AEAD(payload)
+             the one transport type whose high bytes are not zero: chunk
+             `index` of `count` cut from one TCP TSO burst (see DATA_CHUNK)
 """
 
 from __future__ import annotations
@@ -28,7 +31,28 @@ CONTROL = 5  # payload: one opaque control-channel frame
 # payload in Python, the receiver hands it to its kernel to finish (virtio-net
 # NEEDS_CSUM) or completes it itself. See tunnelgate/offload.py.
 DATA_PARTIAL = 6
+# payload: IPv4+TCP headers of a whole TSO burst (the template) + chunk `index`
+# of the burst's payload, cut at the burst's segment size. The template's IP
+# checksum field carries that segment size (the receiver recomputes the
+# checksum anyway). Template + chunk is exactly as long as the segment the
+# kernel would have cut, so the wire carries what DATA_PARTIAL would; the
+# sender builds no per-segment headers and a receiver holding consecutive
+# chunks of one burst hands them to its kernel as one GSO frame, rebuilding
+# headers only around a lost chunk. Sent only to a peer that announced
+# FEATURE_CHUNKS in its handshake payload. See tunnelgate/offload.py.
+DATA_CHUNK = 7
+CHUNKS_MAX = 255
+FEATURE_CHUNKS = "chunks"
 TRANSPORT_KINDS = frozenset((DATA, KEEPALIVE, CONTROL, DATA_PARTIAL))
+
+
+def chunk_kind(index: int, count: int) -> int:
+    return DATA_CHUNK | index << 8 | count << 16
+
+
+def is_chunk(kind: int) -> bool:
+    """A well-formed chunk type word: index < count <= CHUNKS_MAX, top byte zero."""
+    return kind & 0xFF0000FF == DATA_CHUNK and (kind >> 8 & 0xFF) < (kind >> 16)
 
 TYPE = struct.Struct("<I")
 INDEX = struct.Struct("<I")

@@ -28,8 +28,8 @@ class TunnelEnv:
         self.gw_conf, self.client_conf = pair.gateway, pair.client
         self.gw_public, self.client_public = pair.gateway_public, pair.client_public
 
-    def tg(self, ns: str, *args, check=True, timeout=30) -> subprocess.CompletedProcess:
-        return self.lab.run(ns, *TG, *args, check=check, timeout=timeout)
+    def tg(self, ns: str, *args, check=True, timeout=30, **kw) -> subprocess.CompletedProcess:
+        return self.lab.run(ns, *TG, *args, check=check, timeout=timeout, **kw)
 
     def serve(self, **kw):
         return self.tg(self.lab.gw, "serve", "-c", str(self.gw_conf), **kw)

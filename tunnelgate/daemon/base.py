@@ -9,6 +9,7 @@ reads in threads beat an event loop for throughput in Python; everything else
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -65,6 +66,17 @@ def setup_logging(logfile: Path, verbose: bool) -> None:
     # journald adds its own timestamps
     sh.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(sh)
+
+
+def features(handshake_payload: bytes) -> frozenset[str]:
+    """The optional data-path features a peer announced in its handshake
+    payload (JSON {"features": [...]}); none for an empty or unreadable one,
+    so a peer of an older version simply gets the plain format."""
+    try:
+        got = json.loads(handshake_payload).get("features", [])
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return frozenset()
+    return frozenset(f for f in got if isinstance(f, str)) if isinstance(got, list) else frozenset()
 
 
 def udp_socket(bind: tuple[str, int]) -> socket.socket:

@@ -13,14 +13,15 @@ import time
 
 import threading
 
-from .. import session as sess
+from .. import offload, session as sess
 from ..net import setup as netsetup
 from ..money import format_price, parse_msat, parse_price
 from ..payments import PaymentError, Terms, load_backend
 from ..protocol import client as clp
 from ..tun import Tun
 from . import datapath
-from .base import Daemon, udp_socket
+from ..wire import FEATURE_CHUNKS
+from .base import Daemon, features, udp_socket
 from .control import ControlError
 from .market import Channels, EventLog, Saver
 
@@ -40,6 +41,8 @@ class ClientDaemon(Daemon):
         timing = sess.Timing(keepalive_s=cfg.session.keepalive_s, rekey_after_s=cfg.session.rekey_after_s,
                              dead_after_s=cfg.session.dead_after_s,
                              handshake_retry_s=cfg.session.handshake_retry_s)
+        # what our data path takes beyond the plain format, said in every handshake
+        self.features = [FEATURE_CHUNKS] if offload.chunks_enabled() else []
         self.initiator = sess.Initiator(self.private_key, cfg.gateway_public_key, timing,
                                         cipher=cfg.session.cipher)
         self.endpoint = cfg.endpoint
@@ -51,7 +54,8 @@ class ClientDaemon(Daemon):
         bind = ("::", 0) if ":" in cfg.endpoint[0] else ("0.0.0.0", 0)
         self.sock = udp_socket(bind)
         with self.lock:
-            first = self.initiator.begin(time.monotonic(), time.time_ns(), os.urandom(sess.RAND_BYTES))
+            first = self.initiator.begin(time.monotonic(), time.time_ns(), os.urandom(sess.RAND_BYTES),
+                                         json.dumps({"features": self.features}).encode())
         self._send(first)
         log.info("connecting to gateway %s:%d", *cfg.endpoint)
 
@@ -71,6 +75,7 @@ class ClientDaemon(Daemon):
                         getattr(self.payer, "notice", "no real payment happens"))
         self.paying: dict[str, asyncio.Task] = {}
         self.wake_pending = False
+        self.gateway_chunks = False     # the gateway takes DATA_CHUNK (said in its handshake)
         self.quotes: collections.deque = collections.deque()   # futures awaiting a QUOTE
         self.balance_msat: int | None = None
         self.balance_at: float | None = None
@@ -167,6 +172,7 @@ class ClientDaemon(Daemon):
                       "of this version?", payload[:100])
             self.stats["bad_handshake_payload"] += 1
             return
+        self.gateway_chunks = FEATURE_CHUNKS in self.features and FEATURE_CHUNKS in features(payload)
         if address != self.address:
             if self.address is not None:
                 log.warning("gateway changed our address %s -> %s", self.address, address)

@@ -23,19 +23,20 @@ from .. import offload as off
 from .. import session as sess
 from ..meter import FORWARD, HELD
 
-DATA, DATA_PARTIAL, CONTROL = sess.DATA, sess.DATA_PARTIAL, sess.CONTROL
+DATA, DATA_PARTIAL, DATA_CHUNK, CONTROL = sess.DATA, sess.DATA_PARTIAL, sess.DATA_CHUNK, sess.CONTROL
 TUN_READS = 64          # TUN reads per batch (each up to a 64 KB burst)
 UDP_DATAGRAMS = 256     # datagrams per receive batch
 
 
 # --- helpers --------------------------------------------------------------------------
 
-def _frames_to_bursts(frames: list[bytes], vnet: bool) -> list[tuple[list[bytes], bool]]:
-    """TUN reads -> (IP packets, partial) per read."""
+def _frames_to_bursts(frames: list[bytes], vnet: bool, chunks: bool) -> list[tuple[list[bytes], int]]:
+    """TUN reads -> (transport payloads, kind) per read: DATA_CHUNK payloads
+    when `chunks`, else IP packets (DATA or DATA_PARTIAL)."""
     if not vnet:
-        return [([f], False) for f in frames]
-    split = off.split_frame
-    return [split(f) for f in frames]
+        return [([f], DATA) for f in frames]
+    split = off.frame_payloads
+    return [split(f, chunks) for f in frames]
 
 
 def _complete(pkt: bytes, partial: bool) -> bytes:
@@ -52,14 +53,16 @@ def _single_frame(pkt: bytes, partial: bool, vnet: bool) -> bytes:
     return (off.partial_vnet(pkt) if partial else off.VNET_PLAIN) + pkt
 
 
-def _tun_frames(pkts: list[bytes], partial: list[bool], vnet: bool) -> list[bytes]:
-    """Packets for the TUN -> frames, in-order TCP segments coalesced when the
-    TUN takes GSO frames."""
+def _tun_frames(items: list, vnet: bool) -> list[bytes]:
+    """offload.Arrivals items -> TUN frames (GSO frames when the TUN takes them)."""
     if not vnet:
-        return [_complete(p, part) for p, part in zip(pkts, partial)]
+        return [_complete(p, part) for p, part in items]
     out = []
-    for item in off.coalesce(pkts, partial):
-        if type(item) is list:
+    ChunkRun = off.ChunkRun
+    for item in items:
+        if type(item) is ChunkRun:
+            out.append(item.frame())
+        elif type(item) is list:
             out.append(off.gso_frame(item))
         else:
             out.append(_single_frame(item[0], item[1], True))
@@ -75,6 +78,8 @@ def gateway_udp_to_tun(d) -> None:
     outbound, outbound_burst = engine.outbound, engine.outbound_burst
     receiver = off.UdpReceiver(sock)
     vnet = bool(tun.vnet_hdr_len)
+    arrivals = off.Arrivals(gso=vnet)
+    packet, chunk = arrivals.packet, arrivals.chunk
     receive = responder.receive
     frames = []
     while d.running:
@@ -83,7 +88,7 @@ def gateway_udp_to_tun(d) -> None:
             continue
         now = time.monotonic()
         wall = time.time()
-        pkts, partial, peer_of_src = [], [], {}
+        peer_of_src = {}
         for datagram, addr in datagrams:
             res = receive(datagram, now, addr)
             if res is None:
@@ -97,8 +102,7 @@ def gateway_udp_to_tun(d) -> None:
                 if len(payload) >= 20 and payload[0] >> 4 == 4:
                     src = payload[12:16]
                     if src == addr_of.get(peer):
-                        pkts.append(payload)
-                        partial.append(kind == DATA_PARTIAL and off.partial_ok(payload))
+                        packet(payload, kind == DATA_PARTIAL and off.partial_ok(payload))
                         peer_of_src[src] = peer
                     else:
                         stats["drop_spoofed"] += 1
@@ -107,11 +111,19 @@ def gateway_udp_to_tun(d) -> None:
             elif kind == CONTROL:
                 stats["control_rx"] += 1
                 frames.append((peer, payload))
+            elif kind & 0xFF == DATA_CHUNK:
+                src = payload[12:16]
+                if src != addr_of.get(peer):
+                    stats["drop_spoofed"] += 1
+                elif chunk(payload, kind):
+                    peer_of_src[src] = peer
+                else:
+                    stats["drop_bad_chunk"] += 1
         held = False
-        if pkts:
+        items = arrivals.done()
+        if items:
             out, nbytes, npkts, held = _gateway_meter(
-                off.coalesce(pkts, partial) if vnet else [(p, f) for p, f in zip(pkts, partial)],
-                peer_of_src, elock, outbound, outbound_burst, wall, vnet, stats)
+                items, peer_of_src, elock, outbound, outbound_burst, wall, vnet, stats)
             if out:
                 stats["rx_packets"] += npkts
                 stats["rx_bytes"] += nbytes
@@ -123,15 +135,28 @@ def gateway_udp_to_tun(d) -> None:
 
 
 def _gateway_meter(items, peer_of_src, elock, outbound, outbound_burst, wall, vnet, stats):
-    """Meter and decide coalesced groups (one engine call each when a contract
-    covers them) and single packets; returns the TUN frames to write."""
+    """Meter and decide chunk runs and coalesced groups (one engine call each
+    when a contract covers them) and single packets; returns the TUN frames
+    to write."""
     out = []
     nbytes = npkts = 0
     held = False
     slow = []                       # packets the burst call did not cover
+    ChunkRun = off.ChunkRun
     with elock:
         for item in items:
-            if type(item) is list:
+            t = type(item)
+            if t is ChunkRun:
+                total = item.wire_len()
+                n = len(item.chunks)
+                if outbound_burst(peer_of_src[item.src], item.dst, total, n, wall) == FORWARD:
+                    out.append(item.frame())
+                    nbytes += total
+                    npkts += n
+                else:
+                    slow.extend((p, True) for p in item.segments())
+                continue
+            if t is list:
                 first = item[0]
                 total = sum(map(len, item))
                 if outbound_burst(peer_of_src[first[12:16]], first[16:20], total, len(item), wall) == FORWARD:
@@ -173,6 +198,7 @@ def gateway_tun_to_udp(d) -> None:
     seal_batch, endpoint_of = responder.seal_batch, responder.endpoint
     sender = off.UdpSender(sock)
     vnet = bool(tun.vnet_hdr_len)
+    chunk_peers = d.chunk_peers
     while d.running:
         frames = tun.read_frames(TUN_READS, 0.5)
         if not frames:
@@ -180,7 +206,7 @@ def gateway_tun_to_udp(d) -> None:
         now = time.monotonic()
         wall = time.time()
         by_endpoint: dict = {}
-        for pkts, partial in _frames_to_bursts(frames, vnet):
+        for pkts, kind in _frames_to_bursts(frames, vnet, bool(chunk_peers)):
             if not pkts:
                 stats["drop_bad_gso"] += 1
                 continue
@@ -192,10 +218,14 @@ def gateway_tun_to_udp(d) -> None:
             if peer is None:
                 stats["drop_no_peer"] += len(pkts)
                 continue
+            if kind == DATA_CHUNK and peer not in chunk_peers:
+                pkts, kind = off.chunks_as_segments(pkts), DATA_PARTIAL
             total = sum(map(len, pkts))
             with elock:
                 if inbound_burst(peer, first[12:16], total, wall) != FORWARD:
                     # near a contract's end: decide per packet (overshoot at most one packet)
+                    if kind == DATA_CHUNK:
+                        pkts, kind = off.chunks_as_segments(pkts), DATA_PARTIAL
                     src = first[12:16]
                     n = len(pkts)
                     pkts = [p for p in pkts if inbound(peer, src, len(p), wall) == FORWARD]
@@ -204,7 +234,7 @@ def gateway_tun_to_udp(d) -> None:
                     total = sum(map(len, pkts))
             if not pkts:
                 continue
-            datagrams = seal_batch(peer, DATA_PARTIAL if partial else DATA, pkts, now)
+            datagrams = seal_batch(peer, kind, pkts, now)
             endpoint = endpoint_of(peer)
             if not datagrams or endpoint is None:
                 stats["drop_no_session"] += len(pkts)
@@ -212,6 +242,8 @@ def gateway_tun_to_udp(d) -> None:
             by_endpoint.setdefault(endpoint, []).extend(datagrams)
             stats["tx_bytes"] += total
             stats["tx_packets"] += len(pkts)
+            if kind == DATA_CHUNK:
+                stats["tx_chunks"] += len(pkts)
         for endpoint, datagrams in by_endpoint.items():
             errors = sender.send(datagrams, endpoint)
             if errors:
@@ -234,6 +266,8 @@ def client_udp_to_tun(d) -> None:
     elock, inbound, engine, fits = d.elock, d.engine.inbound, d.engine, d.engine.fits
     receiver = off.UdpReceiver(sock)
     vnet = bool(tun.vnet_hdr_len)
+    arrivals = off.Arrivals(gso=vnet)
+    packet, chunk = arrivals.packet, arrivals.chunk
     receive = initiator.receive
     frames = []
     while d.running:
@@ -242,7 +276,7 @@ def client_udp_to_tun(d) -> None:
             continue
         now = time.monotonic()
         wall = time.time()
-        pkts, partial = [], []
+        npkts = nbytes = 0
         by_src: dict[bytes, list[int]] = {}
         for datagram, addr in datagrams:
             if datagram[:1] == b"\x02":  # handshake response: control plane
@@ -260,14 +294,24 @@ def client_udp_to_tun(d) -> None:
             if kind == DATA or kind == DATA_PARTIAL:
                 if len(payload) >= 20 and payload[0] >> 4 == 4:
                     by_src.setdefault(payload[12:16], []).append(len(payload))
-                pkts.append(payload)
-                partial.append(kind == DATA_PARTIAL and off.partial_ok(payload))
+                packet(payload, kind == DATA_PARTIAL and off.partial_ok(payload))
             elif kind == DONE:
                 d.loop.call_soon_threadsafe(d._spawn, d._handshake_done(payload))
             elif kind == CONTROL:
                 stats["control_rx"] += 1
                 frames.append(payload)
-        if pkts:
+                continue
+            elif kind & 0xFF == DATA_CHUNK:
+                if not chunk(payload, kind):
+                    stats["drop_bad_chunk"] += 1
+                    continue
+                by_src.setdefault(payload[12:16], []).append(len(payload))
+            else:
+                continue
+            npkts += 1
+            nbytes += len(payload)
+        items = arrivals.done()
+        if items:
             if by_src:
                 # the client meters and never blocks: one call per source per batch
                 with elock:
@@ -280,9 +324,9 @@ def client_udp_to_tun(d) -> None:
                                 inbound(src, n, wall)
                 if engine.has_output:
                     _wake(d)
-            stats["rx_packets"] += len(pkts)
-            stats["rx_bytes"] += sum(map(len, pkts))
-            tun.write_frames(_tun_frames(pkts, partial, vnet))
+            stats["rx_packets"] += npkts
+            stats["rx_bytes"] += nbytes
+            tun.write_frames(_tun_frames(items, vnet))
         if frames:
             batch, frames = frames, []
             d.loop.call_soon_threadsafe(d._control_in, batch)
@@ -300,7 +344,7 @@ def client_tun_to_udp(d) -> None:
             continue
         wall = time.time()
         now = time.monotonic()
-        bursts = _frames_to_bursts(frames, vnet)
+        bursts = _frames_to_bursts(frames, vnet, d.gateway_chunks)
         with elock:
             for pkts, _ in bursts:
                 if pkts and len(pkts[0]) >= 20 and pkts[0][0] >> 4 == 4:
@@ -314,15 +358,17 @@ def client_tun_to_udp(d) -> None:
             _wake(d)
         datagrams = []
         npkts = nbytes = 0
-        for pkts, partial in bursts:
+        for pkts, kind in bursts:
             if not pkts:
                 stats["drop_bad_gso"] += 1
                 continue
-            sealed = seal_batch(DATA_PARTIAL if partial else DATA, pkts, now)
+            sealed = seal_batch(kind, pkts, now)
             if len(sealed) < len(pkts):
                 stats["drop_no_session"] += len(pkts) - len(sealed)
                 continue
             datagrams.extend(sealed)
+            if kind == DATA_CHUNK:
+                stats["tx_chunks"] += len(pkts)
             npkts += len(pkts)
             nbytes += sum(map(len, pkts))
         if datagrams:

@@ -16,14 +16,15 @@ import secrets
 import threading
 from collections import deque
 
-from .. import session as sess
+from .. import offload, session as sess
 from ..net import setup as netsetup
 from ..payments import Terms, Verdict, load_backend
 from ..protocol import gateway as gwp
 from ..tun import Tun
 from . import datapath
 from ..money import format_price, parse_price
-from .base import Daemon, udp_socket
+from ..wire import FEATURE_CHUNKS
+from .base import Daemon, features as _features, udp_socket
 from .control import ControlError
 from .market import Channels, EventLog, Saver, peer_text
 
@@ -109,6 +110,8 @@ class GatewayDaemon(Daemon):
         # peer key -> its 4 address bytes and back; plain dicts so the data path needs no lock
         self.addr_of: dict[bytes, bytes] = {}
         self.peer_of: dict[bytes, bytes] = {}
+        # peers whose handshake announced wire.FEATURE_CHUNKS (they get TSO bursts as chunks)
+        self.chunk_peers: set[bytes] = set()
         for key_b64, addr in self.store.peer_addresses().items():
             self._remember(base64.b64decode(key_b64), addr)
         await self._setup_market()
@@ -325,8 +328,14 @@ class GatewayDaemon(Daemon):
             log.warning("refusing peer %s: %s", key_b64, e)
             self.stats["handshake_refused"] += 1
             return
+        chunks = offload.chunks_enabled()
+        if chunks and FEATURE_CHUNKS in _features(hs.payload):
+            self.chunk_peers.add(hs.peer_public)
+        else:
+            self.chunk_peers.discard(hs.peer_public)
         payload = json.dumps({"address": f"{addr}/{self.cfg.address.network.prefixlen}",
-                              "gateway": str(self.cfg.address.ip)}).encode()
+                              "gateway": str(self.cfg.address.ip),
+                              "features": [FEATURE_CHUNKS] if chunks else []}).encode()
         with self.lock:
             datagram = self.responder.accept(hs, now, os.urandom(sess.RAND_BYTES), payload)
         self._remember(hs.peer_public, addr)

@@ -1,0 +1,198 @@
+"""Chunk records (wire.DATA_CHUNK): a TSO burst cut into template + payload
+chunks, and the receiver's rebuilding. The reference is the segment path
+(tcp4_segments): whatever arrives, the segments the kernel ends up with must be
+exactly the segments the burst stands for, lost ones missing, order kept."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from tunnelgate import offload as off
+from tunnelgate import session as sess
+from tunnelgate import wire
+from tunnelgate.daemon.base import features
+from tunnelgate.replay import ReplayWindow
+
+from test_offload import ipv4_tcp, tcp_ok, tso_frame
+
+TS_OPTS = b"\x01\x01\x08\x0a" + bytes(range(8))
+
+
+def burst(size: int, mss: int, flags=off.ACK | off.PSH, opts=TS_OPTS, seq=4_294_960_000, ip_id=65530):
+    """A TSO read (virtio frame) and the segments the kernel's GSO would cut from it."""
+    frame = tso_frame(os.urandom(size), mss, flags=flags, opts=opts, seq=seq, ip_id=ip_id)
+    return frame, off.tcp4_segments(frame[off.VNET_LEN:], mss)
+
+
+def expand(items) -> list[bytes]:
+    """What the receiving kernel makes of Arrivals items: GSO frames segmented,
+    other frames as they are (checksums finished as the kernel would)."""
+    out = []
+    for item in items:
+        if type(item) is off.ChunkRun:
+            frame = item.frame()
+            hdr = off.VNET.unpack_from(frame)
+            pkt = frame[off.VNET_LEN:]
+            if hdr[1] == off.GSO_TCPV4:
+                assert hdr[3] == item.mss and hdr[2] == item.hl
+                out.extend(off.tcp4_segments(pkt, hdr[3]))
+            else:
+                assert hdr[0] == off.F_NEEDS_CSUM
+                out.append(pkt)
+        elif type(item) is list:
+            out.extend(off.tcp4_segments(off.gso_frame(item)[off.VNET_LEN:], len(item[0]) - 52))
+        else:
+            out.append(off.reseed_partial(item[0]))
+    return [off.complete_checksum(p, 20, 16) for p in out]
+
+
+def finished(pkts):
+    return [off.complete_checksum(p, 20, 16) for p in pkts]
+
+
+@pytest.mark.parametrize("size,mss", [(1368 * 47, 1368), (65000, 1368), (1368 * 3 + 1, 1368),
+                                      (2 * 536, 536), (5000, 1448), (64000, 300)])
+@pytest.mark.parametrize("flags", [off.ACK, off.ACK | off.PSH, off.ACK | off.PSH | off.FIN,
+                                   off.ACK | off.CWR | off.ECE])
+def test_all_chunks_make_one_gso_frame_equal_to_the_segments(size, mss, flags):
+    frame, segs = burst(size, mss, flags=flags)
+    chunks, kind = off.frame_payloads(frame, chunks=True)
+    assert kind == wire.DATA_CHUNK and len(chunks) == len(segs)
+    # a chunk is exactly as long as its segment: the wire carries what DATA_PARTIAL would
+    assert [len(c) for c in chunks] == [len(s) for s in segs]
+    arr = off.Arrivals()
+    for i, c in enumerate(chunks):
+        assert arr.chunk(c, wire.chunk_kind(i, len(chunks)))
+    items = arr.done()
+    assert len(items) == 1 and type(items[0]) is off.ChunkRun
+    assert items[0].wire_len() == sum(map(len, segs))
+    got = expand(items)
+    assert got == finished(segs)
+    assert all(tcp_ok(p) for p in got)
+    # the per-packet path rebuilds the very same DATA_PARTIAL segments
+    assert items[0].segments() == segs
+    assert off.chunks_as_segments(chunks) == segs
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_lost_and_split_chunks_rebuild_exactly_the_rest(seed):
+    rnd = random.Random(seed)
+    mss = rnd.choice([536, 1368, 1448])
+    frame, segs = burst(rnd.randrange(mss + 1, 65000), mss, flags=rnd.choice([off.ACK, off.ACK | off.PSH]))
+    chunks, _ = off.frame_payloads(frame, chunks=True)
+    n = len(chunks)
+    kept = sorted(rnd.sample(range(n), rnd.randrange(1, n + 1)))
+    cut = rnd.randrange(len(kept) + 1)            # a burst split over two receive batches
+    arr = off.Arrivals()
+    got = []
+    for j, i in enumerate(kept):
+        if j == cut:
+            got += expand(arr.done())
+        assert arr.chunk(chunks[i], wire.chunk_kind(i, n))
+    got += expand(arr.done())
+    assert got == finished([segs[i] for i in kept])
+
+
+def test_order_kept_between_packets_and_chunks_and_bursts():
+    frame1, segs1 = burst(1368 * 4, 1368, seq=1000)
+    frame2, segs2 = burst(1368 * 4, 1368, seq=1000 + 1368 * 4)
+    c1, _ = off.frame_payloads(frame1, True)
+    c2, _ = off.frame_payloads(frame2, True)
+    ack = ipv4_tcp(b"", seq=1, flags=off.ACK)
+    arr = off.Arrivals()
+    arr.packet(ack, False)
+    for i, c in enumerate(c1):
+        arr.chunk(c, wire.chunk_kind(i, 4))
+    for i, c in enumerate(c2):
+        arr.chunk(c, wire.chunk_kind(i, 4))
+    arr.packet(ack, False)
+    items = arr.done()
+    # two bursts stay two runs (their templates differ): each is one GSO frame
+    assert [type(x) for x in items] == [tuple, off.ChunkRun, off.ChunkRun, tuple]
+    assert expand(items) == finished([off.reseed_partial(ack)] + segs1 + segs2 + [off.reseed_partial(ack)])
+
+
+def test_without_gso_the_receiver_gets_plain_segments():
+    frame, segs = burst(1368 * 5 + 7, 1368)
+    chunks, _ = off.frame_payloads(frame, True)
+    arr = off.Arrivals(gso=False)
+    for i, c in enumerate(chunks):
+        arr.chunk(c, wire.chunk_kind(i, len(chunks)))
+    assert arr.done() == [(s, True) for s in segs]
+
+
+def test_bursts_chunks_cannot_carry_fall_back_to_segments():
+    frame, segs = burst(20_000, 1368)
+    assert off.frame_payloads(frame, chunks=False) == (segs, wire.DATA_PARTIAL)
+    tiny, tiny_segs = burst(256 * 40, 40)                  # more than CHUNKS_MAX chunks
+    assert off.frame_payloads(tiny, True) == (tiny_segs, wire.DATA_PARTIAL)
+    pkt = ipv4_tcp(b"x" * 100)                            # not a TSO read
+    plain = off.VNET_PLAIN + pkt
+    assert off.frame_payloads(plain, True) == ([pkt], wire.DATA)
+
+
+def test_malformed_chunks_are_refused_not_raised():
+    frame, _ = burst(1368 * 4, 1368)
+    chunks, _ = off.frame_payloads(frame, True)
+    arr = off.Arrivals()
+    assert not arr.chunk(chunks[0][:30], wire.chunk_kind(0, 4))           # too short
+    assert not arr.chunk(chunks[0] + b"x", wire.chunk_kind(0, 4))         # longer than mss
+    assert not arr.chunk(chunks[3][:-1], wire.chunk_kind(1, 4))           # short, not last
+    assert not arr.chunk(b"\x46" + chunks[0][1:], wire.chunk_kind(0, 4))  # IP options
+    assert not arr.chunk(chunks[0][:9] + b"\x11" + chunks[0][10:], wire.chunk_kind(0, 4))  # UDP
+    assert arr.done() == []
+    rnd = random.Random(7)
+    for _ in range(3000):
+        c = bytearray(rnd.choice(chunks))
+        for _ in range(rnd.randrange(1, 4)):
+            c[rnd.randrange(len(c))] = rnd.randrange(256)
+        arr.chunk(bytes(c[:rnd.randrange(len(c) + 1)]), wire.chunk_kind(rnd.randrange(4), 4))
+        if rnd.random() < 0.1:
+            for item in arr.done():          # whatever was accepted builds frames without raising
+                item.frame() if type(item) is off.ChunkRun else None
+
+
+def test_chunk_type_words():
+    assert wire.is_chunk(wire.chunk_kind(0, 2)) and wire.is_chunk(wire.chunk_kind(254, 255))
+    assert not wire.is_chunk(wire.chunk_kind(2, 2))                       # index >= count
+    assert not wire.is_chunk(wire.DATA_CHUNK)                            # count 0
+    assert not wire.is_chunk(wire.chunk_kind(0, 2) | 1 << 24)            # top byte set
+    assert not wire.is_chunk(wire.chunk_kind(0, 2) ^ wire.DATA_CHUNK ^ wire.DATA)
+
+
+def pair():
+    k1, k2 = os.urandom(32), os.urandom(32)
+    a = sess.Transport(k1, k2, 1, 2, 0.0, aead=sess.PROTOCOLS["aesgcm"][1])
+    b = sess.Transport(k2, k1, 2, 1, 0.0, aead=sess.PROTOCOLS["aesgcm"][1])
+    return a, b
+
+
+def test_sealed_chunks_open_one_by_one_with_their_index():
+    a, b = pair()
+    frame, segs = burst(1368 * 6, 1368)
+    chunks, kind = off.frame_payloads(frame, True)
+    datagrams = a.seal_batch(kind, chunks)
+    arr = off.Arrivals()
+    for i in (0, 1, 3, 4, 5):                 # datagram 2 lost: each still opens on its own
+        k, payload = b.open(datagrams[i])
+        assert k == wire.chunk_kind(i, 6) and payload == chunks[i]
+        assert arr.chunk(payload, k)
+    assert expand(arr.done()) == finished(segs[:2] + segs[3:])
+    # the type word is authenticated: another index is a forgery
+    forged = bytearray(datagrams[2])
+    forged[1] = 3
+    assert b.open(bytes(forged)) is None and b.stats["bad_mac"] == 1
+    bad = bytearray(datagrams[2])
+    bad[2] = 0                                # count 0: not a chunk, malformed before the AEAD
+    assert b.open(bytes(bad)) is None and b.stats["malformed"] == 1
+    with pytest.raises(sess.SessionError):
+        a.seal_batch(wire.DATA_CHUNK, [chunks[0]] * 256)
+
+
+def test_features_from_handshake_payloads():
+    assert features(b'{"features": ["chunks", 3]}') == {"chunks"}
+    for junk in (b"", b"\xff", b"[1]", b'{"features": "chunks"}', b"5", b'{"address": "x"}'):
+        assert features(junk) == frozenset()

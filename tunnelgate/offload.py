@@ -361,41 +361,45 @@ class UdpSender:
 
 
 class UdpReceiver:
-    """Receive datagrams with UDP GRO: one recvmsg_into may return several
+    """Receive datagrams with UDP GRO: one recvmsg may return several
     datagrams of one sender, concatenated, with their size in a cmsg. The first
-    receive blocks (up to the socket's SO_RCVTIMEO), the rest do not."""
+    receive blocks (up to the socket's SO_RCVTIMEO), the rest do not.
+
+    Datagrams come back as memoryviews into the received buffer (bytes for a
+    lone one), not copies: the caller decrypts them and keeps nothing."""
 
     def __init__(self, sock: socket.socket, bufsize: int = 65535 + 1024, gro: bool | None = None):
         self.sock = sock
         if gro is None:
             gro = mode() not in ("0", "nogro")
         self.gro = gro and enable_udp_gro(sock)
-        self.buf = bytearray(bufsize)
-        self.view = memoryview(self.buf)
+        self.bufsize = bufsize
 
-    def recv(self, limit: int = 128) -> list[tuple[bytes, object]]:
-        out: list[tuple[bytes, object]] = []
-        recv = self.sock.recvmsg_into
-        bufs = [self.buf]
-        view = self.view
+    def recv(self, limit: int = 128) -> list[tuple[bytes | memoryview, object]]:
+        out: list[tuple[bytes | memoryview, object]] = []
+        append = out.append
+        recv = self.sock.recvmsg
+        bufsize = self.bufsize
         flags = 0
         while len(out) < limit:
             try:
-                n, anc, _, addr = recv(bufs, _GRO_CMSG, flags)
+                data, anc, _, addr = recv(bufsize, _GRO_CMSG, flags)
             except (BlockingIOError, InterruptedError, TimeoutError):
                 break
             except OSError:
                 break                                  # e.g. ICMP errors queued on the socket
             flags = socket.MSG_DONTWAIT
+            n = len(data)
             seg = n
-            for level, kind, data in anc:
-                if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
-                    seg = int.from_bytes(data[:4], "little") or n
+            for level, kind, cdata in anc:
+                if level == SOL_UDP and kind == UDP_GRO and len(cdata) >= 4:
+                    seg = int.from_bytes(cdata[:4], "little") or n
             if seg >= n:
-                out.append((bytes(view[:n]), addr))
+                append((data, addr))
             else:
+                view = memoryview(data)
                 for i in range(0, n, seg):
-                    out.append((bytes(view[i:min(i + seg, n)]), addr))
+                    append((view[i:i + seg], addr))
         return out
 
 

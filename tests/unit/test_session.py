@@ -36,6 +36,8 @@ class Lab:
     """A client and a gateway joined by two in-memory queues, a fake clock,
     and a gateway "daemon" that accepts every handshake."""
 
+    batch = False   # deliver through receive_batch (set per test run by the fixture below)
+
     def __init__(self, timing=Timing(), cipher="chacha", addr="c1"):
         self.timing = timing
         self.cipher = cipher
@@ -75,10 +77,13 @@ class Lab:
     def deliver(self):
         while self.to_gw or self.to_cl:
             up, self.to_gw = self.to_gw, []
-            for addr, dg in up:
-                if self.gw_block:
-                    continue
-                r = self.gw.receive(dg, self.now, addr)
+            if self.gw_block:
+                up = []
+            if self.batch:
+                got = self.gw.receive_batch([(memoryview(dg), addr) for addr, dg in up], self.now)
+            else:
+                got = [self.gw.receive(dg, self.now, addr) for addr, dg in up]
+            for r in got:
                 if isinstance(r, Handshake):
                     self.to_cl.append(self.gw.accept(r, self.now, self.rand(), b"100.64.0.2"))
                 elif r is not None:
@@ -86,8 +91,11 @@ class Lab:
                     if r[1] != KEEPALIVE:
                         self.gw_got.append(r[1:])
             down, self.to_cl = self.to_cl, []
-            for dg in down:
-                r = self.client.receive(dg, self.now)
+            if self.batch:
+                got = [r[:2] for r in self.client.receive_batch([(memoryview(dg), "gw") for dg in down], self.now)]
+            else:
+                got = [self.client.receive(dg, self.now) for dg in down]
+            for r in got:
                 if r is not None and r[0] not in (KEEPALIVE, HANDSHAKE_DONE):
                     self.cl_got.append(r)
 
@@ -116,6 +124,12 @@ class Lab:
         self.poll()  # key confirmation keepalive
         self.deliver()
         return self
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["one-by-one", "batch"])
+def _delivery(request, monkeypatch):
+    """Every test runs twice: datagrams delivered through receive() and through receive_batch()."""
+    monkeypatch.setattr(Lab, "batch", request.param)
 
 
 def total(stats):
@@ -547,3 +561,64 @@ def test_forget():
     lab.begin()
     lab.deliver()
     assert lab.gw.peers() == [CL_PUB]
+
+
+# -- batch receive -------------------------------------------------------
+
+
+def _stream(lab, rnd, n=400):
+    """What a gateway may see: data, keepalives, replays, flipped bits, cut and
+    junk datagrams, a replayed INIT, datagrams from another address."""
+    sent = []
+    out = []
+    init = lab.up_log[0][1] if lab.up_log else None
+    for i in range(n):
+        r = rnd.random()
+        if r < 0.6 or not sent:
+            dg = lab.client.seal(rnd.choice([DATA, CONTROL, KEEPALIVE]), b"p%d" % i * rnd.randrange(1, 30), lab.now)
+            sent.append(dg)
+        elif r < 0.7:
+            dg = rnd.choice(sent)
+        elif r < 0.8:
+            dg = bytearray(rnd.choice(sent))
+            dg[rnd.randrange(len(dg))] ^= 1 << rnd.randrange(8)
+            dg = bytes(dg)
+        elif r < 0.9:
+            dg = rnd.choice(sent)[:rnd.randrange(40)]
+        elif r < 0.95:
+            dg = bytes(rnd.randrange(256) for _ in range(rnd.randrange(80)))
+        else:
+            dg = init or b""
+        out.append((dg, "c2" if rnd.random() < 0.05 else "c1"))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_receive_batch_equals_receive_one_by_one(seed):
+    # two labs built from the same inputs hold the same keys
+    one, many = Lab().connect(), Lab().connect()
+    rnd = random.Random(seed)
+    stream = _stream(one, rnd)
+    want = [r for r in (one.gw.receive(dg, one.now, a) for dg, a in stream) if r is not None]
+    got = []
+    i = 0
+    while i < len(stream):
+        k = rnd.randrange(1, 60)
+        got += many.gw.receive_batch([(memoryview(dg), a) for dg, a in stream[i:i + k]], many.now)
+        i += k
+    assert [r if type(r) is tuple else ("hs", r.peer_public, r.addr) for r in got] == \
+           [r if type(r) is tuple else ("hs", r.peer_public, r.addr) for r in want]
+    assert many.gw.stats == one.gw.stats
+    assert many.gw.endpoint(CL_PUB) == one.gw.endpoint(CL_PUB)
+    # the client side, the same way
+    down = []
+    for j in range(200):
+        dg = one.gw.seal(CL_PUB, DATA, b"d%d" % j, one.now)
+        down.append(dg)
+        if rnd.random() < 0.2:
+            down.append(dg)                      # a duplicate
+        if rnd.random() < 0.1:
+            down.append(dg[:-1] + bytes([dg[-1] ^ 1]))
+    want = [(k, p) for k, p in (r for r in (one.client.receive(dg, one.now) for dg in down) if r is not None)]
+    got = [(k, p) for k, p, _ in many.client.receive_batch([(memoryview(dg), "gw") for dg in down], many.now)]
+    assert got == want and many.client.stats == one.client.stats

@@ -80,7 +80,7 @@ def gateway_udp_to_tun(d) -> None:
     vnet = bool(tun.vnet_hdr_len)
     arrivals = off.Arrivals(gso=vnet)
     packet, chunk = arrivals.packet, arrivals.chunk
-    receive = responder.receive
+    receive_batch = responder.receive_batch
     frames = []
     while d.running:
         datagrams = receiver.recv(UDP_DATAGRAMS)
@@ -89,11 +89,8 @@ def gateway_udp_to_tun(d) -> None:
         now = time.monotonic()
         wall = time.time()
         peer_of_src = {}
-        for datagram, addr in datagrams:
-            res = receive(datagram, now, addr)
-            if res is None:
-                continue
-            if isinstance(res, sess.Handshake):
+        for res in receive_batch(datagrams, now):
+            if type(res) is not tuple:
                 d._handshake(res, now)
                 continue
             peer, kind, payload = res
@@ -268,7 +265,7 @@ def client_udp_to_tun(d) -> None:
     vnet = bool(tun.vnet_hdr_len)
     arrivals = off.Arrivals(gso=vnet)
     packet, chunk = arrivals.packet, arrivals.chunk
-    receive = initiator.receive
+    receive_batch, lock = initiator.receive_batch, d.lock
     frames = []
     while d.running:
         datagrams = receiver.recv(UDP_DATAGRAMS)
@@ -278,15 +275,8 @@ def client_udp_to_tun(d) -> None:
         wall = time.time()
         npkts = nbytes = 0
         by_src: dict[bytes, list[int]] = {}
-        for datagram, addr in datagrams:
-            if datagram[:1] == b"\x02":  # handshake response: control plane
-                with d.lock:
-                    res = receive(datagram, now)
-            else:
-                res = receive(datagram, now)
-            if res is None:
-                continue
-            kind, payload = res
+        # a handshake response is control plane: processed under the daemon's lock
+        for kind, payload, addr in receive_batch(datagrams, now, lock):
             if addr[:2] != d.endpoint:
                 # authenticated traffic from a new address: the gateway moved
                 d.endpoint = addr[:2]

@@ -196,9 +196,18 @@ def run_wg(binary):
     return run
 
 
-def _tg_configs(work: Path) -> tuple[Path, Path]:
+# Contract size in the tunnelgate row. Each contract is a Request/Propose/Accept
+# round trip (and a payment): at 2 Gbit/s the 10 MB default lasts 40 ms, so
+# renewals cannot keep up and packets wait for contracts (measured: ~20 % less
+# throughput, retransmits). An operator selling Gbit/s sells bigger contracts;
+# --contract-kb 10000 measures the default.
+CONTRACT_KB = 1_000_000
+
+
+def _tg_configs(work: Path, contract_kb: int = CONTRACT_KB) -> tuple[Path, Path]:
     from .configs import write_pair
-    pair = write_pair(work, routes=(UPSTREAM_NET,), tun="tgbs0", client_tun="tgb0", port=TG_PORT)
+    pair = write_pair(work, f"[pricing]\ncontract_kb = {contract_kb}\n", routes=(UPSTREAM_NET,),
+                      tun="tgbs0", client_tun="tgb0", port=TG_PORT)
     return pair.gateway, pair.client
 
 
@@ -217,15 +226,20 @@ def _tail(p: Path, n: int = 15) -> str:
         return ""
 
 
-def run_tg(lab, runs, seconds, work) -> dict:
-    gw_conf, cl_conf = _tg_configs(work)
+def run_tg(lab, runs, seconds, work, contract_kb: int = CONTRACT_KB) -> dict:
+    gw_conf, cl_conf = _tg_configs(work, contract_kb)
     pids: dict[str, int] = {}
     try:
         _tg(lab, lab.gw, "serve", "-c", str(gw_conf))
         pids["gw"] = int((work / "gw" / "tunnelgate.pid").read_text())
         _tg(lab, lab.client, "up", "-c", str(cl_conf))
         pids["client"] = int((work / "cl" / "tunnelgate.pid").read_text())
-        return measure(lab, {"client": pids["client"], "gw": pids["gw"]}, runs, seconds)
+        res = measure(lab, {"client": pids["client"], "gw": pids["gw"]}, runs, seconds)
+        gw = json.loads(_tg(lab, lab.gw, "status", "--json", "-c", str(gw_conf)).stdout)
+        bought = json.loads(_tg(lab, lab.client, "contracts", "--all", "--json", "-c", str(cl_conf)).stdout)
+        res["contracts"] = {"contract_kb": contract_kb, "bought": len(bought),
+                            "dropped_waiting_for_contract": gw["stats"].get("drop_no_contract", 0)}
+        return res
     except Exception as e:
         logs = "\n".join(f"--- {w} log ---\n{_tail(work / w / 'tunnelgate.log')}" for w in ("gw", "cl"))
         raise RuntimeError(f"{e}\n{logs}") from None
@@ -340,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time", type=float, default=None, help="iperf3 -t seconds (default 5)")
     ap.add_argument("--json", type=Path, help="write all numbers to this file")
     ap.add_argument("--only", default="raw,wg-deb,wg-sid,tg", help="rows, comma-separated (raw,wg-deb,wg-sid,tg)")
+    ap.add_argument("--contract-kb", type=int, default=CONTRACT_KB,
+                    help=f"tunnelgate row: the gateway's contract size (default {CONTRACT_KB}; 10000 is the "
+                         "daemon's default, too small for Gbit/s: see CONTRACT_KB)")
     ap.add_argument("--no-fetch", action="store_true", help="do not download the sid wireguard-go")
     a = ap.parse_args(argv)
     runs = a.runs or (1 if a.quick else 3)
@@ -384,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             rows[-1].error = f"could not fetch the sid wireguard-go: {e}"
             plans.append(None)
     if "tg" in wanted:
-        rows.append(Row("tg", "tunnelgate", version=tg_version()))
-        plans.append(run_tg)
+        rows.append(Row("tg", "tunnelgate", version=tg_version() + f", {a.contract_kb} KB contracts"))
+        plans.append(lambda lab, runs, seconds, work: run_tg(lab, runs, seconds, work, a.contract_kb))
 
     print(f"versions: {platform.node()} kernel {platform.release()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, "
@@ -409,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
             row.result = plan(lab, runs, seconds, work)
             log(f"{row.name}: {row.result['single_mbps']:.0f} Mbit/s single, "
                 f"{row.result['multi_mbps']:.0f} Mbit/s 4 streams")
+            if "contracts" in row.result:
+                c = row.result["contracts"]
+                log(f"{row.name}: {c['bought']} contracts of {c['contract_kb']} KB bought, "
+                    f"packets dropped waiting for one: {c['dropped_waiting_for_contract']}")
         except Exception as e:  # a row that fails says why; the others still run
             row.error = f"{type(e).__name__}: {e}"
             log(f"{row.name}: FAILED: {row.error}")

@@ -27,7 +27,7 @@ class Flow:
 
     __slots__ = ("peer", "key", "plen", "destination", "current", "queue", "free", "free_bytes",
                  "held", "held_bytes", "proposal", "nodeal_until", "nodeal_reason", "list_price",
-                 "dropped", "requested_at", "reason", "fast")
+                 "dropped", "requested_at", "reason", "fast", "rate")
 
     def __init__(self, peer: bytes, key: bytes, plen: int, destination: str):
         self.peer, self.key, self.plen, self.destination = peer, key, plen, destination
@@ -45,6 +45,7 @@ class Flow:
         self.requested_at = None       # client: when a REQUEST was sent
         self.reason = ""               # last reason shown in status
         self.fast = False              # client: the last contract was used up within seconds
+        self.rate = 0                  # client: bytes/s over the last contract used up (0: unknown)
 
 
 class Masker:

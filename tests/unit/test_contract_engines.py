@@ -499,3 +499,23 @@ def test_timers_stay_bounded_one_usage_report_chain_per_peer():
     assert len(w.gw._timers) < 40
     ended = [c for c in w.gw_contract() if c["state"] == "EXHAUSTED"]
     assert len(ended) >= 10
+
+
+def test_renewal_margin_follows_the_rate_not_just_data_renewal_kb():
+    # 100 KB contracts used in ~10 s, renewal margin 1 KB (0.1 s at this rate): a fixed margin
+    # asks for the next contract with one packet left, and packets wait at every switch. The
+    # margin follows the last contract's rate (RENEW_LEAD_S of traffic), so none wait.
+    w = World(pr=pricing(contract_kb=100, grace_kb=0), po=policy(data_renewal_kb=1), loss=0, reorder=0)
+    w.send()
+    w.run(0.5)
+    results = []
+    for _ in range(400):                    # 40 s, 400 KB: four contracts
+        results.append(w.send())
+        w.step(0.1)
+    # the first contract's rate is unknown: its successor may be late; from then on, no gap
+    later = results[150:]
+    assert later.count(FORWARD) == len(later), later.count(HELD)
+    asks = [e for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED]
+    assert len(asks) >= 3
+    ended = [c for c in w.gw_contract() if c["state"] == "EXHAUSTED"]
+    assert len(ended) >= 3

@@ -44,6 +44,7 @@ EV_FUNDS_OK = "funds_restored"            # ...and resumes
 HOUR, DAY = 3600, 86400
 REQUEST_RETRY_S = 10
 NEVER = 1 << 62          # renew_at when data_renewal_kb = 0: no renewal on data
+RENEW_LEAD_S = 5         # renew when this long is left at the last contract's rate
 FAST_S = 2               # a contract exhausted faster than this makes renewal start at activation
 USAGE_SETTLE_S = 2       # after a final USAGE, packets still in flight arrive within this
 
@@ -156,10 +157,14 @@ class ClientEngine:
                 return False
             self._activate(f, f.queue.popleft(), now)
 
-    def _arm(self, c: Contract) -> None:
+    def _arm(self, c: Contract, f: Flow) -> None:
         c.stop_at, c.stop_bytes = c.expires_at, c.limit_bytes
         if self.policy.data_renewal_kb:
-            c.renew_at = max(0, c.limit_bytes - self.policy.data_renewal_kb * BYTES_PER_KB)
+            # renew when data_renewal_kb is left, or RENEW_LEAD_S of traffic at the rate the
+            # last contract was used at, whichever comes first: a fixed margin is milliseconds
+            # at Gbit/s, shorter than a negotiation, and packets would wait for the contract
+            margin = max(self.policy.data_renewal_kb * BYTES_PER_KB, f.rate * RENEW_LEAD_S)
+            c.renew_at = max(0, c.limit_bytes - margin)
         else:
             c.renew_at = NEVER                  # data_renewal_kb = 0: never renew on data
 
@@ -167,7 +172,7 @@ class ClientEngine:
         f.current = c
         c.activated_at, c.expires_at = now, now + c.time_s
         c.apply(Ev.ACTIVATE)
-        self._arm(c)
+        self._arm(c, f)
         self._emit(EV_ACTIVATED, c)
         if c.renew_at == 0 or (self.policy.time_renewal_s and c.time_s <= self.policy.time_renewal_s) \
                 or (f.fast and c.renew_at != NEVER):
@@ -177,6 +182,8 @@ class ClientEngine:
         # A contract used up within FAST_S: at this rate the renewal margin is shorter than a
         # negotiation, so the next contract is asked for as soon as the one after it starts.
         f.fast = ev is Ev.EXHAUST and c.activated_at is not None and now - c.activated_at < FAST_S
+        if ev is Ev.EXHAUST and c.activated_at is not None:
+            f.rate = int(c.used / (now - c.activated_at)) if now > c.activated_at else 0
         c.apply(ev)
         c.disarm()
         c.reason = reason
@@ -379,7 +386,7 @@ class ClientEngine:
             c.apply(Ev.ACCEPT_ACTIVE)
             f.current = c
             c.activated_at, c.expires_at = now, now + c.time_s
-            self._arm(c)
+            self._arm(c, f)
         c.credit = from_credit
         self._out.append(m.Accept(c.contract_id, True if from_credit else None))
         self._emit(EV_ACCEPTED, c, amount_msat=cost, data={"queued": f.current is not c,
@@ -577,7 +584,7 @@ class ClientEngine:
             f.queue.extend(byid[i] for i in d["queue"] if i in byid)
             f.nodeal_until, f.nodeal_reason = d["nodeal_until"], d["nodeal_reason"]
             if f.current is not None and f.current.state in FORWARDING:
-                self._arm(f.current)
+                self._arm(f.current, f)
         # a contract accepted but not yet paid when we stopped: pay it again (the daemon re-sends
         # the proof it stored before sending, so this never pays twice)
         for c in byid.values():

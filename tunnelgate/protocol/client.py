@@ -496,6 +496,13 @@ class ClientEngine:
 
     # --- timers ------------------------------------------------------------------------------
 
+    @staticmethod
+    def _running_out(c: Contract, now: float) -> bool:
+        """Less than RENEW_LEAD_S of traffic left at the rate this contract is being used at
+        (covers a flow's first contract, whose margin no earlier rate could size)."""
+        elapsed = now - c.activated_at if c.activated_at is not None else 0
+        return elapsed > 0 and (c.limit_bytes - c.used) * elapsed < c.used * RENEW_LEAD_S
+
     def poll(self, now: float) -> None:
         p = self.policy
         for f in self._flows.values():
@@ -504,7 +511,8 @@ class ClientEngine:
                 self._usable(f, now)
                 c = f.current
             if c is not None and c.state in FORWARDING and not f.queue:
-                if ((p.time_renewal_s and c.expires_at - now < p.time_renewal_s) or c.used >= c.renew_at) and (
+                if ((p.time_renewal_s and c.expires_at - now < p.time_renewal_s) or c.used >= c.renew_at
+                        or (p.data_renewal_kb and self._running_out(c, now))) and (
                         not c.renew_asked or f.requested_at is None
                         or now - f.requested_at >= REQUEST_RETRY_S):
                     self._renew(f, c, now)

@@ -525,7 +525,8 @@ class Arrivals:
         """Add a chunk; False (and nothing added) if it is malformed."""
         run = self.run
         if (run is not None and kind == run.next_kind and payload.startswith(run.template)
-                and (len(payload) == run.full or (kind >> 16) - (kind >> 8 & 0xFF) == 1 and len(payload) < run.full)):
+                and (len(payload) == run.full
+                     or (kind >> 16) - (kind >> 8 & 0xFF) == 1 and run.hl < len(payload) < run.full)):
             run.chunks.append(payload)
             idx = (kind >> 8 & 0xFF) + 1
             run.next_kind = kind + 256 if idx < run.count else -1

@@ -144,6 +144,9 @@ def test_malformed_chunks_are_refused_not_raised():
     assert not arr.chunk(b"\x46" + chunks[0][1:], wire.chunk_kind(0, 4))  # IP options
     assert not arr.chunk(chunks[0][:9] + b"\x11" + chunks[0][10:], wire.chunk_kind(0, 4))  # UDP
     assert arr.done() == []
+    # a last chunk with no payload bytes does not extend a run (it stands for no segment)
+    assert arr.chunk(chunks[0], wire.chunk_kind(0, 2)) and not arr.chunk(chunks[0][:52], wire.chunk_kind(1, 2))
+    assert [len(x.chunks) for x in arr.done()] == [1]
     rnd = random.Random(7)
     for _ in range(3000):
         c = bytearray(rnd.choice(chunks))

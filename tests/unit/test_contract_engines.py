@@ -518,3 +518,20 @@ def test_renewal_margin_follows_the_rate_not_just_data_renewal_kb():
     assert len(asks) >= 3
     ended = [c for c in w.gw_contract() if c["state"] == "EXHAUSTED"]
     assert len(ended) >= 3
+
+
+def test_a_burst_early_in_a_contract_buys_nothing_ahead():
+    # 200 KB right after activation out of a 1000 KB contract is a high rate, but the
+    # contract is far from used up: no renewal until it is at least half used
+    w = World(pr=pricing(contract_kb=1000, grace_kb=0), po=policy(data_renewal_kb=1), loss=0, reorder=0)
+    w.send()
+    w.run(0.2)
+    for _ in range(200):
+        assert w.send() == FORWARD
+    w.run(3)
+    assert not [e for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED]
+    for _ in range(450):                      # past half, still fast: now it renews
+        w.send()
+    w.step(0.1)
+    w.run(0.5)
+    assert [e for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED]

@@ -161,9 +161,11 @@ class ClientEngine:
         c.stop_at, c.stop_bytes = c.expires_at, c.limit_bytes
         if self.policy.data_renewal_kb:
             # renew when data_renewal_kb is left, or RENEW_LEAD_S of traffic at the rate the
-            # last contract was used at, whichever comes first: a fixed margin is milliseconds
-            # at Gbit/s, shorter than a negotiation, and packets would wait for the contract
-            margin = max(self.policy.data_renewal_kb * BYTES_PER_KB, f.rate * RENEW_LEAD_S)
+            # last contract was used at (at most half the contract: a burst must not buy ahead),
+            # whichever comes first: a fixed margin is milliseconds at Gbit/s, shorter than a
+            # negotiation, and packets would wait for the contract
+            margin = max(self.policy.data_renewal_kb * BYTES_PER_KB,
+                         min(f.rate * RENEW_LEAD_S, c.limit_bytes // 2))
             c.renew_at = max(0, c.limit_bytes - margin)
         else:
             c.renew_at = NEVER                  # data_renewal_kb = 0: never renew on data
@@ -498,10 +500,12 @@ class ClientEngine:
 
     @staticmethod
     def _running_out(c: Contract, now: float) -> bool:
-        """Less than RENEW_LEAD_S of traffic left at the rate this contract is being used at
-        (covers a flow's first contract, whose margin no earlier rate could size)."""
+        """Half used, and less than RENEW_LEAD_S of traffic left at the rate this contract is
+        being used at (covers a flow's first contract, whose margin no earlier rate could size;
+        a short burst early in a contract buys nothing ahead)."""
         elapsed = now - c.activated_at if c.activated_at is not None else 0
-        return elapsed > 0 and (c.limit_bytes - c.used) * elapsed < c.used * RENEW_LEAD_S
+        return (elapsed > 0 and 2 * c.used >= c.limit_bytes
+                and (c.limit_bytes - c.used) * elapsed < c.used * RENEW_LEAD_S)
 
     def poll(self, now: float) -> None:
         p = self.policy

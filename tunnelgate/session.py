@@ -245,6 +245,14 @@ class Transport:
         if index != self.local_index:
             stats["unknown_index"] += 1
             return None
+        payload = self.open_body(datagram, n)
+        return None if payload is None else (kind, payload)
+
+    def open_body(self, datagram, n: int) -> bytes | None:
+        """The payload of a datagram whose header (counter `n`) was checked:
+        replay window before the AEAD, marked seen only once authenticated;
+        None (counted) otherwise. The batch receivers call this directly."""
+        stats = self.stats
         replay = self._replay
         if not replay.check(n):
             stats["replay"] += 1
@@ -257,7 +265,7 @@ class Transport:
         if not replay.update(n):
             stats["replay"] += 1
             return None
-        return kind, payload
+        return payload
 
 
 class _Pending:
@@ -390,12 +398,10 @@ class Initiator:
         (the lock the caller holds around begin() and poll())."""
         out = []
         append = out.append
-        unpack, nonce = TRANSPORT_HDR.unpack_from, NONCE.pack
-        kinds = TRANSPORT_KINDS
+        unpack, kinds = TRANSPORT_HDR.unpack_from, TRANSPORT_KINDS
         t = self._current
         if t is not None and now - t.created_at < self.timing.reject_after_s:
-            cached, tstats = t.local_index, t.stats
-            check, update, decrypt = t._replay.check, t._replay.update, t._dec.decrypt
+            cached, open_body = t.local_index, t.open_body
         else:
             cached = -1
         opened = False
@@ -403,19 +409,10 @@ class Initiator:
             if len(datagram) >= TRANSPORT_MIN:
                 kind, index, n = unpack(datagram)
                 if index == cached and (kind in kinds or is_chunk(kind)):
-                    if not check(n):
-                        tstats["replay"] += 1
-                        continue
-                    try:
-                        payload = decrypt(nonce(n), datagram[16:], datagram[:16])
-                    except InvalidTag:
-                        tstats["bad_mac"] += 1
-                        continue
-                    if not update(n):
-                        tstats["replay"] += 1
-                        continue
-                    opened = True
-                    append((kind, payload, addr))
+                    payload = open_body(datagram, n)
+                    if payload is not None:
+                        opened = True
+                        append((kind, payload, addr))
                     continue
             datagram = bytes(datagram)
             if resp_lock is not None and datagram[:1] == b"\x02":
@@ -609,24 +606,15 @@ class Responder:
         else goes through receive()."""
         out = []
         append = out.append
-        unpack, nonce = TRANSPORT_HDR.unpack_from, NONCE.pack
-        kinds = TRANSPORT_KINDS
+        unpack, kinds = TRANSPORT_HDR.unpack_from, TRANSPORT_KINDS
         cached = -1
-        peer = t = check = update = decrypt = tstats = public = None
+        peer = open_body = public = None
         for datagram, addr in datagrams:
             if len(datagram) >= TRANSPORT_MIN:
                 kind, index, n = unpack(datagram)
                 if index == cached and (kind in kinds or is_chunk(kind)):
-                    if not check(n):
-                        tstats["replay"] += 1
-                        continue
-                    try:
-                        payload = decrypt(nonce(n), datagram[16:], datagram[:16])
-                    except InvalidTag:
-                        tstats["bad_mac"] += 1
-                        continue
-                    if not update(n):
-                        tstats["replay"] += 1
+                    payload = open_body(datagram, n)
+                    if payload is None:
                         continue
                     if peer.endpoint != addr:
                         peer.endpoint = addr
@@ -643,8 +631,7 @@ class Responder:
                 entry = self._by_index.get(index)
                 if entry is not None and entry[1] is entry[0].current:
                     peer, t = entry
-                    cached, public, tstats = index, peer.public, t.stats
-                    check, update, decrypt = t._replay.check, t._replay.update, t._dec.decrypt
+                    cached, public, open_body = index, peer.public, t.open_body
                 else:
                     cached = -1
         return out

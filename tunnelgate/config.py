@@ -92,6 +92,7 @@ class GatewayConfig:
     payment: Payment = field(default_factory=Payment)
     metrics_listen: tuple[str, int] | None = None   # [metrics] listen: Prometheus text format
     role: str = "gateway"
+    address6: ipaddress.IPv6Interface | None = None  # IPv6 in the tunnel as well (dual stack)
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,7 @@ def _gateway(path: Path, data: dict) -> GatewayConfig:
         raise net.error("address", 'an IPv4 address with prefix, e.g. "100.64.0.1/24"', raw) from None
     if address.network.prefixlen > 30:
         raise net.error("address", "a prefix of /30 or shorter so clients can get addresses", raw)
+    address6 = _address6(net, address)
     upstream = net.ifname("upstream_interface")
     mtu = _mtu(net)
     net.finish()
@@ -355,7 +357,41 @@ def _gateway(path: Path, data: dict) -> GatewayConfig:
     r.finish()
     return GatewayConfig(path=path, node=node, listen=listen, tun=tun, address=address,
                          upstream_interface=upstream, mtu=mtu, session=session,
-                         pricing=pricing, payment=payment, metrics_listen=metrics_listen)
+                         pricing=pricing, payment=payment, metrics_listen=metrics_listen,
+                         address6=address6)
+
+
+def _address6(net: "_Reader", address: ipaddress.IPv4Interface) -> ipaddress.IPv6Interface | None:
+    """A peer's IPv6 address is its IPv4 host number in this prefix, so it needs no
+    allocation of its own and stays stable per key; the gateway's host numbers must
+    match for the same reason (else a peer could be given the gateway's address)."""
+    if "address6" not in net.data:
+        return None
+    example = f'e.g. "fd64:7467::{int(address.ip) - int(address.network.network_address)}/64"'
+    raw = net.get("address6", str, f"an IPv6 interface address with prefix, {example}")
+    try:
+        if "/" not in raw:
+            raise ValueError(raw)
+        address6 = ipaddress.IPv6Interface(raw)
+    except ValueError:
+        raise net.error("address6", f"an IPv6 address with prefix, {example}", raw) from None
+    host_bits4 = 32 - address.network.prefixlen
+    if 128 - address6.network.prefixlen < host_bits4:
+        raise net.error("address6", f"a prefix with at least {host_bits4} host bits (/{128 - host_bits4} "
+                        f"or shorter), as many as the IPv4 prefix has, so every client gets one", raw)
+    host4 = int(address.ip) - int(address.network.network_address)
+    host6 = int(address6.ip) - int(address6.network.network_address)
+    if host4 != host6:
+        raise net.error("address6", f"the same host number as address {address.ip} ({host4}), {example}: "
+                        "clients' IPv6 addresses are their IPv4 host numbers in this prefix", raw)
+    return address6
+
+
+def peer_address6(address: ipaddress.IPv4Interface, address6: ipaddress.IPv6Interface,
+                  peer_ip: str) -> ipaddress.IPv6Address:
+    """The IPv6 address matching a peer's IPv4 tunnel address (see _address6)."""
+    host = int(ipaddress.IPv4Address(peer_ip)) - int(address.network.network_address)
+    return address6.network.network_address + host
 
 
 def _client(path: Path, data: dict) -> ClientConfig:

@@ -100,7 +100,8 @@ def complete_checksum(pkt: bytes, csum_start: int, csum_offset: int) -> bytes:
     """Finish a CHECKSUM_PARTIAL packet in Python (the no-offload fallback):
     the field holds the pseudo-header sum, sum the rest on top of it."""
     c = ~fold(sum16(memoryview(pkt)[csum_start:])) & 0xFFFF
-    if c == 0 and pkt[9] == UDP:
+    # UDP sends a zero sum as 0xFFFF (0 means "none", which IPv6 forbids)
+    if c == 0 and csum_offset == CSUM_OFFSET[UDP]:
         c = 0xFFFF
     at = csum_start + csum_offset
     return pkt[:at] + c.to_bytes(2, "big") + pkt[at + 2:]
@@ -248,7 +249,7 @@ def coalesce(packets: list[bytes], partial: list[bool]) -> list:
     open_: dict[bytes, tuple[int, _Burst]] = {}
     for pkt, part in zip(packets, partial):
         if not _mergeable(pkt):
-            if len(pkt) >= 24 and pkt[9] == TCP:
+            if len(pkt) >= 24 and pkt[0] >> 4 == 4 and pkt[9] == TCP:
                 open_.pop(pkt[12:24], None)
             out.append((pkt, part))
             continue

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from tgenv import PORT, TunnelEnv, ping, wait_until
-from tunnelgate.lab import GW_LINK, UPSTREAM
+from tunnelgate.lab import GW_LINK, UPSTREAM, UPSTREAM6
+from tunnelgate.lab.configs import TUNNEL6
 
 pytestmark = pytest.mark.root
 
@@ -158,3 +159,45 @@ def test_replayed_and_tampered_datagrams_are_dropped_and_spoofing_blocked(lab, e
     assert r.returncode != 0
     assert env.status("gw")["stats"].get("drop_spoofed", 0) >= 2
     assert ping(lab, lab.client, count=1).returncode == 0   # the real address still works
+
+
+def test_ipv6_in_a_dual_stack_tunnel_and_only_from_the_given_address(lab):
+    lab.start_upstream({})
+    env = TunnelEnv(lab, routes=("0.0.0.0/0", "::/0"), address6=TUNNEL6)
+    try:
+        env.serve()
+        env.up()
+        assert env.status("client")["address6"] == "fd64:7467::2/64"
+        gw = env.status("gw")
+        assert gw["address6"] == TUNNEL6 and gw["peers"][0]["address6"] == "fd64:7467::2"
+        # the upstream has no route to fd64::/64: a reply means the gateway masqueraded
+        r = ping(lab, lab.client, dst=UPSTREAM6, count=2)
+        assert r.returncode == 0, r.stdout + r.stderr
+        # a second IPv6 address on the client's TUN: its packets are not forwarded
+        lab.run(lab.client, "ip", "addr", "add", "fd64:7467::99/128", "dev", "tg0", "nodad")
+        r = ping(lab, lab.client, dst=UPSTREAM6, count=2, extra=("-I", "fd64:7467::99"))
+        assert r.returncode != 0
+        assert env.status("gw")["stats"].get("drop_spoofed", 0) >= 2
+    finally:
+        print(env.logs())
+        env.close()
+
+
+def test_ipv6_routed_to_an_ipv4_only_gateway_never_leaves_the_client(lab):
+    lab.start_upstream({})
+    env = TunnelEnv(lab, routes=("0.0.0.0/0", "::/0"))
+    try:
+        env.serve()
+        env.up()
+        assert env.status("client")["address6"] is None
+        assert ping(lab, lab.client, count=1).returncode == 0
+        # no IPv6 address on the TUN: ping6 needs a source, so give one the gateway never gave
+        lab.run(lab.client, "ip", "addr", "add", "fd64:7467::2/64", "dev", "tg0", "nodad")
+        assert ping(lab, lab.client, dst=UPSTREAM6, count=2).returncode != 0
+        cl, gw = env.status("client"), env.status("gw")
+        assert cl["stats"].get("drop_ipv6_off", 0) >= 2
+        assert gw["stats"].get("drop_ipv6_off", 0) == 0 and gw["stats"].get("drop_spoofed", 0) == 0
+        assert all(not c["destination"].startswith("2001:") for c in cl["market"]["contracts"])
+    finally:
+        print(env.logs())
+        env.close()

@@ -47,6 +47,13 @@ def test_gateway_loads_with_paths_relative_to_file(tmp_path):
     assert cfg.mtu == 1420
 
 
+def test_gateway_dual_stack_gives_each_peer_its_ipv4_host_number(tmp_path):
+    cfg = config.load(write(tmp_path, GATEWAY.replace('tun = "tgs0"', 'address6 = "fd64:7467::1/120"')))
+    assert str(cfg.address6) == "fd64:7467::1/120"
+    assert str(config.peer_address6(cfg.address, cfg.address6, "100.64.0.254")) == "fd64:7467::fe"
+    assert config.load(write(tmp_path, GATEWAY)).address6 is None
+
+
 def test_client_loads(tmp_path):
     cfg = config.load(write(tmp_path, CLIENT))
     assert cfg.role == "client"
@@ -63,6 +70,10 @@ def test_client_loads(tmp_path):
     ('tun = "tgs0"', 'tun = "a-name-that-is-too-long"', ["network.tun", "interface name"]),
     ('upstream_interface = "veth-up"', 'upstream_intrface = "veth-up"', ["network.upstream_interface", "missing"]),
     ('[link]', '[link]\nlisten_port = 5', ["link.listen_port", "unknown key"]),
+    ('tun = "tgs0"', 'address6 = "fd64::1"', ["network.address6", "with prefix", "fd64:7467::1/64"]),
+    ('tun = "tgs0"', 'address6 = "100.64.0.1/24"', ["network.address6", "IPv6"]),
+    ('tun = "tgs0"', 'address6 = "fd64::1/121"', ["network.address6", "8 host bits", "/120"]),
+    ('tun = "tgs0"', 'address6 = "fd64::2/64"', ["network.address6", "same host number", "(1)"]),
 ])
 def test_gateway_errors_name_file_key_and_expectation(tmp_path, old, new, words):
     p = write(tmp_path, GATEWAY.replace(old, new))

@@ -47,6 +47,9 @@ def test_gateway_ruleset_text():
     assert 'ip saddr 100.64.0.0/10 oifname "eth0" masquerade' in text
     assert 'iifname "eth0" oifname "tgs0" ct state established,related accept' in text
     assert "ip6 saddr fd00::/64" in nft.gateway_ruleset("tgs0", "fd00::1/64", "eth0")
+    dual = nft.gateway_ruleset("tgs0", ["100.64.0.0/24", "fd64::/64"], "eth0")
+    assert 'ip saddr 100.64.0.0/24 oifname "eth0" masquerade' in dual
+    assert 'ip6 saddr fd64::/64 oifname "eth0" masquerade' in dual
     with pytest.raises(nft.NetError):
         nft.gateway_ruleset("tgs0", "100.64.0.0/10", 'eth0" accept; flush ruleset; "')
     with pytest.raises(nft.NetError):

@@ -47,6 +47,7 @@ class ClientDaemon(Daemon):
                                         cipher=cfg.session.cipher)
         self.endpoint = cfg.endpoint
         self.address: str | None = None       # assigned by the gateway in the handshake
+        self.address6: str | None = None      # dual-stack gateways assign an IPv6 address too
         self.routed_endpoint: str | None = None
         self.last_handshake: float | None = None
         self._setup_market()
@@ -167,20 +168,23 @@ class ClientDaemon(Daemon):
         try:
             info = json.loads(payload)
             address = str(ipaddress.IPv4Interface(info["address"]))
-        except (ValueError, KeyError, TypeError):
+            # a dual-stack gateway gives an IPv6 address as well
+            address6 = str(ipaddress.IPv6Interface(info["address6"])) if info.get("address6") else None
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.error("gateway sent an unusable handshake payload %r; is it a tunnelgate gateway "
                       "of this version?", payload[:100])
             self.stats["bad_handshake_payload"] += 1
             return
         self.gateway_chunks = FEATURE_CHUNKS in self.features and FEATURE_CHUNKS in features(payload)
-        if address != self.address:
+        if (address, address6) != (self.address, self.address6):
             if self.address is not None:
                 log.warning("gateway changed our address %s -> %s", self.address, address)
                 await self.net(netsetup.teardown, self.paths["net"])
                 self.routed_endpoint = None
-            await self.net(netsetup.setup_client_tun, self.paths["net"], self.cfg.tun, address, self.cfg.mtu)
-            self.address = address
-            log.info("tunnel up: %s on %s", address, self.cfg.tun)
+            await self.net(netsetup.setup_client_tun, self.paths["net"], self.cfg.tun, address, self.cfg.mtu,
+                           address6)
+            self.address, self.address6 = address, address6
+            log.info("tunnel up: %s%s on %s", address, f" {address6}" if address6 else "", self.cfg.tun)
         await self._route_endpoint()
         if self.ready:
             self._resend_payments()
@@ -359,6 +363,7 @@ class ClientDaemon(Daemon):
             "gateway": f"{self.endpoint[0]}:{self.endpoint[1]}",
             "gateway_public_key": base64.b64encode(self.cfg.gateway_public_key).decode(),
             "address": self.address,
+            "address6": self.address6,
             "routes": list(self.cfg.routes),
             "connected": self.initiator.established,
             "last_handshake": self.last_handshake,

@@ -13,6 +13,9 @@ to one packet per syscall when the kernel lacks the feature.
 
 Metering is per burst (one engine call per TSO read or coalesced group) but
 counts what the wire carries: the sum of the segments' IP lengths.
+
+IPv6 packets (a dual-stack tunnel) take the same paths one packet at a time:
+the TUN does not segment or coalesce them (no TSO6), and chunks are IPv4 TCP.
 """
 
 from __future__ import annotations
@@ -47,6 +50,18 @@ def _complete(pkt: bytes, partial: bool) -> bytes:
     return off.complete_checksum(pkt, (pkt[0] & 15) * 4, off.CSUM_OFFSET[pkt[9]])
 
 
+def _ends(pkt) -> tuple[bytes, bytes]:
+    """(source, destination) address bytes of an IPv4 or IPv6 packet."""
+    if pkt[0] >> 4 == 4:
+        return pkt[12:16], pkt[16:20]
+    return pkt[8:24], pkt[24:40]
+
+
+def _link_scope6(pkt) -> bool:
+    """An IPv6 packet to a multicast (ff00::/8) or link-local (fe80::/10) address."""
+    return pkt[24] == 0xFF or (pkt[24] == 0xFE and pkt[25] & 0xC0 == 0x80)
+
+
 def _single_frame(pkt: bytes, partial: bool, vnet: bool) -> bytes:
     if not vnet:
         return _complete(pkt, partial)
@@ -73,7 +88,7 @@ def _tun_frames(items: list, vnet: bool) -> list[bytes]:
 
 def gateway_udp_to_tun(d) -> None:
     sock, responder, tun, stats = d.sock, d.responder, d.tun, d.stats
-    addr_of = d.addr_of
+    addr_of, addr6_of = d.addr_of, d.addr6_of
     elock, engine = d.elock, d.engine
     outbound, outbound_burst = engine.outbound, engine.outbound_burst
     receiver = off.UdpReceiver(sock)
@@ -95,16 +110,23 @@ def gateway_udp_to_tun(d) -> None:
                 continue
             peer, kind, payload = res
             if kind == DATA or kind == DATA_PARTIAL:
-                # forward only what comes from the address we gave this peer
-                if len(payload) >= 20 and payload[0] >> 4 == 4:
-                    src = payload[12:16]
-                    if src == addr_of.get(peer):
-                        packet(payload, kind == DATA_PARTIAL and off.partial_ok(payload))
-                        peer_of_src[src] = peer
-                    else:
-                        stats["drop_spoofed"] += 1
+                # forward only what comes from an address we gave this peer
+                v = payload[0] >> 4 if payload else 0
+                if v == 4 and len(payload) >= 20:
+                    src, own = payload[12:16], addr_of.get(peer)
+                elif v == 6 and len(payload) >= 40:
+                    src, own = payload[8:24], addr6_of.get(peer)
+                    if own is None:
+                        stats["drop_ipv6_off"] += 1
+                        continue
                 else:
-                    stats["drop_not_ipv4"] += 1
+                    stats["drop_not_ip"] += 1
+                    continue
+                if src == own:
+                    packet(payload, kind == DATA_PARTIAL and off.partial_ok(payload))
+                    peer_of_src[src] = peer
+                else:
+                    stats["drop_spoofed"] += 1
             elif kind == CONTROL:
                 stats["control_rx"] += 1
                 frames.append((peer, payload))
@@ -164,7 +186,8 @@ def _gateway_meter(items, peer_of_src, elock, outbound, outbound_burst, wall, vn
                     slow.extend((off.reseed_partial(p), True) for p in item)
                 continue
             pkt, part = item
-            if outbound_burst(peer_of_src[pkt[12:16]], pkt[16:20], len(pkt), 1, wall) == FORWARD:
+            src, dst = _ends(pkt)
+            if outbound_burst(peer_of_src[src], dst, len(pkt), 1, wall) == FORWARD:
                 out.append(_single_frame(pkt, part, vnet))
                 nbytes += len(pkt)
                 npkts += 1
@@ -175,7 +198,8 @@ def _gateway_meter(items, peer_of_src, elock, outbound, outbound_burst, wall, vn
         # carry a complete checksum.
         for pkt, part in slow:
             pkt = _complete(pkt, part)
-            verdict = outbound(peer_of_src[pkt[12:16]], pkt[16:20], len(pkt), pkt, wall)
+            src, dst = _ends(pkt)
+            verdict = outbound(peer_of_src[src], dst, len(pkt), pkt, wall)
             if verdict == FORWARD:
                 out.append(off.VNET_PLAIN + pkt if vnet else pkt)
                 nbytes += len(pkt)
@@ -208,10 +232,15 @@ def gateway_tun_to_udp(d) -> None:
                 stats["drop_bad_gso"] += 1
                 continue
             first = pkts[0]
-            if first[0] >> 4 != 4:
-                stats["drop_not_ipv4"] += len(pkts)
+            v = first[0] >> 4
+            if v == 4:
+                src, dst = first[12:16], first[16:20]
+            elif v == 6 and len(first) >= 40:
+                src, dst = first[8:24], first[24:40]
+            else:
+                stats["drop_not_ip"] += len(pkts)
                 continue
-            peer = peer_of.get(first[16:20])
+            peer = peer_of.get(dst)
             if peer is None:
                 stats["drop_no_peer"] += len(pkts)
                 continue
@@ -219,11 +248,10 @@ def gateway_tun_to_udp(d) -> None:
                 pkts, kind = off.chunks_as_segments(pkts), DATA_PARTIAL
             total = sum(map(len, pkts))
             with elock:
-                if inbound_burst(peer, first[12:16], total, wall) != FORWARD:
+                if inbound_burst(peer, src, total, wall) != FORWARD:
                     # near a contract's end: decide per packet (overshoot at most one packet)
                     if kind == DATA_CHUNK:
                         pkts, kind = off.chunks_as_segments(pkts), DATA_PARTIAL
-                    src = first[12:16]
                     n = len(pkts)
                     pkts = [p for p in pkts if inbound(peer, src, len(p), wall) == FORWARD]
                     if len(pkts) < n:
@@ -282,8 +310,11 @@ def client_udp_to_tun(d) -> None:
                 d.endpoint = addr[:2]
                 d.loop.call_soon_threadsafe(d._spawn, d._gateway_moved())
             if kind == DATA or kind == DATA_PARTIAL:
-                if len(payload) >= 20 and payload[0] >> 4 == 4:
+                v = payload[0] >> 4 if payload else 0
+                if v == 4 and len(payload) >= 20:
                     by_src.setdefault(payload[12:16], []).append(len(payload))
+                elif v == 6 and len(payload) >= 40:
+                    by_src.setdefault(payload[8:24], []).append(len(payload))
                 packet(payload, kind == DATA_PARTIAL and off.partial_ok(payload))
             elif kind == DONE:
                 d.loop.call_soon_threadsafe(d._spawn, d._handshake_done(payload))
@@ -335,20 +366,43 @@ def client_tun_to_udp(d) -> None:
         wall = time.time()
         now = time.monotonic()
         bursts = _frames_to_bursts(frames, vnet, d.gateway_chunks)
+        ipv6 = d.address6 is not None
         with elock:
-            for pkts, _ in bursts:
-                if pkts and len(pkts[0]) >= 20 and pkts[0][0] >> 4 == 4:
-                    dst, total = pkts[0][16:20], sum(map(len, pkts))
-                    if fits(dst, total, wall):
-                        outbound_burst(dst, total, len(pkts), wall)
+            for i, (pkts, _) in enumerate(bursts):
+                if not pkts:
+                    continue
+                first = pkts[0]
+                v = first[0] >> 4
+                if v == 4 and len(first) >= 20:
+                    dst = first[16:20]
+                else:
+                    if v != 6 or len(first) < 40:
+                        why = "drop_not_ip"
+                    elif _link_scope6(first):
+                        why = "drop_link_local6"     # the TUN's own neighbour discovery, MLD
+                    elif not ipv6:
+                        why = "drop_ipv6_off"        # the gateway would drop it: it never leaves
                     else:
-                        for p in pkts:
-                            outbound_burst(dst, len(p), 1, wall)
+                        why = None
+                        dst = first[24:40]
+                    if why:
+                        stats[why] += len(pkts)
+                        bursts[i] = None
+                        continue
+                total = sum(map(len, pkts))
+                if fits(dst, total, wall):
+                    outbound_burst(dst, total, len(pkts), wall)
+                else:
+                    for p in pkts:
+                        outbound_burst(dst, len(p), 1, wall)
         if engine.has_output:
             _wake(d)
         datagrams = []
         npkts = nbytes = 0
-        for pkts, kind in bursts:
+        for burst in bursts:
+            if burst is None:
+                continue
+            pkts, kind = burst
             if not pkts:
                 stats["drop_bad_gso"] += 1
                 continue

@@ -22,6 +22,7 @@ from ..payments import Terms, Verdict, load_backend
 from ..protocol import gateway as gwp
 from ..tun import Tun
 from . import datapath
+from ..config import peer_address6
 from ..money import format_price, parse_price
 from ..wire import FEATURE_CHUNKS
 from .base import Daemon, features as _features, udp_socket
@@ -107,8 +108,10 @@ class GatewayDaemon(Daemon):
                              dead_after_s=cfg.session.dead_after_s,
                              handshake_retry_s=cfg.session.handshake_retry_s)
         self.responder = sess.Responder(self.private_key, timing)
-        # peer key -> its 4 address bytes and back; plain dicts so the data path needs no lock
+        # peer key -> its 4 (and 16) address bytes and back; plain dicts so the data path
+        # needs no lock (peer_of holds both lengths: they cannot collide)
         self.addr_of: dict[bytes, bytes] = {}
+        self.addr6_of: dict[bytes, bytes] = {}
         self.peer_of: dict[bytes, bytes] = {}
         # peers whose handshake announced wire.FEATURE_CHUNKS (they get TSO bursts as chunks)
         self.chunk_peers: set[bytes] = set()
@@ -116,11 +119,12 @@ class GatewayDaemon(Daemon):
             self._remember(base64.b64decode(key_b64), addr)
         await self._setup_market()
         self.tun = Tun(cfg.tun, cfg.mtu)
-        await self.net(netsetup.setup_gateway, self.paths["net"], cfg.tun, str(cfg.address), cfg.upstream_interface, cfg.mtu)
+        await self.net(netsetup.setup_gateway, self.paths["net"], cfg.tun, str(cfg.address),
+                       cfg.upstream_interface, cfg.mtu, str(cfg.address6) if cfg.address6 else None)
         self.sock = udp_socket(cfg.listen)
         self.ready = True
-        log.info("listening on %s:%d, tunnel %s %s, upstream %s", *cfg.listen, cfg.tun, cfg.address,
-                 cfg.upstream_interface)
+        log.info("listening on %s:%d, tunnel %s %s%s, upstream %s", *cfg.listen, cfg.tun, cfg.address,
+                 f" {cfg.address6}" if cfg.address6 else "", cfg.upstream_interface)
 
     async def _setup_market(self) -> None:
         cfg = self.cfg
@@ -143,10 +147,10 @@ class GatewayDaemon(Daemon):
             account = await self.payee.account_for("any")
         # the gateway's own tunnel address costs nothing to reach (nothing is forwarded), so
         # `ping <gateway address>` works before any contract, unless the operator prices it
-        own = (f"{cfg.address.ip}/32", 0)
         routes = cfg.pricing.prefix_prices
-        if not any(prefix == own[0] for prefix, _ in routes):
-            routes = (*routes, own)
+        for own in [f"{cfg.address.ip}/32"] + ([f"{cfg.address6.ip}/128"] if cfg.address6 else []):
+            if not any(prefix == own for prefix, _ in routes):
+                routes = (*routes, (own, 0))
         pricing = dataclasses.replace(cfg.pricing, payment_methods=(payment.backend,), account=account,
                                       prefix_prices=routes)
         self.engine = gwp.GatewayEngine(pricing, new_id=lambda: secrets.token_hex(8),
@@ -274,6 +278,13 @@ class GatewayDaemon(Daemon):
         packed = ipaddress.IPv4Address(addr).packed
         self.addr_of[peer] = packed
         self.peer_of[packed] = peer
+        if self.cfg.address6:
+            packed6 = self._address6(addr).packed
+            self.addr6_of[peer] = packed6
+            self.peer_of[packed6] = peer
+
+    def _address6(self, addr: str) -> ipaddress.IPv6Address:
+        return peer_address6(self.cfg.address, self.cfg.address6, addr)
 
     def handlers(self) -> dict:
         return {**super().handlers(),
@@ -333,9 +344,13 @@ class GatewayDaemon(Daemon):
             self.chunk_peers.add(hs.peer_public)
         else:
             self.chunk_peers.discard(hs.peer_public)
-        payload = json.dumps({"address": f"{addr}/{self.cfg.address.network.prefixlen}",
-                              "gateway": str(self.cfg.address.ip),
-                              "features": [FEATURE_CHUNKS] if chunks else []}).encode()
+        info = {"address": f"{addr}/{self.cfg.address.network.prefixlen}",
+                "gateway": str(self.cfg.address.ip),
+                "features": [FEATURE_CHUNKS] if chunks else []}
+        if self.cfg.address6:
+            info["address6"] = f"{self._address6(addr)}/{self.cfg.address6.network.prefixlen}"
+            info["gateway6"] = str(self.cfg.address6.ip)
+        payload = json.dumps(info).encode()
         with self.lock:
             datagram = self.responder.accept(hs, now, os.urandom(sess.RAND_BYTES), payload)
         self._remember(hs.peer_public, addr)
@@ -427,14 +442,17 @@ class GatewayDaemon(Daemon):
         for peer in self.responder.peers():
             ep = self.responder.endpoint(peer)
             addr = self.addr_of.get(peer)
+            addr6 = self.addr6_of.get(peer)
             peers.append({
                 "public_key": base64.b64encode(peer).decode(),
                 "address": str(ipaddress.IPv4Address(addr)) if addr else None,
+                "address6": str(ipaddress.IPv6Address(addr6)) if addr6 else None,
                 "endpoint": f"{ep[0]}:{ep[1]}" if ep else None,
             })
         return {
             "listen": f"{self.cfg.listen[0]}:{self.cfg.listen[1]}",
             "address": str(self.cfg.address),
+            "address6": str(self.cfg.address6) if self.cfg.address6 else None,
             "upstream_interface": self.cfg.upstream_interface,
             "peers": peers,
             "session_stats": dict(self.responder.stats),

@@ -2,12 +2,16 @@
 
     client "veth0" 198.18.1.2/24 ── gw "veth-c" 198.18.1.1/24
                                     gw "veth-up" 198.18.2.1/24 ── up "veth0" 198.18.2.2/24
+                                             2001:2:0:2::1/64 ──         2001:2:0:2::2/64
 
 - client: default route via 198.18.1.1.
 - gw: ip_forward OFF (the gateway daemon turns it on), default route via 198.18.2.2.
 - up: only its connected 198.18.2.0/24; NO route to 198.18.1.0/24 nor
   100.64.0.0/10, so it answers only traffic masqueraded by the gateway: a
   client reaching UPSTREAM proves its traffic went through the tunnel.
+- IPv6 (2001:2::/48, the benchmarking range like 198.18.0.0/15) only between
+  gw and up: the client has no IPv6 route but a dual-stack tunnel's, so a
+  client reaching UPSTREAM6 went through the tunnel too.
 
 The veth pairs are created directly inside the namespaces, so nothing ever
 appears in the root namespace. ``destroy()`` kills what the lab started (by
@@ -35,14 +39,17 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["Lab", "LabError", "CLIENT_LINK", "GW_LINK", "GW_UP", "UPSTREAM", "HTTP_PORT",
-           "IPERF_PORT", "main"]
+__all__ = ["Lab", "LabError", "CLIENT_LINK", "GW_LINK", "GW_UP", "UPSTREAM", "GW_UP6", "UPSTREAM6",
+           "HTTP_PORT", "IPERF_PORT", "main"]
 
 CLIENT_LINK = "198.18.1.2"
 GW_LINK = "198.18.1.1"
 GW_UP = "198.18.2.1"
 UPSTREAM = "198.18.2.2"
 PREFIXLEN = 24
+GW_UP6 = "2001:2:0:2::1"
+UPSTREAM6 = "2001:2:0:2::2"
+PREFIXLEN6 = 64
 HTTP_PORT = 8080
 IPERF_PORT = 5201
 # interface names inside the namespaces
@@ -192,10 +199,13 @@ class Lab:
                                   (self.gw, GW_UP_IF, GW_UP), (self.up, UP_IF, UPSTREAM)):
                 _ip("-n", ns, "addr", "add", f"{addr}/{PREFIXLEN}", "dev", dev)
                 _ip("-n", ns, "link", "set", dev, "up")
+            for ns, dev, addr in ((self.gw, GW_UP_IF, GW_UP6), (self.up, UP_IF, UPSTREAM6)):
+                _ip("-n", ns, "addr", "add", f"{addr}/{PREFIXLEN6}", "dev", dev)
             for ns in self.namespaces:
                 _ip("-n", ns, "link", "set", "lo", "up")
             _ip("-n", self.client, "route", "add", "default", "via", GW_LINK)
             _ip("-n", self.gw, "route", "add", "default", "via", UPSTREAM)
+            _ip("-n", self.gw, "-6", "route", "add", "default", "via", UPSTREAM6)
             self.run(self.gw, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward; "
                      "echo 0 > /proc/sys/net/ipv6/conf/all/forwarding")
             self._wait_settled()
@@ -339,15 +349,18 @@ class Lab:
             httpd = self.popen(self.up, sys.executable, "-m", "tunnelgate.lab.httpd", "--bind", UPSTREAM,
                                "--port", HTTP_PORT, "--dir", d, stdin=subprocess.DEVNULL,
                                stdout=httpd_log, stderr=subprocess.STDOUT, env=env)
+            httpd6 = self.popen(self.up, sys.executable, "-m", "tunnelgate.lab.httpd", "--bind", UPSTREAM6,
+                                "--port", HTTP_PORT, "--dir", d, stdin=subprocess.DEVNULL,
+                                stdout=httpd_log, stderr=subprocess.STDOUT, env=env)
             iperf = self.popen(self.up, "iperf3", "-s", "-B", UPSTREAM, "-p", IPERF_PORT,
                                stdin=subprocess.DEVNULL, stdout=iperf_log, stderr=subprocess.STDOUT)
         finally:
             httpd_log.close()
             iperf_log.close()
-        want = {f"{UPSTREAM}:{HTTP_PORT}", f"{UPSTREAM}:{IPERF_PORT}"}
+        want = {f"{UPSTREAM}:{HTTP_PORT}", f"[{UPSTREAM6}]:{HTTP_PORT}", f"{UPSTREAM}:{IPERF_PORT}"}
         deadline = time.monotonic() + wait
         while True:
-            for name, p in (("httpd", httpd), ("iperf3", iperf)):
+            for name, p in (("httpd", httpd), ("httpd", httpd6), ("iperf3", iperf)):
                 if p.poll() is not None:
                     log = Path(logs, f"{name}.log").read_text(errors="replace")[-2000:]
                     raise LabError(f"{name} in {self.up} exited with {p.returncode}: {log}")

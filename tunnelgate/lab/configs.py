@@ -14,6 +14,7 @@ from .. import keys
 from . import GW_LINK
 
 PORT = 51900
+TUNNEL6 = "fd64:7467::1/64"     # the IPv6 side of 100.64.0.1/24: the same host number
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,11 @@ class Pair:
 
 def write_pair(directory: Path, gateway_extra: str = "", client_extra: str = "",
                routes: tuple[str, ...] = ("0.0.0.0/0",), tun: str = "tgs0", client_tun: str = "tg0",
-               tunnel_address: str = "100.64.0.1/24", port: int = PORT) -> Pair:
+               tunnel_address: str = "100.64.0.1/24", port: int = PORT,
+               tunnel_address6: str | None = None) -> Pair:
     """Keys (gw.key, cl.key) and configs with state in gw/ and cl/ under directory.
-    *_extra: more TOML sections appended as they are ([pricing], [policy], [payment], ...)."""
+    *_extra: more TOML sections appended as they are ([pricing], [policy], [payment], ...).
+    tunnel_address6: a dual-stack tunnel (e.g. TUNNEL6)."""
     directory.mkdir(parents=True, exist_ok=True)
     gw_key, cl_key = keys.generate(), keys.generate()
     keys.write_private(directory / "gw.key", gw_key)
@@ -44,6 +47,7 @@ listen = "{GW_LINK}:{port}"
 [network]
 tun = "{tun}"
 address = "{tunnel_address}"
+{f'address6 = "{tunnel_address6}"' if tunnel_address6 else ""}
 upstream_interface = "veth-up"
 {gateway_extra}
 """)

@@ -72,20 +72,27 @@ def table_name(tun: str) -> str:
         .replace("@", "_").replace(":", "_").replace("+", "_")
 
 
-def gateway_ruleset(tun: str, tunnel_prefix: str, upstream_interface: str) -> str:
-    """The table definition (without the delete-then-add wrapper)."""
+def gateway_ruleset(tun: str, tunnel_prefixes: str | list[str], upstream_interface: str) -> str:
+    """The table definition (without the delete-then-add wrapper); one masquerade rule
+    per tunnel prefix (IPv4, and IPv6 for a dual-stack tunnel)."""
     _check_ifname(tun, "tun")
     _check_ifname(upstream_interface, "upstream")
-    try:
-        net = ipaddress.ip_network(tunnel_prefix, strict=False)
-    except ValueError as exc:
-        raise NetError(f"bad tunnel prefix {tunnel_prefix!r}: {exc}") from exc
-    proto = "ip" if net.version == 4 else "ip6"
+    if isinstance(tunnel_prefixes, str):
+        tunnel_prefixes = [tunnel_prefixes]
+    masq = []
+    for prefix in tunnel_prefixes:
+        try:
+            net = ipaddress.ip_network(prefix, strict=False)
+        except ValueError as exc:
+            raise NetError(f"bad tunnel prefix {prefix!r}: {exc}") from exc
+        proto = "ip" if net.version == 4 else "ip6"
+        masq.append(f'        {proto} saddr {net} oifname "{upstream_interface}" masquerade')
     t = table_name(tun)
+    rules = "\n".join(masq)
     return f"""table {FAMILY} {t} {{
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        {proto} saddr {net} oifname "{upstream_interface}" masquerade
+{rules}
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
@@ -102,10 +109,10 @@ def _replace_script(family: str, name: str, definition: str) -> str:
     return f"table {family} {name}\ndelete table {family} {name}\n{definition}"
 
 
-def apply_gateway(tun: str, tunnel_prefix: str, upstream_interface: str,
+def apply_gateway(tun: str, tunnel_prefixes: str | list[str], upstream_interface: str,
                   netns: str | None = None) -> str:
     """Create or replace the gateway table; returns its name."""
-    definition = gateway_ruleset(tun, tunnel_prefix, upstream_interface)
+    definition = gateway_ruleset(tun, tunnel_prefixes, upstream_interface)
     name = table_name(tun)
     nft(script=_replace_script(FAMILY, name, definition), netns=netns,
         what=f"applying nft table {FAMILY} {name}")

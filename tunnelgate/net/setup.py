@@ -155,31 +155,37 @@ def _check_cidr(address_cidr: str) -> ipaddress.IPv4Interface | ipaddress.IPv6In
                        f"e.g. 100.64.0.1/10") from exc
 
 
-def setup_gateway(record_path, tun: str, address_cidr: str, upstream_interface: str, mtu: int) -> None:
-    """Address + MTU + up on ``tun``, forwarding on (previous value restored by
+def setup_gateway(record_path, tun: str, address_cidr: str, upstream_interface: str, mtu: int,
+                  address6_cidr: str | None = None) -> None:
+    """Address(es) + MTU + up on ``tun``, forwarding on (previous value restored by
     teardown), and the nft table ``inet tunnelgate_<tun>`` (masquerade of the
-    tunnel prefix out of ``upstream_interface``, forward accept rules)."""
-    iface = _check_cidr(address_cidr)
+    tunnel prefixes out of ``upstream_interface``, forward accept rules).
+    ``address6_cidr``: the IPv6 side of a dual-stack tunnel."""
+    ifaces = [_check_cidr(c) for c in (address_cidr, address6_cidr) if c]
     rec = _Recorder(record_path)
     _link(rec, tun, mtu)
-    _address(rec, tun, str(iface))
+    for iface in ifaces:
+        _address(rec, tun, str(iface))
     routes.set_link(tun, up=True)
-    if iface.version == 4:
-        _sysctl_on(rec, "ipv4.ip_forward", routes.ip_forward)
-    else:
-        # only for an IPv6 tunnel: all.forwarding=1 turns off accept_ra everywhere
-        _sysctl_on(rec, "ipv6.conf.all.forwarding", routes.ip6_forward)
+    for iface in ifaces:
+        if iface.version == 4:
+            _sysctl_on(rec, "ipv4.ip_forward", routes.ip_forward)
+        else:
+            # only for an IPv6 tunnel: all.forwarding=1 turns off accept_ra everywhere
+            _sysctl_on(rec, "ipv6.conf.all.forwarding", routes.ip6_forward)
     table = nft.table_name(tun)
     rec.add({"kind": "nft_table", "family": nft.FAMILY, "name": table})
-    nft.apply_gateway(tun, str(iface.network), upstream_interface)
+    nft.apply_gateway(tun, [str(i.network) for i in ifaces], upstream_interface)
 
 
-def setup_client_tun(record_path, tun: str, address_cidr: str, mtu: int) -> None:
-    """Address + MTU + up on the client's TUN (after the handshake assigned the address)."""
-    iface = _check_cidr(address_cidr)
+def setup_client_tun(record_path, tun: str, address_cidr: str, mtu: int,
+                     address6_cidr: str | None = None) -> None:
+    """Address(es) + MTU + up on the client's TUN (after the handshake assigned them)."""
+    ifaces = [_check_cidr(c) for c in (address_cidr, address6_cidr) if c]
     rec = _Recorder(record_path)
     _link(rec, tun, mtu)
-    _address(rec, tun, str(iface))
+    for iface in ifaces:
+        _address(rec, tun, str(iface))
     routes.set_link(tun, up=True)
 
 

@@ -66,6 +66,7 @@ _IP_FIXED = struct.Struct("!2sHH4sH8s")        # ver/ihl+tos, len, id, frag+ttl+
 _TCP_FIXED = struct.Struct("!4sI5sB2sH")       # ports, seq, ack+doff, flags, window, csum
 _H10 = struct.Struct("!10H")
 _PSEUDO = struct.Struct("!4H")
+_PSEUDO6 = struct.Struct("!16H")
 
 
 # --- checksums ------------------------------------------------------------------------
@@ -96,6 +97,19 @@ def pseudo_sum(src_dst, proto: int, length: int) -> int:
     return sum(_PSEUDO.unpack_from(src_dst)) + proto + length
 
 
+def pseudo6_sum(src_dst, proto: int, length: int) -> int:
+    """Unfolded IPv6 pseudo-header sum (src, dst, L4 length, next header)."""
+    return sum(_PSEUDO6.unpack_from(src_dst)) + (length >> 16) + (length & 0xFFFF) + proto
+
+
+def l4_start(pkt) -> tuple[int, int]:
+    """(offset of the TCP/UDP header, protocol) of an IPv4 or IPv6 packet
+    (IPv6: the fixed header's next header; extension headers are not walked)."""
+    if pkt[0] >> 4 == 4:
+        return (pkt[0] & 15) * 4, pkt[9]
+    return 40, pkt[6]
+
+
 def complete_checksum(pkt: bytes, csum_start: int, csum_offset: int) -> bytes:
     """Finish a CHECKSUM_PARTIAL packet in Python (the no-offload fallback):
     the field holds the pseudo-header sum, sum the rest on top of it."""
@@ -107,26 +121,37 @@ def complete_checksum(pkt: bytes, csum_start: int, csum_offset: int) -> bytes:
     return pkt[:at] + c.to_bytes(2, "big") + pkt[at + 2:]
 
 
+def complete_partial(pkt: bytes) -> bytes:
+    """A DATA_PARTIAL packet (see partial_ok) with its checksum finished."""
+    start, proto = l4_start(pkt)
+    return complete_checksum(pkt, start, CSUM_OFFSET[proto])
+
+
 def reseed_partial(pkt: bytes) -> bytes:
-    """An IPv4 TCP/UDP packet (checksum complete or partial) made DATA_PARTIAL:
-    its checksum field set to the pseudo-header sum."""
-    ihl = (pkt[0] & 15) * 4
-    at = ihl + CSUM_OFFSET[pkt[9]]
-    seed = fold(pseudo_sum(pkt[12:20], pkt[9], len(pkt) - ihl))
+    """An IPv4 or IPv6 TCP/UDP packet (checksum complete or partial) made
+    DATA_PARTIAL: its checksum field set to the pseudo-header sum."""
+    start, proto = l4_start(pkt)
+    at = start + CSUM_OFFSET[proto]
+    if start == 40 and pkt[0] >> 4 == 6:
+        seed = fold(pseudo6_sum(pkt[8:40], proto, len(pkt) - 40))
+    else:
+        seed = fold(pseudo_sum(pkt[12:20], proto, len(pkt) - start))
     return pkt[:at] + seed.to_bytes(2, "big") + pkt[at + 2:]
 
 
 def partial_ok(pkt) -> bool:
-    """Is pkt an IPv4 TCP/UDP packet that DATA_PARTIAL can describe (the
-    receiver derives csum_start/offset from the headers)?"""
-    return (len(pkt) >= 28 and pkt[0] >> 4 == 4 and pkt[9] in CSUM_OFFSET
-            and (pkt[6] & 0x3F) == 0 and pkt[7] == 0)        # not a fragment
+    """Is pkt a TCP/UDP packet that DATA_PARTIAL can describe (the receiver
+    derives csum_start/offset from the headers)? IPv4 not fragmented, or IPv6
+    with TCP/UDP right after the fixed header."""
+    if len(pkt) >= 28 and pkt[0] >> 4 == 4:
+        return pkt[9] in CSUM_OFFSET and (pkt[6] & 0x3F) == 0 and pkt[7] == 0
+    return len(pkt) >= 48 and pkt[0] >> 4 == 6 and pkt[6] in CSUM_OFFSET
 
 
 def partial_vnet(pkt) -> bytes:
     """virtio-net header asking the kernel to finish a DATA_PARTIAL packet."""
-    ihl = (pkt[0] & 15) * 4
-    return VNET.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, ihl, CSUM_OFFSET[pkt[9]])
+    start, proto = l4_start(pkt)
+    return VNET.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, start, CSUM_OFFSET[proto])
 
 
 # --- TUN reads: virtio-net frame -> packets --------------------------------------------
@@ -144,12 +169,15 @@ def split_frame(frame: bytes) -> tuple[list[bytes], bool]:
     if gso_type == GSO_NONE:
         if not flags & F_NEEDS_CSUM:
             return [pkt], False
-        if (partial_ok(pkt) and cs_start == (pkt[0] & 15) * 4
-                and cs_off == CSUM_OFFSET[pkt[9]]):
-            return [pkt], True
+        if partial_ok(pkt):
+            start, proto = l4_start(pkt)
+            if cs_start == start and cs_off == CSUM_OFFSET[proto]:
+                return [pkt], True
         return [complete_checksum(pkt, cs_start, cs_off)], False
     if gso_type == GSO_TCPV4 and gso_size and len(pkt) >= 40 and pkt[0] >> 4 == 4 and pkt[9] == TCP:
         return tcp4_segments(pkt, gso_size), True
+    if gso_type == GSO_TCPV6 and gso_size and len(pkt) >= 60 and pkt[0] >> 4 == 6 and pkt[6] == TCP:
+        return tcp6_segments(pkt, gso_size), True
     return [], False
 
 
@@ -158,13 +186,12 @@ def frame_payloads(frame: bytes, chunks: bool) -> tuple[list[bytes], int]:
     DATA_CHUNK payloads when `chunks` (the peer takes them) and they can carry
     it, otherwise as split_frame's packets, DATA_PARTIAL or DATA. ([], DATA)
     for a GSO type we did not enable."""
-    if chunks and frame[1] & ~GSO_ECN == GSO_TCPV4:
+    if chunks and frame[1] & ~GSO_ECN in (GSO_TCPV4, GSO_TCPV6):
         gso_size = VNET.unpack_from(frame)[3]
         pkt = frame[VNET_LEN:]
-        if len(pkt) >= 41 and pkt[9] == TCP:
-            out = tcp4_chunks(pkt, gso_size)
-            if out is not None:
-                return out, DATA_CHUNK
+        out = tcp_chunks(pkt, gso_size)
+        if out is not None:
+            return out, DATA_CHUNK
     pkts, partial = split_frame(frame)
     return pkts, DATA_PARTIAL if partial else DATA
 
@@ -207,6 +234,37 @@ def tcp4_segments(pkt: bytes, mss: int) -> list[bytes]:
                          tcp_pack(ports, (seq + off) & 0xFFFFFFFF, ack_doff, f, window,
                                   fold(pseudo + thl + n)),
                          tcp_tail, chunk)))
+        off += n
+        i += 1
+    return out
+
+
+def tcp6_segments(pkt: bytes, mss: int) -> list[bytes]:
+    """tcp4_segments for an IPv6 TCP TSO burst (TCP right after the fixed
+    header): payload length and sequence number per segment, the same flag
+    rules, the pseudo-header sum as TCP checksum (DATA_PARTIAL)."""
+    thl = (pkt[52] >> 4) * 4
+    hl = 40 + thl
+    head, addrs = pkt[:4], pkt[6:40]                   # version/class/flow; next header, hops, addresses
+    ports, seq, ack_doff, tflags, window, _ = _TCP_FIXED.unpack_from(pkt, 40)
+    tcp_tail = pkt[58:hl]
+    pseudo = pseudo6_sum(pkt[8:40], TCP, 0)
+    payload = memoryview(pkt)[hl:]
+    total = len(payload)
+    tcp_pack = _TCP_FIXED.pack
+    mid_flags = tflags & ~(FIN | PSH)
+    out = []
+    off = i = 0
+    while off < total:
+        chunk = payload[off:off + mss]
+        n = len(chunk)
+        f = tflags if off + n >= total else mid_flags
+        if i:
+            f &= ~CWR
+        out.append(b"".join((head, (thl + n).to_bytes(2, "big"), addrs,
+                             tcp_pack(ports, (seq + off) & 0xFFFFFFFF, ack_doff, f, window,
+                                      fold(pseudo + thl + n)),
+                             tcp_tail, chunk)))
         off += n
         i += 1
     return out
@@ -406,18 +464,29 @@ class UdpReceiver:
 
 # --- chunk records (wire.DATA_CHUNK) ----------------------------------------------------
 
-def tcp4_chunks(pkt: bytes, mss: int) -> list[bytes] | None:
-    """An IPv4 TCP TSO burst -> DATA_CHUNK payloads: the burst's headers (the
-    template, its IP checksum field holding `mss`) + each `mss` slice of its
-    payload. None when chunks cannot carry it (IP options, too many chunks):
-    the caller cuts segments instead."""
-    if pkt[0] != 0x45 or not 0 < mss <= 0xFFFF:
+def tcp_chunks(pkt: bytes, mss: int) -> list[bytes] | None:
+    """A TCP TSO burst -> DATA_CHUNK payloads: the burst's headers (the
+    template) + each `mss` slice of its payload. The template carries `mss` in
+    a field the receiver rewrites anyway: IPv4's header checksum, IPv6's payload
+    length (as TCP header + mss, the length of a full segment). None when
+    chunks cannot carry it (IP options, IPv6 extension headers, too many
+    chunks): the caller cuts segments instead."""
+    if not 0 < mss <= 0xFFFF:
         return None
-    hl = 20 + (pkt[32] >> 4) * 4
+    if len(pkt) >= 41 and pkt[0] == 0x45 and pkt[9] == TCP:
+        hl = 20 + (pkt[32] >> 4) * 4
+        template = pkt[:10] + mss.to_bytes(2, "big") + pkt[12:hl]
+    elif len(pkt) >= 61 and pkt[0] >> 4 == 6 and pkt[6] == TCP:
+        thl = (pkt[52] >> 4) * 4
+        hl = 40 + thl
+        if thl + mss > 0xFFFF:
+            return None
+        template = pkt[:4] + (thl + mss).to_bytes(2, "big") + pkt[6:hl]
+    else:
+        return None
     total = len(pkt) - hl
     if total <= 0 or -(-total // mss) > CHUNKS_MAX:
         return None
-    template = pkt[:10] + mss.to_bytes(2, "big") + pkt[12:hl]
     payload = memoryview(pkt)[hl:]
     return [template + payload[i:i + mss] for i in range(0, total, mss)]
 
@@ -428,10 +497,11 @@ class ChunkRun:
     `segments()` rebuilds each chunk's own DATA_PARTIAL segment (per-packet
     metering, TUNs without offloads)."""
 
-    __slots__ = ("template", "hl", "mss", "first", "count", "chunks", "next_kind", "full")
+    __slots__ = ("template", "ih", "hl", "mss", "first", "count", "chunks", "next_kind", "full")
 
     def __init__(self, template: bytes, hl: int, mss: int, first: int, count: int, chunk: bytes):
         self.template = template
+        self.ih = 20 if template[0] >> 4 == 4 else 40     # IP header: where TCP starts
         self.hl = hl
         self.mss = mss
         self.first = first
@@ -442,41 +512,49 @@ class ChunkRun:
 
     @property
     def src(self) -> bytes:
-        return self.template[12:16]
+        return self.template[12:16] if self.ih == 20 else self.template[8:24]
 
     @property
     def dst(self) -> bytes:
-        return self.template[16:20]
+        return self.template[16:20] if self.ih == 20 else self.template[24:40]
 
     def wire_len(self) -> int:
         """Sum of the IP lengths of the segments these chunks stand for."""
         return sum(map(len, self.chunks))
 
     def _header(self, index: int, k: int, payload_len: int) -> bytearray:
-        t, hl = self.template, self.hl
+        t, hl, ih = self.template, self.hl, self.ih
         hdr = bytearray(t)
-        hdr[2:4] = (hl + payload_len).to_bytes(2, "big")
-        hdr[4:6] = ((int.from_bytes(t[4:6], "big") + index) & 0xFFFF).to_bytes(2, "big")
-        hdr[10:12] = b"\0\0"
-        hdr[10:12] = ip_header_checksum(hdr).to_bytes(2, "big")
-        hdr[24:28] = ((int.from_bytes(t[24:28], "big") + index * self.mss) & 0xFFFFFFFF).to_bytes(4, "big")
-        f = t[33]
+        tcp_len = hl - ih + payload_len
+        if ih == 20:
+            hdr[2:4] = (hl + payload_len).to_bytes(2, "big")
+            hdr[4:6] = ((int.from_bytes(t[4:6], "big") + index) & 0xFFFF).to_bytes(2, "big")
+            hdr[10:12] = b"\0\0"
+            hdr[10:12] = ip_header_checksum(hdr).to_bytes(2, "big")
+            pseudo = pseudo_sum(t[12:20], TCP, tcp_len)
+        else:
+            hdr[4:6] = tcp_len.to_bytes(2, "big")
+            pseudo = pseudo6_sum(t[8:40], TCP, tcp_len)
+        hdr[ih + 4:ih + 8] = ((int.from_bytes(t[ih + 4:ih + 8], "big") + index * self.mss)
+                              & 0xFFFFFFFF).to_bytes(4, "big")
+        f = t[ih + 13]
         if index + k < self.count:
             f &= ~(FIN | PSH)
         if index:
             f &= ~CWR
-        hdr[33] = f
-        hdr[36:38] = fold(pseudo_sum(t[12:20], TCP, hl - 20 + payload_len)).to_bytes(2, "big")
+        hdr[ih + 13] = f
+        hdr[ih + 16:ih + 18] = fold(pseudo).to_bytes(2, "big")
         return hdr
 
     def frame(self) -> bytes:
         """virtio-net frame: GSO for two or more chunks, else one NEEDS_CSUM packet."""
-        hl, chunks = self.hl, self.chunks
+        hl, ih, chunks = self.hl, self.ih, self.chunks
         payload_len = sum(map(len, chunks)) - hl * len(chunks)
         hdr = self._header(self.first, len(chunks), payload_len)
         if len(chunks) == 1:
-            return b"".join((VNET.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 16), hdr, memoryview(chunks[0])[hl:]))
-        parts = [VNET.pack(F_NEEDS_CSUM, GSO_TCPV4, hl, self.mss, 20, 16), hdr]
+            return b"".join((VNET.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, ih, 16), hdr, memoryview(chunks[0])[hl:]))
+        gso = GSO_TCPV4 if ih == 20 else GSO_TCPV6
+        parts = [VNET.pack(F_NEEDS_CSUM, gso, hl, self.mss, ih, 16), hdr]
         parts.extend(memoryview(c)[hl:] for c in chunks)
         return b"".join(parts)
 
@@ -490,11 +568,20 @@ def chunk_run(payload: bytes, kind: int) -> ChunkRun | None:
     """A received chunk (type word `kind`, wire.is_chunk true) -> a run of one,
     or None when the payload is not a chunk this module could have sent."""
     index, count = kind >> 8 & 0xFF, kind >> 16
-    if len(payload) < 41 or payload[0] != 0x45 or payload[9] != TCP or (payload[6] & 0x3F) or payload[7]:
+    if len(payload) >= 41 and payload[0] == 0x45:
+        if payload[9] != TCP or (payload[6] & 0x3F) or payload[7]:
+            return None
+        thl = (payload[32] >> 4) * 4
+        hl = 20 + thl
+        mss = int.from_bytes(payload[10:12], "big")
+    elif len(payload) >= 61 and payload[0] >> 4 == 6:
+        if payload[6] != TCP:
+            return None
+        thl = (payload[52] >> 4) * 4
+        hl = 40 + thl
+        mss = int.from_bytes(payload[4:6], "big") - thl
+    else:
         return None
-    thl = (payload[32] >> 4) * 4
-    hl = 20 + thl
-    mss = int.from_bytes(payload[10:12], "big")
     n = len(payload) - hl
     if thl < 20 or n <= 0 or n > mss or (n < mss and index != count - 1):
         return None
@@ -564,7 +651,7 @@ class Arrivals:
 
 
 def chunks_as_segments(payloads: list[bytes]) -> list[bytes]:
-    """A burst's DATA_CHUNK payloads (from tcp4_chunks) -> its DATA_PARTIAL
+    """A burst's DATA_CHUNK payloads (from tcp_chunks) -> its DATA_PARTIAL
     segments, for a receiver that does not take chunks or a burst metered
     packet by packet."""
     run = chunk_run(payloads[0], chunk_kind(0, len(payloads)))

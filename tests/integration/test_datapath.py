@@ -1,6 +1,6 @@
 """The data path's offload and fallback paths end to end: sha256-checked
 transfers both ways through a dual-stack tunnel, over IPv4 and over IPv6, with
-TUN TSO + UDP GSO/GRO (default), without UDP GRO, and with no offloads at all.
+TUN TSO/TSO6 + UDP GSO/GRO (default), without UDP GRO, and with no offloads at all.
 The receiving kernels verify every TCP checksum (a bad one would stall the
 transfer)."""
 
@@ -59,11 +59,14 @@ def test_transfer_sha256_each_offload_mode(lab, gw_mode, client_mode):
             else:
                 assert chunks == 0
         assert gw["stats"].get("drop_bad_chunk", 0) == 0 and cl["stats"].get("drop_bad_chunk", 0) == 0
-        # IPv6: one packet per TUN read and write (no TSO6); a checksum the kernel left
-        # partial is finished in Python before sealing
+        # IPv6 takes the same offload paths: TSO6 reads, chunks where both ends take them
+        before = {"cl": cl["stats"], "gw": gw["stats"]}
         transfer(f"[{UPSTREAM6}]", "6M.bin")
-        cl = env.status("client")
+        cl, gw = env.status("client"), env.status("gw")
         assert cl["address6"] == "fd64:7467::2/64"
+        for which, side, mode in (("cl", cl, client_mode), ("gw", gw, gw_mode)):
+            chunks6 = side["stats"].get("tx_chunks", 0) - before[which].get("tx_chunks", 0)
+            assert (chunks6 > 0) == (both and mode != "0"), which
         # each family is metered under contracts of its own
         contracts = request(env.dir / "gw" / "control.sock", "contracts", all=True)
         destinations = {c["destination"].split("/")[0] for c in contracts}

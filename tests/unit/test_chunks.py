@@ -16,15 +16,21 @@ from tunnelgate import wire
 from tunnelgate.daemon.base import features
 from tunnelgate.replay import ReplayWindow
 
-from test_offload import ipv4_tcp, tcp_ok, tso_frame
+from test_offload import ipv4_tcp, ipv6_tcp, tcp6_ok, tcp_ok, tso6_frame, tso_frame
 
 TS_OPTS = b"\x01\x01\x08\x0a" + bytes(range(8))
 
 
-def burst(size: int, mss: int, flags=off.ACK | off.PSH, opts=TS_OPTS, seq=4_294_960_000, ip_id=65530):
+def burst(size: int, mss: int, flags=off.ACK | off.PSH, opts=TS_OPTS, seq=4_294_960_000, ip_id=65530,
+          v6: bool = False):
     """A TSO read (virtio frame) and the segments the kernel's GSO would cut from it."""
-    frame = tso_frame(os.urandom(size), mss, flags=flags, opts=opts, seq=seq, ip_id=ip_id)
-    return frame, off.tcp4_segments(frame[off.VNET_LEN:], mss)
+    make, cut = (tso6_frame, off.tcp6_segments) if v6 else (tso_frame, off.tcp4_segments)
+    frame = make(os.urandom(size), mss, flags=flags, opts=opts, seq=seq, ip_id=ip_id)
+    return frame, cut(frame[off.VNET_LEN:], mss)
+
+
+def valid(pkt) -> bool:
+    return tcp_ok(pkt) if pkt[0] >> 4 == 4 else tcp6_ok(pkt)
 
 
 def expand(items) -> list[bytes]:
@@ -36,29 +42,31 @@ def expand(items) -> list[bytes]:
             frame = item.frame()
             hdr = off.VNET.unpack_from(frame)
             pkt = frame[off.VNET_LEN:]
-            if hdr[1] == off.GSO_TCPV4:
-                assert hdr[3] == item.mss and hdr[2] == item.hl
-                out.extend(off.tcp4_segments(pkt, hdr[3]))
+            if hdr[1] in (off.GSO_TCPV4, off.GSO_TCPV6):
+                assert hdr[3] == item.mss and hdr[2] == item.hl and hdr[4] == item.ih
+                cut = off.tcp4_segments if hdr[1] == off.GSO_TCPV4 else off.tcp6_segments
+                out.extend(cut(pkt, hdr[3]))
             else:
-                assert hdr[0] == off.F_NEEDS_CSUM
+                assert hdr[0] == off.F_NEEDS_CSUM and hdr[4] == item.ih
                 out.append(pkt)
         elif type(item) is list:
             out.extend(off.tcp4_segments(off.gso_frame(item)[off.VNET_LEN:], len(item[0]) - 52))
         else:
             out.append(off.reseed_partial(item[0]))
-    return [off.complete_checksum(p, 20, 16) for p in out]
+    return finished(out)
 
 
 def finished(pkts):
-    return [off.complete_checksum(p, 20, 16) for p in pkts]
+    return [off.complete_partial(p) for p in pkts]
 
 
 @pytest.mark.parametrize("size,mss", [(1368 * 47, 1368), (65000, 1368), (1368 * 3 + 1, 1368),
                                       (2 * 536, 536), (5000, 1448), (64000, 300)])
 @pytest.mark.parametrize("flags", [off.ACK, off.ACK | off.PSH, off.ACK | off.PSH | off.FIN,
                                    off.ACK | off.CWR | off.ECE])
-def test_all_chunks_make_one_gso_frame_equal_to_the_segments(size, mss, flags):
-    frame, segs = burst(size, mss, flags=flags)
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_all_chunks_make_one_gso_frame_equal_to_the_segments(size, mss, flags, v6):
+    frame, segs = burst(size, mss, flags=flags, v6=v6)
     chunks, kind = off.frame_payloads(frame, chunks=True)
     assert kind == wire.DATA_CHUNK and len(chunks) == len(segs)
     # a chunk is exactly as long as its segment: the wire carries what DATA_PARTIAL would
@@ -71,7 +79,7 @@ def test_all_chunks_make_one_gso_frame_equal_to_the_segments(size, mss, flags):
     assert items[0].wire_len() == sum(map(len, segs))
     got = expand(items)
     assert got == finished(segs)
-    assert all(tcp_ok(p) for p in got)
+    assert all(valid(p) for p in got)
     # the per-packet path rebuilds the very same DATA_PARTIAL segments
     assert items[0].segments() == segs
     assert off.chunks_as_segments(chunks) == segs
@@ -81,7 +89,8 @@ def test_all_chunks_make_one_gso_frame_equal_to_the_segments(size, mss, flags):
 def test_lost_and_split_chunks_rebuild_exactly_the_rest(seed):
     rnd = random.Random(seed)
     mss = rnd.choice([536, 1368, 1448])
-    frame, segs = burst(rnd.randrange(mss + 1, 65000), mss, flags=rnd.choice([off.ACK, off.ACK | off.PSH]))
+    frame, segs = burst(rnd.randrange(mss + 1, 65000), mss, flags=rnd.choice([off.ACK, off.ACK | off.PSH]),
+                        v6=seed % 2 == 1)
     chunks, _ = off.frame_payloads(frame, chunks=True)
     n = len(chunks)
     kept = sorted(rnd.sample(range(n), rnd.randrange(1, n + 1)))
@@ -115,8 +124,9 @@ def test_order_kept_between_packets_and_chunks_and_bursts():
     assert expand(items) == finished([off.reseed_partial(ack)] + segs1 + segs2 + [off.reseed_partial(ack)])
 
 
-def test_without_gso_the_receiver_gets_plain_segments():
-    frame, segs = burst(1368 * 5 + 7, 1368)
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_without_gso_the_receiver_gets_plain_segments(v6):
+    frame, segs = burst(1368 * 5 + 7, 1368, v6=v6)
     chunks, _ = off.frame_payloads(frame, True)
     arr = off.Arrivals(gso=False)
     for i, c in enumerate(chunks):
@@ -124,12 +134,13 @@ def test_without_gso_the_receiver_gets_plain_segments():
     assert arr.done() == [(s, True) for s in segs]
 
 
-def test_bursts_chunks_cannot_carry_fall_back_to_segments():
-    frame, segs = burst(20_000, 1368)
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_bursts_chunks_cannot_carry_fall_back_to_segments(v6):
+    frame, segs = burst(20_000, 1368, v6=v6)
     assert off.frame_payloads(frame, chunks=False) == (segs, wire.DATA_PARTIAL)
-    tiny, tiny_segs = burst(256 * 40, 40)                  # more than CHUNKS_MAX chunks
+    tiny, tiny_segs = burst(256 * 40, 40, v6=v6)           # more than CHUNKS_MAX chunks
     assert off.frame_payloads(tiny, True) == (tiny_segs, wire.DATA_PARTIAL)
-    pkt = ipv4_tcp(b"x" * 100)                            # not a TSO read
+    pkt = (ipv6_tcp if v6 else ipv4_tcp)(b"x" * 100)      # not a TSO read
     plain = off.VNET_PLAIN + pkt
     assert off.frame_payloads(plain, True) == ([pkt], wire.DATA)
 
@@ -147,6 +158,13 @@ def test_malformed_chunks_are_refused_not_raised():
     # a last chunk with no payload bytes does not extend a run (it stands for no segment)
     assert arr.chunk(chunks[0], wire.chunk_kind(0, 2)) and not arr.chunk(chunks[0][:52], wire.chunk_kind(1, 2))
     assert [len(x.chunks) for x in arr.done()] == [1]
+    frame6, _ = burst(1368 * 4, 1368, v6=True)
+    chunks6, _ = off.frame_payloads(frame6, True)
+    assert not arr.chunk(chunks6[0][:60], wire.chunk_kind(0, 4))                        # too short
+    assert not arr.chunk(chunks6[0][:6] + b"\x11" + chunks6[0][7:], wire.chunk_kind(0, 4))  # UDP
+    assert not arr.chunk(chunks6[0][:4] + b"\x00\x20" + chunks6[0][6:], wire.chunk_kind(0, 4))  # mss 0
+    assert arr.done() == []
+    chunks = chunks + chunks6
     rnd = random.Random(7)
     for _ in range(3000):
         c = bytearray(rnd.choice(chunks))

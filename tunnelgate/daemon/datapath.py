@@ -14,8 +14,9 @@ to one packet per syscall when the kernel lacks the feature.
 Metering is per burst (one engine call per TSO read or coalesced group) but
 counts what the wire carries: the sum of the segments' IP lengths.
 
-IPv6 packets (a dual-stack tunnel) take the same paths one packet at a time:
-the TUN does not segment or coalesce them (no TSO6), and chunks are IPv4 TCP.
+IPv6 (a dual-stack tunnel) takes the same paths: TSO6 bursts, DATA_PARTIAL
+and chunk records; only the Python coalescing of plain segments (a peer that
+sends no chunks) is IPv4-only, so such IPv6 segments are written one by one.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _complete(pkt: bytes, partial: bool) -> bytes:
     packets to code expecting complete ones: held packets, non-offload TUNs)."""
     if not partial:
         return pkt
-    return off.complete_checksum(pkt, (pkt[0] & 15) * 4, off.CSUM_OFFSET[pkt[9]])
+    return off.complete_partial(pkt)
 
 
 def _ends(pkt) -> tuple[bytes, bytes]:
@@ -131,8 +132,11 @@ def gateway_udp_to_tun(d) -> None:
                 stats["control_rx"] += 1
                 frames.append((peer, payload))
             elif kind & 0xFF == DATA_CHUNK:
-                src = payload[12:16]
-                if src != addr_of.get(peer):
+                if payload[:1] == b"\x45":
+                    src, own = payload[12:16], addr_of.get(peer)
+                else:
+                    src, own = payload[8:24], addr6_of.get(peer)
+                if src != own:
                     stats["drop_spoofed"] += 1
                 elif chunk(payload, kind):
                     peer_of_src[src] = peer
@@ -326,7 +330,8 @@ def client_udp_to_tun(d) -> None:
                 if not chunk(payload, kind):
                     stats["drop_bad_chunk"] += 1
                     continue
-                by_src.setdefault(payload[12:16], []).append(len(payload))
+                src = payload[12:16] if payload[0] == 0x45 else payload[8:24]
+                by_src.setdefault(src, []).append(len(payload))
             else:
                 continue
             npkts += 1

@@ -17,15 +17,17 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 @pytest.mark.skipif(not os.path.exists(wggo.DEBIAN_BINARY), reason="apt package wireguard-go not installed")
 @pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 not installed")
-def test_wireguard_go_iperf_through_tunnel(tmp_path):
+@pytest.mark.parametrize("fam", [bench.IPV4, bench.IPV6], ids=["ipv4", "ipv6"])
+def test_wireguard_go_iperf_through_tunnel(tmp_path, fam):
     lab = Lab("tgB" + os.urandom(3).hex())
     try:
         lab.build()
         lab.start_upstream({})
-        with wggo.WgTunnel(lab, wggo.DEBIAN_BINARY, log_dir=tmp_path) as tunnel:
+        with wggo.WgTunnel(lab, wggo.DEBIAN_BINARY, log_dir=tmp_path, routes=(fam.net,),
+                           ipv6=fam.v == 6) as tunnel:
             cpu0 = tunnel.cpu()
             tx0 = tunnel.tx_bytes()
-            res = bench.iperf(lab, 1, 1)
+            res = bench.iperf(lab, 1, 1, dst=fam.dst)
             cpu1 = tunnel.cpu()
             tx1 = tunnel.tx_bytes()
         assert res["bytes"] > 0 and res["bps"] > 0, res

@@ -1,6 +1,7 @@
 """A lab of three network namespaces for integration tests, demos and benchmarks.
 
     client "veth0" 198.18.1.2/24 ── gw "veth-c" 198.18.1.1/24
+           2001:2:0:1::2/64 ──          2001:2:0:1::1/64
                                     gw "veth-up" 198.18.2.1/24 ── up "veth0" 198.18.2.2/24
                                              2001:2:0:2::1/64 ──         2001:2:0:2::2/64
 
@@ -9,9 +10,10 @@
 - up: only its connected 198.18.2.0/24; NO route to 198.18.1.0/24 nor
   100.64.0.0/10, so it answers only traffic masqueraded by the gateway: a
   client reaching UPSTREAM proves its traffic went through the tunnel.
-- IPv6 (2001:2::/48, the benchmarking range like 198.18.0.0/15) only between
-  gw and up: the client has no IPv6 route but a dual-stack tunnel's, so a
-  client reaching UPSTREAM6 went through the tunnel too.
+- IPv6 (2001:2::/48, the benchmarking range like 198.18.0.0/15): connected
+  prefixes only, the gw's default via up. The client has no IPv6 route but a
+  dual-stack tunnel's, so a client reaching UPSTREAM6 went through the tunnel
+  too (or through a route the bench's raw row adds via GW_LINK6).
 
 The veth pairs are created directly inside the namespaces, so nothing ever
 appears in the root namespace. ``destroy()`` kills what the lab started (by
@@ -39,7 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["Lab", "LabError", "CLIENT_LINK", "GW_LINK", "GW_UP", "UPSTREAM", "GW_UP6", "UPSTREAM6",
+__all__ = ["Lab", "LabError", "CLIENT_LINK", "GW_LINK", "GW_UP", "UPSTREAM", "CLIENT_LINK6", "GW_LINK6",
+           "GW_UP6", "UPSTREAM6",
            "HTTP_PORT", "IPERF_PORT", "main"]
 
 CLIENT_LINK = "198.18.1.2"
@@ -47,6 +50,8 @@ GW_LINK = "198.18.1.1"
 GW_UP = "198.18.2.1"
 UPSTREAM = "198.18.2.2"
 PREFIXLEN = 24
+CLIENT_LINK6 = "2001:2:0:1::2"
+GW_LINK6 = "2001:2:0:1::1"
 GW_UP6 = "2001:2:0:2::1"
 UPSTREAM6 = "2001:2:0:2::2"
 PREFIXLEN6 = 64
@@ -199,7 +204,8 @@ class Lab:
                                   (self.gw, GW_UP_IF, GW_UP), (self.up, UP_IF, UPSTREAM)):
                 _ip("-n", ns, "addr", "add", f"{addr}/{PREFIXLEN}", "dev", dev)
                 _ip("-n", ns, "link", "set", dev, "up")
-            for ns, dev, addr in ((self.gw, GW_UP_IF, GW_UP6), (self.up, UP_IF, UPSTREAM6)):
+            for ns, dev, addr in ((self.client, CLIENT_IF, CLIENT_LINK6), (self.gw, GW_CLIENT_IF, GW_LINK6),
+                                  (self.gw, GW_UP_IF, GW_UP6), (self.up, UP_IF, UPSTREAM6)):
                 _ip("-n", ns, "addr", "add", f"{addr}/{PREFIXLEN6}", "dev", dev)
             for ns in self.namespaces:
                 _ip("-n", ns, "link", "set", "lo", "up")
@@ -354,13 +360,16 @@ class Lab:
                                 stdout=httpd_log, stderr=subprocess.STDOUT, env=env)
             iperf = self.popen(self.up, "iperf3", "-s", "-B", UPSTREAM, "-p", IPERF_PORT,
                                stdin=subprocess.DEVNULL, stdout=iperf_log, stderr=subprocess.STDOUT)
+            iperf6 = self.popen(self.up, "iperf3", "-s", "-B", UPSTREAM6, "-p", IPERF_PORT,
+                                stdin=subprocess.DEVNULL, stdout=iperf_log, stderr=subprocess.STDOUT)
         finally:
             httpd_log.close()
             iperf_log.close()
-        want = {f"{UPSTREAM}:{HTTP_PORT}", f"[{UPSTREAM6}]:{HTTP_PORT}", f"{UPSTREAM}:{IPERF_PORT}"}
+        want = {f"{UPSTREAM}:{HTTP_PORT}", f"[{UPSTREAM6}]:{HTTP_PORT}", f"{UPSTREAM}:{IPERF_PORT}",
+                f"[{UPSTREAM6}]:{IPERF_PORT}"}
         deadline = time.monotonic() + wait
         while True:
-            for name, p in (("httpd", httpd), ("httpd", httpd6), ("iperf3", iperf)):
+            for name, p in (("httpd", httpd), ("httpd", httpd6), ("iperf3", iperf), ("iperf3", iperf6)):
                 if p.poll() is not None:
                     log = Path(logs, f"{name}.log").read_text(errors="replace")[-2000:]
                     raise LabError(f"{name} in {self.up} exited with {p.returncode}: {log}")

@@ -1,6 +1,6 @@
 """Data-path benchmark: tunnelgate against wireguard-go, same machine, same lab.
 
-    scripts/bench [--quick] [--runs N] [--time S] [--json FILE] [--only ROW,...]
+    scripts/bench [--quick] [--runs N] [--time S] [--json FILE] [--only ROW,...] [--ipv6]
     scripts/bench --peers N [--contracts M] ...   (scale: tunnelgate/lab/scale.py)
 
 Rows (each in a freshly built lab `tgB<hex>-{client,gw,up}`, removed after):
@@ -13,7 +13,9 @@ Rows (each in a freshly built lab `tgB<hex>-{client,gw,up}`, removed after):
 
 Every row measures the same path: iperf3 client in the client namespace to
 the iperf3 server on the upstream host 198.18.2.2:5201, i.e. client → (tunnel)
-→ gateway → forwarded + masqueraded → upstream. Columns:
+→ gateway → forwarded + masqueraded → upstream. With --ipv6 every row goes
+to the upstream's 2001:2:0:2::2 instead (the tunnels dual-stack, raw routed
+over the link's IPv6). Columns:
 
   TCP 1     single stream, median of N runs of `iperf3 -t S` (receiver's rate)
   TCP 4     `-P 4`, median of N runs
@@ -99,12 +101,12 @@ def ping(lab, count: int = 20, interval: float = 0.05, dst: str = UPSTREAM) -> d
             "loss_pct": float(loss.group(1)) if loss else None}
 
 
-def ping_under_load(lab, seconds: float) -> dict:
-    cmd = ["iperf3", "-c", UPSTREAM, "-t", str(seconds), "-J", "--connect-timeout", "3000"]
+def ping_under_load(lab, seconds: float, dst: str = UPSTREAM) -> dict:
+    cmd = ["iperf3", "-c", dst, "-t", str(seconds), "-J", "--connect-timeout", "3000"]
     p = lab.popen(lab.client, *cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(min(1.0, seconds / 4))
-        res = ping(lab)
+        res = ping(lab, dst=dst)
         out, _ = p.communicate(timeout=seconds + 30)
         res["bulk_bps"] = parse_iperf(out)["bps"]
         return res
@@ -124,26 +126,41 @@ def cpu_of(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def measure(lab, pids: dict[str, int], runs: int, seconds: float) -> dict:
+@dataclass(frozen=True)
+class Family:
+    """What every row measures: the upstream host over IPv4 or (--ipv6) IPv6."""
+    v: int
+    dst: str            # the upstream host
+    net: str            # its prefix, routed into each tunnel
+    link_net: str       # the client-gw link (the raw row masquerades it)
+    gw_link: str        # the raw row's next hop
+
+
+IPV4 = Family(4, UPSTREAM, UPSTREAM_NET, "198.18.1.0/24", GW_LINK)
+IPV6 = Family(6, "2001:2:0:2::2", "2001:2:0:2::/64", "2001:2:0:1::/64", "2001:2:0:1::1")
+
+
+def measure(lab, pids: dict[str, int], runs: int, seconds: float, fam: Family = IPV4) -> dict:
     """All columns for one path that is up; pids: tunnel processes ({} for raw)."""
     res: dict = {"single": [], "multi": []}
+    dst = fam.dst
     # the path's very first packet to the upstream host: for tunnelgate it is held while
     # the contract is proposed and accepted, then released
-    res["first_ms"] = ping(lab, count=1)["avg_ms"]
+    res["first_ms"] = ping(lab, count=1, dst=dst)["avg_ms"]
     cpu = {side: 0.0 for side in pids}
     bits = 0
     for _ in range(runs):
         before = cpu_of(pids)
-        r = iperf(lab, seconds, 1)
+        r = iperf(lab, seconds, 1, dst=dst)
         after = cpu_of(pids)
         for side in pids:
             cpu[side] += after[side] - before[side]
         bits += r["bytes"] * 8
         res["single"].append(r["bps"])
     for _ in range(runs):
-        res["multi"].append(iperf(lab, seconds, 4)["bps"])
-    res["ping_idle"] = ping(lab)
-    res["ping_load"] = ping_under_load(lab, seconds)
+        res["multi"].append(iperf(lab, seconds, 4, dst=dst)["bps"])
+    res["ping_idle"] = ping(lab, dst=dst)
+    res["ping_load"] = ping_under_load(lab, seconds, dst=dst)
     res["single_mbps"] = statistics.median(res["single"]) / 1e6
     res["multi_mbps"] = statistics.median(res["multi"]) / 1e6
     res["cpu_s"] = cpu
@@ -179,20 +196,20 @@ def new_lab():
     raise AssertionError("unreachable")
 
 
-def run_raw(lab, runs, seconds, work) -> dict:
-    lab.run(lab.client, "ip", "route", "replace", UPSTREAM_NET, "via", GW_LINK)
+def run_raw(lab, runs, seconds, work, fam: Family = IPV4) -> dict:
+    lab.run(lab.client, "ip", "route", "replace", fam.net, "via", fam.gw_link)
     table = "tgbench_raw"
-    wggo.setup_forwarding(lab, table, ["198.18.1.0/24"])
+    wggo.setup_forwarding(lab, table, [fam.link_net])
     try:
-        return measure(lab, {}, runs, seconds)
+        return measure(lab, {}, runs, seconds, fam)
     finally:
         wggo.remove_forwarding(lab, table)
 
 
 def run_wg(binary):
-    def run(lab, runs, seconds, work) -> dict:
-        with wggo.WgTunnel(lab, binary, log_dir=work / "wg") as t:
-            return measure(lab, dict(t.pids), runs, seconds)
+    def run(lab, runs, seconds, work, fam: Family = IPV4) -> dict:
+        with wggo.WgTunnel(lab, binary, log_dir=work / "wg", routes=(fam.net,), ipv6=fam.v == 6) as t:
+            return measure(lab, dict(t.pids), runs, seconds, fam)
     return run
 
 
@@ -204,10 +221,11 @@ def run_wg(binary):
 CONTRACT_KB = 1_000_000
 
 
-def _tg_configs(work: Path, contract_kb: int = CONTRACT_KB) -> tuple[Path, Path]:
-    from .configs import write_pair
-    pair = write_pair(work, f"[pricing]\ncontract_kb = {contract_kb}\n", routes=(UPSTREAM_NET,),
-                      tun="tgbs0", client_tun="tgb0", port=TG_PORT)
+def _tg_configs(work: Path, contract_kb: int = CONTRACT_KB, fam: Family = IPV4) -> tuple[Path, Path]:
+    from .configs import TUNNEL6, write_pair
+    pair = write_pair(work, f"[pricing]\ncontract_kb = {contract_kb}\n", routes=(fam.net,),
+                      tun="tgbs0", client_tun="tgb0", port=TG_PORT,
+                      tunnel_address6=TUNNEL6 if fam.v == 6 else None)
     return pair.gateway, pair.client
 
 
@@ -226,15 +244,15 @@ def _tail(p: Path, n: int = 15) -> str:
         return ""
 
 
-def run_tg(lab, runs, seconds, work, contract_kb: int = CONTRACT_KB) -> dict:
-    gw_conf, cl_conf = _tg_configs(work, contract_kb)
+def run_tg(lab, runs, seconds, work, fam: Family = IPV4, contract_kb: int = CONTRACT_KB) -> dict:
+    gw_conf, cl_conf = _tg_configs(work, contract_kb, fam)
     pids: dict[str, int] = {}
     try:
         _tg(lab, lab.gw, "serve", "-c", str(gw_conf))
         pids["gw"] = int((work / "gw" / "tunnelgate.pid").read_text())
         _tg(lab, lab.client, "up", "-c", str(cl_conf))
         pids["client"] = int((work / "cl" / "tunnelgate.pid").read_text())
-        res = measure(lab, {"client": pids["client"], "gw": pids["gw"]}, runs, seconds)
+        res = measure(lab, {"client": pids["client"], "gw": pids["gw"]}, runs, seconds, fam)
         gw = json.loads(_tg(lab, lab.gw, "status", "--json", "-c", str(gw_conf)).stdout)
         bought = json.loads(_tg(lab, lab.client, "contracts", "--all", "--json", "-c", str(cl_conf)).stdout)
         res["contracts"] = {"contract_kb": contract_kb, "bought": len(bought),
@@ -358,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"tunnelgate row: the gateway's contract size (default {CONTRACT_KB}; 10000 is the "
                          "daemon's default, too small for Gbit/s: see CONTRACT_KB)")
     ap.add_argument("--no-fetch", action="store_true", help="do not download the sid wireguard-go")
+    ap.add_argument("--ipv6", action="store_true",
+                    help="every row over IPv6 (the upstream's 2001:2:0:2::2; dual-stack tunnels)")
     a = ap.parse_args(argv)
     runs = a.runs or (1 if a.quick else 3)
     seconds = a.time or (2 if a.quick else 5)
@@ -402,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             plans.append(None)
     if "tg" in wanted:
         rows.append(Row("tg", "tunnelgate", version=tg_version() + f", {a.contract_kb} KB contracts"))
-        plans.append(lambda lab, runs, seconds, work: run_tg(lab, runs, seconds, work, a.contract_kb))
+        plans.append(lambda lab, runs, seconds, work, fam: run_tg(lab, runs, seconds, work, fam, a.contract_kb))
 
     print(f"versions: {platform.node()} kernel {platform.release()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, "
@@ -410,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if r.version:
             print(f"  {r.name}: {r.version}")
-    print(f"path: {PATH_NOTE}", flush=True)
+    fam = IPV6 if a.ipv6 else IPV4
+    print(f"path: {PATH_NOTE}" + (f"; over IPv6: {fam.dst}, tunnels dual-stack" if a.ipv6 else ""), flush=True)
 
     started = time.monotonic()
     for row, plan in zip(rows, plans):
@@ -423,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             lab = new_lab()
             lab.start_upstream({})
-            row.result = plan(lab, runs, seconds, work)
+            row.result = plan(lab, runs, seconds, work, fam)
             log(f"{row.name}: {row.result['single_mbps']:.0f} Mbit/s single, "
                 f"{row.result['multi_mbps']:.0f} Mbit/s 4 streams")
             if "contracts" in row.result:
@@ -449,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"done in {time.monotonic() - started:.0f} s")
     if a.json:
         a.json.write_text(json.dumps({
-            "runs": runs, "seconds": seconds, "path": PATH_NOTE,
+            "runs": runs, "seconds": seconds, "path": PATH_NOTE, "ip_version": fam.v,
             "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
                         "python": platform.python_version()},
             "rows": [{"key": r.key, "name": r.name, "version": r.version, "error": r.error,

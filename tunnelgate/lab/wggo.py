@@ -9,11 +9,12 @@ Layout (tunnel prefix 100.96.0.0/24, inside the lab's 100.64.0.0/10 range):
 
     client ns: wgB<tag>c 100.96.0.2/24, route 198.18.2.0/24 dev wgB<tag>c
     gw ns:     wgB<tag>g 100.96.0.1/24, UDP 198.18.1.1:51820, ip_forward=1,
-               nft table `ip tgbench_<tag>`: masquerade what leaves via veth-up
+               nft table `inet tgbench_<tag>`: masquerade what leaves via veth-up
                from the tunnel prefix
 
 so the client reaches the upstream host 198.18.2.2 through the tunnel, as it
-does through tunnelgate. Both wireguard-go processes run in the foreground
+does through tunnelgate. With ipv6=True the tunnel also has fd96:7467::1,2/64
+and routes may name the upstream's IPv6 prefix (the bench's --ipv6). Both wireguard-go processes run in the foreground
 (`-f`), children of this process, so their CPU time can be read from /proc.
 """
 
@@ -35,6 +36,7 @@ GW_LINK = "198.18.1.1"
 UPSTREAM_NET = "198.18.2.0/24"
 UPLINK = "veth-up"
 PORT = 51820
+PREFIX6 = "fd96:7467::"     # the tunnel's IPv6 prefix (/64) when it carries IPv6
 
 
 class WgError(Exception):
@@ -124,19 +126,21 @@ def _exe_pid(pid: int, name: str, timeout: float = 3) -> int:
 
 
 def setup_forwarding(lab, table: str, sources: list[str], uplink: str = UPLINK) -> None:
-    """In the gateway namespace: ip_forward on and an nft table of our own that
-    masquerades traffic from `sources` leaving through `uplink`."""
+    """In the gateway namespace: forwarding on and an nft table of our own that
+    masquerades traffic from `sources` (IPv4 or IPv6 prefixes) leaving through `uplink`."""
     lab.run(lab.gw, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-    lab.run(lab.gw, "nft", "add", "table", "ip", table)
-    lab.run(lab.gw, "nft", "add", "chain", "ip", table, "post",
+    if any(":" in s for s in sources):
+        lab.run(lab.gw, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1")
+    lab.run(lab.gw, "nft", "add", "table", "inet", table)
+    lab.run(lab.gw, "nft", "add", "chain", "inet", table, "post",
             "{ type nat hook postrouting priority 100 ; }")
     for src in sources:
-        lab.run(lab.gw, "nft", "add", "rule", "ip", table, "post",
-                "oifname", uplink, "ip", "saddr", src, "masquerade")
+        lab.run(lab.gw, "nft", "add", "rule", "inet", table, "post",
+                "oifname", uplink, "ip6" if ":" in src else "ip", "saddr", src, "masquerade")
 
 
 def remove_forwarding(lab, table: str) -> None:
-    lab.run(lab.gw, "nft", "delete", "table", "ip", table, check=False)
+    lab.run(lab.gw, "nft", "delete", "table", "inet", table, check=False)
 
 
 class WgTunnel:
@@ -144,13 +148,15 @@ class WgTunnel:
 
     def __init__(self, lab, binary: str | Path = DEBIAN_BINARY, tag: str | None = None,
                  prefix: str = "100.96.0", routes: tuple[str, ...] = (UPSTREAM_NET,),
-                 forward: bool = True, log_dir: Path | None = None):
+                 forward: bool = True, log_dir: Path | None = None, ipv6: bool = False):
         self.lab = lab
         self.binary = str(binary)
         self.tag = tag or os.urandom(2).hex()
         self.ifname = {"client": f"wgB{self.tag}c", "gw": f"wgB{self.tag}g"}
         self.addr = {"client": f"{prefix}.2", "gw": f"{prefix}.1"}
         self.prefix = f"{prefix}.0/24"
+        # ipv6: the tunnel carries IPv6 as well (routes may then hold IPv6 prefixes)
+        self.addr6 = {"client": PREFIX6 + "2", "gw": PREFIX6 + "1"} if ipv6 else {}
         self.routes = routes
         self.forward = forward
         self.table = f"tgbench_{self.tag}"
@@ -194,20 +200,24 @@ class WgTunnel:
             uapi(self.ifname["gw"], "\n".join([
                 "set=1", f"private_key={keys['gw'][0].hex()}", f"listen_port={PORT}", "replace_peers=true",
                 f"public_key={keys['client'][1].hex()}", "replace_allowed_ips=true",
-                f"allowed_ip={self.addr['client']}/32"]))
+                f"allowed_ip={self.addr['client']}/32",
+                *([f"allowed_ip={self.addr6['client']}/128"] if self.addr6 else [])]))
             uapi(self.ifname["client"], "\n".join([
                 "set=1", f"private_key={keys['client'][0].hex()}", "replace_peers=true",
                 f"public_key={keys['gw'][1].hex()}", f"endpoint={GW_LINK}:{PORT}",
                 "replace_allowed_ips=true", f"allowed_ip={self.prefix}",
+                *([f"allowed_ip={PREFIX6}/64"] if self.addr6 else []),
                 *[f"allowed_ip={r}" for r in self.routes]]))
             for side in ("gw", "client"):
                 ns, ifn = self.ns(side), self.ifname[side]
                 self.lab.run(ns, "ip", "address", "add", f"{self.addr[side]}/24", "dev", ifn)
+                if self.addr6:
+                    self.lab.run(ns, "ip", "address", "add", f"{self.addr6[side]}/64", "dev", ifn, "nodad")
                 self.lab.run(ns, "ip", "link", "set", ifn, "up")
             for r in self.routes:
                 self.lab.run(self.lab.client, "ip", "route", "replace", r, "dev", self.ifname["client"])
             if self.forward:
-                setup_forwarding(self.lab, self.table, [self.prefix])
+                setup_forwarding(self.lab, self.table, [self.prefix] + ([f"{PREFIX6}/64"] if self.addr6 else []))
             self._wait_handshake(timeout)
         except BaseException:
             self.stop()

@@ -111,6 +111,9 @@ class Tun:
             raise TunError(f"cannot configure TUN {self.name!r} (MTU {mtu}): {exc}") from exc
         self._rpoll = select.poll()
         self._rpoll.register(self._fd, select.POLLIN)
+        # a poll object is not to be shared by threads: wait_readable() has its own
+        self._waitpoll = select.poll()
+        self._waitpoll.register(self._fd, select.POLLIN)
         self._wpoll = select.poll()
         self._wpoll.register(self._fd, select.POLLOUT)
         self.closed = False
@@ -122,6 +125,18 @@ class Tun:
 
     def fileno(self) -> int:
         return self._fd
+
+    def wait_readable(self, timeout: float) -> bool:
+        """Block up to ``timeout`` s until a read would return data (False on
+        timeout or once closed), without reading. Safe while another thread
+        calls read_frames(..., 0), which never polls."""
+        if self.closed:
+            return False
+        try:
+            events = self._waitpoll.poll(max(0, int(timeout * 1000)))
+        except (OSError, ValueError):
+            return False
+        return bool(events) and bool(events[0][1] & select.POLLIN) and not self.closed
 
     def __repr__(self) -> str:
         return f"<Tun {self.name} fd={self._fd}{' closed' if self.closed else ''}>"
@@ -147,7 +162,9 @@ class Tun:
 
         Reads first and polls only when nothing is queued, so a busy data path
         costs one syscall per read (no poll and no final EAGAIN read per batch
-        when the first read already returned data and the queue drains)."""
+        when the first read already returned data and the queue drains).
+        ``timeout`` <= 0: only what is queued, never polling (so another thread
+        may wait in wait_readable meanwhile)."""
         if self.closed:
             return []
         out: list[bytes] = []
@@ -160,7 +177,7 @@ class Tun:
             try:
                 pkt = read(fd, READ_SIZE)
             except BlockingIOError:
-                if out or polled:
+                if out or polled or timeout <= 0:
                     break
                 polled = True
                 try:

@@ -97,6 +97,7 @@ def gateway_udp_to_tun(d) -> None:
     arrivals = off.Arrivals(gso=vnet)
     packet, chunk = arrivals.packet, arrivals.chunk
     receive_batch = responder.receive_batch
+    lock, read_tun, tun_handle = d.tun_lock, tun.read_frames, _gateway_tun_handler(d)
     frames = []
     while d.running:
         datagrams = receiver.recv(UDP_DATAGRAMS)
@@ -151,6 +152,7 @@ def gateway_udp_to_tun(d) -> None:
                 stats["rx_packets"] += npkts
                 stats["rx_bytes"] += nbytes
                 tun.write_frames(out)
+                _gateway_take_replies(lock, read_tun, tun_handle)
         if frames or held:
             # a held packet waits for a proposal: send it now, not at the next tick
             batch, frames = frames, []
@@ -217,6 +219,42 @@ def _gateway_meter(items, peer_of_src, elock, outbound, outbound_burst, wall, vn
 
 
 def gateway_tun_to_udp(d) -> None:
+    """TUN -> peers. d.tun_lock is held by whichever thread reads the TUN and
+    sends what it read, so reads and sends stay in order."""
+    tun, lock = d.tun, d.tun_lock
+    handle = _gateway_tun_handler(d)
+    read = tun.read_frames
+    while d.running:
+        with lock:
+            frames = read(TUN_READS, 0)
+            if frames:
+                handle(frames)
+                continue
+        # wait outside the lock: meanwhile the udp-to-tun thread may take
+        # what its own TUN writes produce (see _gateway_take_replies)
+        if not tun.wait_readable(0.5) and tun.closed:
+            time.sleep(0.05)
+
+
+def _gateway_take_replies(lock, read, handle) -> None:
+    """Called by gateway_udp_to_tun right after a TUN write. A reply the kernel
+    produced while forwarding (a ping answered by a local or nearby host, a TCP
+    ACK) is often already queued on the TUN: seal and send it from this thread,
+    whose caches are warm, instead of waking the tun-to-udp thread, which on
+    an idle machine costs a wake-up of the other (halted) CPU and cold caches
+    (measured in the bench lab: idle ping RTT -0.2 to -0.3 ms). Skipped when
+    the tun-to-udp thread is busy."""
+    if lock.acquire(False):
+        try:
+            frames = read(TUN_READS, 0)
+            if frames:
+                handle(frames)
+        finally:
+            lock.release()
+
+
+def _gateway_tun_handler(d):
+    """handle(frames): seal and send one batch of TUN reads (callers hold _tun_lock)."""
     sock, responder, tun, stats = d.sock, d.responder, d.tun, d.stats
     peer_of = d.peer_of
     elock, inbound, inbound_burst = d.elock, d.engine.inbound, d.engine.inbound_burst
@@ -224,10 +262,8 @@ def gateway_tun_to_udp(d) -> None:
     sender = off.UdpSender(sock)
     vnet = bool(tun.vnet_hdr_len)
     chunk_peers = d.chunk_peers
-    while d.running:
-        frames = tun.read_frames(TUN_READS, 0.5)
-        if not frames:
-            continue
+
+    def handle(frames: list[bytes]) -> None:
         now = time.monotonic()
         wall = time.time()
         by_endpoint: dict = {}
@@ -277,6 +313,8 @@ def gateway_tun_to_udp(d) -> None:
             errors = sender.send(datagrams, endpoint)
             if errors:
                 stats["send_errors"] += errors
+
+    return handle
 
 
 # --- client -----------------------------------------------------------------------------

@@ -119,6 +119,8 @@ class GatewayDaemon(Daemon):
             self._remember(base64.b64decode(key_b64), addr)
         await self._setup_market()
         self.tun = Tun(cfg.tun, cfg.mtu)
+        # held by the data-path thread that reads the TUN and sends (see datapath.gateway_tun_to_udp)
+        self.tun_lock = threading.Lock()
         await self.net(netsetup.setup_gateway, self.paths["net"], cfg.tun, str(cfg.address),
                        cfg.upstream_interface, cfg.mtu, str(cfg.address6) if cfg.address6 else None)
         self.sock = udp_socket(cfg.listen)

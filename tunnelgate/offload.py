@@ -548,15 +548,20 @@ class ChunkRun:
 
     def frame(self) -> bytes:
         """virtio-net frame: GSO for two or more chunks, else one NEEDS_CSUM packet."""
+        return b"".join(self.frame_parts())
+
+    def frame_parts(self) -> list:
+        """frame() as a list of buffers for one writev (Tun.write_frames): the
+        chunks' payloads are not copied into one bytes object first."""
         hl, ih, chunks = self.hl, self.ih, self.chunks
         payload_len = sum(map(len, chunks)) - hl * len(chunks)
         hdr = self._header(self.first, len(chunks), payload_len)
         if len(chunks) == 1:
-            return b"".join((VNET.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, ih, 16), hdr, memoryview(chunks[0])[hl:]))
+            return [VNET.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, ih, 16), hdr, memoryview(chunks[0])[hl:]]
         gso = GSO_TCPV4 if ih == 20 else GSO_TCPV6
         parts = [VNET.pack(F_NEEDS_CSUM, gso, hl, self.mss, ih, 16), hdr]
-        parts.extend(memoryview(c)[hl:] for c in chunks)
-        return b"".join(parts)
+        parts.extend([memoryview(c)[hl:] for c in chunks])
+        return parts
 
     def segments(self) -> list[bytes]:
         hl = self.hl

@@ -45,11 +45,11 @@ from .wire import (
     RESP_MIN,
     TIMESTAMP,
     TRANSPORT_HDR,
+    OPENABLE_KINDS,
     TRANSPORT_KINDS,
     TRANSPORT_MIN,
     TYPE,
     chunk_kind,
-    is_chunk,
 )
 
 __all__ = [
@@ -239,7 +239,7 @@ class Transport:
             stats["malformed"] += 1
             return None
         kind, index, n = TRANSPORT_HDR.unpack_from(datagram)
-        if kind not in TRANSPORT_KINDS and not is_chunk(kind):
+        if kind not in OPENABLE_KINDS:
             stats["malformed"] += 1
             return None
         if index != self.local_index:
@@ -249,21 +249,18 @@ class Transport:
         return None if payload is None else (kind, payload)
 
     def open_body(self, datagram, n: int) -> bytes | None:
-        """The payload of a datagram whose header (counter `n`) was checked:
-        replay window before the AEAD, marked seen only once authenticated;
-        None (counted) otherwise. The batch receivers call this directly."""
-        stats = self.stats
-        replay = self._replay
-        if not replay.check(n):
-            stats["replay"] += 1
-            return None
+        """The payload of a datagram whose header (counter `n`) was checked;
+        None (counted) otherwise. The AEAD first, then the replay window marks
+        the counter seen (only authenticated counters move it): a replay costs
+        one decryption, as any forged datagram does, and the common case one
+        window call. The batch receivers call this directly."""
         try:
             payload = self._dec.decrypt(NONCE.pack(n), datagram[16:], datagram[:16])
         except InvalidTag:
-            stats["bad_mac"] += 1
+            self.stats["bad_mac"] += 1
             return None
-        if not replay.update(n):
-            stats["replay"] += 1
+        if not self._replay.update(n):
+            self.stats["replay"] += 1
             return None
         return payload
 
@@ -398,7 +395,7 @@ class Initiator:
         (the lock the caller holds around begin() and poll())."""
         out = []
         append = out.append
-        unpack, kinds = TRANSPORT_HDR.unpack_from, TRANSPORT_KINDS
+        unpack, kinds = TRANSPORT_HDR.unpack_from, OPENABLE_KINDS
         t = self._current
         if t is not None and now - t.created_at < self.timing.reject_after_s:
             cached, open_body = t.local_index, t.open_body
@@ -408,7 +405,7 @@ class Initiator:
         for datagram, addr in datagrams:
             if len(datagram) >= TRANSPORT_MIN:
                 kind, index, n = unpack(datagram)
-                if index == cached and (kind in kinds or is_chunk(kind)):
+                if index == cached and kind in kinds:
                     payload = open_body(datagram, n)
                     if payload is not None:
                         opened = True
@@ -433,7 +430,7 @@ class Initiator:
         kind = TYPE.unpack_from(datagram)[0]
         if kind == RESP:
             return self._complete(datagram, now)
-        if kind not in TRANSPORT_KINDS and not is_chunk(kind):
+        if kind not in OPENABLE_KINDS:
             self.stats["malformed"] += 1
             return None
         index = INDEX.unpack_from(datagram, 4)[0]
@@ -606,13 +603,13 @@ class Responder:
         else goes through receive()."""
         out = []
         append = out.append
-        unpack, kinds = TRANSPORT_HDR.unpack_from, TRANSPORT_KINDS
+        unpack, kinds = TRANSPORT_HDR.unpack_from, OPENABLE_KINDS
         cached = -1
         peer = open_body = public = None
         for datagram, addr in datagrams:
             if len(datagram) >= TRANSPORT_MIN:
                 kind, index, n = unpack(datagram)
-                if index == cached and (kind in kinds or is_chunk(kind)):
+                if index == cached and kind in kinds:
                     payload = open_body(datagram, n)
                     if payload is None:
                         continue
@@ -644,7 +641,7 @@ class Responder:
         kind = TYPE.unpack_from(datagram)[0]
         if kind == INIT:
             return self._init(datagram, addr)
-        if kind not in TRANSPORT_KINDS and not is_chunk(kind):
+        if kind not in OPENABLE_KINDS:
             stats["malformed"] += 1
             return None
         entry = self._by_index.get(INDEX.unpack_from(datagram, 4)[0])

@@ -214,7 +214,8 @@ class Tun:
 
     def write_frames(self, packets) -> int:
         """Write each frame (with ``vnet_hdr_len``: virtio-net header + packet);
-        return how many the kernel accepted.
+        return how many the kernel accepted. A frame may be a list of buffers
+        (written with one writev: offload.ChunkRun.frame_parts).
 
         A packet the kernel refuses (EINVAL for a malformed header, EIO when
         the link is down, ...) is dropped and counted in stats['write_dropped'];
@@ -224,17 +225,18 @@ class Tun:
             n = len(packets) if hasattr(packets, "__len__") else sum(1 for _ in packets)
             self.stats["write_dropped"] += n
             return 0
-        write = os.write
+        write, writev = os.write, os.writev
         fd = self._fd
         ok = nbytes = dropped = eagain = 0
         for pkt in packets:
+            w = writev if type(pkt) is list else write
             try:
-                write(fd, pkt)
+                n = w(fd, pkt)
             except BlockingIOError:
                 eagain += 1
                 try:
                     self._wpoll.poll(WRITE_WAIT_MS)
-                    write(fd, pkt)
+                    n = w(fd, pkt)
                 except OSError:
                     dropped += 1
                     continue
@@ -242,7 +244,7 @@ class Tun:
                 dropped += 1
                 continue
             ok += 1
-            nbytes += len(pkt)
+            nbytes += n
         st = self.stats
         st["write_packets"] += ok
         st["write_bytes"] += nbytes

@@ -77,7 +77,7 @@ def _tun_frames(items: list, vnet: bool) -> list[bytes]:
     ChunkRun = off.ChunkRun
     for item in items:
         if type(item) is ChunkRun:
-            out.append(item.frame())
+            out.append(item.frame_parts())
         elif type(item) is list:
             out.append(off.gso_frame(item))
         else:
@@ -175,7 +175,7 @@ def _gateway_meter(items, peer_of_src, elock, outbound, outbound_burst, wall, vn
                 total = item.wire_len()
                 n = len(item.chunks)
                 if outbound_burst(peer_of_src[item.src], item.dst, total, n, wall) == FORWARD:
-                    out.append(item.frame())
+                    out.append(item.frame_parts())
                     nbytes += total
                     npkts += n
                 else:

@@ -482,11 +482,14 @@ def _pricing(r: _Reader, methods: tuple[str, ...]) -> Pricing:
                       t.data.get("floor_price"))
     scope = _scope(t, "scope", 32)
     scope6 = _scope(t, "scope6", 128)
+    contract_kb = t.integer("contract_kb", d.contract_kb, 1, unit="KB (1 KB = 1000 bytes)")
     pricing = Pricing(
         default_price=default_price,
         floor_price=floor_price,
         prefix_prices=_routes(t, "price", {4: scope, 6: scope6}),
-        contract_kb=t.integer("contract_kb", d.contract_kb, 1, unit="KB (1 KB = 1000 bytes)"),
+        contract_kb=contract_kb,
+        max_contract_kb=t.integer("max_contract_kb", max(d.max_contract_kb, contract_kb), contract_kb,
+                                  unit="KB (1 KB = 1000 bytes), at least contract_kb"),
         contract_time_s=t.integer("contract_time_s", d.contract_time_s, 1, unit="seconds"),
         grace_time_s=t.integer("grace_time_s", d.grace_time_s, 0, unit="seconds"),
         grace_kb=t.integer("grace_kb", d.grace_kb, 0, unit="KB (1 KB = 1000 bytes)"),

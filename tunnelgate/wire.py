@@ -43,6 +43,8 @@ DATA_PARTIAL = 6
 DATA_CHUNK = 7
 CHUNKS_MAX = 255
 FEATURE_CHUNKS = "chunks"
+# handshake feature: this gateway takes REQUEST limit_kb (protocol/messages.py)
+FEATURE_SIZED = "sized"
 TRANSPORT_KINDS = frozenset((DATA, KEEPALIVE, CONTROL, DATA_PARTIAL))
 
 

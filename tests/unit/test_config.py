@@ -176,6 +176,14 @@ def test_pricing_all_keys(tmp_path):
         payment_methods=("dummy",), account="", max_rounds=5, no_deal_backoff_s=30, proposal_timeout_s=7)
 
 
+def test_max_contract_kb_default_and_set(tmp_path):
+    assert config.load(write(tmp_path, GATEWAY)).pricing.max_contract_kb == 1_000_000
+    big = config.load(write(tmp_path, GATEWAY + "[pricing]\ncontract_kb = 2000000\n")).pricing
+    assert big.max_contract_kb == 2_000_000      # never below contract_kb
+    set_ = config.load(write(tmp_path, GATEWAY + "[pricing]\nmax_contract_kb = 50000\n")).pricing
+    assert set_.max_contract_kb == 50_000
+
+
 def test_pricing_integer_price_and_floor_default(tmp_path):
     cfg = config.load(write(tmp_path, GATEWAY + '[pricing]\ndefault_price = 3\n'))
     assert cfg.pricing.default_price == cfg.pricing.floor_price == 3_000_000
@@ -200,6 +208,8 @@ def test_pricing_integer_price_and_floor_default(tmp_path):
     ('price = 2', '', ["pricing.route[3].price", "missing"]),
     ('contract_kb = 20000', 'contract_kb = 0', ["pricing.contract_kb", "whole number of KB", ">= 1"]),
     ('contract_kb = 20000', 'contract_kb = 1.5', ["pricing.contract_kb", "whole number"]),
+    ('contract_kb = 20000', 'contract_kb = 20000\nmax_contract_kb = 100',
+     ["pricing.max_contract_kb", "at least contract_kb", ">= 20000"]),
     ('contract_time_s = 1800', 'contract_time_s = "1h"', ["pricing.contract_time_s", "seconds"]),
     ('grace_time_s = 15', 'grace_time_s = -1', ["pricing.grace_time_s", ">= 0"]),
     ('grace_kb = 500', 'grace_kb = -5', ["pricing.grace_kb", ">= 0"]),

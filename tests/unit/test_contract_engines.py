@@ -535,3 +535,65 @@ def test_a_burst_early_in_a_contract_buys_nothing_ahead():
     w.step(0.1)
     w.run(0.5)
     assert [e for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED]
+
+
+def test_a_fast_flow_asks_for_bigger_contracts_growing_at_most_fourfold():
+    # 100 KB/s against 20 KB contracts: five negotiations a second unless the client asks for
+    # CONTRACT_FOR_S of traffic; it may grow the size at most GROWTH times per contract and
+    # the gateway gives at most max_contract_kb
+    w = World(pr=pricing(contract_kb=20, max_contract_kb=600), po=policy(data_renewal_kb=15, time_renewal_s=5),
+              loss=0, reorder=0)
+    w.cl.sized_requests = True
+    w.send()
+    w.run(0.5)
+    results = []
+    for _ in range(1500):                     # 15 s at 100 KB/s
+        results.append(w.send())
+        w.step(0.01)
+    assert results.count(FORWARD) == len(results)
+    sizes = [w.gw_contract(e.contract_id)["limit_kb"] for e in w.gev if e.kind == ge.EV_PROPOSED]
+    assert sizes[0] == 20 and max(sizes) == 600
+    assert all(b <= ce.GROWTH * a for a, b in zip(sizes, sizes[1:])), sizes
+    assert len(sizes) < 12, sizes             # 20 KB contracts would have been 75
+    asks = [e.data["limit_kb"] for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED and e.data]
+    assert asks and max(asks) <= 1000 * 1.2   # ~CONTRACT_FOR_S at 100 KB/s
+
+
+def test_without_the_sized_feature_requests_carry_no_size():
+    w = World(pr=pricing(contract_kb=20, max_contract_kb=600), po=policy(data_renewal_kb=15, time_renewal_s=5),
+              loss=0, reorder=0)
+    sent = []
+    take = w.cl.take_outgoing
+    w.cl.take_outgoing = lambda: [sent.append(x) or x for x in take()]
+    w.send()
+    w.run(0.5)
+    for _ in range(300):
+        w.send()
+        w.step(0.01)
+    requests = [x for x in sent if isinstance(x, Request)]
+    assert requests and all(r.limit_kb is None for r in requests)
+    assert {c["limit_kb"] for c in w.gw_contract()} == {20}
+
+
+def test_sized_asks_stay_within_the_budget_at_the_last_price():
+    # 0.5 msat/KB, 100 msat total budget: 200 KB is all it can afford, whatever the rate
+    w = World(pr=pricing(contract_kb=20, max_contract_kb=10_000),
+              po=policy(data_renewal_kb=15, time_renewal_s=5, max_spend_total=100), loss=0, reorder=0)
+    w.cl.sized_requests = True
+    w.send()
+    w.run(0.5)
+    for _ in range(300):
+        w.send(size=1400)
+        w.step(0.01)
+    asks = [e.data["limit_kb"] for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED and e.data]
+    assert asks and all(a <= 200 for a in asks), asks
+    assert w.cl.spent_total <= 100
+
+
+def test_gateway_bounds_a_requested_size():
+    gw = GatewayEngine(pricing(contract_kb=20, max_contract_kb=600))
+    now = 1000.0
+    for i, (asked, got) in enumerate(((None, 20), (1, 20), (300, 300), (10**9, 600))):
+        gw.on_message(PEER, Request(f"198.18.2.{i + 1}/32", asked), now)
+        props = [m for _, m in gw.take_outgoing() if isinstance(m, Propose)]
+        assert [p.limit_kb for p in props] == [got], (asked, props)

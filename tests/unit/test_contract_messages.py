@@ -13,6 +13,7 @@ SAMPLES = [
     m.Reject("c1", "budget"),
     m.Reject("c1", "smaller", limit_kb=10, time_s=60),
     m.Request("198.18.2.0/24"),
+    m.Request("198.18.2.7/32", 250_000),
     m.Pay("c1", 250, "cashu", "cashuAbc"),
     m.Paid("c1"),
     m.Paid("c1", 150_000),

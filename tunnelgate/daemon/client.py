@@ -20,7 +20,7 @@ from ..payments import PaymentError, Terms, load_backend
 from ..protocol import client as clp
 from ..tun import Tun
 from . import datapath
-from ..wire import FEATURE_CHUNKS
+from ..wire import FEATURE_CHUNKS, FEATURE_SIZED
 from .base import Daemon, features, udp_socket
 from .control import ControlError
 from .market import Channels, EventLog, Saver
@@ -176,6 +176,8 @@ class ClientDaemon(Daemon):
             self.stats["bad_handshake_payload"] += 1
             return
         self.gateway_chunks = FEATURE_CHUNKS in self.features and FEATURE_CHUNKS in features(payload)
+        with self.elock:
+            self.engine.sized_requests = FEATURE_SIZED in features(payload)
         if (address, address6) != (self.address, self.address6):
             if self.address is not None:
                 log.warning("gateway changed our address %s -> %s", self.address, address)

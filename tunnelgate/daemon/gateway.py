@@ -24,7 +24,7 @@ from ..tun import Tun
 from . import datapath
 from ..config import peer_address6
 from ..money import format_price, parse_price
-from ..wire import FEATURE_CHUNKS
+from ..wire import FEATURE_CHUNKS, FEATURE_SIZED
 from .base import Daemon, features as _features, udp_socket
 from .control import ControlError
 from .market import Channels, EventLog, Saver, peer_text
@@ -348,7 +348,7 @@ class GatewayDaemon(Daemon):
             self.chunk_peers.discard(hs.peer_public)
         info = {"address": f"{addr}/{self.cfg.address.network.prefixlen}",
                 "gateway": str(self.cfg.address.ip),
-                "features": [FEATURE_CHUNKS] if chunks else []}
+                "features": ([FEATURE_CHUNKS] if chunks else []) + [FEATURE_SIZED]}
         if self.cfg.address6:
             info["address6"] = f"{self._address6(addr)}/{self.cfg.address6.network.prefixlen}"
             info["gateway6"] = str(self.cfg.address6.ip)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from tunnelgate import packet as pk
 from tunnelgate.meter import ClientMeter, Flow, usage_disagrees
-from tunnelgate.money import BYTES_PER_KB, cost_msat, format_msat, format_price, parse_fraction
+from tunnelgate.money import BYTES_PER_KB, PRICE_SCALE, cost_msat, format_msat, format_price, parse_fraction
 from tunnelgate.protocol import messages as m
 from tunnelgate.protocol.contract import FORWARDING, Contract, Ev, Event, State
 
@@ -46,6 +46,8 @@ REQUEST_RETRY_S = 10
 NEVER = 1 << 62          # renew_at when data_renewal_kb = 0: no renewal on data
 RENEW_LEAD_S = 5         # renew when this long is left at the last contract's rate
 FAST_S = 2               # a contract exhausted faster than this makes renewal start at activation
+CONTRACT_FOR_S = 10      # a sized REQUEST asks for this long of traffic at the flow's rate...
+GROWTH = 4               # ...but at most this many times the contract being renewed
 USAGE_SETTLE_S = 2       # after a final USAGE, packets still in flight arrive within this
 
 
@@ -92,6 +94,8 @@ class ClientEngine:
         self.prepay_msat = 0
         self.no_funds_reason = ""
         self._no_funds_at = 0
+        # set by the daemon when the gateway's handshake listed wire.FEATURE_SIZED
+        self.sized_requests = False
         self._out: list[m.Message] = []
         self._events: list[Event] = []
 
@@ -215,8 +219,32 @@ class ClientEngine:
         if f.requested_at is not None and now - f.requested_at < REQUEST_RETRY_S:
             return
         f.requested_at = now
-        self._out.append(m.Request(f.destination))
-        self._emit(EV_RENEWAL_REQUESTED, c)
+        want = self._want_kb(f, c, now) if self.sized_requests else None
+        self._out.append(m.Request(f.destination, want))
+        self._emit(EV_RENEWAL_REQUESTED, c, data={"limit_kb": want} if want else None)
+
+    def _want_kb(self, f: Flow, c: Contract, now: float) -> int | None:
+        """The size to ask the gateway for: CONTRACT_FOR_S of traffic at the flow's rate,
+        so a fast flow needs a negotiation and a payment every few seconds rather than
+        dozens a second. Growing at most GROWTH times per contract (a burst does not buy a
+        large contract at once) and within the budgets at this contract's price. None:
+        nothing to go by (the gateway's default)."""
+        rate = f.rate
+        if c.activated_at is not None and now > c.activated_at:
+            rate = max(rate, c.used / (now - c.activated_at))
+        want = min(int(rate * CONTRACT_FOR_S) // BYTES_PER_KB, GROWTH * c.limit_kb)
+        room = self._budget_room(now)
+        if room is not None and c.price:
+            want = min(want, room * PRICE_SCALE // c.price)     # so that cost_msat(price, want) <= room
+        return want if want > 0 else None
+
+    def _budget_room(self, now: float) -> int | None:
+        """msat the budgets still allow (None: no budget set)."""
+        p, s = self.policy, self.spend(now)
+        rooms = [limit - used for limit, used in ((p.max_spend_per_hour, s["hour"]),
+                                                  (p.max_spend_per_day, s["day"]),
+                                                  (p.max_spend_total, s["total"])) if limit is not None]
+        return max(0, min(rooms)) if rooms else None
 
     def _flow(self, destination: str) -> Flow:
         f = self._flows.get(destination)

@@ -60,6 +60,7 @@ class Pricing:
     floor_price: int
     prefix_prices: tuple[tuple[str, int], ...] = ()   # (prefix, price); price 0 = free
     contract_kb: int = 10_000
+    max_contract_kb: int = 1_000_000      # the most a client's REQUEST limit_kb can get
     contract_time_s: int = 3600
     grace_time_s: int = 30
     grace_kb: int = 1000
@@ -588,7 +589,12 @@ class GatewayEngine:
         if f.proposal is not None or len(f.queue) >= MAX_QUEUED or (
                 f.current is not None and f.current.state is State.ACCEPTED):
             return      # a proposal is on its way / the next contracts are already queued
-        self._propose(f, now, 1, f.list_price, self.pricing.contract_kb, self.pricing.contract_time_s)
+        pr = self.pricing
+        limit_kb = pr.contract_kb
+        if msg.limit_kb:
+            # a fast flow asks for bigger contracts: fewer negotiations and payments per second
+            limit_kb = max(pr.contract_kb, min(msg.limit_kb, pr.max_contract_kb))
+        self._propose(f, now, 1, f.list_price, limit_kb, pr.contract_time_s)
 
     def _on_quote(self, peer: bytes, msg: m.QuoteRequest, now: float) -> None:
         addr, _ = pk.parse_prefix(msg.destination)

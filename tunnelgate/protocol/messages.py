@@ -105,10 +105,15 @@ class Reject(Message):
 
 @dataclass(frozen=True)
 class Request(Message):
-    """Client -> gateway: quote request for a destination (renewal); answered by PROPOSE or NO_DEAL."""
+    """Client -> gateway: quote request for a destination (renewal); answered by PROPOSE or NO_DEAL.
+    ``limit_kb``: the data limit the client would like (a fast flow asks for more than the
+    gateway's default); the gateway proposes it within its own bounds. Sent only to a gateway
+    whose handshake listed the "sized" feature."""
     TYPE = "REQUEST"
-    SCHEMA = {"destination": _DEST}
+    SCHEMA = {"destination": _DEST, "limit_kb": _KB}
+    OPTIONAL = frozenset({"limit_kb"})
     destination: str
+    limit_kb: int | None = None
 
 
 @dataclass(frozen=True)

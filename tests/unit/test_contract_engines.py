@@ -597,3 +597,17 @@ def test_gateway_bounds_a_requested_size():
         gw.on_message(PEER, Request(f"198.18.2.{i + 1}/32", asked), now)
         props = [m for _, m in gw.take_outgoing() if isinstance(m, Propose)]
         assert [p.limit_kb for p in props] == [got], (asked, props)
+
+
+def test_sized_asks_stay_within_what_the_wallet_holds():
+    w = World(pr=pricing(contract_kb=20, max_contract_kb=10_000), po=policy(data_renewal_kb=15, time_renewal_s=5),
+              loss=0, reorder=0)
+    w.cl.sized_requests = True
+    w.cl.funds_msat = 60                      # 120 KB at 0.5 msat/KB, whatever the rate
+    w.send()
+    w.run(0.5)
+    for _ in range(300):
+        w.send(size=1400)
+        w.step(0.01)
+    asks = [e.data["limit_kb"] for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED and e.data]
+    assert asks and all(a <= 120 for a in asks), asks

@@ -227,8 +227,8 @@ class ClientEngine:
         """The size to ask the gateway for: CONTRACT_FOR_S of traffic at the flow's rate,
         so a fast flow needs a negotiation and a payment every few seconds rather than
         dozens a second. Growing at most GROWTH times per contract (a burst does not buy a
-        large contract at once) and within the budgets at this contract's price. None:
-        nothing to go by (the gateway's default)."""
+        large contract at once) and within the budgets and the wallet at this contract's
+        price. None: nothing to go by (the gateway's default)."""
         rate = f.rate
         if c.activated_at is not None and now > c.activated_at:
             rate = max(rate, c.used / (now - c.activated_at))
@@ -239,11 +239,13 @@ class ClientEngine:
         return want if want > 0 else None
 
     def _budget_room(self, now: float) -> int | None:
-        """msat the budgets still allow (None: no budget set)."""
+        """msat the budgets and the wallet (with our credit) still allow (None: no limit known)."""
         p, s = self.policy, self.spend(now)
         rooms = [limit - used for limit, used in ((p.max_spend_per_hour, s["hour"]),
                                                   (p.max_spend_per_day, s["day"]),
                                                   (p.max_spend_total, s["total"])) if limit is not None]
+        if self.funds_msat is not None:
+            rooms.append(self.funds_msat + self.credit_msat)
         return max(0, min(rooms)) if rooms else None
 
     def _flow(self, destination: str) -> Flow:

@@ -253,7 +253,9 @@ def test_expiry_stops_traffic_at_expiry(lab, make_env):
 
 def test_renewal_chains_tiny_contracts_without_loss_or_stall(lab, make_env):
     files = lab.start_upstream({"20M.bin": 20_000_000})
-    env = make_env(gateway="[pricing]\ncontract_time_s = 5\ncontract_kb = 100\ngrace_kb = 100\n",
+    # max_contract_kb = contract_kb: the contracts stay tiny however fast the flow (no sizing)
+    env = make_env(gateway="[pricing]\ncontract_time_s = 5\ncontract_kb = 100\nmax_contract_kb = 100\n"
+                           "grace_kb = 100\n",
                    client="[policy]\ndata_renewal_kb = 60\ntime_renewal_s = 3\n")
     env.serve()
     env.up()
@@ -272,6 +274,23 @@ def test_renewal_chains_tiny_contracts_without_loss_or_stall(lab, make_env):
     assert len(ended) >= 30
     assert all(c["paid"] for c in ended)
     assert not [c for c in cs if c["state"] == "REVOKED"]
+
+
+def test_a_fast_flow_buys_bigger_contracts_up_to_the_gateways_bound(lab, make_env):
+    files = lab.start_upstream({"20M.bin": 20_000_000})
+    env = make_env(gateway="[pricing]\ncontract_kb = 100\nmax_contract_kb = 3000\n")
+    env.serve()
+    env.up()
+    assert "sized" in env.status("client")["gateway_features"]
+    rc, got, took = fetch(lab, "20M.bin", 40)
+    assert rc == 0 and got == files["20M.bin"], f"curl {rc} after {took:.1f} s\n{env.logs()}"
+    cs = contracts(env, "gw")
+    sizes = [c["limit_kb"] for c in cs]
+    # 100 KB first, then growing (at most 4x a step) to the bound: far fewer than 200 contracts
+    assert min(sizes) == 100 and max(sizes) == 3000 and len(cs) < 40, sizes
+    assert all(c["paid"] for c in cs if c["state"] in ("EXHAUSTED", "EXPIRED"))
+    asked = [e["data"]["limit_kb"] for e in events(env, "client", "renewal_requested") if e["data"].get("limit_kb")]
+    assert asked, "no sized request"
 
 
 # --- 5. a client that stops paying / stops altogether ---------------------------------------

@@ -59,6 +59,9 @@ def test_transfer_sha256_each_offload_mode(lab, gw_mode, client_mode):
             else:
                 assert chunks == 0
         assert gw["stats"].get("drop_bad_chunk", 0) == 0 and cl["stats"].get("drop_bad_chunk", 0) == 0
+        # what each side says it negotiated
+        assert cl["gateway_features"] == (["sized"] if gw_mode == "nochunks" else ["chunks", "sized"])
+        assert gw["peers"][0]["chunks"] == both
         # IPv6 takes the same offload paths: TSO6 reads, chunks where both ends take them
         before = {"cl": cl["stats"], "gw": gw["stats"]}
         transfer(f"[{UPSTREAM6}]", "6M.bin")

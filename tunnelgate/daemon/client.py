@@ -77,6 +77,7 @@ class ClientDaemon(Daemon):
         self.paying: dict[str, asyncio.Task] = {}
         self.wake_pending = False
         self.gateway_chunks = False     # the gateway takes DATA_CHUNK (said in its handshake)
+        self.gateway_features: list[str] = []
         self.quotes: collections.deque = collections.deque()   # futures awaiting a QUOTE
         self.balance_msat: int | None = None
         self.balance_at: float | None = None
@@ -175,6 +176,7 @@ class ClientDaemon(Daemon):
                       "of this version?", payload[:100])
             self.stats["bad_handshake_payload"] += 1
             return
+        self.gateway_features = sorted(features(payload) & {FEATURE_CHUNKS, FEATURE_SIZED})
         self.gateway_chunks = FEATURE_CHUNKS in self.features and FEATURE_CHUNKS in features(payload)
         with self.elock:
             self.engine.sized_requests = FEATURE_SIZED in features(payload)
@@ -366,6 +368,7 @@ class ClientDaemon(Daemon):
             "gateway_public_key": base64.b64encode(self.cfg.gateway_public_key).decode(),
             "address": self.address,
             "address6": self.address6,
+            "gateway_features": self.gateway_features,       # from its handshake
             "routes": list(self.cfg.routes),
             "connected": self.initiator.established,
             "last_handshake": self.last_handshake,

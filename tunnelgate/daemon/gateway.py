@@ -449,6 +449,7 @@ class GatewayDaemon(Daemon):
                 "public_key": base64.b64encode(peer).decode(),
                 "address": str(ipaddress.IPv4Address(addr)) if addr else None,
                 "address6": str(ipaddress.IPv6Address(addr6)) if addr6 else None,
+                "chunks": peer in self.chunk_peers,      # gets TSO bursts as chunk records
                 "endpoint": f"{ep[0]}:{ep[1]}" if ep else None,
             })
         return {

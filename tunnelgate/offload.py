@@ -497,7 +497,7 @@ class ChunkRun:
     `segments()` rebuilds each chunk's own DATA_PARTIAL segment (per-packet
     metering, TUNs without offloads)."""
 
-    __slots__ = ("template", "ih", "hl", "mss", "first", "count", "chunks", "next_kind", "full")
+    __slots__ = ("template", "ih", "hl", "mss", "first", "count", "chunks", "next_kind", "full", "owner")
 
     def __init__(self, template: bytes, hl: int, mss: int, first: int, count: int, chunk: bytes):
         self.template = template
@@ -509,6 +509,7 @@ class ChunkRun:
         self.chunks = [chunk]
         self.next_kind = chunk_kind(first + 1, count) if first + 1 < count else -1
         self.full = hl + mss
+        self.owner = None          # who sent it (Arrivals.chunk): only its chunks extend the run
 
     @property
     def src(self) -> bytes:
@@ -593,6 +594,9 @@ def chunk_run(payload: bytes, kind: int) -> ChunkRun | None:
     return ChunkRun(payload[:hl], hl, mss, index, count, payload)
 
 
+CONTINUED, NEW = 1, 2           # Arrivals.chunk results (0: malformed)
+
+
 class Arrivals:
     """Decrypted data packets in arrival order -> items for the TUN, keeping
     each flow's order: ChunkRun, lists of coalesced segments (see coalesce)
@@ -614,23 +618,34 @@ class Arrivals:
         self.partial.append(partial)
         self.run = None
 
-    def chunk(self, payload: bytes, kind: int) -> bool:
-        """Add a chunk; False (and nothing added) if it is malformed."""
+    def chunk(self, payload: bytes, kind: int, owner=None) -> int:
+        """Add a chunk from `owner` (any tag, compared by identity): CONTINUED when
+        it extends the run before it (same owner, same headers: whatever was
+        checked of the run's first chunk holds for it), NEW when it starts a run
+        (self.run; see drop_run), 0 (nothing added) when it is malformed."""
         run = self.run
-        if (run is not None and kind == run.next_kind and payload.startswith(run.template)
+        if (run is not None and kind == run.next_kind and owner is run.owner
+                and payload.startswith(run.template)
                 and (len(payload) == run.full
                      or (kind >> 16) - (kind >> 8 & 0xFF) == 1 and run.hl < len(payload) < run.full)):
             run.chunks.append(payload)
             idx = (kind >> 8 & 0xFF) + 1
             run.next_kind = kind + 256 if idx < run.count else -1
-            return True
+            return CONTINUED
         run = chunk_run(payload, kind)
         if run is None:
-            return False
+            return 0
+        run.owner = owner
         self._flush()
         self.items.append(run)
         self.run = run
-        return True
+        return NEW
+
+    def drop_run(self) -> None:
+        """Take back the run the last chunk() started (its sender may not send it)."""
+        if self.run is not None and self.items and self.items[-1] is self.run:
+            self.items.pop()
+        self.run = None
 
     def _flush(self) -> None:
         if self.pkts:

@@ -217,3 +217,20 @@ def test_features_from_handshake_payloads():
     assert features(b'{"features": ["chunks", 3]}') == {"chunks"}
     for junk in (b"", b"\xff", b"[1]", b'{"features": "chunks"}', b"5", b'{"address": "x"}'):
         assert features(junk) == frozenset()
+
+
+def test_only_the_same_owner_extends_a_run_and_a_refused_run_is_taken_back():
+    frame, segs = burst(1368 * 3, 1368)
+    chunks, _ = off.frame_payloads(frame, True)
+    a, b = object(), object()
+    arr = off.Arrivals()
+    assert arr.chunk(chunks[0], wire.chunk_kind(0, 3), a) == off.NEW
+    # identical bytes from another sender start a run of their own (its source is checked again)
+    assert arr.chunk(chunks[1], wire.chunk_kind(1, 3), b) == off.NEW
+    arr.drop_run()                              # ...and the caller refused it
+    assert arr.chunk(chunks[2], wire.chunk_kind(2, 3), a) == off.NEW   # the run of a was broken by b
+    items = arr.done()
+    assert [len(x.chunks) for x in items] == [1, 1] and all(x.owner is a for x in items)
+    assert expand(items) == finished([segs[0], segs[2]])
+    arr.chunk(chunks[0], wire.chunk_kind(0, 3), a)
+    assert arr.chunk(chunks[1], wire.chunk_kind(1, 3), a) == off.CONTINUED

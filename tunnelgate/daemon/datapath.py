@@ -28,6 +28,7 @@ from .. import session as sess
 from ..meter import FORWARD, HELD
 
 DATA, DATA_PARTIAL, DATA_CHUNK, CONTROL = sess.DATA, sess.DATA_PARTIAL, sess.DATA_CHUNK, sess.CONTROL
+CONTINUED, NEW = off.CONTINUED, off.NEW
 TUN_READS = 64          # TUN reads per batch (each up to a 64 KB burst)
 UDP_DATAGRAMS = 256     # datagrams per receive batch
 
@@ -133,16 +134,19 @@ def gateway_udp_to_tun(d) -> None:
                 stats["control_rx"] += 1
                 frames.append((peer, payload))
             elif kind & 0xFF == DATA_CHUNK:
-                if payload[:1] == b"\x45":
-                    src, own = payload[12:16], addr_of.get(peer)
-                else:
-                    src, own = payload[8:24], addr6_of.get(peer)
-                if src != own:
-                    stats["drop_spoofed"] += 1
-                elif chunk(payload, kind):
+                got = chunk(payload, kind, peer)
+                if got == CONTINUED:
+                    continue        # the run's first chunk, same peer and headers, was checked
+                if not got:
+                    stats["drop_bad_chunk"] += 1
+                    continue
+                run = arrivals.run
+                src = run.src
+                if src == (addr_of if run.ih == 20 else addr6_of).get(peer):
                     peer_of_src[src] = peer
                 else:
-                    stats["drop_bad_chunk"] += 1
+                    arrivals.drop_run()
+                    stats["drop_spoofed"] += 1
         held = False
         items = arrivals.done()
         if items:
@@ -365,11 +369,13 @@ def client_udp_to_tun(d) -> None:
                 frames.append(payload)
                 continue
             elif kind & 0xFF == DATA_CHUNK:
-                if not chunk(payload, kind):
+                got = chunk(payload, kind)
+                if not got:
                     stats["drop_bad_chunk"] += 1
                     continue
-                src = payload[12:16] if payload[0] == 0x45 else payload[8:24]
-                by_src.setdefault(src, []).append(len(payload))
+                if got == NEW:      # a continued run has the same source
+                    run_lengths = by_src.setdefault(arrivals.run.src, [])
+                run_lengths.append(len(payload))
             else:
                 continue
             npkts += 1

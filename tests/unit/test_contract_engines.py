@@ -611,3 +611,21 @@ def test_sized_asks_stay_within_what_the_wallet_holds():
         w.step(0.01)
     asks = [e.data["limit_kb"] for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED and e.data]
     assert asks and all(a <= 120 for a in asks), asks
+
+
+def test_a_flow_that_speeds_up_long_after_its_contract_began_renews_at_half():
+    # the first packet bought the contract five minutes ago; now a transfer runs through it
+    # at 5 MB/s. The rate since activation says "slow" until 3 ms before the end and a 1 KB
+    # margin is 0.2 ms, both shorter than a negotiation: the quarter and half checkpoints
+    # see the real rate and renew at half.
+    w = World(pr=pricing(contract_kb=1000, contract_time_s=3600, grace_kb=0), po=policy(data_renewal_kb=1),
+              loss=0, reorder=0)
+    w.send()
+    w.run(300, dt=1.0)
+    results = []
+    for _ in range(600):
+        results.append(w.send(size=5000))
+        w.step(0.001)
+    assert results.count(FORWARD) == len(results), results.count(HELD)
+    asks = [e for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED]
+    assert asks

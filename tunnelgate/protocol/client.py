@@ -109,7 +109,7 @@ class ClientEngine:
                 c.used += length
                 c.up += length
                 if c.used >= c.renew_at and not c.renew_asked:
-                    self._renew(f, c, now)
+                    self._renew_point(f, c, now)
                 return METERED
             if self._usable(f, now):
                 return self.outbound(dst, length, now)
@@ -135,7 +135,7 @@ class ClientEngine:
                 c.used += length
                 c.down += length
                 if c.used >= c.renew_at and not c.renew_asked:
-                    self._renew(f, c, now)
+                    self._renew_point(f, c, now)
                 return METERED
             if self._usable(f, now):
                 return self.inbound(src, length, now)
@@ -170,9 +170,31 @@ class ClientEngine:
             # negotiation, and packets would wait for the contract
             margin = max(self.policy.data_renewal_kb * BYTES_PER_KB,
                          min(f.rate * RENEW_LEAD_S, c.limit_bytes // 2))
-            c.renew_at = max(0, c.limit_bytes - margin)
+            c.renew_final = max(0, c.limit_bytes - margin)
+            # before that, look at a quarter and at half: a flow that speeds up (the first
+            # contract of a transfer, bought by its first packet) renews at half in time
+            quarter = c.limit_bytes // 4
+            c.renew_at = quarter if 0 < quarter < c.renew_final else c.renew_final
+            c.quarter_at = None
         else:
-            c.renew_at = NEVER                  # data_renewal_kb = 0: never renew on data
+            c.renew_at = c.renew_final = NEVER  # data_renewal_kb = 0: never renew on data
+
+    def _renew_point(self, f: Flow, c: Contract, now: float) -> None:
+        """c.used reached c.renew_at: the renewal point, or a quarter or half of the contract.
+        At half, the rate over the last quarter says whether the rest lasts RENEW_LEAD_S;
+        if not, renew now (a fixed margin is milliseconds once a flow runs at Gbit/s)."""
+        if c.renew_at < c.renew_final:
+            quarter = c.limit_bytes // 4
+            if c.quarter_at is None:
+                c.quarter_at = now
+                c.renew_at = min(2 * quarter, c.renew_final)
+                if c.used < c.renew_at:
+                    return
+            if (c.limit_bytes - c.used) * (now - c.quarter_at) >= (c.used - quarter) * RENEW_LEAD_S:
+                c.renew_at = c.renew_final
+                if c.used < c.renew_at:
+                    return
+        self._renew(f, c, now)
 
     def _activate(self, f: Flow, c: Contract, now: float) -> None:
         f.current = c
@@ -545,7 +567,9 @@ class ClientEngine:
                 self._usable(f, now)
                 c = f.current
             if c is not None and c.state in FORWARDING and not f.queue:
-                if ((p.time_renewal_s and c.expires_at - now < p.time_renewal_s) or c.used >= c.renew_at
+                if c.used >= c.renew_at and c.renew_at < c.renew_final and not c.renew_asked:
+                    self._renew_point(f, c, now)         # a checkpoint the data path did not reach
+                elif ((p.time_renewal_s and c.expires_at - now < p.time_renewal_s) or c.used >= c.renew_final
                         or (p.data_renewal_kb and self._running_out(c, now))) and (
                         not c.renew_asked or f.requested_at is None
                         or now - f.requested_at >= REQUEST_RETRY_S):

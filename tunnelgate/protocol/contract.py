@@ -135,7 +135,7 @@ class Contract:
                  "created_at", "accepted_at", "activated_at", "expires_at", "grace_until",
                  "paid", "stop_at", "stop_bytes", "used", "up", "down", "reason",
                  "gw_up", "gw_down", "last_usage_sent", "last_usage_at", "renew_asked", "renew_at",
-                 "mismatch", "ended_at", "credit", "saved_used")
+                 "renew_final", "quarter_at", "mismatch", "ended_at", "credit", "saved_used")
 
     def __init__(self, contract_id: str, peer: bytes, key: bytes, plen: int, destination: str,
                  price: int, limit_kb: int, time_s: int, methods: tuple[str, ...] = (),
@@ -157,7 +157,9 @@ class Contract:
         self.last_usage_sent = -1
         self.reason = ""
         self.renew_asked = False
-        self.renew_at = 0
+        self.renew_at = 0               # client: used bytes at which to renew, or to look again
+        self.renew_final = 0            # client: the renewal point by margin (see ClientEngine._arm)
+        self.quarter_at = None          # client: when a quarter of the contract was used
         self.mismatch = False
         self.last_usage_at = 0.0
         self.credit = False             # paid (gateway) / to be paid (client) from prepaid credit

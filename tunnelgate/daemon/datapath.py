@@ -196,7 +196,10 @@ def _gateway_meter(items, peer_of_src, elock, outbound, outbound_burst, wall, vn
                     slow.extend((off.reseed_partial(p), True) for p in item)
                 continue
             pkt, part = item
-            src, dst = _ends(pkt)
+            if pkt[0] >> 4 == 4:            # _ends(), written out: once per packet
+                src, dst = pkt[12:16], pkt[16:20]
+            else:
+                src, dst = pkt[8:24], pkt[24:40]
             if outbound_burst(peer_of_src[src], dst, len(pkt), 1, wall) == FORWARD:
                 out.append(_single_frame(pkt, part, vnet))
                 nbytes += len(pkt)

@@ -537,26 +537,33 @@ def test_a_burst_early_in_a_contract_buys_nothing_ahead():
     assert [e for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED]
 
 
-def test_a_fast_flow_asks_for_bigger_contracts_growing_at_most_fourfold():
-    # 100 KB/s against 20 KB contracts: five negotiations a second unless the client asks for
+def test_a_fast_flow_asks_for_bigger_contracts_growing_step_by_step():
+    # 1 MB/s against 100 KB contracts: ten negotiations a second unless the client asks for
     # CONTRACT_FOR_S of traffic; it may grow the size at most GROWTH times per contract and
     # the gateway gives at most max_contract_kb
-    w = World(pr=pricing(contract_kb=20, max_contract_kb=600), po=policy(data_renewal_kb=15, time_renewal_s=5),
+    w = World(pr=pricing(contract_kb=100, max_contract_kb=600), po=policy(data_renewal_kb=15, time_renewal_s=5),
               loss=0, reorder=0)
     w.cl.sized_requests = True
     w.send()
     w.run(0.5)
     results = []
-    for _ in range(1500):                     # 15 s at 100 KB/s
-        results.append(w.send())
+    for _ in range(1000):                     # 10 s at 1 MB/s
+        results.append(w.send(size=10_000))
         w.step(0.01)
     assert results.count(FORWARD) == len(results)
     sizes = [w.gw_contract(e.contract_id)["limit_kb"] for e in w.gev if e.kind == ge.EV_PROPOSED]
-    assert sizes[0] == 20 and max(sizes) == 600
+    assert sizes[0] == 100 and max(sizes) == 600
     assert all(b <= ce.GROWTH * a for a, b in zip(sizes, sizes[1:])), sizes
-    assert len(sizes) < 12, sizes             # 20 KB contracts would have been 75
+    assert len(sizes) < 25, sizes             # 100 KB contracts would have been 100
     asks = [e.data["limit_kb"] for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED and e.data]
-    assert asks and max(asks) <= 1000 * 1.2   # ~CONTRACT_FOR_S at 100 KB/s
+    assert asks and max(asks) <= 1000 * CONTRACT_FOR_S_TOLERANCE   # ~CONTRACT_FOR_S at 1 MB/s
+    # when the transfer stops, what is left unused is about one contract, not a queue of them
+    w.run(3)
+    queued = w.cl.status(w.now)["destinations"][DST + "/32"]["queued"]
+    assert len(queued) <= 1
+
+
+CONTRACT_FOR_S_TOLERANCE = 1.3 * ce.CONTRACT_FOR_S      # the rate is measured over a quarter contract
 
 
 def test_without_the_sized_feature_requests_carry_no_size():

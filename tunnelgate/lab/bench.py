@@ -215,8 +215,8 @@ def run_wg(binary):
 
 # Contract size in the tunnelgate row: the daemon's default. Each contract is a
 # Request/Propose/Accept round trip and a payment; at 2 Gbit/s the first 10 MB
-# last 40 ms, then the client asks for bigger ones (≈ 10 s of traffic, at most
-# 4x per step, up to the gateway's max_contract_kb), so the row shows what an
+# last 40 ms, then the client asks for bigger ones (≈ 1 s of traffic, at most
+# 2x per step, up to the gateway's max_contract_kb), so the row shows what an
 # operator gets without tuning. --contract-kb sets the gateway's contract_kb.
 CONTRACT_KB = 10_000
 

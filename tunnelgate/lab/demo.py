@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import GW_LINK, UPSTREAM, Lab
-from .configs import write_pair
+from . import GW_LINK, UPSTREAM, UPSTREAM6, Lab
+from .configs import TUNNEL6, write_pair
 
 TG = [sys.executable, "-m", "tunnelgate.cli"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +67,7 @@ time_renewal_s = 20
 max_spend_per_hour = 100000  # msat
 [payment]
 {cl_pay}
-""")
+""", routes=("0.0.0.0/0", "::/0"), tunnel_address6=TUNNEL6)
         gw_conf, cl_conf = pair.gateway, pair.client
 
         def tg(ns, *args):
@@ -85,8 +85,9 @@ max_spend_per_hour = 100000  # msat
         say("tunnelgate up (client namespace)")
         tg(lab.client, "up", "-c", str(cl_conf))
 
-        say(f"ping {UPSTREAM} through the tunnel")
+        say(f"ping {UPSTREAM} and {UPSTREAM6} through the tunnel (dual stack)")
         print(lab.run(lab.client, "ping", "-n", "-c", "3", "-i", "0.3", UPSTREAM, check=False).stdout.rstrip())
+        print(lab.run(lab.client, "ping", "-n", "-c", "3", "-i", "0.3", UPSTREAM6, check=False).stdout.rstrip())
 
         say("download 20 MB through the tunnel and check its sha256")
         t0 = time.monotonic()

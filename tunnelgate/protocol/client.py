@@ -46,8 +46,13 @@ REQUEST_RETRY_S = 10
 NEVER = 1 << 62          # renew_at when data_renewal_kb = 0: no renewal on data
 RENEW_LEAD_S = 5         # renew when this long is left at the last contract's rate
 FAST_S = 2               # a contract exhausted faster than this makes renewal start at activation
-CONTRACT_FOR_S = 10      # a sized REQUEST asks for this long of traffic at the flow's rate...
-GROWTH = 4               # ...but at most this many times the contract being renewed
+# A sized REQUEST asks for CONTRACT_FOR_S of traffic at the flow's rate, at most GROWTH times
+# the contract it renews. What a transfer leaves unused when it stops is the rest of the
+# current contract and the one queued behind it (bought at half of the current one): about
+# CONTRACT_FOR_S of traffic once grown, at most GROWTH times the current contract while
+# growing; it stays usable by later traffic to that destination until it expires.
+CONTRACT_FOR_S = 1
+GROWTH = 2
 USAGE_SETTLE_S = 2       # after a final USAGE, packets still in flight arrive within this
 
 
@@ -209,7 +214,10 @@ class ClientEngine:
     def _end(self, f: Flow, c: Contract, ev: Ev, reason: str, now: float) -> None:
         # A contract used up within FAST_S: at this rate the renewal margin is shorter than a
         # negotiation, so the next contract is asked for as soon as the one after it starts.
-        f.fast = ev is Ev.EXHAUST and c.activated_at is not None and now - c.activated_at < FAST_S
+        # (Sized contracts last CONTRACT_FOR_S and renew at half with the rate measured:
+        # no need to buy further ahead, which would only leave more unused at the end.)
+        f.fast = (not self.sized_requests and ev is Ev.EXHAUST and c.activated_at is not None
+                  and now - c.activated_at < FAST_S)
         if ev is Ev.EXHAUST and c.activated_at is not None:
             f.rate = int(c.used / (now - c.activated_at)) if now > c.activated_at else 0
         c.apply(ev)

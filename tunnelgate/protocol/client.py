@@ -255,13 +255,15 @@ class ClientEngine:
 
     def _want_kb(self, f: Flow, c: Contract, now: float) -> int | None:
         """The size to ask the gateway for: CONTRACT_FOR_S of traffic at the flow's rate,
-        so a fast flow needs a negotiation and a payment every few seconds rather than
-        dozens a second. Growing at most GROWTH times per contract (a burst does not buy a
+        so a fast flow needs a negotiation and a payment about once a second rather than
+        dozens of times. Growing at most GROWTH times per contract (a burst does not buy a
         large contract at once) and within the budgets and the wallet at this contract's
         price. None: nothing to go by (the gateway's default)."""
         rate = f.rate
         if c.activated_at is not None and now > c.activated_at:
             rate = max(rate, c.used / (now - c.activated_at))
+        if c.quarter_at is not None and now > c.quarter_at:       # the recent rate
+            rate = max(rate, (c.used - c.limit_bytes // 4) / (now - c.quarter_at))
         want = min(int(rate * CONTRACT_FOR_S) // BYTES_PER_KB, GROWTH * c.limit_kb)
         room = self._budget_room(now)
         if room is not None and c.price:

@@ -277,10 +277,12 @@ class GatewayDaemon(Daemon):
                 "reason": why, "amount_msat": amount, "data": {"credit_msat": left}}
 
     def _remember(self, peer: bytes, addr: str) -> None:
-        packed = ipaddress.IPv4Address(addr).packed
+        ip = ipaddress.IPv4Address(addr)
+        packed = ip.packed
         self.addr_of[peer] = packed
         self.peer_of[packed] = peer
-        if self.cfg.address6:
+        # (an address stored under an earlier, different [network] address has no IPv6 twin)
+        if self.cfg.address6 and ip in self.cfg.address.network:
             packed6 = self._address6(addr).packed
             self.addr6_of[peer] = packed6
             self.peer_of[packed6] = peer

@@ -582,19 +582,23 @@ def test_without_the_sized_feature_requests_carry_no_size():
     assert {c["limit_kb"] for c in w.gw_contract()} == {20}
 
 
-def test_sized_asks_stay_within_the_budget_at_the_last_price():
-    # 0.5 msat/KB, 100 msat total budget: 200 KB is all it can afford, whatever the rate
+@pytest.mark.parametrize("limit,funds,most_kb", [(100, None, 200), (None, 60, 120)], ids=["budget", "wallet"])
+def test_sized_asks_stay_within_the_budget_and_the_wallet_at_the_last_price(limit, funds, most_kb):
+    # 0.5 msat/KB: a 100 msat total budget affords 200 KB, a wallet of 60 msat 120 KB,
+    # whatever the rate
     w = World(pr=pricing(contract_kb=20, max_contract_kb=10_000),
-              po=policy(data_renewal_kb=15, time_renewal_s=5, max_spend_total=100), loss=0, reorder=0)
+              po=policy(data_renewal_kb=15, time_renewal_s=5, max_spend_total=limit), loss=0, reorder=0)
     w.cl.sized_requests = True
+    w.cl.funds_msat = funds
     w.send()
     w.run(0.5)
     for _ in range(300):
         w.send(size=1400)
         w.step(0.01)
     asks = [e.data["limit_kb"] for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED and e.data]
-    assert asks and all(a <= 200 for a in asks), asks
-    assert w.cl.spent_total <= 100
+    assert asks and all(a <= most_kb for a in asks), asks
+    if limit:
+        assert w.cl.spent_total <= limit
 
 
 def test_gateway_bounds_a_requested_size():
@@ -604,20 +608,6 @@ def test_gateway_bounds_a_requested_size():
         gw.on_message(PEER, Request(f"198.18.2.{i + 1}/32", asked), now)
         props = [m for _, m in gw.take_outgoing() if isinstance(m, Propose)]
         assert [p.limit_kb for p in props] == [got], (asked, props)
-
-
-def test_sized_asks_stay_within_what_the_wallet_holds():
-    w = World(pr=pricing(contract_kb=20, max_contract_kb=10_000), po=policy(data_renewal_kb=15, time_renewal_s=5),
-              loss=0, reorder=0)
-    w.cl.sized_requests = True
-    w.cl.funds_msat = 60                      # 120 KB at 0.5 msat/KB, whatever the rate
-    w.send()
-    w.run(0.5)
-    for _ in range(300):
-        w.send(size=1400)
-        w.step(0.01)
-    asks = [e.data["limit_kb"] for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED and e.data]
-    assert asks and all(a <= 120 for a in asks), asks
 
 
 def test_a_flow_that_speeds_up_long_after_its_contract_began_renews_at_half():

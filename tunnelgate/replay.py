@@ -26,21 +26,10 @@ class ReplayWindow:
         self._top = 0
         self._ring = [0] * RING_WORDS
 
-    def check(self, counter: int) -> bool:
-        """Could `counter` be fresh? Read-only: run it before the AEAD so that
-        replays and stale counters cost no decryption."""
-        if counter >= REJECT_AFTER_MESSAGES:
-            return False
-        c = counter + 1
-        if c > self._top:
-            return True
-        if c + WINDOW < self._top:
-            return False
-        return not (self._ring[(c >> 6) & _RING_MASK] >> (c & 63)) & 1
-
     def update(self, counter: int) -> bool:
-        """Mark `counter` seen; False if it was not fresh. Call only after the
-        datagram authenticated, or forged counters would slide the window."""
+        """Mark `counter` seen; False (nothing changed) if it was not fresh. Call
+        only after the datagram authenticated, or forged counters would slide
+        the window."""
         if counter >= REJECT_AFTER_MESSAGES:
             return False
         c = counter + 1

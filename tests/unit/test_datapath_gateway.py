@@ -1,0 +1,109 @@
+"""The gateway's receive loop (datapath.gateway_udp_to_tun) with a real UDP socket on
+loopback, real sessions and a TUN stand-in: an authenticated peer's chunk records are
+forwarded only from the address the gateway gave it, each spoofed chunk is counted."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from tunnelgate import offload as off
+from tunnelgate import wire
+from tunnelgate.daemon import datapath
+from tunnelgate.meter import FORWARD
+
+from test_chunks import burst
+from test_session import CL_PUB, Lab
+
+OWN, OTHER = bytes([100, 64, 0, 2]), bytes([100, 64, 0, 99])
+
+
+class FakeTun:
+    vnet_hdr_len = off.VNET_LEN
+    closed = False
+
+    def __init__(self):
+        self.frames = []
+
+    def write_frames(self, frames):
+        self.frames += [b"".join(f) if type(f) is list else f for f in frames]
+        return len(frames)
+
+    def read_frames(self, max_reads, timeout):
+        return []
+
+
+class ForwardAll:
+    """The engine's data-path calls, every destination covered."""
+
+    def outbound_burst(self, peer, dst, total, n, now):
+        return FORWARD
+
+    def outbound(self, peer, dst, length, pkt, now):
+        return FORWARD
+
+    def inbound_burst(self, peer, src, total, now):
+        return FORWARD
+
+    def inbound(self, peer, src, length, now):
+        return FORWARD
+
+
+class Gateway:
+    """The attributes of a GatewayDaemon the receive loop reads."""
+
+    def __init__(self, responder):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.responder = responder
+        self.tun = FakeTun()
+        self.stats = {k: 0 for k in ("drop_spoofed", "drop_bad_chunk", "rx_packets", "rx_bytes", "held",
+                                     "drop_not_ip", "drop_ipv6_off", "drop_no_contract", "control_rx")}
+        self.addr_of, self.addr6_of = {CL_PUB: OWN}, {}
+        self.peer_of = {OWN: CL_PUB}
+        self.chunk_peers = {CL_PUB}
+        self.elock, self.tun_lock = threading.Lock(), threading.Lock()
+        self.engine = ForwardAll()
+        self.running = True
+
+    def _handshake(self, hs, now):
+        raise AssertionError("no handshake expected")
+
+
+def sealed_burst(lab, src: bytes, seq: int) -> list[bytes]:
+    frame, _ = burst(1368 * 5, 1368, seq=seq)
+    pkt = bytearray(frame[off.VNET_LEN:])
+    pkt[12:16] = src                      # the burst's source (its IP checksum is redone per chunk)
+    chunks, kind = off.frame_payloads(frame[:off.VNET_LEN] + bytes(pkt), True)
+    assert kind == wire.DATA_CHUNK
+    return lab.client.seal_batch(kind, chunks, lab.now)
+
+
+def test_chunks_from_another_source_are_dropped_and_counted_own_ones_forwarded():
+    lab = Lab()
+    lab.now = time.monotonic()          # the session's clock is the one the data path reads
+    lab.connect()
+    gw = Gateway(lab.gw)
+    spoofed, own = sealed_burst(lab, OTHER, 1000), sealed_burst(lab, OWN, 9000)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # the peer, roamed to here
+    worker = threading.Thread(target=datapath.gateway_udp_to_tun, args=(gw,), daemon=True)
+    worker.start()
+    try:
+        for dg in spoofed + own:
+            sender.sendto(dg, gw.sock.getsockname())
+        deadline = time.monotonic() + 5
+        while gw.stats["rx_packets"] < len(own) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        gw.running = False
+        worker.join(2)
+        sender.close()
+        gw.sock.close()
+    assert gw.stats["drop_spoofed"] == len(spoofed)
+    assert gw.stats["rx_packets"] == len(own)
+    assert len(gw.tun.frames) == 1                       # the own burst: one GSO frame
+    frame = gw.tun.frames[0]
+    assert frame[off.VNET_LEN + 12:off.VNET_LEN + 16] == OWN
+    assert off.VNET.unpack_from(frame)[1] == off.GSO_TCPV4

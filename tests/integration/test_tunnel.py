@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import struct
 import time
 
@@ -198,6 +199,33 @@ def test_ipv6_routed_to_an_ipv4_only_gateway_never_leaves_the_client(lab):
         assert cl["stats"].get("drop_ipv6_off", 0) >= 2
         assert gw["stats"].get("drop_ipv6_off", 0) == 0 and gw["stats"].get("drop_spoofed", 0) == 0
         assert all(not c["destination"].startswith("2001:") for c in cl["market"]["contracts"])
+    finally:
+        print(env.logs())
+        env.close()
+
+
+def test_client_follows_a_gateway_whose_address_changes_during_a_download(lab):
+    """The gateway listens on every address; its link address changes from 198.18.1.1 to
+    198.18.1.3 in the middle of a download. Its datagrams now come from the new address:
+    the client follows them (authenticated), routes the new endpoint and the download
+    completes intact."""
+    files = lab.start_upstream({"30M.bin": 30_000_000})
+    env = TunnelEnv(lab, listen="0.0.0.0")
+    try:
+        env.serve()
+        env.up()
+        curl = lab.popen(lab.client, "sh", "-c",
+                         f"curl -sS --max-time 60 --limit-rate 5M http://{UPSTREAM}:8080/30M.bin | sha256sum",
+                         stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        # renumbered: (deleting a primary address after adding a second one would take
+        # the second one with it unless promote_secondaries is set)
+        lab.run(lab.gw, "sh", "-c", f"ip addr del {GW_LINK}/24 dev veth-c && "
+                                    "ip addr add 198.18.1.3/24 dev veth-c")
+        out, _ = curl.communicate(timeout=90)
+        assert out.split()[0] == files["30M.bin"]
+        assert env.status("client")["gateway"] == f"198.18.1.3:{PORT}"
+        assert ping(lab, lab.client, count=2).returncode == 0
     finally:
         print(env.logs())
         env.close()

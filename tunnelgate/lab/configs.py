@@ -29,10 +29,11 @@ class Pair:
 def write_pair(directory: Path, gateway_extra: str = "", client_extra: str = "",
                routes: tuple[str, ...] = ("0.0.0.0/0",), tun: str = "tgs0", client_tun: str = "tg0",
                tunnel_address: str = "100.64.0.1/24", port: int = PORT,
-               tunnel_address6: str | None = None) -> Pair:
+               tunnel_address6: str | None = None, listen: str | None = None) -> Pair:
     """Keys (gw.key, cl.key) and configs with state in gw/ and cl/ under directory.
     *_extra: more TOML sections appended as they are ([pricing], [policy], [payment], ...).
-    tunnel_address6: a dual-stack tunnel (e.g. TUNNEL6)."""
+    tunnel_address6: a dual-stack tunnel (e.g. TUNNEL6). listen: the gateway's listen
+    address (default GW_LINK, the client's endpoint either way)."""
     directory.mkdir(parents=True, exist_ok=True)
     gw_key, cl_key = keys.generate(), keys.generate()
     keys.write_private(directory / "gw.key", gw_key)
@@ -43,7 +44,7 @@ def write_pair(directory: Path, gateway_extra: str = "", client_extra: str = "",
 private_key_file = "gw.key"
 state_dir = "gw"
 [link]
-listen = "{GW_LINK}:{port}"
+listen = "{listen or GW_LINK}:{port}"
 [network]
 tun = "{tun}"
 address = "{tunnel_address}"

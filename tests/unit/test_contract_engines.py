@@ -109,6 +109,14 @@ class World:
             self.delivered += length
         return r
 
+    def stream(self, n, dt, size=1000):
+        """n client packets, one every dt seconds; the gateway's decision for each."""
+        out = []
+        for _ in range(n):
+            out.append(self.send(size=size))
+            self.step(dt)
+        return out
+
     def reply(self, src=DST, size=1000):
         a = pk.addr_bytes(src)
         r = self.gw.inbound(PEER, a, size, self.now)
@@ -210,11 +218,8 @@ def test_renewal_chains_tiny_contracts_without_gap():
               loss=0.05, reorder=0.3, seed=6)
     w.send()
     w.run(0.5)
-    results = []
     w.step(0.04)
-    for _ in range(400):             # 1000 B every 40 ms = 25 KB/s, contracts of 20 KB
-        results.append(w.send())
-        w.step(0.04)
+    results = w.stream(400, 0.04)    # 1000 B every 40 ms = 25 KB/s, contracts of 20 KB
     assert results.count(FORWARD) == len(results), [i for i, r in enumerate(results) if r != FORWARD]
     ended = [c for c in w.gw_contract() if c["state"] == "EXHAUSTED"]
     assert len(ended) >= 10
@@ -472,10 +477,7 @@ def test_fast_consumption_keeps_two_contracts_queued():
     w = World(pr=pricing(contract_kb=20), po=policy(data_renewal_kb=15, time_renewal_s=5), loss=0)
     w.send()
     w.run(0.5)
-    results = []
-    for _ in range(120):
-        results.append(w.send())
-        w.step(0.04)
+    results = w.stream(120, 0.04)
     assert results.count(FORWARD) == len(results)
     w.run(0.2)                       # let the negotiation in flight finish
     queued = w.cl.status(w.now)["destinations"][DST + "/32"]["queued"]
@@ -508,10 +510,7 @@ def test_renewal_margin_follows_the_rate_not_just_data_renewal_kb():
     w = World(pr=pricing(contract_kb=100, grace_kb=0), po=policy(data_renewal_kb=1), loss=0, reorder=0)
     w.send()
     w.run(0.5)
-    results = []
-    for _ in range(400):                    # 40 s, 400 KB: four contracts
-        results.append(w.send())
-        w.step(0.1)
+    results = w.stream(400, 0.1)            # 40 s, 400 KB: four contracts
     # the first contract too: poll sees it running out at the rate it is being used at
     assert results.count(FORWARD) == len(results), results.count(HELD)
     asks = [e for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED]
@@ -546,10 +545,7 @@ def test_a_fast_flow_asks_for_bigger_contracts_growing_step_by_step():
     w.cl.sized_requests = True
     w.send()
     w.run(0.5)
-    results = []
-    for _ in range(1000):                     # 10 s at 1 MB/s
-        results.append(w.send(size=10_000))
-        w.step(0.01)
+    results = w.stream(1000, 0.01, size=10_000)     # 10 s at 1 MB/s
     assert results.count(FORWARD) == len(results)
     sizes = [w.gw_contract(e.contract_id)["limit_kb"] for e in w.gev if e.kind == ge.EV_PROPOSED]
     assert sizes[0] == 100 and max(sizes) == 600
@@ -574,9 +570,7 @@ def test_without_the_sized_feature_requests_carry_no_size():
     w.cl.take_outgoing = lambda: [sent.append(x) or x for x in take()]
     w.send()
     w.run(0.5)
-    for _ in range(300):
-        w.send()
-        w.step(0.01)
+    w.stream(300, 0.01)
     requests = [x for x in sent if isinstance(x, Request)]
     assert requests and all(r.limit_kb is None for r in requests)
     assert {c["limit_kb"] for c in w.gw_contract()} == {20}
@@ -592,9 +586,7 @@ def test_sized_asks_stay_within_the_budget_and_the_wallet_at_the_last_price(limi
     w.cl.funds_msat = funds
     w.send()
     w.run(0.5)
-    for _ in range(300):
-        w.send(size=1400)
-        w.step(0.01)
+    w.stream(300, 0.01, size=1400)
     asks = [e.data["limit_kb"] for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED and e.data]
     assert asks and all(a <= most_kb for a in asks), asks
     if limit:
@@ -619,10 +611,7 @@ def test_a_flow_that_speeds_up_long_after_its_contract_began_renews_at_half():
               loss=0, reorder=0)
     w.send()
     w.run(300, dt=1.0)
-    results = []
-    for _ in range(600):
-        results.append(w.send(size=5000))
-        w.step(0.001)
+    results = w.stream(600, 0.001, size=5000)
     assert results.count(FORWARD) == len(results), results.count(HELD)
     asks = [e for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED]
     assert asks

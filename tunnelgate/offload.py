@@ -132,7 +132,7 @@ def reseed_partial(pkt: bytes) -> bytes:
     DATA_PARTIAL: its checksum field set to the pseudo-header sum."""
     start, proto = l4_start(pkt)
     at = start + CSUM_OFFSET[proto]
-    if start == 40 and pkt[0] >> 4 == 6:
+    if pkt[0] >> 4 == 6:
         seed = fold(pseudo6_sum(pkt[8:40], proto, len(pkt) - 40))
     else:
         seed = fold(pseudo_sum(pkt[12:20], proto, len(pkt) - start))
@@ -571,7 +571,7 @@ class ChunkRun:
 
 
 def chunk_run(payload: bytes, kind: int) -> ChunkRun | None:
-    """A received chunk (type word `kind`, wire.is_chunk true) -> a run of one,
+    """A received chunk (type word `kind`, in wire.OPENABLE_KINDS) -> a run of one,
     or None when the payload is not a chunk this module could have sent."""
     index, count = kind >> 8 & 0xFF, kind >> 16
     if len(payload) >= 41 and payload[0] == 0x45:

@@ -52,13 +52,9 @@ def chunk_kind(index: int, count: int) -> int:
     return DATA_CHUNK | index << 8 | count << 16
 
 
-def is_chunk(kind: int) -> bool:
-    """A well-formed chunk type word: index < count <= CHUNKS_MAX, top byte zero."""
-    return kind & 0xFF0000FF == DATA_CHUNK and (kind >> 8 & 0xFF) < (kind >> 16)
-
-
-# every type word a transport record may carry, chunks included: one set lookup
-# per datagram on the receive path (32,640 chunk words, ~1 MB)
+# every type word a transport record may carry, chunks included (index < count <=
+# CHUNKS_MAX, top byte zero): one set lookup per datagram on the receive path
+# (32,640 chunk words, ~1 MB)
 OPENABLE_KINDS = TRANSPORT_KINDS | frozenset(chunk_kind(i, n) for n in range(1, CHUNKS_MAX + 1)
                                              for i in range(n))
 

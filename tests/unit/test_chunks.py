@@ -177,11 +177,13 @@ def test_malformed_chunks_are_refused_not_raised():
 
 
 def test_chunk_type_words():
-    assert wire.is_chunk(wire.chunk_kind(0, 2)) and wire.is_chunk(wire.chunk_kind(254, 255))
-    assert not wire.is_chunk(wire.chunk_kind(2, 2))                       # index >= count
-    assert not wire.is_chunk(wire.DATA_CHUNK)                            # count 0
-    assert not wire.is_chunk(wire.chunk_kind(0, 2) | 1 << 24)            # top byte set
-    assert not wire.is_chunk(wire.chunk_kind(0, 2) ^ wire.DATA_CHUNK ^ wire.DATA)
+    ok = wire.OPENABLE_KINDS
+    assert wire.chunk_kind(0, 2) in ok and wire.chunk_kind(254, 255) in ok
+    assert wire.chunk_kind(2, 2) not in ok                               # index >= count
+    assert wire.DATA_CHUNK not in ok                                     # count 0
+    assert wire.chunk_kind(0, 2) | 1 << 24 not in ok                     # top byte set
+    assert wire.chunk_kind(0, 2) ^ wire.DATA_CHUNK ^ wire.DATA not in ok
+    assert wire.chunk_kind(0, wire.CHUNKS_MAX + 1) not in ok
 
 
 def pair():

@@ -176,10 +176,11 @@ class ClientDaemon(Daemon):
                       "of this version?", payload[:100])
             self.stats["bad_handshake_payload"] += 1
             return
-        self.gateway_features = sorted(features(payload) & {FEATURE_CHUNKS, FEATURE_SIZED})
-        self.gateway_chunks = FEATURE_CHUNKS in self.features and FEATURE_CHUNKS in features(payload)
+        offered = features(payload)
+        self.gateway_features = sorted(offered & {FEATURE_CHUNKS, FEATURE_SIZED})
+        self.gateway_chunks = FEATURE_CHUNKS in self.features and FEATURE_CHUNKS in offered
         with self.elock:
-            self.engine.sized_requests = FEATURE_SIZED in features(payload)
+            self.engine.sized_requests = FEATURE_SIZED in offered
         if (address, address6) != (self.address, self.address6):
             if self.address is not None:
                 log.warning("gateway changed our address %s -> %s", self.address, address)

@@ -1,9 +1,11 @@
 """The gateway's receive loop (datapath.gateway_udp_to_tun) with a real UDP socket on
 loopback, real sessions and a TUN stand-in: an authenticated peer's chunk records are
-forwarded only from the address the gateway gave it, each spoofed chunk is counted."""
+forwarded only from the address the gateway gave it, each spoofed chunk is counted, and
+a reply the TUN write produced goes back from the same thread."""
 
 from __future__ import annotations
 
+import collections
 import socket
 import threading
 import time
@@ -14,6 +16,7 @@ from tunnelgate.daemon import datapath
 from tunnelgate.meter import FORWARD
 
 from test_chunks import burst
+from test_offload import ipv4_tcp
 from test_session import CL_PUB, Lab
 
 OWN, OTHER = bytes([100, 64, 0, 2]), bytes([100, 64, 0, 99])
@@ -25,13 +28,17 @@ class FakeTun:
 
     def __init__(self):
         self.frames = []
+        self.replies = []       # what the kernel queues on the TUN once a frame is written
 
     def write_frames(self, frames):
         self.frames += [b"".join(f) if type(f) is list else f for f in frames]
         return len(frames)
 
     def read_frames(self, max_reads, timeout):
-        return []
+        if not self.frames:             # nothing written yet: nothing produced
+            return []
+        out, self.replies = self.replies, []
+        return out
 
 
 class ForwardAll:
@@ -59,8 +66,7 @@ class Gateway:
         self.sock.settimeout(0.1)
         self.responder = responder
         self.tun = FakeTun()
-        self.stats = {k: 0 for k in ("drop_spoofed", "drop_bad_chunk", "rx_packets", "rx_bytes", "held",
-                                     "drop_not_ip", "drop_ipv6_off", "drop_no_contract", "control_rx")}
+        self.stats = collections.Counter()
         self.addr_of, self.addr6_of = {CL_PUB: OWN}, {}
         self.peer_of = {OWN: CL_PUB}
         self.chunk_peers = {CL_PUB}
@@ -81,13 +87,17 @@ def sealed_burst(lab, src: bytes, seq: int) -> list[bytes]:
     return lab.client.seal_batch(kind, chunks, lab.now)
 
 
-def test_chunks_from_another_source_are_dropped_and_counted_own_ones_forwarded():
+def test_chunks_from_another_source_are_dropped_and_counted_own_ones_forwarded_reply_sent():
     lab = Lab()
     lab.now = time.monotonic()          # the session's clock is the one the data path reads
     lab.connect()
     gw = Gateway(lab.gw)
     spoofed, own = sealed_burst(lab, OTHER, 1000), sealed_burst(lab, OWN, 9000)
+    ack = bytearray(ipv4_tcp(b"", seq=1, flags=off.ACK))
+    ack[12:16], ack[16:20] = ack[16:20], OWN                     # upstream -> the peer
+    gw.tun.replies = [off.VNET_PLAIN + bytes(ack)]
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # the peer, roamed to here
+    sender.settimeout(5)
     worker = threading.Thread(target=datapath.gateway_udp_to_tun, args=(gw,), daemon=True)
     worker.start()
     try:
@@ -96,6 +106,9 @@ def test_chunks_from_another_source_are_dropped_and_counted_own_ones_forwarded()
         deadline = time.monotonic() + 5
         while gw.stats["rx_packets"] < len(own) and time.monotonic() < deadline:
             time.sleep(0.01)
+        # no tun-to-udp thread runs here: the receiving thread sent the queued reply
+        kind, payload = lab.client.receive(sender.recv(2048), lab.now)
+        assert payload == bytes(ack)
     finally:
         gw.running = False
         worker.join(2)

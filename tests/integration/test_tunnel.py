@@ -174,6 +174,9 @@ def test_ipv6_in_a_dual_stack_tunnel_and_only_from_the_given_address(lab):
         # the upstream has no route to fd64::/64: a reply means the gateway masqueraded
         r = ping(lab, lab.client, dst=UPSTREAM6, count=2)
         assert r.returncode == 0, r.stdout + r.stderr
+        # the TUN's own multicast listener reports (ff02::16) stay on the client
+        assert env.status("client")["stats"].get("drop_link_local6", 0) >= 1
+        assert env.status("gw")["stats"].get("drop_spoofed", 0) == 0
         # a second IPv6 address on the client's TUN: its packets are not forwarded
         lab.run(lab.client, "ip", "addr", "add", "fd64:7467::99/128", "dev", "tg0", "nodad")
         r = ping(lab, lab.client, dst=UPSTREAM6, count=2, extra=("-I", "fd64:7467::99"))

@@ -1,18 +1,22 @@
 """The gateway's receive loop (datapath.gateway_udp_to_tun) with a real UDP socket on
 loopback, real sessions and a TUN stand-in: an authenticated peer's chunk records are
 forwarded only from the address the gateway gave it, each spoofed chunk is counted, and
-a reply the TUN write produced goes back from the same thread."""
+a reply the TUN write produced goes back from the same thread. Also the peer address
+table the loop reads."""
 
 from __future__ import annotations
 
 import collections
+import ipaddress
 import socket
 import threading
 import time
+from types import SimpleNamespace
 
 from tunnelgate import offload as off
 from tunnelgate import wire
 from tunnelgate.daemon import datapath
+from tunnelgate.daemon.gateway import GatewayDaemon
 from tunnelgate.meter import FORWARD
 
 from test_chunks import burst
@@ -120,3 +124,14 @@ def test_chunks_from_another_source_are_dropped_and_counted_own_ones_forwarded_r
     frame = gw.tun.frames[0]
     assert frame[off.VNET_LEN + 12:off.VNET_LEN + 16] == OWN
     assert off.VNET.unpack_from(frame)[1] == off.GSO_TCPV4
+
+
+def test_a_peer_address_stored_under_another_prefix_gets_no_ipv6_twin():
+    d = object.__new__(GatewayDaemon)
+    d.cfg = SimpleNamespace(address=ipaddress.IPv4Interface("100.64.0.1/24"),
+                            address6=ipaddress.IPv6Interface("fd64:7467::1/64"))
+    d.addr_of, d.addr6_of, d.peer_of = {}, {}, {}
+    d._remember(b"a" * 32, "100.64.0.7")
+    d._remember(b"b" * 32, "100.64.9.7")          # from an earlier [network] address = 100.64.9.1/24
+    assert d.addr6_of == {b"a" * 32: ipaddress.IPv6Address("fd64:7467::7").packed}
+    assert d.addr_of[b"b" * 32] == bytes([100, 64, 9, 7])

@@ -38,15 +38,17 @@ def test_scale_machinery_5_peers_50_contracts(tmp_path):
     assert res["memory_peers"]["rss_after_kb"] > 0
     assert res["memory_contracts"]["new_contracts"] == 45
 
-    for key, dests in (("load_1", 5), ("load", 50)):
+    for key, dests, contracts in (("load_1", 5, 5), ("load", 50, 50), ("load_same", 5, 50)):
         ld = res[key]
         assert ld["destinations"] == dests and ld["peers"] == 5, ld
+        assert ld["contracts"] == contracts, ld
         assert ld["sent_packets"] > 0, ld
         assert ld["received_packets"] > 0 and ld["received_bytes"] > 0, ld
         # what the up host counted came through the gateway: never more than was sent
         assert ld["received_packets"] <= ld["sent_packets"], ld
         assert ld["received_bytes"] == ld["received_packets"] * 1000, ld
         assert ld["gateway_cpu_s"] > 0, ld
+    assert "contracts, traffic to 5" in scale.table({"lab_result": res})
 
 
 def test_table_renders_from_a_result():

@@ -27,7 +27,11 @@ socket with its own control `Channel` (no TUN). Phases, in order:
   idle        gateway CPU with no traffic: with N peers, with N contracts, with M.
   load        all peers send --size byte packets (inner IP length) as fast as one
               process can seal them for --time seconds, round-robin over all
-              their contracts: once with N contracts (1 per peer), once with M.
+              their contracts: once with N contracts (1 per peer), once with M,
+              and once more with M contracts live but traffic only to each
+              peer's first destination (load_1's flows: what the number of
+              contracts costs apart from spreading traffic over more
+              destinations, which costs the kernel a NAT entry per flow).
               Received = an nft counter in the up namespace (prerouting, daddr
               198.19.0.0/16): the gateway forwards and masquerades them out of
               veth-up via the up host, which has forwarding off and drops them
@@ -367,12 +371,15 @@ class Fleet:
                 "new_settled": (paid - paid_before) if pay else (with_proposal - before),
                 "elapsed_s": elapsed, "complete": complete(), "messages": dict(self.msgs)}
 
-    def load(self, seconds: float, size: int, batch: int) -> dict:
+    def load(self, seconds: float, size: int, batch: int, dests: int = 0) -> dict:
+        """`dests` > 0: only each peer's first `dests` destinations (the same
+        flows whatever the number of contracts), else all of them."""
         s = self.session
         live = [p for p in self.peers if p.addr is not None and p.dests]
         for p in live:
-            if len(p.load_pkts) != len(p.dests) or len(p.load_pkts[0]) != size:
-                pkts = [ip_udp(p.addr, d, size) for d in p.dests]
+            targets = p.dests[:dests] if dests > 0 else p.dests
+            if len(p.load_pkts) != len(targets) or len(p.load_pkts[0]) != size:
+                pkts = [ip_udp(p.addr, d, size) for d in targets]
                 # a ring at least one batch longer than the destinations: ring[c:c + batch]
                 # for any c < len(pkts) is the next batch, cycling over all destinations
                 p.load_pkts = pkts
@@ -398,7 +405,8 @@ class Fleet:
         cpu = time.process_time() - cpu0
         return {"sent_packets": sent - errors, "send_errors": errors, "size": size,
                 "elapsed_s": elapsed, "worker_cpu_s": cpu, "peers": len(live),
-                "destinations": sum(len(p.dests) for p in live)}
+                "destinations": sum(len(p.load_pkts) for p in live),
+                "contracts": sum(len(p.dests) for p in live)}
 
 
 def worker_main() -> int:
@@ -587,10 +595,11 @@ def _contracts(lab, conf: Path, worker: Worker, gw_pid: int, counts: list[int], 
     return ct
 
 
-def _load(lab, worker: Worker, gw_pid: int, seconds: float, size: int, batch: int) -> dict:
+def _load(lab, worker: Worker, gw_pid: int, seconds: float, size: int, batch: int,
+          dests: int = 0) -> dict:
     n0, b0 = _nft_counter(lab)
     c0 = cpu_s(gw_pid)
-    ld = worker.call("load", seconds + 60, seconds=seconds, size=size, batch=batch)
+    ld = worker.call("load", seconds + 60, seconds=seconds, size=size, batch=batch, dests=dests)
     time.sleep(0.3)                       # what is still queued arrives
     n1, b1 = _nft_counter(lab)
     ld["gateway_cpu_s"] = cpu_s(gw_pid) - c0
@@ -602,7 +611,7 @@ def _load(lab, worker: Worker, gw_pid: int, seconds: float, size: int, batch: in
     ld["sent_mbps"] = ld["sent_packets"] * size * 8 / t / 1e6
     ld["gateway_cpu_pct"] = ld["gateway_cpu_s"] / t * 100
     ld["worker_cpu_pct"] = ld["worker_cpu_s"] / t * 100
-    log(f"load over {ld['destinations']} contracts: {ld['received_pps']:.0f} packets/s, "
+    log(f"load over {ld['destinations']} of {ld['contracts']} contracts: {ld['received_pps']:.0f} packets/s, "
         f"{ld['received_mbps']:.0f} Mbit/s received ({ld['sent_pps']:.0f}/s sent)")
     return ld
 
@@ -669,6 +678,9 @@ def lab_run(peers: int, contracts: int, seconds: float, size: int, pay: bool, ba
         log(f"gateway idle CPU: {res['idle_cpu_1'] * 100:.0f}% with {ct1['gateway_live']} contracts, "
             f"{res['idle_cpu_contracts'] * 100:.0f}% with {ct['gateway_live']}")
         res["load"] = _load(lab, worker, gw_pid, seconds, size, batch)
+        # the flows of load_1 again, now among M contracts: what the number of
+        # contracts costs, apart from spreading traffic over more destinations
+        res["load_same"] = _load(lab, worker, gw_pid, seconds, size, batch, dests=1)
         return res
     finally:
         if worker is not None:
@@ -840,14 +852,18 @@ def table(res: dict) -> str:
                          f"{lr['idle_cpu_1'] * 100:.1f}% with {lr['contracts_1']['gateway_live']} contracts, "
                          f"{lr['idle_cpu_contracts'] * 100:.1f}% with {lr['contracts']['gateway_live']} "
                          f"contracts (no traffic: timers)"))
-        for key in ("load_1", "load"):
+        for key in ("load_1", "load", "load_same"):
             ld = lr.get(key)
             if not ld:
                 continue
-            rows.append((f"throughput, {ld['destinations']} contracts",
+            contracts = ld.get("contracts", ld["destinations"])
+            what = (f"{contracts} contracts" if contracts == ld["destinations"]
+                    else f"{contracts} contracts, traffic to {ld['destinations']}")
+            rows.append((f"throughput, {what}",
                          f"{ld['received_mbps']:.0f} Mbit/s, {ld['received_pps']:.0f} packets/s received "
                          f"upstream  ({ld['peers']} peers sending {ld['size']}-byte packets for "
-                         f"{ld['elapsed_s']:.1f} s round-robin over their contracts; sent {ld['sent_pps']:.0f}/s; "
+                         f"{ld['elapsed_s']:.1f} s round-robin over {ld['destinations']} destinations; "
+                         f"sent {ld['sent_pps']:.0f}/s; "
                          f"gateway CPU {ld['gateway_cpu_pct']:.0f}%, sender CPU {ld['worker_cpu_pct']:.0f}%)"))
     if res.get("lab_error"):
         rows.append(("lab", f"FAILED: {res['lab_error'].splitlines()[0][:200]}"))

@@ -1,5 +1,5 @@
 """The benchmark's machinery works: a wireguard-go tunnel (Debian's package)
-in a lab, one short iperf3 through it, its JSON parsed. No speed asserted."""
+in a lab, one short iperf3 through it each way, its JSON parsed. No speed asserted."""
 
 from __future__ import annotations
 
@@ -30,9 +30,14 @@ def test_wireguard_go_iperf_through_tunnel(tmp_path, fam):
             res = bench.iperf(lab, 1, 1, dst=fam.dst)
             cpu1 = tunnel.cpu()
             tx1 = tunnel.tx_bytes()
+            gw_tx0 = tunnel.tx_bytes("gw")
+            down = bench.iperf(lab, 1, 1, dst=fam.dst, reverse=True)
+            gw_tx1 = tunnel.tx_bytes("gw")
         assert res["bytes"] > 0 and res["bps"] > 0, res
         # it went through the tunnel (the upstream host answers only masqueraded traffic anyway)
         assert tx1 - tx0 >= res["bytes"], (tx0, tx1, res)
+        # the download (iperf3 -R) came back through the gateway's end of the tunnel
+        assert down["bytes"] > 0 and gw_tx1 - gw_tx0 >= down["bytes"], (gw_tx0, gw_tx1, down)
         assert set(cpu1) == {"client", "gw"} and all(cpu1[s] >= cpu0[s] for s in cpu1)
     finally:
         lab.destroy()

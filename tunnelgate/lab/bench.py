@@ -19,10 +19,13 @@ over the link's IPv6). Columns:
 
   TCP 1     single stream, median of N runs of `iperf3 -t S` (receiver's rate)
   TCP 4     `-P 4`, median of N runs
+  TCP 1 down  single stream the other way (`iperf3 -R`: the upstream host sends,
+            the client receives), median of N runs
   ping      idle RTT to 198.18.2.2: avg of 20 pings at 0.05 s
   ping/load the same 20 pings while a single-stream transfer runs
   CPU       utime+stime of each tunnel process (client end, gateway end)
-            during the single-stream runs, in CPU seconds per Gbit received
+            during the single-stream runs, in CPU seconds per Gbit received;
+            "CPU down" the same during the download runs
 
 A benchmark, not a test: nothing is asserted about speed. Absolute numbers
 drift between runs and machines; ratios from one run are what count.
@@ -72,8 +75,11 @@ def parse_iperf(out: str) -> dict:
             "retransmits": d["end"].get("sum_sent", {}).get("retransmits")}
 
 
-def iperf(lab, seconds: float, streams: int = 1, dst: str = UPSTREAM) -> dict:
+def iperf(lab, seconds: float, streams: int = 1, dst: str = UPSTREAM, reverse: bool = False) -> dict:
+    """reverse: the upstream host sends (iperf3 -R), a download through the tunnel."""
     cmd = ["iperf3", "-c", dst, "-t", str(seconds), "-P", str(streams), "-J", "--connect-timeout", "3000"]
+    if reverse:
+        cmd.append("-R")
     last = ""
     for attempt in range(3):  # the server may still be busy with the previous test for a moment
         r = lab.run(lab.client, *cmd, check=False, timeout=seconds + 30)
@@ -142,7 +148,7 @@ IPV6 = Family(6, "2001:2:0:2::2", "2001:2:0:2::/64", "2001:2:0:1::/64", "2001:2:
 
 def measure(lab, pids: dict[str, int], runs: int, seconds: float, fam: Family = IPV4) -> dict:
     """All columns for one path that is up; pids: tunnel processes ({} for raw)."""
-    res: dict = {"single": [], "multi": []}
+    res: dict = {"single": [], "multi": [], "down": []}
     dst = fam.dst
     # the path's very first packet to the upstream host: for tunnelgate it is held while
     # the contract is proposed and accepted, then released
@@ -159,10 +165,23 @@ def measure(lab, pids: dict[str, int], runs: int, seconds: float, fam: Family = 
         res["single"].append(r["bps"])
     for _ in range(runs):
         res["multi"].append(iperf(lab, seconds, 4, dst=dst)["bps"])
+    cpu_down = {side: 0.0 for side in pids}
+    bits_down = 0
+    for _ in range(runs):
+        before = cpu_of(pids)
+        r = iperf(lab, seconds, 1, dst=dst, reverse=True)
+        after = cpu_of(pids)
+        for side in pids:
+            cpu_down[side] += after[side] - before[side]
+        bits_down += r["bytes"] * 8
+        res["down"].append(r["bps"])
     res["ping_idle"] = ping(lab, dst=dst)
     res["ping_load"] = ping_under_load(lab, seconds, dst=dst)
     res["single_mbps"] = statistics.median(res["single"]) / 1e6
     res["multi_mbps"] = statistics.median(res["multi"]) / 1e6
+    res["down_mbps"] = statistics.median(res["down"]) / 1e6
+    res["cpu_s_per_gbit_down"] = {side: (c / (bits_down / 1e9) if bits_down else None)
+                                  for side, c in cpu_down.items()}
     res["cpu_s"] = cpu
     res["cpu_s_per_gbit"] = {side: (c / (bits / 1e9) if bits else None) for side, c in cpu.items()}
     res["single_bits"] = bits
@@ -292,21 +311,22 @@ def _fmt(x, spec=".0f", none="-"):
 
 
 def table(rows: list[Row], runs: int, seconds: float) -> str:
-    head = ["path", "TCP 1 Mbit/s", "TCP 4 Mbit/s", "ping ms", "ping/load ms", "1st pkt ms",
-            "CPU s/Gbit cl+gw"]
+    head = ["path", "TCP 1 Mbit/s", "TCP 4 Mbit/s", "TCP 1 down", "ping ms", "ping/load ms",
+            "1st pkt ms", "CPU s/Gbit cl+gw", "CPU down"]
     lines = []
     for r in rows:
         if r.result is None:
-            lines.append([r.name, f"FAILED: {(r.error or '').splitlines()[0].removeprefix('RuntimeError: ')[:110]}", "", "", "", "", ""])
+            lines.append([r.name, f"FAILED: {(r.error or '').splitlines()[0].removeprefix('RuntimeError: ')[:110]}"]
+                         + [""] * (len(head) - 2))
             continue
         x = r.result
         single = x["single"]
         spread = f" ({min(single) / 1e6:.0f}-{max(single) / 1e6:.0f})" if len(single) > 1 else ""
-        cpu = x["cpu_s_per_gbit"]
-        cpu_txt = "-" if not cpu else f"{_fmt(cpu.get('client'), '.2f')}+{_fmt(cpu.get('gw'), '.2f')}"
         lines.append([r.name, f"{x['single_mbps']:.0f}{spread}", f"{x['multi_mbps']:.0f}",
+                      _fmt(x.get("down_mbps")),
                       f"{x['ping_idle']['avg_ms']:.3f}", f"{x['ping_load']['avg_ms']:.3f}",
-                      _fmt(x.get("first_ms"), ".3f"), cpu_txt])
+                      _fmt(x.get("first_ms"), ".3f"), _cpu_text(x["cpu_s_per_gbit"]),
+                      _cpu_text(x.get("cpu_s_per_gbit_down"))])
     ok = [l for l in lines if not l[1].startswith("FAILED")]
     widths = [max([len(h)] + [len(l[i]) for l in ok]) for i, h in enumerate(head)]
     widths[0] = max([widths[0]] + [len(l[0]) for l in lines])
@@ -317,10 +337,20 @@ def table(rows: list[Row], runs: int, seconds: float) -> str:
             out.append(f"| {l[0].ljust(widths[0])} | {l[1]}")
         else:
             out.append("| " + " | ".join(c.ljust(w) for c, w in zip(l, widths)) + " |")
-    out.append(f"(median of {runs} x iperf3 -t {seconds:g}; TCP 1 shows min-max in brackets; "
+    out.append(f"(median of {runs} x iperf3 -t {seconds:g}; TCP 1 shows min-max in brackets; TCP 1 down: "
+               f"iperf3 -R, the upstream host sending; "
                f"ping: avg of 20 at 0.05 s; 1st pkt: RTT of the path's first packet (tunnelgate: held "
-               f"while the contract is negotiated); CPU: per tunnel end during the single-stream runs)")
+               f"while the contract is negotiated); CPU: per tunnel end during the single-stream runs, "
+               f"uploads, then downloads)")
     return "\n".join(out)
+
+
+def _cpu_text(cpu: dict | None) -> str:
+    return "-" if not cpu else f"{_fmt(cpu.get('client'), '.2f')}+{_fmt(cpu.get('gw'), '.2f')}"
+
+
+def _cpu_sum(per_gbit: dict | None) -> float:
+    return sum(v for v in (per_gbit or {}).values() if v is not None)
 
 
 def ratios(rows: list[Row]) -> list[dict]:
@@ -334,11 +364,14 @@ def ratios(rows: list[Row]) -> list[dict]:
         if not ref or not ref.result:
             continue
         a, b = tg.result, ref.result
-        cpu_a = sum(v for v in a["cpu_s_per_gbit"].values() if v is not None)
-        cpu_b = sum(v for v in b["cpu_s_per_gbit"].values() if v is not None)
+        cpu_a, cpu_b = _cpu_sum(a["cpu_s_per_gbit"]), _cpu_sum(b["cpu_s_per_gbit"])
+        down_a, down_b = _cpu_sum(a.get("cpu_s_per_gbit_down")), _cpu_sum(b.get("cpu_s_per_gbit_down"))
         out.append({"vs": key, "name": ref.name,
                     "single_x": a["single_mbps"] / b["single_mbps"],
                     "multi_x": a["multi_mbps"] / b["multi_mbps"],
+                    "down_x": (a["down_mbps"] / b["down_mbps"]) if a.get("down_mbps") and b.get("down_mbps")
+                    else None,
+                    "cpu_per_gbit_down_x": (down_a / down_b) if down_b and key != "raw" else None,
                     "ping_idle_diff_ms": a["ping_idle"]["avg_ms"] - b["ping_idle"]["avg_ms"],
                     "ping_load_diff_ms": a["ping_load"]["avg_ms"] - b["ping_load"]["avg_ms"],
                     "cpu_per_gbit_x": (cpu_a / cpu_b) if cpu_b and key != "raw" else None,
@@ -353,9 +386,12 @@ def ratio_text(rs: list[dict]) -> str:
     out = ["tunnelgate compared with:"]
     for r in rs:
         cpu = f", CPU/Gbit x{r['cpu_per_gbit_x']:.2f}" if r["cpu_per_gbit_x"] else ""
+        if r.get("cpu_per_gbit_down_x"):
+            cpu += f" (downloads x{r['cpu_per_gbit_down_x']:.2f})"
         if r.get("first_diff_ms") is not None:
             cpu += f", first packet {r['first_diff_ms']:+.3f} ms"
-        out.append(f"  {r['name']:<36} TCP 1 x{r['single_x']:.2f}, TCP 4 x{r['multi_x']:.2f}, "
+        down = f", TCP 1 down x{r['down_x']:.2f}" if r.get("down_x") else ""
+        out.append(f"  {r['name']:<36} TCP 1 x{r['single_x']:.2f}, TCP 4 x{r['multi_x']:.2f}{down}, "
                    f"ping {r['ping_idle_diff_ms']:+.3f} ms idle, {r['ping_load_diff_ms']:+.3f} ms under load{cpu}")
     return "\n".join(out)
 

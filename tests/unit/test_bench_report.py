@@ -1,0 +1,49 @@
+"""scripts/bench's report: the ratios are tunnelgate's figures over each
+reference's, for uploads and downloads, and a failed row says why."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunnelgate.lab import bench
+
+
+def _result(single, multi, down, ping, cpu, cpu_down):
+    return {"single": [single * 1e6], "multi": [multi * 1e6], "down": [down * 1e6],
+            "single_mbps": single, "multi_mbps": multi, "down_mbps": down,
+            "ping_idle": {"avg_ms": ping}, "ping_load": {"avg_ms": ping * 4}, "first_ms": 3.0,
+            "cpu_s_per_gbit": {"client": cpu[0], "gw": cpu[1]},
+            "cpu_s_per_gbit_down": {"client": cpu_down[0], "gw": cpu_down[1]}}
+
+
+def test_ratios_cover_downloads_and_their_cpu():
+    rows = [bench.Row("wg-sid", "wireguard-go (Debian sid)", result=_result(2000, 2000, 2500, 0.5, (0.3, 0.3), (0.25, 0.25))),
+            bench.Row("tg", "tunnelgate", result=_result(1800, 2200, 2000, 0.7, (0.3, 0.4), (0.4, 0.35)))]
+    (r,) = bench.ratios(rows)
+    assert r["vs"] == "wg-sid"
+    assert r["single_x"] == pytest.approx(0.9) and r["multi_x"] == pytest.approx(1.1)
+    assert r["down_x"] == pytest.approx(0.8)
+    assert r["cpu_per_gbit_x"] == pytest.approx(0.7 / 0.6)
+    assert r["cpu_per_gbit_down_x"] == pytest.approx(0.75 / 0.5)
+    assert r["ping_idle_diff_ms"] == pytest.approx(0.2)
+    text = bench.ratio_text([r])
+    assert "TCP 1 down x0.80" in text and "(downloads x1.50)" in text
+
+    table = bench.table(rows + [bench.Row("wg-deb", "wireguard-go (Debian 12)", error="RuntimeError: boom")], 3, 5)
+    head, _, sid, tg, failed, _note = table.splitlines()
+    assert "TCP 1 down" in head and "CPU down" in head
+    assert [c.strip() for c in tg.strip("|").split("|")][3] == "2000"
+    assert "0.40+0.35" in tg
+    assert failed.startswith("| wireguard-go (Debian 12)") and "FAILED: boom" in failed
+
+
+def test_a_result_without_download_figures_still_renders():
+    # a JSON from before downloads were measured: no down column, no down ratio
+    old = _result(1000, 1000, 1, 0.5, (0.3, 0.3), (0.3, 0.3))
+    for k in ("down", "down_mbps", "cpu_s_per_gbit_down"):
+        del old[k]
+    rows = [bench.Row("wg-sid", "wg", result=dict(old)), bench.Row("tg", "tunnelgate", result=dict(old))]
+    (r,) = bench.ratios(rows)
+    assert r["down_x"] is None and r["cpu_per_gbit_down_x"] is None
+    assert "down x" not in bench.ratio_text([r])
+    assert "| - " in bench.table(rows, 1, 2).splitlines()[2]

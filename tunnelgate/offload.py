@@ -434,13 +434,18 @@ class UdpReceiver:
         self.gro = gro and enable_udp_gro(sock)
         self.bufsize = bufsize
 
-    def recv(self, limit: int = 128) -> list[tuple[bytes | memoryview, object]]:
-        out: list[tuple[bytes | memoryview, object]] = []
+    def recv_groups(self, limit: int = 128) -> list[tuple[bytes, int, object]]:
+        """(buffer, segment size, addr) per receive, until about `limit`
+        datagrams: the buffer holds datagrams of `segment size` bytes back to
+        back, the last possibly shorter (one datagram: its own length).
+        session.Responder/Initiator.receive_groups take these as they are."""
+        out: list[tuple[bytes, int, object]] = []
         append = out.append
         recv = self.sock.recvmsg
         bufsize = self.bufsize
         flags = 0
-        while len(out) < limit:
+        count = 0
+        while count < limit:
             try:
                 data, anc, _, addr = recv(bufsize, _GRO_CMSG, flags)
             except (BlockingIOError, InterruptedError, TimeoutError):
@@ -453,12 +458,22 @@ class UdpReceiver:
             for level, kind, cdata in anc:
                 if level == SOL_UDP and kind == UDP_GRO and len(cdata) >= 4:
                     seg = int.from_bytes(cdata[:4], "little") or n
+            seg = seg or 1                             # an empty datagram is one too
+            append((data, seg, addr))
+            count += -(-n // seg) or 1
+        return out
+
+    def recv(self, limit: int = 128) -> list[tuple[bytes | memoryview, object]]:
+        """recv_groups() cut into (datagram, addr) pairs: memoryviews into the
+        buffer when it holds several."""
+        out: list[tuple[bytes | memoryview, object]] = []
+        for data, seg, addr in self.recv_groups(limit):
+            n = len(data)
             if seg >= n:
-                append((data, addr))
+                out.append((data, addr))
             else:
                 view = memoryview(data)
-                for i in range(0, n, seg):
-                    append((view[i:i + seg], addr))
+                out.extend((view[i:i + seg], addr) for i in range(0, n, seg))
         return out
 
 
@@ -602,7 +617,7 @@ class Arrivals:
     each flow's order: ChunkRun, lists of coalesced segments (see coalesce)
     and (packet, partial) pairs."""
 
-    __slots__ = ("items", "pkts", "partial", "run", "gso")
+    __slots__ = ("items", "pkts", "partial", "run", "gso", "bad")
 
     def __init__(self, gso: bool = True):
         # gso False: the TUN takes no GSO frames, so done() returns only
@@ -612,6 +627,7 @@ class Arrivals:
         self.pkts: list[bytes] = []
         self.partial: list[bool] = []
         self.run: ChunkRun | None = None
+        self.bad = 0                # chunks() dropped: did not continue their run
 
     def packet(self, pkt: bytes, partial: bool) -> None:
         self.pkts.append(pkt)
@@ -640,6 +656,38 @@ class Arrivals:
         self.items.append(run)
         self.run = run
         return NEW
+
+    def chunks(self, payloads: list, kind: int, owner=None) -> int:
+        """chunk() for consecutive chunks of one burst (type words kind,
+        kind + 256, ...: session.receive_groups' runs) -> chunk()'s result for
+        the first. The others must continue it exactly (same headers, full
+        length but for the burst's last); from the first that does not, the
+        rest are dropped and counted in self.bad: an authenticated sender
+        never interleaves bursts within a run."""
+        got = self.chunk(payloads[0], kind, owner)
+        if not got or len(payloads) == 1:
+            return got
+        run = self.run
+        template, full = run.template, run.full
+        n = len(payloads)
+        ok = 1
+        for p in payloads[1:n - 1]:
+            if len(p) != full or not p.startswith(template):
+                break
+            ok += 1
+        else:
+            # the last may be short when it is the burst's last chunk
+            p = payloads[n - 1]
+            if ((len(p) == full or (kind >> 8 & 0xFF) + n == kind >> 16 and run.hl < len(p) < full)
+                    and p.startswith(template)):
+                ok = n
+        run.chunks.extend(payloads[1:ok])
+        k = kind + (ok << 8)
+        run.next_kind = k if (k >> 8 & 0xFF) < run.count else -1
+        if ok < len(payloads):
+            self.bad += len(payloads) - ok
+            run.next_kind = -1
+        return got
 
     def drop_run(self) -> None:
         """Take back the run the last chunk() started (its sender may not send it)."""

@@ -248,6 +248,11 @@ class Transport:
         payload = self.open_body(datagram, n)
         return None if payload is None else (kind, payload)
 
+    def opener(self):
+        """(decrypt, replay_update, stats): open_body's parts, for the batch
+        receivers' loop over the continuation of a chunk run (no call per datagram)."""
+        return self._dec.decrypt, self._replay.update, self.stats
+
     def open_body(self, datagram, n: int) -> bytes | None:
         """The payload of a datagram whose header (counter `n`) was checked;
         None (counted) otherwise. The AEAD first, then the replay window marks
@@ -388,37 +393,73 @@ class Initiator:
 
     # -- receive -----------------------------------------------------------
 
-    def receive_batch(self, datagrams, now: float, resp_lock=None) -> list[tuple[int, bytes, object]]:
-        """receive() for each (datagram, addr) in order -> (kind, payload, addr)
-        for each that opened; memoryviews welcome (see Responder.receive_batch).
-        `resp_lock`, if given, is held while a handshake response is processed
-        (the lock the caller holds around begin() and poll())."""
+    def receive_batch(self, datagrams, now: float, resp_lock=None) -> list[tuple[int, object, object]]:
+        """receive_groups() for a list of (datagram, addr)."""
+        return self.receive_groups([(d, len(d) or 1, a) for d, a in datagrams], now, resp_lock)
+
+    def receive_groups(self, groups, now: float, resp_lock=None) -> list[tuple[int, object, object]]:
+        """receive() for each datagram of each (buffer, segment size, addr) in
+        order (see Responder.receive_groups) -> (kind, payload, addr) for each
+        that opened; a run of chunks comes back as (kind of the first,
+        [payloads], addr). `resp_lock`, if given, is held while a handshake
+        response is processed (the lock the caller holds around begin() and poll())."""
         out = []
         append = out.append
-        unpack, kinds = TRANSPORT_HDR.unpack_from, OPENABLE_KINDS
+        unpack, kinds, nonce = TRANSPORT_HDR.unpack_from, OPENABLE_KINDS, NONCE.pack
         t = self._current
         if t is not None and now - t.created_at < self.timing.reject_after_s:
             cached, open_body = t.local_index, t.open_body
+            decrypt, seen, tstats = t.opener()
         else:
             cached = -1
         opened = False
-        for datagram, addr in datagrams:
-            if len(datagram) >= TRANSPORT_MIN:
-                kind, index, n = unpack(datagram)
-                if index == cached and kind in kinds:
-                    payload = open_body(datagram, n)
-                    if payload is not None:
-                        opened = True
-                        append((kind, payload, addr))
-                    continue
-            datagram = bytes(datagram)
-            if resp_lock is not None and datagram[:1] == b"\x02":
-                with resp_lock:
+        run = None
+        for buf, seg, addr in groups:
+            view = memoryview(buf)
+            n = len(buf)
+            whole = seg >= TRANSPORT_MIN
+            nk = -1             # the type word that continues `run`
+            for o in range(0, n or 1, seg):
+                end = o + seg
+                if whole and n - o >= TRANSPORT_MIN:
+                    kind, index, ctr = unpack(buf, o)
+                    if index == cached:
+                        if kind == nk:
+                            try:
+                                payload = decrypt(nonce(ctr), view[o + 16:end], view[o:o + 16])
+                            except InvalidTag:
+                                tstats["bad_mac"] += 1
+                                nk = -1
+                                continue
+                            if seen(ctr):
+                                run.append(payload)
+                                nk = kind + 256 if (kind >> 8 & 0xFF) + 1 < kind >> 16 else -1
+                            else:
+                                tstats["replay"] += 1
+                                nk = -1
+                            continue
+                        if kind in kinds:
+                            payload = open_body(view[o:end], ctr)
+                            if payload is not None:
+                                opened = True
+                                if kind & 0xFF == DATA_CHUNK:
+                                    run = [payload]
+                                    append((kind, run, addr))
+                                    nk = kind + 256 if (kind >> 8 & 0xFF) + 1 < kind >> 16 else -1
+                                else:
+                                    append((kind, payload, addr))
+                                    nk = -1
+                            continue
+                nk = -1
+                datagram = bytes(view[o:end])
+                if resp_lock is not None and datagram[:1] == b"\x02":
+                    with resp_lock:
+                        res = self.receive(datagram, now)
+                else:
                     res = self.receive(datagram, now)
-            else:
-                res = self.receive(datagram, now)
-            if res is not None:
-                append((res[0], res[1], addr))
+                if res is not None:
+                    kind = res[0]
+                    append((kind, [res[1]] if kind & 0xFF == DATA_CHUNK else res[1], addr))
         if opened:
             self._unanswered_since = None
         return out
@@ -593,42 +634,92 @@ class Responder:
     # -- receive -----------------------------------------------------------
 
     def receive_batch(self, datagrams, now: float) -> list:
-        """receive() for each (datagram, addr) in order, results as receive()
-        returns them with the Nones left out. Datagrams may be memoryviews
-        (into a receive buffer): nothing keeps a reference to them.
+        """receive_groups() for a list of (datagram, addr)."""
+        return self.receive_groups([(d, len(d) or 1, a) for d, a in datagrams], now)
+
+    def receive_groups(self, groups, now: float) -> list:
+        """receive() for each datagram of each (buffer, segment size, addr), in
+        order: the buffer holds datagrams of `segment size` bytes back to back
+        (the last may be shorter), all from addr, as a UDP GRO receive gives
+        them (offload.UdpReceiver.recv_groups). Results as receive() returns
+        them with the Nones left out, except that consecutive chunks of one
+        burst (type words index, index + 1, ... on one key, in one buffer) come
+        back as one result (public, kind of the first, [payloads]). Buffers
+        may be memoryviews: nothing keeps a reference to them.
 
         Why: this runs per datagram at line rate. A transport datagram for the
         same current key as the one before skips the peer lookup and the
-        timer checks (`now` is one instant for the whole batch); anything
-        else goes through receive()."""
+        timer checks (`now` is one instant for the whole batch); one that
+        continues a chunk run is decrypted and replay-checked inline, with no
+        call or result of its own; anything else goes through receive()."""
         out = []
         append = out.append
-        unpack, kinds = TRANSPORT_HDR.unpack_from, OPENABLE_KINDS
+        unpack, kinds, nonce = TRANSPORT_HDR.unpack_from, OPENABLE_KINDS, NONCE.pack
         cached = -1
-        peer = open_body = public = None
-        for datagram, addr in datagrams:
-            if len(datagram) >= TRANSPORT_MIN:
-                kind, index, n = unpack(datagram)
-                if index == cached and kind in kinds:
-                    payload = open_body(datagram, n)
-                    if payload is None:
-                        continue
-                    if peer.endpoint != addr:
-                        peer.endpoint = addr
-                    if peer.unacked_since is None:
-                        peer.unacked_since = now
-                    append((public, kind, payload))
+        peer = open_body = public = decrypt = seen = tstats = run = None
+        for buf, seg, addr in groups:
+            view = memoryview(buf)
+            n = len(buf)
+            whole = seg >= TRANSPORT_MIN
+            # the type word that continues `run`; none at a buffer's start, so the
+            # first datagram of each buffer updates its peer's endpoint
+            nk = -1
+            for o in range(0, n or 1, seg):
+                end = o + seg
+                if whole and n - o >= TRANSPORT_MIN:
+                    kind, index, ctr = unpack(buf, o)
+                    if index == cached:
+                        if kind == nk:
+                            try:
+                                payload = decrypt(nonce(ctr), view[o + 16:end], view[o:o + 16])
+                            except InvalidTag:
+                                tstats["bad_mac"] += 1
+                                nk = -1
+                                continue
+                            if seen(ctr):
+                                run.append(payload)
+                                nk = kind + 256 if (kind >> 8 & 0xFF) + 1 < kind >> 16 else -1
+                            else:
+                                tstats["replay"] += 1
+                                nk = -1
+                            continue
+                        if kind in kinds:
+                            payload = open_body(view[o:end], ctr)
+                            if payload is None:
+                                continue
+                            if peer.endpoint != addr:
+                                peer.endpoint = addr
+                            if peer.unacked_since is None:
+                                peer.unacked_since = now
+                            if kind & 0xFF == DATA_CHUNK:
+                                run = [payload]
+                                append((public, kind, run))
+                                nk = kind + 256 if (kind >> 8 & 0xFF) + 1 < kind >> 16 else -1
+                            else:
+                                append((public, kind, payload))
+                                nk = -1
+                            continue
+                nk = -1
+                datagram = bytes(view[o:end])
+                res = self.receive(datagram, now, addr)
+                if res is None:
                     continue
-            res = self.receive(bytes(datagram), now, addr)
-            if res is None:
-                continue
-            append(res)
-            if type(res) is tuple:              # opened a transport datagram: cache its key
-                index = INDEX.unpack_from(datagram, 4)[0]
-                entry = self._by_index.get(index)
+                if type(res) is not tuple:
+                    append(res)
+                    continue
+                # opened a transport datagram: cache its key
+                kind = res[1]
+                if kind & 0xFF == DATA_CHUNK:
+                    res = (res[0], kind, [res[2]])
+                append(res)
+                entry = self._by_index.get(INDEX.unpack_from(datagram, 4)[0])
                 if entry is not None and entry[1] is entry[0].current:
                     peer, t = entry
-                    cached, public, open_body = index, peer.public, t.open_body
+                    cached, public, open_body = t.local_index, peer.public, t.open_body
+                    decrypt, seen, tstats = t.opener()
+                    if kind & 0xFF == DATA_CHUNK:
+                        run = res[2]
+                        nk = kind + 256 if (kind >> 8 & 0xFF) + 1 < kind >> 16 else -1
                 else:
                     cached = -1
         return out

@@ -236,3 +236,31 @@ def test_only_the_same_owner_extends_a_run_and_a_refused_run_is_taken_back():
     assert expand(items) == finished([segs[0], segs[2]])
     arr.chunk(chunks[0], wire.chunk_kind(0, 3), a)
     assert arr.chunk(chunks[1], wire.chunk_kind(1, 3), a) == off.CONTINUED
+
+
+def test_a_run_of_chunks_extends_as_one_and_stops_at_the_first_that_does_not_continue():
+    frame, segs = burst(1368 * 5 + 700, 1368)           # 6 chunks, the last short
+    chunks, _ = off.frame_payloads(frame, True)
+    k = wire.chunk_kind
+    arr = off.Arrivals()
+    assert arr.chunks(chunks[:2], k(0, 6)) == off.NEW
+    assert arr.chunks(chunks[2:], k(2, 6)) == off.CONTINUED        # the short last one included
+    assert arr.bad == 0
+    (run,) = arr.done()
+    assert len(run.chunks) == 6 and run.next_kind == -1
+    assert expand([run]) == finished(segs)
+
+    # a chunk with other headers, or cut short mid-burst, ends the run: it and the rest are dropped
+    other, _ = off.frame_payloads(burst(1368 * 5 + 700, 1368, seq=7)[0], True)
+    for bad in (other[2], chunks[2][:-1]):
+        arr = off.Arrivals()
+        assert arr.chunks([chunks[0], chunks[1], bad, chunks[3]], k(0, 6)) == off.NEW
+        assert arr.bad == 2
+        # nothing continues it any more
+        assert arr.chunk(chunks[4], k(4, 6)) == off.NEW
+        items = arr.done()
+        assert [len(x.chunks) for x in items] == [2, 1]
+        assert expand(items) == finished(segs[:2] + [segs[4]])
+    # a malformed first chunk: the caller drops the whole run
+    arr = off.Arrivals()
+    assert arr.chunks([chunks[0][:30], chunks[1]], k(0, 6)) == 0 and arr.done() == []

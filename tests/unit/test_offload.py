@@ -221,6 +221,20 @@ def test_udp_gso_send_and_gro_receive_loopback():
         plain = off.UdpSender(tx, gso=False)
         assert plain.send([b"a", b"b"], rx.getsockname()) == 0
         assert [d for d, _ in receiver.recv()] == [b"a", b"b"]
+        # the same as groups: (buffer, segment size, addr), about `limit` datagrams per call
+        assert sender.send(datagrams, rx.getsockname()) == 0
+        groups = []
+        for _ in range(20):
+            batch = receiver.recv_groups(limit=8)
+            if not batch:
+                break
+            assert sum(-(-len(b) // s) for b, s, _ in batch[:-1]) < 8
+            groups.extend(batch)
+        assert all(a[1] == tx.getsockname()[1] for _, _, a in groups)
+        cut = [bytes(b[i:i + s]) for b, s, _ in groups for i in range(0, len(b), s)]
+        assert cut == datagrams
+        if receiver.gro:
+            assert any(len(b) > s for b, s, _ in groups)
     finally:
         rx.close()
         tx.close()

@@ -96,23 +96,38 @@ def gateway_udp_to_tun(d) -> None:
     receiver = off.UdpReceiver(sock)
     vnet = bool(tun.vnet_hdr_len)
     arrivals = off.Arrivals(gso=vnet)
-    packet, chunk = arrivals.packet, arrivals.chunk
-    receive_batch = responder.receive_batch
+    packet, chunks = arrivals.packet, arrivals.chunks
+    receive_groups = responder.receive_groups
     lock, read_tun, tun_handle = d.tun_lock, tun.read_frames, _gateway_tun_handler(d)
     frames = []
     while d.running:
-        datagrams = receiver.recv(UDP_DATAGRAMS)
-        if not datagrams:
+        groups = receiver.recv_groups(UDP_DATAGRAMS)
+        if not groups:
             continue
         now = time.monotonic()
         wall = time.time()
         peer_of_src = {}
-        for res in receive_batch(datagrams, now):
+        for res in receive_groups(groups, now):
             if type(res) is not tuple:
                 d._handshake(res, now)
                 continue
             peer, kind, payload = res
-            if kind == DATA or kind == DATA_PARTIAL:
+            if kind & 0xFF == DATA_CHUNK:
+                # payload: the chunks of one run (session.Responder.receive_groups)
+                got = chunks(payload, kind, peer)
+                if got == CONTINUED:
+                    continue        # the run's first chunk, same peer and headers, was checked
+                if not got:
+                    stats["drop_bad_chunk"] += len(payload)
+                    continue
+                run = arrivals.run
+                src = run.src
+                if src == (addr_of if run.ih == 20 else addr6_of).get(peer):
+                    peer_of_src[src] = peer
+                else:
+                    arrivals.drop_run()
+                    stats["drop_spoofed"] += len(payload)
+            elif kind == DATA or kind == DATA_PARTIAL:
                 # forward only what comes from an address we gave this peer
                 v = payload[0] >> 4 if payload else 0
                 if v == 4 and len(payload) >= 20:
@@ -133,20 +148,9 @@ def gateway_udp_to_tun(d) -> None:
             elif kind == CONTROL:
                 stats["control_rx"] += 1
                 frames.append((peer, payload))
-            elif kind & 0xFF == DATA_CHUNK:
-                got = chunk(payload, kind, peer)
-                if got == CONTINUED:
-                    continue        # the run's first chunk, same peer and headers, was checked
-                if not got:
-                    stats["drop_bad_chunk"] += 1
-                    continue
-                run = arrivals.run
-                src = run.src
-                if src == (addr_of if run.ih == 20 else addr6_of).get(peer):
-                    peer_of_src[src] = peer
-                else:
-                    arrivals.drop_run()
-                    stats["drop_spoofed"] += 1
+        if arrivals.bad:
+            stats["drop_bad_chunk"] += arrivals.bad
+            arrivals.bad = 0
         held = False
         items = arrivals.done()
         if items:
@@ -341,23 +345,39 @@ def client_udp_to_tun(d) -> None:
     receiver = off.UdpReceiver(sock)
     vnet = bool(tun.vnet_hdr_len)
     arrivals = off.Arrivals(gso=vnet)
-    packet, chunk = arrivals.packet, arrivals.chunk
-    receive_batch, lock = initiator.receive_batch, d.lock
+    packet, chunks = arrivals.packet, arrivals.chunks
+    receive_groups, lock = initiator.receive_groups, d.lock
     frames = []
     while d.running:
-        datagrams = receiver.recv(UDP_DATAGRAMS)
-        if not datagrams:
+        groups = receiver.recv_groups(UDP_DATAGRAMS)
+        if not groups:
             continue
         now = time.monotonic()
         wall = time.time()
         npkts = nbytes = 0
         by_src: dict[bytes, list[int]] = {}
         # a handshake response is control plane: processed under the daemon's lock
-        for kind, payload, addr in receive_batch(datagrams, now, lock):
+        for kind, payload, addr in receive_groups(groups, now, lock):
             if addr[:2] != d.endpoint:
                 # authenticated traffic from a new address: the gateway moved
                 d.endpoint = addr[:2]
                 d.loop.call_soon_threadsafe(d._spawn, d._gateway_moved())
+            if kind & 0xFF == DATA_CHUNK:
+                # payload: the chunks of one run (session.Initiator.receive_groups)
+                bad = arrivals.bad
+                got = chunks(payload, kind)
+                if not got:
+                    stats["drop_bad_chunk"] += len(payload)
+                    continue
+                if got == NEW:      # a continued run has the same source
+                    run_lengths = by_src.setdefault(arrivals.run.src, [])
+                if arrivals.bad != bad:
+                    payload = payload[:len(payload) - (arrivals.bad - bad)]
+                lengths = list(map(len, payload))
+                run_lengths.extend(lengths)
+                npkts += len(lengths)
+                nbytes += sum(lengths)
+                continue
             if kind == DATA or kind == DATA_PARTIAL:
                 v = payload[0] >> 4 if payload else 0
                 if v == 4 and len(payload) >= 20:
@@ -371,18 +391,13 @@ def client_udp_to_tun(d) -> None:
                 stats["control_rx"] += 1
                 frames.append(payload)
                 continue
-            elif kind & 0xFF == DATA_CHUNK:
-                got = chunk(payload, kind)
-                if not got:
-                    stats["drop_bad_chunk"] += 1
-                    continue
-                if got == NEW:      # a continued run has the same source
-                    run_lengths = by_src.setdefault(arrivals.run.src, [])
-                run_lengths.append(len(payload))
             else:
                 continue
             npkts += 1
             nbytes += len(payload)
+        if arrivals.bad:
+            stats["drop_bad_chunk"] += arrivals.bad
+            arrivals.bad = 0
         items = arrivals.done()
         if items:
             if by_src:

@@ -270,6 +270,13 @@ class Transport:
         return payload
 
 
+def _run_ends(kind: int) -> tuple[int, int]:
+    """A chunk's type word -> (the next chunk's, or -1 after the burst's last;
+    the burst's last chunk's): the batch receivers' run continuation."""
+    last = (kind & 0xFF00FF) | ((kind >> 16) - 1) << 8
+    return (kind + 256 if kind != last else -1), last
+
+
 class _Pending:
     """An initiator handshake in flight. Keeps its inputs so the noise state
     can be rebuilt: a forged RESP that fails to decrypt has already consumed
@@ -426,14 +433,14 @@ class Initiator:
                     if index == cached:
                         if kind == nk:
                             try:
-                                payload = decrypt(nonce(ctr), view[o + 16:end], view[o:o + 16])
+                                payload = decrypt(nonce(ctr), view[o + 16:end], buf[o:o + 16])
                             except InvalidTag:
                                 tstats["bad_mac"] += 1
                                 nk = -1
                                 continue
                             if seen(ctr):
                                 run.append(payload)
-                                nk = kind + 256 if (kind >> 8 & 0xFF) + 1 < kind >> 16 else -1
+                                nk = kind + 256 if kind != last else -1
                             else:
                                 tstats["replay"] += 1
                                 nk = -1
@@ -445,7 +452,7 @@ class Initiator:
                                 if kind & 0xFF == DATA_CHUNK:
                                     run = [payload]
                                     append((kind, run, addr))
-                                    nk = kind + 256 if (kind >> 8 & 0xFF) + 1 < kind >> 16 else -1
+                                    nk, last = _run_ends(kind)
                                 else:
                                     append((kind, payload, addr))
                                     nk = -1
@@ -671,14 +678,14 @@ class Responder:
                     if index == cached:
                         if kind == nk:
                             try:
-                                payload = decrypt(nonce(ctr), view[o + 16:end], view[o:o + 16])
+                                payload = decrypt(nonce(ctr), view[o + 16:end], buf[o:o + 16])
                             except InvalidTag:
                                 tstats["bad_mac"] += 1
                                 nk = -1
                                 continue
                             if seen(ctr):
                                 run.append(payload)
-                                nk = kind + 256 if (kind >> 8 & 0xFF) + 1 < kind >> 16 else -1
+                                nk = kind + 256 if kind != last else -1
                             else:
                                 tstats["replay"] += 1
                                 nk = -1
@@ -694,7 +701,7 @@ class Responder:
                             if kind & 0xFF == DATA_CHUNK:
                                 run = [payload]
                                 append((public, kind, run))
-                                nk = kind + 256 if (kind >> 8 & 0xFF) + 1 < kind >> 16 else -1
+                                nk, last = _run_ends(kind)
                             else:
                                 append((public, kind, payload))
                                 nk = -1
@@ -719,7 +726,7 @@ class Responder:
                     decrypt, seen, tstats = t.opener()
                     if kind & 0xFF == DATA_CHUNK:
                         run = res[2]
-                        nk = kind + 256 if (kind >> 8 & 0xFF) + 1 < kind >> 16 else -1
+                        nk, last = _run_ends(kind)
                 else:
                     cached = -1
         return out

@@ -7,7 +7,8 @@ than the work they do; nothing logs.
 Offloads (tunnelgate.offload): a TUN read may be a 64 KB TCP burst, cut into
 MSS-sized segments here, each sealed as its own datagram (DATA_PARTIAL: the
 TCP checksum is left to the receiving kernel) and sent with UDP GSO; the
-receiver gets several datagrams per recvmsg (UDP GRO) and writes in-order
+receiver gets several datagrams per recvmsg (UDP GRO; the session opens a
+buffer's consecutive chunks of one burst as one run) and writes in-order
 segments of one flow back to its TUN as one GSO frame. Every path falls back
 to one packet per syscall when the kernel lacks the feature.
 

@@ -126,8 +126,8 @@ def gateway_udp_to_tun(d) -> None:
                 if src == (addr_of if run.ih == 20 else addr6_of).get(peer):
                     peer_of_src[src] = peer
                 else:
+                    stats["drop_spoofed"] += len(run.chunks)    # the rest, if any, counted bad
                     arrivals.drop_run()
-                    stats["drop_spoofed"] += len(payload)
             elif kind == DATA or kind == DATA_PARTIAL:
                 # forward only what comes from an address we gave this peer
                 v = payload[0] >> 4 if payload else 0

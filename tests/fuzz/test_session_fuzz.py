@@ -122,3 +122,56 @@ def test_random_bytes_never_raise():
         dg = bytes([rng.randrange(7), 0, 0, 0])[: min(4, n)] + rng.randbytes(max(0, n - 4))
         assert gw.receive(dg, 0.0, "x") is None
         assert client.receive(dg, 0.0) is None
+
+
+def test_receive_groups_with_mutated_chunk_runs_never_raise_nor_accept_a_forgery():
+    """GRO buffers of chunk runs with mutated, replayed, spliced datagrams and
+    any segment size: no exception, only sealed payloads come out, each once."""
+    from tunnelgate import wire
+    rng = random.Random(7)
+    rand = Rand(5)
+    now, wall = 50.0, 10**18
+    client = Initiator(CL, public_key(GW), Timing(), cipher="aesgcm")
+    gw = Responder(GW, Timing(), cipher="aesgcm")
+    hs = gw.receive(client.begin(now, wall, rand(), b"hi"), now, "c")
+    client.receive(gw.accept(hs, now, rand(), b"addr"), now)
+    peer = public_key(CL)
+    sealed_up, sealed_down, got_up, got_down = set(), set(), [], []
+    history = []
+    for _ in range(300):
+        size = rng.choice([40, 300])
+        chunks = [rng.randbytes(size) for _ in range(rng.randint(1, 40))]
+        up = client.seal_batch(wire.DATA_CHUNK, chunks, now)
+        down = gw.seal_batch(peer, wire.DATA_CHUNK, chunks, now)
+        sealed_up.update(chunks)
+        sealed_down.update(chunks)
+        history += up
+        for dgs, receive, got, at in ((up, lambda g: gw.receive_groups(g, now), got_up, 1),
+                                      (down, lambda g: client.receive_groups(g, now), got_down, 0)):
+            dgs = list(dgs)
+            for _ in range(rng.randint(0, 3)):
+                if not dgs:
+                    break
+                i = rng.randrange(len(dgs))
+                op = rng.random()
+                if op < 0.6:
+                    dgs[i] = mutate(rng, dgs[i], history[-200:])
+                elif op < 0.8:
+                    dgs.insert(i, rng.choice(history[-200:]))     # a replay in the run
+                else:
+                    del dgs[i]
+            buf = b"".join(dgs)
+            seg = size + 32 if rng.random() < 0.7 else rng.choice([rng.randint(1, 400), len(buf) + 5])
+            for res in receive([(as_buffer(rng, buf), seg, "c")]):
+                if isinstance(res, tuple) and res[at] & 0xFF == wire.DATA_CHUNK:
+                    assert type(res[at + 1]) is list
+                    got += res[at + 1]
+        now += 0.001
+    for res in gw.receive_groups([(b"", 1, "c"), (bytes(40), 7, "c")], now):
+        raise AssertionError(f"junk opened: {res}")
+    # only what was sealed came out, never twice (each chunk is random: duplicates are replays)
+    assert set(got_up) <= sealed_up and len(got_up) == len(set(got_up)) > 1000
+    assert set(got_down) <= sealed_down and len(got_down) == len(set(got_down)) > 1000
+    assert gw.endpoint(peer) == "c"
+    up = client.seal(DATA, b"alive", now)
+    assert gw.receive(up, now, "c") == (peer, DATA, b"alive")

@@ -463,19 +463,6 @@ class UdpReceiver:
             count += -(-n // seg) or 1
         return out
 
-    def recv(self, limit: int = 128) -> list[tuple[bytes | memoryview, object]]:
-        """recv_groups() cut into (datagram, addr) pairs: memoryviews into the
-        buffer when it holds several."""
-        out: list[tuple[bytes | memoryview, object]] = []
-        for data, seg, addr in self.recv_groups(limit):
-            n = len(data)
-            if seg >= n:
-                out.append((data, addr))
-            else:
-                view = memoryview(data)
-                out.extend((view[i:i + seg], addr) for i in range(0, n, seg))
-        return out
-
 
 # --- chunk records (wire.DATA_CHUNK) ----------------------------------------------------
 

@@ -400,10 +400,6 @@ class Initiator:
 
     # -- receive -----------------------------------------------------------
 
-    def receive_batch(self, datagrams, now: float, resp_lock=None) -> list[tuple[int, object, object]]:
-        """receive_groups() for a list of (datagram, addr)."""
-        return self.receive_groups([(d, len(d) or 1, a) for d, a in datagrams], now, resp_lock)
-
     def receive_groups(self, groups, now: float, resp_lock=None) -> list[tuple[int, object, object]]:
         """receive() for each datagram of each (buffer, segment size, addr) in
         order (see Responder.receive_groups) -> (kind, payload, addr) for each
@@ -639,10 +635,6 @@ class Responder:
         self._unaccepted_ts: dict[bytes, int] = {}
 
     # -- receive -----------------------------------------------------------
-
-    def receive_batch(self, datagrams, now: float) -> list:
-        """receive_groups() for a list of (datagram, addr)."""
-        return self.receive_groups([(d, len(d) or 1, a) for d, a in datagrams], now)
 
     def receive_groups(self, groups, now: float) -> list:
         """receive() for each datagram of each (buffer, segment size, addr), in

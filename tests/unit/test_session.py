@@ -32,11 +32,17 @@ GW_PUB = public_key(GW_PRIV)
 CL_PUB = public_key(CL_PRIV)
 
 
+def groups(datagrams) -> list:
+    """(datagram, addr) pairs -> receive_groups' input, one datagram per buffer
+    (memoryviews, as a receive buffer gives them)."""
+    return [(memoryview(dg), len(dg) or 1, addr) for dg, addr in datagrams]
+
+
 class Lab:
     """A client and a gateway joined by two in-memory queues, a fake clock,
     and a gateway "daemon" that accepts every handshake."""
 
-    batch = False   # deliver through receive_batch (set per test run by the fixture below)
+    batch = False   # deliver through receive_groups (set per test run by the fixture below)
 
     def __init__(self, timing=Timing(), cipher="chacha", addr="c1"):
         self.timing = timing
@@ -80,7 +86,7 @@ class Lab:
             if self.gw_block:
                 up = []
             if self.batch:
-                got = self.gw.receive_batch([(memoryview(dg), addr) for addr, dg in up], self.now)
+                got = self.gw.receive_groups(groups((dg, addr) for addr, dg in up), self.now)
             else:
                 got = [self.gw.receive(dg, self.now, addr) for addr, dg in up]
             for r in got:
@@ -92,7 +98,7 @@ class Lab:
                         self.gw_got.append(r[1:])
             down, self.to_cl = self.to_cl, []
             if self.batch:
-                got = [r[:2] for r in self.client.receive_batch([(memoryview(dg), "gw") for dg in down], self.now)]
+                got = [r[:2] for r in self.client.receive_groups(groups((dg, "gw") for dg in down), self.now)]
             else:
                 got = [self.client.receive(dg, self.now) for dg in down]
             for r in got:
@@ -128,7 +134,7 @@ class Lab:
 
 @pytest.fixture(autouse=True, params=[False, True], ids=["one-by-one", "batch"])
 def _delivery(request, monkeypatch):
-    """Every test runs twice: datagrams delivered through receive() and through receive_batch()."""
+    """Every test runs twice: datagrams delivered through receive() and through receive_groups()."""
     monkeypatch.setattr(Lab, "batch", request.param)
 
 
@@ -594,7 +600,7 @@ def _stream(lab, rnd, n=400):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_receive_batch_equals_receive_one_by_one(seed):
+def test_receive_groups_equals_receive_one_by_one(seed):
     # two labs built from the same inputs hold the same keys
     one, many = Lab().connect(), Lab().connect()
     rnd = random.Random(seed)
@@ -604,7 +610,7 @@ def test_receive_batch_equals_receive_one_by_one(seed):
     i = 0
     while i < len(stream):
         k = rnd.randrange(1, 60)
-        got += many.gw.receive_batch([(memoryview(dg), a) for dg, a in stream[i:i + k]], many.now)
+        got += many.gw.receive_groups(groups(stream[i:i + k]), many.now)
         i += k
     assert [r if type(r) is tuple else ("hs", r.peer_public, r.addr) for r in got] == \
            [r if type(r) is tuple else ("hs", r.peer_public, r.addr) for r in want]
@@ -620,5 +626,5 @@ def test_receive_batch_equals_receive_one_by_one(seed):
         if rnd.random() < 0.1:
             down.append(dg[:-1] + bytes([dg[-1] ^ 1]))
     want = [(k, p) for k, p in (r for r in (one.client.receive(dg, one.now) for dg in down) if r is not None)]
-    got = [(k, p) for k, p, _ in many.client.receive_batch([(memoryview(dg), "gw") for dg in down], many.now)]
+    got = [(k, p) for k, p, _ in many.client.receive_groups(groups((dg, "gw") for dg in down), many.now)]
     assert got == want and many.client.stats == one.client.stats

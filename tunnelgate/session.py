@@ -270,11 +270,42 @@ class Transport:
         return payload
 
 
-def _run_ends(kind: int) -> tuple[int, int]:
-    """A chunk's type word -> (the next chunk's, or -1 after the burst's last;
-    the burst's last chunk's): the batch receivers' run continuation."""
-    last = (kind & 0xFF00FF) | ((kind >> 16) - 1) << 8
-    return (kind + 256 if kind != last else -1), last
+def _extend_run(buf, view, o: int, n: int, seg: int, kind: int, index: int, opener, run: list) -> int:
+    """A chunk of type word `kind` just opened on key `index` and started
+    `run`: open the datagrams from buf[o] on (every `seg` bytes, up to n) that
+    continue it (the burst's next type words, same key), decrypted and
+    replay-checked here, with no call or result of their own, their payloads
+    appended to `run`. Returns the offset of the first datagram left to the
+    caller; one that fails the AEAD or the replay window is counted, skipped
+    and ends the run. The batch receivers' hot loop: most datagrams of a bulk
+    transfer pass only here."""
+    last = (kind & 0xFF00FF) | ((kind >> 16) - 1) << 8      # the burst's last chunk's type word
+    if kind == last:
+        return o
+    decrypt, seen, stats = opener
+    unpack, nonce = TRANSPORT_HDR.unpack_from, NONCE.pack
+    nk = kind + 256
+    for o in range(o, n, seg):
+        if n - o < TRANSPORT_MIN:
+            return o
+        k, i, ctr = unpack(buf, o)
+        if k != nk or i != index:
+            return o
+        try:
+            payload = decrypt(nonce(ctr), view[o + 16:o + seg], buf[o:o + 16])
+        except InvalidTag:
+            stats["bad_mac"] += 1
+            return o + seg
+        if not seen(ctr):
+            stats["replay"] += 1
+            return o + seg
+        run.append(payload)
+        if k == last:
+            # what follows is not this burst's; a datagram claiming a chunk past
+            # the last is malformed, for receive() to count as such
+            return o + seg
+        nk = k + 256
+    return n
 
 
 class _Pending:
@@ -408,53 +439,36 @@ class Initiator:
         response is processed (the lock the caller holds around begin() and poll())."""
         out = []
         append = out.append
-        unpack, kinds, nonce = TRANSPORT_HDR.unpack_from, OPENABLE_KINDS, NONCE.pack
+        unpack, kinds = TRANSPORT_HDR.unpack_from, OPENABLE_KINDS
         t = self._current
         if t is not None and now - t.created_at < self.timing.reject_after_s:
-            cached, open_body = t.local_index, t.open_body
-            decrypt, seen, tstats = t.opener()
+            cached, open_body, opener = t.local_index, t.open_body, t.opener()
         else:
             cached = -1
         opened = False
-        run = None
         for buf, seg, addr in groups:
             view = memoryview(buf)
             n = len(buf)
             whole = seg >= TRANSPORT_MIN
-            nk = -1             # the type word that continues `run`
-            for o in range(0, n or 1, seg):
+            o, stop = 0, n or 1
+            while o < stop:
                 end = o + seg
                 if whole and n - o >= TRANSPORT_MIN:
                     kind, index, ctr = unpack(buf, o)
-                    if index == cached:
-                        if kind == nk:
-                            try:
-                                payload = decrypt(nonce(ctr), view[o + 16:end], buf[o:o + 16])
-                            except InvalidTag:
-                                tstats["bad_mac"] += 1
-                                nk = -1
-                                continue
-                            if seen(ctr):
-                                run.append(payload)
-                                nk = kind + 256 if kind != last else -1
+                    if index == cached and kind in kinds:
+                        payload = open_body(view[o:end], ctr)
+                        o = end
+                        if payload is not None:
+                            opened = True
+                            if kind & 0xFF == DATA_CHUNK:
+                                run = [payload]
+                                append((kind, run, addr))
+                                o = _extend_run(buf, view, o, n, seg, kind, cached, opener, run)
                             else:
-                                tstats["replay"] += 1
-                                nk = -1
-                            continue
-                        if kind in kinds:
-                            payload = open_body(view[o:end], ctr)
-                            if payload is not None:
-                                opened = True
-                                if kind & 0xFF == DATA_CHUNK:
-                                    run = [payload]
-                                    append((kind, run, addr))
-                                    nk, last = _run_ends(kind)
-                                else:
-                                    append((kind, payload, addr))
-                                    nk = -1
-                            continue
-                nk = -1
+                                append((kind, payload, addr))
+                        continue
                 datagram = bytes(view[o:end])
+                o = end
                 if resp_lock is not None and datagram[:1] == b"\x02":
                     with resp_lock:
                         res = self.receive(datagram, now)
@@ -653,53 +667,36 @@ class Responder:
         call or result of its own; anything else goes through receive()."""
         out = []
         append = out.append
-        unpack, kinds, nonce = TRANSPORT_HDR.unpack_from, OPENABLE_KINDS, NONCE.pack
+        unpack, kinds = TRANSPORT_HDR.unpack_from, OPENABLE_KINDS
         cached = -1
-        peer = open_body = public = decrypt = seen = tstats = run = None
+        peer = open_body = public = opener = None
         for buf, seg, addr in groups:
             view = memoryview(buf)
             n = len(buf)
             whole = seg >= TRANSPORT_MIN
-            # the type word that continues `run`; none at a buffer's start, so the
-            # first datagram of each buffer updates its peer's endpoint
-            nk = -1
-            for o in range(0, n or 1, seg):
+            o, stop = 0, n or 1
+            while o < stop:
                 end = o + seg
                 if whole and n - o >= TRANSPORT_MIN:
                     kind, index, ctr = unpack(buf, o)
-                    if index == cached:
-                        if kind == nk:
-                            try:
-                                payload = decrypt(nonce(ctr), view[o + 16:end], buf[o:o + 16])
-                            except InvalidTag:
-                                tstats["bad_mac"] += 1
-                                nk = -1
-                                continue
-                            if seen(ctr):
-                                run.append(payload)
-                                nk = kind + 256 if kind != last else -1
-                            else:
-                                tstats["replay"] += 1
-                                nk = -1
+                    if index == cached and kind in kinds:
+                        payload = open_body(view[o:end], ctr)
+                        o = end
+                        if payload is None:
                             continue
-                        if kind in kinds:
-                            payload = open_body(view[o:end], ctr)
-                            if payload is None:
-                                continue
-                            if peer.endpoint != addr:
-                                peer.endpoint = addr
-                            if peer.unacked_since is None:
-                                peer.unacked_since = now
-                            if kind & 0xFF == DATA_CHUNK:
-                                run = [payload]
-                                append((public, kind, run))
-                                nk, last = _run_ends(kind)
-                            else:
-                                append((public, kind, payload))
-                                nk = -1
-                            continue
-                nk = -1
+                        if peer.endpoint != addr:
+                            peer.endpoint = addr
+                        if peer.unacked_since is None:
+                            peer.unacked_since = now
+                        if kind & 0xFF == DATA_CHUNK:
+                            run = [payload]
+                            append((public, kind, run))
+                            o = _extend_run(buf, view, o, n, seg, kind, cached, opener, run)
+                        else:
+                            append((public, kind, payload))
+                        continue
                 datagram = bytes(view[o:end])
+                o = end
                 res = self.receive(datagram, now, addr)
                 if res is None:
                     continue
@@ -714,11 +711,9 @@ class Responder:
                 entry = self._by_index.get(INDEX.unpack_from(datagram, 4)[0])
                 if entry is not None and entry[1] is entry[0].current:
                     peer, t = entry
-                    cached, public, open_body = t.local_index, peer.public, t.open_body
-                    decrypt, seen, tstats = t.opener()
+                    cached, public, open_body, opener = t.local_index, peer.public, t.open_body, t.opener()
                     if kind & 0xFF == DATA_CHUNK:
-                        run = res[2]
-                        nk, last = _run_ends(kind)
+                        o = _extend_run(buf, view, o, n, seg, kind, cached, opener, res[2])
                 else:
                     cached = -1
         return out

@@ -162,6 +162,46 @@ emit({"empty": empty, "waited": waited, "errs": errs, "down": down, "stats": t.s
     assert res["after_close"] == [] and res["gone"]
 
 
+def test_held_wakeups_keep_a_waiter_asleep_until_released(lab):
+    # a packet routed into the TUN while wakeups are held does not wake a
+    # thread blocked in wait_readable; releasing them wakes it at once
+    res = ns_json(lab, lab.gw, r'''
+import socket, threading
+t = Tun("tgs0", 1400)
+routes.configure_interface("tgs0", "100.64.0.1/24", 1400)
+time.sleep(0.3)
+t.read_frames(64, 0)                       # what the interface sent when it came up
+woke = []
+def waiter():
+    for _ in range(2):
+        if t.wait_readable(5):
+            woke.append(time.monotonic())
+            t.read_frames(64, 0)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def send():
+    s.sendto(b"x" * 20, ("100.64.0.2", 9))   # routed into the TUN
+th = threading.Thread(target=waiter); th.start()
+time.sleep(0.2)
+send()                                     # not held: wakes it
+time.sleep(0.3)
+woke_free = len(woke)
+time.sleep(0.2)                            # the waiter is blocked again
+t.hold_wakeups()
+send()
+time.sleep(0.4)
+woke_held = len(woke)
+released = time.monotonic()
+t.release_wakeups()
+th.join(6)
+t.close()
+emit({"woke_free": woke_free, "woke_held": woke_held, "woke": len(woke),
+      "after_release_s": woke[-1] - released if len(woke) == 2 else None})
+''')
+    assert res["woke_free"] == 1, res
+    assert res["woke_held"] == 1, res              # the held packet did not wake it
+    assert res["woke"] == 2 and res["after_release_s"] < 0.2, res
+
+
 # -- gateway setup ----------------------------------------------------------------------
 
 GW_FLOW = r'''

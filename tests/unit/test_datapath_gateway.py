@@ -34,6 +34,12 @@ class FakeTun:
         self.frames = []
         self.replies = []       # what the kernel queues on the TUN once a frame is written
 
+    def hold_wakeups(self):
+        pass
+
+    def release_wakeups(self):
+        pass
+
     def write_frames(self, frames):
         self.frames += [b"".join(f) if type(f) is list else f for f in frames]
         return len(frames)

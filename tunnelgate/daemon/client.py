@@ -66,6 +66,8 @@ class ClientDaemon(Daemon):
         self.engine = clp.ClientEngine(cfg.policy)
         self.engine.prepay_msat = cfg.payment.prepay_msat
         self.elock = threading.Lock()
+        # held by the data-path thread that reads the TUN and sends (see datapath.client_tun_to_udp)
+        self.tun_lock = threading.Lock()
         self.events = EventLog(self.store)
         self.channels = Channels(self._send_control)
         self.saver = Saver(self.store, self.engine, self.elock)

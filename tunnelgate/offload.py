@@ -434,16 +434,17 @@ class UdpReceiver:
         self.gro = gro and enable_udp_gro(sock)
         self.bufsize = bufsize
 
-    def recv_groups(self, limit: int = 128) -> list[tuple[bytes, int, object]]:
+    def recv_groups(self, limit: int = 128, block: bool = True) -> list[tuple[bytes, int, object]]:
         """(buffer, segment size, addr) per receive, until about `limit`
         datagrams: the buffer holds datagrams of `segment size` bytes back to
         back, the last possibly shorter (one datagram: its own length).
-        session.Responder/Initiator.receive_groups take these as they are."""
+        session.Responder/Initiator.receive_groups take these as they are.
+        `block` False: only what is queued, never waiting."""
         out: list[tuple[bytes, int, object]] = []
         append = out.append
         recv = self.sock.recvmsg
         bufsize = self.bufsize
-        flags = 0
+        flags = 0 if block else socket.MSG_DONTWAIT
         count = 0
         while count < limit:
             try:

@@ -30,6 +30,7 @@ import struct
 import pytun
 
 from . import offload as off
+from .wakeups import Wakeups
 
 __all__ = ["Tun", "TunError"]
 
@@ -63,9 +64,6 @@ def _explain_open_error(name: str, exc: BaseException) -> TunError:
         return TunError(f"cannot open TUN {name!r}: {text}: is {name!r} an existing non-TUN "
                         f"interface? pick another tun name")
     return TunError(f"cannot open TUN {name!r}: {text}")
-
-
-_WAIT_ARMED = select.EPOLLIN | select.EPOLLONESHOT
 
 
 class Tun:
@@ -114,10 +112,8 @@ class Tun:
             raise TunError(f"cannot configure TUN {self.name!r} (MTU {mtu}): {exc}") from exc
         self._rpoll = select.poll()
         self._rpoll.register(self._fd, select.POLLIN)
-        # a poll object is not to be shared by threads: wait_readable() has its
-        # own, one-shot so that hold_wakeups() can keep its waiter asleep
-        self._waitep = select.epoll()
-        self._waitep.register(self._fd, 0)
+        # a poll object is not to be shared by threads: wait_readable() has its own
+        self._wakeups = Wakeups(self._fd)
         self._wpoll = select.poll()
         self._wpoll.register(self._fd, select.POLLOUT)
         self.closed = False
@@ -136,30 +132,18 @@ class Tun:
         calls read_frames(..., 0), which never polls."""
         if self.closed:
             return False
-        try:
-            self._waitep.modify(self._fd, _WAIT_ARMED)
-            events = self._waitep.poll(max(0.0, timeout))
-        except (OSError, ValueError):
-            return False
-        return bool(events) and bool(events[0][1] & select.EPOLLIN) and not self.closed
+        return self._wakeups.wait(timeout) and not self.closed
 
     def hold_wakeups(self) -> None:
-        """Until release_wakeups(), what arrives does not wake wait_readable():
-        for a thread about to write packets whose replies (TCP ACKs, pings
-        answered nearby) the kernel queues on this TUN during the write, and
-        which it reads and sends itself right after (daemon/datapath.py).
-        Waking the other thread for them costs far more CPU than sending them."""
-        try:
-            self._waitep.modify(self._fd, 0)
-        except (OSError, ValueError):
-            pass
+        """Until release_wakeups(), what arrives does not wake wait_readable()
+        (tunnelgate.wakeups): for a thread about to write packets whose replies
+        the kernel queues on this TUN during the write, and which it reads and
+        sends itself right after (daemon/datapath.py)."""
+        self._wakeups.hold()
 
     def release_wakeups(self) -> None:
         """End hold_wakeups(): whatever is still queued wakes the waiter now."""
-        try:
-            self._waitep.modify(self._fd, _WAIT_ARMED)
-        except (OSError, ValueError):
-            pass
+        self._wakeups.release()
 
     def __repr__(self) -> str:
         return f"<Tun {self.name} fd={self._fd}{' closed' if self.closed else ''}>"
@@ -288,7 +272,7 @@ class Tun:
                 p.unregister(self._fd)
             except (KeyError, ValueError, OSError):
                 pass
-        self._waitep.close()
+        self._wakeups.close()
         try:
             self._dev.close()
         except (pytun.Error, OSError):

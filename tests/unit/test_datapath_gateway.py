@@ -18,6 +18,7 @@ from tunnelgate import wire
 from tunnelgate.daemon import datapath
 from tunnelgate.daemon.gateway import GatewayDaemon
 from tunnelgate.meter import FORWARD
+from tunnelgate.wakeups import Wakeups
 
 from test_chunks import burst
 from test_offload import ipv4_tcp
@@ -80,7 +81,8 @@ class Gateway:
         self.addr_of, self.addr6_of = {CL_PUB: OWN}, {}
         self.peer_of = {OWN: CL_PUB}
         self.chunk_peers = {CL_PUB}
-        self.elock, self.tun_lock = threading.Lock(), threading.Lock()
+        self.elock, self.tun_lock, self.udp_lock = threading.Lock(), threading.Lock(), threading.Lock()
+        self.udp_wakeups = Wakeups(self.sock.fileno())
         self.engine = ForwardAll()
         self.running = True
 

@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..net import setup as netsetup
+from ..wakeups import Wakeups
 from .control import ControlError, ControlServer
 from .store import Store
 
@@ -162,6 +163,8 @@ class Daemon:
                 except OSError as e:
                     raise DaemonError(f"cannot serve metrics on {self.cfg.metrics_listen[0]}:"
                                       f"{self.cfg.metrics_listen[1]}: {e.strerror}; change [metrics] listen") from None
+            # held by whichever data-path thread receives from the socket (datapath._receive_loop)
+            self.udp_lock, self.udp_wakeups = threading.Lock(), Wakeups(self.sock.fileno())
             for name, target in self.workers():
                 t = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
                 t.start()
@@ -181,6 +184,8 @@ class Daemon:
             self.running = False
             for t in self.threads:
                 t.join(timeout=2)
+            if getattr(self, "udp_wakeups", None) is not None:
+                self.udp_wakeups.close()
             await control.close()
             self.shutdown()
             await self.net(netsetup.teardown, self.paths["net"])

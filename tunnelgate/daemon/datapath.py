@@ -4,6 +4,13 @@ Each function runs a loop until `d.running` is false. They read the daemon's
 attributes once into locals because attribute lookups per packet cost more
 than the work they do; nothing logs.
 
+Each direction's work brings packets the other way: a TUN write brings the
+replies the kernel produced while taking it, a burst sent brings the peer's
+ACKs. The thread that is busy takes those itself, holding the other thread's
+wakeups meanwhile (tunnelgate.wakeups): waking a thread per ACK cost more CPU
+than handling the ACK. d.tun_lock and d.udp_lock say which thread reads the
+TUN or the socket at a time, so reads and sends keep their order.
+
 Offloads (tunnelgate.offload): a TUN read may be a 64 KB TCP burst, cut into
 MSS-sized segments here, each sealed as its own datagram (DATA_PARTIAL: the
 TCP checksum is left to the receiving kernel) and sent with UDP GSO; the
@@ -90,21 +97,25 @@ def _tun_frames(items: list, vnet: bool) -> list[bytes]:
 # --- gateway ----------------------------------------------------------------------------
 
 def gateway_udp_to_tun(d) -> None:
-    sock, responder, tun, stats = d.sock, d.responder, d.tun, d.stats
+    """Peers -> TUN (see _receive_loop)."""
+    _receive_loop(d, _gateway_udp_handler(d))
+
+
+def _gateway_udp_handler(d):
+    """handle(groups): open, check, meter and write to the TUN one batch of
+    received datagrams (callers hold d.udp_lock)."""
+    responder, tun, stats = d.responder, d.tun, d.stats
     addr_of, addr6_of = d.addr_of, d.addr6_of
     elock, engine = d.elock, d.engine
     outbound, outbound_burst = engine.outbound, engine.outbound_burst
-    receiver = off.UdpReceiver(sock)
     vnet = bool(tun.vnet_hdr_len)
     arrivals = off.Arrivals(gso=vnet)
     packet, chunks = arrivals.packet, arrivals.chunks
     receive_groups = responder.receive_groups
     lock, read_tun, tun_handle = d.tun_lock, tun.read_frames, _gateway_tun_handler(d)
-    frames = []
-    while d.running:
-        groups = receiver.recv_groups(UDP_DATAGRAMS)
-        if not groups:
-            continue
+
+    def handle(groups) -> None:
+        frames = []
         now = time.monotonic()
         wall = time.time()
         peer_of_src = {}
@@ -166,8 +177,9 @@ def gateway_udp_to_tun(d) -> None:
                 tun.release_wakeups()
         if frames or held:
             # a held packet waits for a proposal: send it now, not at the next tick
-            batch, frames = frames, []
-            d.loop.call_soon_threadsafe(d._control_in, batch)
+            d.loop.call_soon_threadsafe(d._control_in, frames)
+
+    return handle
 
 
 def _gateway_meter(items, peer_of_src, elock, outbound, outbound_burst, wall, vnet, stats):
@@ -233,16 +245,49 @@ def _gateway_meter(items, peer_of_src, elock, outbound, outbound_burst, wall, vn
 
 
 def gateway_tun_to_udp(d) -> None:
-    """TUN -> peers. d.tun_lock is held by whichever thread reads the TUN and
-    sends what it read, so reads and sends stay in order."""
+    """TUN -> peers (see _send_loop)."""
+    _send_loop(d, _gateway_tun_handler(d), _gateway_udp_handler(d))
+
+
+def _receive_loop(d, handle) -> None:
+    """The udp-to-tun thread. d.udp_lock is held by whichever thread receives
+    from the socket and handles what it got: this one, or the tun-to-udp
+    thread taking the datagrams its own sends brought back (_send_loop)."""
+    recv = off.UdpReceiver(d.sock).recv_groups
+    lock, wakeups = d.udp_lock, d.udp_wakeups
+    while d.running:
+        with lock:
+            groups = recv(UDP_DATAGRAMS, False)
+            if groups:
+                handle(groups)
+                continue
+        wakeups.wait(0.5)
+
+
+def _send_loop(d, handle, handle_datagrams) -> None:
+    """The tun-to-udp thread. d.tun_lock is held by whichever thread reads the
+    TUN and sends what it read, so reads and sends stay in order. While it
+    works, the datagrams that arrive (the peer's ACKs for what it sends) do
+    not wake the udp-to-tun thread: this thread takes them after each batch
+    (tunnelgate.wakeups)."""
     tun, lock = d.tun, d.tun_lock
-    handle = _gateway_tun_handler(d)
     read = tun.read_frames
+    recv = off.UdpReceiver(d.sock).recv_groups
+    udp_lock, udp_wakeups = d.udp_lock, d.udp_wakeups
     while d.running:
         with lock:
             frames = read(TUN_READS, 0)
             if frames:
+                udp_wakeups.hold()
                 handle(frames)
+                if udp_lock.acquire(False):
+                    try:
+                        groups = recv(UDP_DATAGRAMS, False)
+                        if groups:
+                            handle_datagrams(groups)
+                    finally:
+                        udp_lock.release()
+                udp_wakeups.release()
                 continue
         # wait outside the lock: meanwhile the udp-to-tun thread may take
         # what its own TUN writes produce (see _take_replies)
@@ -345,20 +390,24 @@ def _wake(d) -> None:
 
 
 def client_udp_to_tun(d) -> None:
-    sock, initiator, tun, stats = d.sock, d.initiator, d.tun, d.stats
+    """The gateway -> TUN (see _receive_loop)."""
+    _receive_loop(d, _client_udp_handler(d))
+
+
+def _client_udp_handler(d):
+    """handle(groups): open, meter and write to the TUN one batch of received
+    datagrams (callers hold d.udp_lock)."""
+    initiator, tun, stats = d.initiator, d.tun, d.stats
     DONE = sess.HANDSHAKE_DONE
     elock, inbound, engine, fits = d.elock, d.engine.inbound, d.engine, d.engine.fits
-    receiver = off.UdpReceiver(sock)
     vnet = bool(tun.vnet_hdr_len)
     arrivals = off.Arrivals(gso=vnet)
     packet, chunks = arrivals.packet, arrivals.chunks
     receive_groups, lock = initiator.receive_groups, d.lock
     tun_lock, read_tun, tun_handle = d.tun_lock, tun.read_frames, _client_tun_handler(d)
-    frames = []
-    while d.running:
-        groups = receiver.recv_groups(UDP_DATAGRAMS)
-        if not groups:
-            continue
+
+    def handle(groups) -> None:
+        frames = []
         now = time.monotonic()
         wall = time.time()
         npkts = nbytes = 0
@@ -426,24 +475,14 @@ def client_udp_to_tun(d) -> None:
             _take_replies(tun_lock, read_tun, tun_handle)
             tun.release_wakeups()
         if frames:
-            batch, frames = frames, []
-            d.loop.call_soon_threadsafe(d._control_in, batch)
+            d.loop.call_soon_threadsafe(d._control_in, frames)
+
+    return handle
 
 
 def client_tun_to_udp(d) -> None:
-    """TUN -> the gateway. d.tun_lock is held by whichever thread reads the TUN
-    and sends what it read, so reads and sends stay in order."""
-    tun, lock = d.tun, d.tun_lock
-    handle = _client_tun_handler(d)
-    read = tun.read_frames
-    while d.running:
-        with lock:
-            frames = read(TUN_READS, 0)
-            if frames:
-                handle(frames)
-                continue
-        if not tun.wait_readable(0.5) and tun.closed:
-            time.sleep(0.05)
+    """TUN -> the gateway (see _send_loop)."""
+    _send_loop(d, _client_tun_handler(d), _client_udp_handler(d))
 
 
 def _client_tun_handler(d):

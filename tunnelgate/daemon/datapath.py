@@ -296,7 +296,7 @@ def _send_loop(d, handle, handle_datagrams) -> None:
 
 
 def _take_replies(lock, read, handle) -> None:
-    """Called by a udp-to-tun thread right after its TUN write, between
+    """Called right after a TUN write of received datagrams, between
     tun.hold_wakeups() and tun.release_wakeups(). A reply the kernel produced
     while taking the write (a TCP ACK from a local or nearby receiver, a ping
     answered) is already queued on the TUN: seal and send it from this
@@ -305,7 +305,9 @@ def _take_replies(lock, read, handle) -> None:
     cold caches (idle ping RTT -0.2 to -0.3 ms), and under load one wake-up
     per ACK (measured: the gateway's tun-to-udp thread woke 3000 times/s
     during an upload, 0.16 CPU; with the hold 600 times/s, 0.04 CPU).
-    Skipped when the tun-to-udp thread is busy."""
+    Skipped when d.tun_lock is taken: the tun-to-udp thread is reading the
+    TUN (it may be this thread, handling datagrams it took in _send_loop) and
+    gets the replies next."""
     if lock.acquire(False):
         try:
             frames = read(TUN_READS, 0)

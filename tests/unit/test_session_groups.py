@@ -138,3 +138,20 @@ def test_the_client_ends_a_run_at_anything_between_its_chunks_too():
     got = lab.client.receive_groups([(b"".join(dgs[:2] + [data] + dgs[2:]), len(data), "gw")], lab.now)
     assert got == [(wire.chunk_kind(0, 4), chunks[:2], "gw"), (CONTROL, b"y" * 100, "gw"),
                    (wire.chunk_kind(2, 4), chunks[2:], "gw")]
+
+
+def test_the_key_remembered_between_calls_is_dropped_with_its_peer_and_expires():
+    lab = Lab().connect()
+    dg = lambda: lab.client.seal(DATA, b"z" * 40, lab.now)    # noqa: E731
+    one = lambda d: lab.gw.receive_groups([(d, len(d), "c1")], lab.now)   # noqa: E731
+    assert one(dg()) == [(CL_PUB, DATA, b"z" * 40)]
+    assert one(dg()) == [(CL_PUB, DATA, b"z" * 40)]             # the remembered key
+    # expired: refused as receive() refuses it, even for the remembered key
+    late = dg()
+    lab.now += lab.timing.reject_after_s
+    assert one(late) == [] and lab.gw.stats["expired"] == 1
+    lab.now -= lab.timing.reject_after_s
+    assert one(dg()) == [(CL_PUB, DATA, b"z" * 40)]
+    # a forgotten peer's key opens nothing any more
+    lab.gw.forget(CL_PUB)
+    assert one(dg()) == [] and lab.gw.stats["unknown_index"] == 1

@@ -496,7 +496,7 @@ def tcp_chunks(pkt: bytes, mss: int) -> list[bytes] | None:
 
 class ChunkRun:
     """Received chunks index first, first+1, ... of one burst (same template).
-    `frame()` is what the TUN gets: one GSO frame for two or more chunks;
+    `frame_parts()` is what the TUN gets: one GSO frame for two or more chunks;
     `segments()` rebuilds each chunk's own DATA_PARTIAL segment (per-packet
     metering, TUNs without offloads)."""
 
@@ -550,12 +550,9 @@ class ChunkRun:
         hdr[ih + 16:ih + 18] = fold(pseudo).to_bytes(2, "big")
         return hdr
 
-    def frame(self) -> bytes:
-        """virtio-net frame: GSO for two or more chunks, else one NEEDS_CSUM packet."""
-        return b"".join(self.frame_parts())
-
     def frame_parts(self) -> list:
-        """frame() as a list of buffers for one writev (Tun.write_frames): the
+        """The virtio-net frame (GSO for two or more chunks, else one NEEDS_CSUM
+        packet) as a list of buffers for one writev (Tun.write_frames): the
         chunks' payloads are not joined into one bytes object first."""
         hl, ih, chunks = self.hl, self.ih, self.chunks
         payload_len = sum(map(len, chunks)) - hl * len(chunks)

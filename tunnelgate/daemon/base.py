@@ -120,6 +120,9 @@ class Daemon:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = None
         self.store: Store | None = None
+        # held by whichever data-path thread receives from the socket (datapath._receive_loop)
+        self.udp_lock = threading.Lock()
+        self.udp_wakeups: Wakeups | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -163,8 +166,7 @@ class Daemon:
                 except OSError as e:
                     raise DaemonError(f"cannot serve metrics on {self.cfg.metrics_listen[0]}:"
                                       f"{self.cfg.metrics_listen[1]}: {e.strerror}; change [metrics] listen") from None
-            # held by whichever data-path thread receives from the socket (datapath._receive_loop)
-            self.udp_lock, self.udp_wakeups = threading.Lock(), Wakeups(self.sock.fileno())
+            self.udp_wakeups = Wakeups(self.sock.fileno())
             for name, target in self.workers():
                 t = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
                 t.start()
@@ -184,7 +186,7 @@ class Daemon:
             self.running = False
             for t in self.threads:
                 t.join(timeout=2)
-            if getattr(self, "udp_wakeups", None) is not None:
+            if self.udp_wakeups is not None:
                 self.udp_wakeups.close()
             await control.close()
             self.shutdown()

@@ -1,0 +1,147 @@
+"""The data-path threads taking what their own work brought back, with real
+sessions and UDP sockets on loopback and a TUN stand-in, no other thread
+running: the gateway's tun-to-udp thread takes the datagrams waiting on its
+socket after a batch of its own (holding the receiving thread's wakeups
+meanwhile), and the client's receiving thread sends the reply its TUN write
+produced."""
+
+from __future__ import annotations
+
+import collections
+import socket
+import threading
+import time
+
+from tunnelgate import offload as off
+from tunnelgate.daemon import datapath
+from tunnelgate.session import DATA
+from tunnelgate.wakeups import Wakeups
+
+from test_datapath_gateway import OWN, FakeTun, Gateway
+from test_offload import ipv4_tcp
+from test_session import CL_PUB, Lab
+
+UPSTREAM = bytes([198, 18, 2, 2])
+
+
+def _tcp(src: bytes, dst: bytes, payload: bytes = b"") -> bytes:
+    pkt = bytearray(ipv4_tcp(payload, seq=1, flags=off.ACK))
+    pkt[12:16], pkt[16:20] = src, dst
+    return bytes(pkt)
+
+
+class QueuedTun(FakeTun):
+    """FakeTun whose first read returns `queued` (what the kernel routed to the TUN)."""
+
+    def __init__(self, queued):
+        super().__init__()
+        self.queued = list(queued)
+
+    def read_frames(self, max_reads, timeout):
+        if self.queued:
+            out, self.queued = self.queued, []
+            return out
+        return super().read_frames(max_reads, timeout)
+
+    def wait_readable(self, timeout):
+        time.sleep(0.01)
+        return False
+
+
+class RecordedWakeups(Wakeups):
+    def __init__(self, fd, log):
+        super().__init__(fd)
+        self.log = log
+
+    def hold(self):
+        self.log.append("hold")
+        super().hold()
+
+    def release(self):
+        self.log.append("release")
+        super().release()
+
+
+def _run(target, d, until, timeout=5.0):
+    worker = threading.Thread(target=target, args=(d,), daemon=True)
+    worker.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not until() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        d.running = False
+        worker.join(2)
+
+
+def test_the_gateway_sender_takes_the_datagrams_waiting_after_its_batch():
+    lab = Lab()
+    lab.now = time.monotonic()
+    lab.connect()
+    gw = Gateway(lab.gw)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(5)
+    lab.gw._peers[CL_PUB].endpoint = peer.getsockname()
+    down, up = _tcp(UPSTREAM, OWN, b"d" * 100), _tcp(OWN, UPSTREAM)
+    gw.tun = QueuedTun([off.VNET_PLAIN + down])
+    log = []
+    gw.udp_wakeups = RecordedWakeups(gw.sock.fileno(), log)
+    # the peer's ACK is already waiting on the gateway's socket
+    peer.sendto(lab.client.seal(DATA, up, lab.now), gw.sock.getsockname())
+    time.sleep(0.05)
+    try:
+        _run(datapath.gateway_tun_to_udp, gw, lambda: gw.tun.frames)
+        kind, payload = lab.client.receive(peer.recv(2048), lab.now)   # what the TUN read went out as
+        assert payload == down
+    finally:
+        peer.close()
+        gw.sock.close()
+    # no udp-to-tun thread ran: this thread took the datagram, between hold and release
+    assert [f[off.VNET_LEN:] for f in gw.tun.frames] == [up]
+    assert log[:2] == ["hold", "release"]
+    assert gw.stats["rx_packets"] == 1
+
+
+class Engine:
+    """The client engine's data-path calls: everything fits, nothing to say."""
+    has_output = False
+
+    def fits(self, addr, total, now):
+        return True
+
+    def inbound(self, src, total, now):
+        pass
+
+    def outbound_burst(self, dst, total, n, now):
+        pass
+
+
+def test_the_client_receiver_sends_the_reply_its_tun_write_produced():
+    lab = Lab()
+    lab.now = time.monotonic()
+    lab.connect()
+    gateway = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    gateway.bind(("127.0.0.1", 0))
+    gateway.settimeout(5)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    d = type("Client", (), {})()
+    d.sock, d.initiator, d.tun, d.engine = sock, lab.client, FakeTun(), Engine()
+    d.stats = collections.Counter()
+    d.elock, d.lock, d.tun_lock, d.udp_lock = (threading.Lock() for _ in range(4))
+    d.udp_wakeups = Wakeups(sock.fileno())
+    d.endpoint = gateway.getsockname()
+    d.gateway_chunks, d.address6, d.running = True, None, True
+    down, ack = _tcp(UPSTREAM, OWN, b"d" * 100), _tcp(OWN, UPSTREAM)
+    d.tun.replies = [off.VNET_PLAIN + ack]          # what the kernel queues once `down` is written
+    gateway.sendto(lab.gw.seal(CL_PUB, DATA, down, lab.now), sock.getsockname())
+    try:
+        _run(datapath.client_udp_to_tun, d, lambda: d.stats["tx_packets"])
+        # no tun-to-udp thread ran: the receiving thread sealed and sent the reply
+        pub, kind, payload = lab.gw.receive(gateway.recv(2048), lab.now, "c1")
+        assert payload == ack
+    finally:
+        gateway.close()
+        sock.close()
+    assert [f[off.VNET_LEN:] for f in d.tun.frames] == [down]

@@ -667,11 +667,12 @@ class Arrivals:
                     and p.startswith(template)):
                 ok = n
         run.chunks.extend(payloads[1:ok])
-        k = kind + (ok << 8)
-        run.next_kind = k if (k >> 8 & 0xFF) < run.count else -1
-        if ok < len(payloads):
-            self.bad += len(payloads) - ok
+        if ok < n:
+            self.bad += n - ok
             run.next_kind = -1
+        else:
+            k = kind + (n << 8)
+            run.next_kind = k if (k >> 8 & 0xFF) < run.count else -1
         return got
 
     def drop_run(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 
@@ -433,13 +434,19 @@ class UdpReceiver:
             gro = mode() not in ("0", "nogro")
         self.gro = gro and enable_udp_gro(sock)
         self.bufsize = bufsize
+        # one per receiver: each data-path thread has its own (poll objects are not shared)
+        self._queued = select.poll()
+        self._queued.register(sock, select.POLLIN)
 
     def recv_groups(self, limit: int = 128, block: bool = True) -> list[tuple[bytes, int, object]]:
         """(buffer, segment size, addr) per receive, until about `limit`
         datagrams: the buffer holds datagrams of `segment size` bytes back to
         back, the last possibly shorter (one datagram: its own length).
         session.Responder/Initiator.receive_groups take these as they are.
-        `block` False: only what is queued, never waiting."""
+        `block` False: only what is queued, never waiting. After the first
+        receive a zero-timeout poll asks whether more is queued, so a lone
+        datagram ends the batch without the EAGAIN receive and its exception
+        (tun.Tun.read_frames says why)."""
         out: list[tuple[bytes, int, object]] = []
         append = out.append
         recv = self.sock.recvmsg
@@ -462,6 +469,8 @@ class UdpReceiver:
             seg = seg or 1                             # an empty datagram is one too
             append((data, seg, addr))
             count += -(-n // seg) or 1
+            if len(out) == 1 and not self._queued.poll(0):
+                break
         return out
 
 

@@ -168,8 +168,10 @@ class Tun:
         """Raw reads: with ``vnet_hdr_len`` each starts with a virtio-net header.
 
         Reads first and polls only when nothing is queued, so a busy data path
-        costs one syscall per read (no poll and no final EAGAIN read per batch
-        when the first read already returned data and the queue drains).
+        costs one syscall per read. After the first frame a zero-timeout poll
+        asks whether another is queued: a lone packet (an idle ping) then ends
+        the batch without the EAGAIN read, whose exception costs ≈ 40 µs more
+        than the poll on a CPU woken from idle (≈ 30 µs per TUN read of a ping).
         ``timeout`` <= 0: only what is queued, never polling (so another thread
         may wait in wait_readable meanwhile)."""
         if self.closed:
@@ -204,6 +206,8 @@ class Tun:
                 break
             nbytes += len(pkt)
             append(pkt)
+            if len(out) == 1 and not self._rpoll.poll(0):
+                break
         if out:
             st = self.stats
             st["read_packets"] += len(out)

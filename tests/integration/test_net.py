@@ -162,6 +162,31 @@ emit({"empty": empty, "waited": waited, "errs": errs, "down": down, "stats": t.s
     assert res["after_close"] == [] and res["gone"]
 
 
+def test_tun_read_takes_every_queued_frame(lab):
+    # read_frames asks after the first frame whether another is queued (not by
+    # a failing read): a batch must still take all of them, and a lone one alone
+    res = ns_json(lab, lab.gw, r'''
+import socket
+t = Tun("tgs0", 1400)
+routes.configure_interface("tgs0", "100.64.0.1/24", 1400)
+time.sleep(0.3)
+t.read_frames(64, 0)                       # what the interface sent when it came up
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def ours(frames):
+    return sorted(f[-1] for f in frames if f.endswith(bytes([f[-1]]) * 20))
+for i in range(3):
+    s.sendto(bytes([i + 1]) * 20, ("100.64.0.2", 9))   # routed into the TUN
+three = ours(t.read_frames(64, 0))
+s.sendto(bytes([9]) * 20, ("100.64.0.2", 9))
+one = ours(t.read_frames(64, 0))
+t0 = time.monotonic(); empty = t.read_frames(64, 0); took = time.monotonic() - t0
+t.close()
+emit({"three": three, "one": one, "empty": empty, "took": took})
+''')
+    assert res["three"] == [1, 2, 3] and res["one"] == [9], res
+    assert res["empty"] == [] and res["took"] < 0.1
+
+
 def test_held_wakeups_keep_a_waiter_asleep_until_released(lab):
     # a packet routed into the TUN while wakeups are held does not wake a
     # thread blocked in wait_readable; releasing them wakes it at once

@@ -2,8 +2,9 @@
 sessions and UDP sockets on loopback and a TUN stand-in, no other thread
 running: the gateway's tun-to-udp thread takes the datagrams waiting on its
 socket after a batch of its own (holding the receiving thread's wakeups
-meanwhile), and the client's receiving thread sends the reply its TUN write
-produced."""
+meanwhile), the client's receiving thread sends the reply its TUN write
+produced, and the client's sender meters what it sent only after the answer
+already waiting was written."""
 
 from __future__ import annotations
 
@@ -117,22 +118,29 @@ class Engine:
         pass
 
 
-def test_the_client_receiver_sends_the_reply_its_tun_write_produced():
-    lab = Lab()
-    lab.now = time.monotonic()
-    lab.connect()
+def _client(lab, tun, engine):
+    """A client daemon's data-path attributes, with a socket standing for its gateway."""
     gateway = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     gateway.bind(("127.0.0.1", 0))
     gateway.settimeout(5)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     d = type("Client", (), {})()
-    d.sock, d.initiator, d.tun, d.engine = sock, lab.client, FakeTun(), Engine()
+    d.sock, d.initiator, d.tun, d.engine = sock, lab.client, tun, engine
     d.stats = collections.Counter()
     d.elock, d.lock, d.tun_lock, d.udp_lock = (threading.Lock() for _ in range(4))
     d.udp_wakeups = Wakeups(sock.fileno())
     d.endpoint = gateway.getsockname()
     d.gateway_chunks, d.address6, d.running = True, None, True
+    return d, gateway
+
+
+def test_the_client_receiver_sends_the_reply_its_tun_write_produced():
+    lab = Lab()
+    lab.now = time.monotonic()
+    lab.connect()
+    d, gateway = _client(lab, FakeTun(), Engine())
+    sock = d.sock
     down, ack = _tcp(UPSTREAM, OWN, b"d" * 100), _tcp(OWN, UPSTREAM)
     d.tun.replies = [off.VNET_PLAIN + ack]          # what the kernel queues once `down` is written
     gateway.sendto(lab.gw.seal(CL_PUB, DATA, down, lab.now), sock.getsockname())
@@ -145,3 +153,45 @@ def test_the_client_receiver_sends_the_reply_its_tun_write_produced():
         gateway.close()
         sock.close()
     assert [f[off.VNET_LEN:] for f in d.tun.frames] == [down]
+
+
+class LoggedEngine(Engine):
+    def __init__(self, log):
+        self.log = log
+
+    def outbound_burst(self, dst, total, n, now):
+        self.log.append(("meter", dst, total, n))
+
+
+class LoggedTun(QueuedTun):
+    def __init__(self, queued, log):
+        super().__init__(queued)
+        self.log = log
+
+    def write_frames(self, frames):
+        self.log.append("write")
+        return super().write_frames(frames)
+
+
+def test_the_client_sender_meters_after_writing_the_answer_already_waiting():
+    # the client only counts what it sends (the gateway enforces), so its
+    # metering waits until the datagrams taken after the send are written
+    lab = Lab()
+    lab.now = time.monotonic()
+    lab.connect()
+    log = []
+    up, down = _tcp(OWN, UPSTREAM, b"u" * 60), _tcp(UPSTREAM, OWN, b"d" * 100)
+    d, gateway = _client(lab, LoggedTun([off.VNET_PLAIN + up], log), LoggedEngine(log))
+    # the answer is already waiting when the sender takes the socket after its send
+    gateway.sendto(lab.gw.seal(CL_PUB, DATA, down, lab.now), d.sock.getsockname())
+    time.sleep(0.05)
+    try:
+        _run(datapath.client_tun_to_udp, d, lambda: d.stats["tx_packets"])
+        pub, kind, payload = lab.gw.receive(gateway.recv(2048), lab.now, "c1")
+        assert payload == up
+    finally:
+        gateway.close()
+        d.sock.close()
+    assert [f[off.VNET_LEN:] for f in d.tun.frames] == [down]
+    assert log == ["write", ("meter", UPSTREAM, len(up), 1)]
+    assert (d.stats["tx_packets"], d.stats["tx_bytes"]) == (1, len(up))

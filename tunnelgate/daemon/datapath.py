@@ -264,12 +264,13 @@ def _receive_loop(d, handle) -> None:
         wakeups.wait(0.5)
 
 
-def _send_loop(d, handle, handle_datagrams) -> None:
+def _send_loop(d, handle, handle_datagrams, settle=None) -> None:
     """The tun-to-udp thread. d.tun_lock is held by whichever thread reads the
     TUN and sends what it read, so reads and sends stay in order. While it
     works, the datagrams that arrive (the peer's ACKs for what it sends) do
     not wake the udp-to-tun thread: this thread takes them after each batch
-    (tunnelgate.wakeups)."""
+    (tunnelgate.wakeups). settle(): bookkeeping `handle` left for after
+    that, so an answer already queued is not kept waiting for it."""
     tun, lock = d.tun, d.tun_lock
     read = tun.read_frames
     recv = off.UdpReceiver(d.sock).recv_groups
@@ -288,6 +289,8 @@ def _send_loop(d, handle, handle_datagrams) -> None:
                     finally:
                         udp_lock.release()
                 udp_wakeups.release()
+                if settle is not None:
+                    settle()
                 continue
         # wait outside the lock: meanwhile the udp-to-tun thread may take
         # what its own TUN writes produce (see _take_replies)
@@ -295,7 +298,7 @@ def _send_loop(d, handle, handle_datagrams) -> None:
             time.sleep(0.05)
 
 
-def _take_replies(lock, read, handle) -> None:
+def _take_replies(lock, read, handle, settle=None) -> None:
     """Called right after a TUN write of received datagrams, between
     tun.hold_wakeups() and tun.release_wakeups(). A reply the kernel produced
     while taking the write (a TCP ACK from a local or nearby receiver, a ping
@@ -307,12 +310,14 @@ def _take_replies(lock, read, handle) -> None:
     during an upload, 0.16 CPU; with the hold 600 times/s, 0.04 CPU).
     Skipped when d.tun_lock is taken: the tun-to-udp thread is reading the
     TUN (it may be this thread, handling datagrams it took in _send_loop) and
-    gets the replies next."""
+    gets the replies next. settle: as in _send_loop."""
     if lock.acquire(False):
         try:
             frames = read(TUN_READS, 0)
             if frames:
                 handle(frames)
+                if settle is not None:
+                    settle()
         finally:
             lock.release()
 
@@ -406,7 +411,8 @@ def _client_udp_handler(d):
     arrivals = off.Arrivals(gso=vnet)
     packet, chunks = arrivals.packet, arrivals.chunks
     receive_groups, lock = initiator.receive_groups, d.lock
-    tun_lock, read_tun, tun_handle = d.tun_lock, tun.read_frames, _client_tun_handler(d)
+    tun_lock, read_tun = d.tun_lock, tun.read_frames
+    tun_handle, tun_settle = _client_tun_handler(d)
 
     def handle(groups) -> None:
         frames = []
@@ -458,8 +464,13 @@ def _client_udp_handler(d):
             arrivals.bad = 0
         items = arrivals.done()
         if items:
+            tun.hold_wakeups()
+            tun.write_frames(_tun_frames(items, vnet))
+            _take_replies(tun_lock, read_tun, tun_handle, tun_settle)
+            tun.release_wakeups()
             if by_src:
-                # the client meters and never blocks: one call per source per batch
+                # the client meters and never blocks, so after the write (as it
+                # sends before metering): one call per source per batch
                 with elock:
                     for src, lengths in by_src.items():
                         total = sum(lengths)
@@ -472,10 +483,6 @@ def _client_udp_handler(d):
                     _wake(d)
             stats["rx_packets"] += npkts
             stats["rx_bytes"] += nbytes
-            tun.hold_wakeups()
-            tun.write_frames(_tun_frames(items, vnet))
-            _take_replies(tun_lock, read_tun, tun_handle)
-            tun.release_wakeups()
         if frames:
             d.loop.call_soon_threadsafe(d._control_in, frames)
 
@@ -484,75 +491,81 @@ def _client_udp_handler(d):
 
 def client_tun_to_udp(d) -> None:
     """TUN -> the gateway (see _send_loop)."""
-    _send_loop(d, _client_tun_handler(d), _client_udp_handler(d))
+    handle, settle = _client_tun_handler(d)
+    _send_loop(d, handle, _client_udp_handler(d), settle)
 
 
 def _client_tun_handler(d):
-    """handle(frames): meter, seal and send one batch of TUN reads (callers hold d.tun_lock)."""
+    """(handle, settle): handle(frames) seals and sends one batch of TUN reads;
+    settle() then meters what was sent. The client only counts (the gateway
+    enforces), so a packet need not wait for its bookkeeping, cold on an idle
+    CPU, nor the answer the datagrams taken right after the send may hold
+    (_send_loop). Both are called under d.tun_lock."""
     sock, initiator, tun, stats = d.sock, d.initiator, d.tun, d.stats
     elock, outbound_burst, engine, fits = d.elock, d.engine.outbound_burst, d.engine, d.engine.fits
     seal_batch = initiator.seal_batch
     sender = off.UdpSender(sock)
     vnet = bool(tun.vnet_hdr_len)
+    sent: list[tuple[bytes, list[bytes]]] = []      # (destination, packets) not yet metered
 
     def handle(frames: list[bytes]) -> None:
-        wall = time.time()
         now = time.monotonic()
         bursts = _frames_to_bursts(frames, vnet, d.gateway_chunks)
         ipv6 = d.address6 is not None
-        with elock:
-            for i, (pkts, _) in enumerate(bursts):
-                if not pkts:
-                    continue
-                first = pkts[0]
-                v = first[0] >> 4
-                if v == 4 and len(first) >= 20:
-                    dst = first[16:20]
-                else:
-                    if v != 6 or len(first) < 40:
-                        why = "drop_not_ip"
-                    elif _link_scope6(first):
-                        why = "drop_link_local6"     # the TUN's own neighbour discovery, MLD
-                    elif not ipv6:
-                        why = "drop_ipv6_off"        # the gateway would drop it: it never leaves
-                    else:
-                        why = None
-                        dst = first[24:40]
-                    if why:
-                        stats[why] += len(pkts)
-                        bursts[i] = None
-                        continue
-                total = sum(map(len, pkts))
-                if fits(dst, total, wall):
-                    outbound_burst(dst, total, len(pkts), wall)
-                else:
-                    for p in pkts:
-                        outbound_burst(dst, len(p), 1, wall)
-        if engine.has_output:
-            _wake(d)
         datagrams = []
-        npkts = nbytes = 0
-        for burst in bursts:
-            if burst is None:
-                continue
-            pkts, kind = burst
+        for pkts, kind in bursts:
             if not pkts:
                 stats["drop_bad_gso"] += 1
                 continue
+            first = pkts[0]
+            v = first[0] >> 4
+            if v == 4 and len(first) >= 20:
+                dst = first[16:20]
+            else:
+                if v != 6 or len(first) < 40:
+                    why = "drop_not_ip"
+                elif _link_scope6(first):
+                    why = "drop_link_local6"     # the TUN's own neighbour discovery, MLD
+                elif not ipv6:
+                    why = "drop_ipv6_off"        # the gateway would drop it: it never leaves
+                else:
+                    why = None
+                    dst = first[24:40]
+                if why:
+                    stats[why] += len(pkts)
+                    continue
             sealed = seal_batch(kind, pkts, now)
             if len(sealed) < len(pkts):
                 stats["drop_no_session"] += len(pkts) - len(sealed)
                 continue
             datagrams.extend(sealed)
+            sent.append((dst, pkts))
             if kind == DATA_CHUNK:
                 stats["tx_chunks"] += len(pkts)
-            npkts += len(pkts)
-            nbytes += sum(map(len, pkts))
         if datagrams:
             errors = sender.send(datagrams, d.endpoint)
             if errors:
                 stats["send_errors"] += errors
-            stats["tx_packets"] += npkts
-            stats["tx_bytes"] += nbytes
 
-    return handle
+    def settle() -> None:
+        if not sent:
+            return
+        wall = time.time()
+        npkts = nbytes = 0
+        with elock:
+            for dst, pkts in sent:
+                total = sum(map(len, pkts))
+                npkts += len(pkts)
+                nbytes += total
+                if fits(dst, total, wall):
+                    outbound_burst(dst, total, len(pkts), wall)
+                else:
+                    for p in pkts:
+                        outbound_burst(dst, len(p), 1, wall)
+        sent.clear()
+        if engine.has_output:
+            _wake(d)
+        stats["tx_packets"] += npkts
+        stats["tx_bytes"] += nbytes
+
+    return handle, settle

@@ -37,6 +37,7 @@ from ..meter import FORWARD, HELD
 
 DATA, DATA_PARTIAL, DATA_CHUNK, CONTROL = sess.DATA, sess.DATA_PARTIAL, sess.DATA_CHUNK, sess.CONTROL
 CONTINUED, NEW = off.CONTINUED, off.NEW
+VNET_LEN = off.VNET_LEN
 TUN_READS = 64          # TUN reads per batch (each up to a 64 KB burst)
 UDP_DATAGRAMS = 256     # datagrams per receive batch
 
@@ -49,7 +50,10 @@ def _frames_to_bursts(frames: list[bytes], vnet: bool, chunks: bool) -> list[tup
     if not vnet:
         return [([f], DATA) for f in frames]
     split = off.frame_payloads
-    return [split(f, chunks) for f in frames]
+    # a frame whose virtio-net header starts with zero flags and GSO type (no
+    # checksum to finish, no burst: a ping, most UDP) is its packet; taken here
+    # without the two calls split_frame costs, ≈ 25 µs on a CPU woken from idle
+    return [([f[VNET_LEN:]], DATA) if not f[0] and not f[1] else split(f, chunks) for f in frames]
 
 
 def _complete(pkt: bytes, partial: bool) -> bytes:

@@ -47,3 +47,49 @@ def test_a_result_without_download_figures_still_renders():
     assert r["down_x"] is None and r["cpu_per_gbit_down_x"] is None
     assert "down x" not in bench.ratio_text([r])
     assert "| - " in bench.table(rows, 1, 2).splitlines()[2]
+    # the idle-ping round failed: no idle figure, the rest stands
+    del rows[1].result["ping_idle"]
+    (r,) = bench.ratios(rows)
+    assert r["ping_idle_diff_ms"] is None and "ping - ms idle" in bench.ratio_text([r])
+    assert "| - " in bench.table(rows, 1, 2).splitlines()[3]
+
+
+def test_idle_pings_take_turns_with_every_path_up(monkeypatch):
+    # every path up at once, each taking its pings in turn, the order reversed
+    # every round; each path's figure is the mean of its rounds
+    import contextlib
+
+    events = []
+
+    @contextlib.contextmanager
+    def fake_lab():
+        lab = type("Lab", (), {})()
+        yield lab
+        events.append(("destroyed", lab.key))
+
+    def up_for(key):
+        @contextlib.contextmanager
+        def up(lab, work, fam):
+            lab.key = key
+            events.append(("up", key))
+            yield {}
+            events.append(("down", key))
+        return up
+
+    rtt = {"a": iter([0.5, 0.7, 0.6]), "b": iter([0.4, 0.4, 0.7])}
+
+    def pinger(lab, count, dst):
+        if count == 3:
+            events.append(("warm", lab.key))
+            return {"avg_ms": 9.9}
+        events.append(("ping", lab.key))
+        return {"avg_ms": next(rtt[lab.key])}
+
+    monkeypatch.setattr(bench, "_lab_for_pings", fake_lab)
+    got = bench.idle_pings({"a": up_for("a"), "b": up_for("b")}, rounds=3, count=20, pinger=pinger)
+    pings = [k for e, k in events if e == "ping"]
+    assert pings == ["a", "b", "b", "a", "a", "b"]
+    assert events.index(("up", "b")) < events.index(("ping", "a"))      # both up before any figure
+    assert got["a"]["avg_ms"] == pytest.approx(0.6) and got["b"]["avg_ms"] == pytest.approx(0.5)
+    assert got["a"]["rounds"] == [0.5, 0.7, 0.6]
+    assert {("down", "a"), ("down", "b"), ("destroyed", "a"), ("destroyed", "b")} <= set(events)

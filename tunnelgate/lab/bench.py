@@ -21,7 +21,12 @@ over the link's IPv6). Columns:
   TCP 4     `-P 4`, median of N runs
   TCP 1 down  single stream the other way (`iperf3 -R`: the upstream host sends,
             the client receives), median of N runs
-  ping      idle RTT to 198.18.2.2: avg of 100 pings at 0.05 s
+  ping      idle RTT to 198.18.2.2, every path up at once in its own lab after
+            the rows: rounds of 20 pings at 0.05 s taken by each path in turn
+            (the order reversed every round), the mean of its rounds. Rows
+            measured minutes apart differed by up to ±0.1 ms from the VM's
+            drift alone, the size of the idle-ping target; taken in turn,
+            every path sees the same drift.
   ping/load avg of 20 pings at 0.05 s while a single-stream transfer runs
   CPU       utime+stime of each tunnel process (client end, gateway end)
             during the single-stream runs, in CPU seconds per Gbit received;
@@ -34,6 +39,7 @@ drift between runs and machines; ratios from one run are what count.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -93,9 +99,7 @@ def iperf(lab, seconds: float, streams: int = 1, dst: str = UPSTREAM, reverse: b
     raise RuntimeError(f"iperf3 -P {streams} to {dst} failed: {last}")
 
 
-# Idle pings averaged: with 20 the average of one build moved by ±0.1 ms between
-# runs on this VM (the size of the target it is compared with); 100 take 5 s.
-IDLE_PINGS = 100
+IDLE_ROUNDS, IDLE_PINGS = 5, 20      # idle ping: rounds x pings per path (idle_pings)
 PING_RE = re.compile(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
 
 
@@ -178,7 +182,6 @@ def measure(lab, pids: dict[str, int], runs: int, seconds: float, fam: Family = 
             cpu_down[side] += after[side] - before[side]
         bits_down += r["bytes"] * 8
         res["down"].append(r["bps"])
-    res["ping_idle"] = ping(lab, count=IDLE_PINGS, dst=dst)
     res["ping_load"] = ping_under_load(lab, seconds, dst=dst)
     res["single_mbps"] = statistics.median(res["single"]) / 1e6
     res["multi_mbps"] = statistics.median(res["multi"]) / 1e6
@@ -218,20 +221,37 @@ def new_lab():
     raise AssertionError("unreachable")
 
 
-def run_raw(lab, runs, seconds, work, fam: Family = IPV4) -> dict:
+# Each path as a context manager: up in a built lab, yielding its tunnel
+# processes ({} for raw); measure() and idle_pings() take it from there.
+
+@contextlib.contextmanager
+def raw_up(lab, work, fam: Family = IPV4):
     lab.run(lab.client, "ip", "route", "replace", fam.net, "via", fam.gw_link)
     table = "tgbench_raw"
     wggo.setup_forwarding(lab, table, [fam.link_net])
     try:
-        return measure(lab, {}, runs, seconds, fam)
+        yield {}
     finally:
         wggo.remove_forwarding(lab, table)
 
 
+def wg_up(binary):
+    @contextlib.contextmanager
+    def up(lab, work, fam: Family = IPV4):
+        with wggo.WgTunnel(lab, binary, log_dir=work / "wg", routes=(fam.net,), ipv6=fam.v == 6) as t:
+            yield dict(t.pids)
+    return up
+
+
+def run_raw(lab, runs, seconds, work, fam: Family = IPV4) -> dict:
+    with raw_up(lab, work, fam) as pids:
+        return measure(lab, pids, runs, seconds, fam)
+
+
 def run_wg(binary):
     def run(lab, runs, seconds, work, fam: Family = IPV4) -> dict:
-        with wggo.WgTunnel(lab, binary, log_dir=work / "wg", routes=(fam.net,), ipv6=fam.v == 6) as t:
-            return measure(lab, dict(t.pids), runs, seconds, fam)
+        with wg_up(binary)(lab, work, fam) as pids:
+            return measure(lab, pids, runs, seconds, fam)
     return run
 
 
@@ -266,35 +286,78 @@ def _tail(p: Path, n: int = 15) -> str:
         return ""
 
 
+def tg_up(contract_kb: int = CONTRACT_KB):
+    @contextlib.contextmanager
+    def up(lab, work, fam: Family = IPV4):
+        gw_conf, cl_conf = _tg_configs(work, contract_kb, fam)
+        pids: dict[str, int] = {}
+        try:
+            _tg(lab, lab.gw, "serve", "-c", str(gw_conf))
+            pids["gw"] = int((work / "gw" / "tunnelgate.pid").read_text())
+            _tg(lab, lab.client, "up", "-c", str(cl_conf))
+            pids["client"] = int((work / "cl" / "tunnelgate.pid").read_text())
+            yield {"client": pids["client"], "gw": pids["gw"]}
+        except Exception as e:
+            logs = "\n".join(f"--- {w} log ---\n{_tail(work / w / 'tunnelgate.log')}" for w in ("gw", "cl"))
+            raise RuntimeError(f"{e}\n{logs}") from None
+        finally:
+            for ns, conf, side in ((lab.client, cl_conf, "client"), (lab.gw, gw_conf, "gw")):
+                lab.run(ns, *TG, "down", "-c", str(conf), check=False, timeout=30)
+                pid = pids.get(side)
+                if pid:
+                    deadline = time.monotonic() + 5
+                    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+    return up
+
+
 def run_tg(lab, runs, seconds, work, fam: Family = IPV4, contract_kb: int = CONTRACT_KB) -> dict:
-    gw_conf, cl_conf = _tg_configs(work, contract_kb, fam)
-    pids: dict[str, int] = {}
-    try:
-        _tg(lab, lab.gw, "serve", "-c", str(gw_conf))
-        pids["gw"] = int((work / "gw" / "tunnelgate.pid").read_text())
-        _tg(lab, lab.client, "up", "-c", str(cl_conf))
-        pids["client"] = int((work / "cl" / "tunnelgate.pid").read_text())
-        res = measure(lab, {"client": pids["client"], "gw": pids["gw"]}, runs, seconds, fam)
+    with tg_up(contract_kb)(lab, work, fam) as pids:
+        res = measure(lab, pids, runs, seconds, fam)
+        gw_conf, cl_conf = work / "gateway.toml", work / "client.toml"     # _tg_configs wrote them
         gw = json.loads(_tg(lab, lab.gw, "status", "--json", "-c", str(gw_conf)).stdout)
         bought = json.loads(_tg(lab, lab.client, "contracts", "--all", "--json", "-c", str(cl_conf)).stdout)
         res["contracts"] = {"contract_kb": contract_kb, "bought": len(bought),
                             "dropped_waiting_for_contract": gw["stats"].get("drop_no_contract", 0)}
         return res
-    except Exception as e:
-        logs = "\n".join(f"--- {w} log ---\n{_tail(work / w / 'tunnelgate.log')}" for w in ("gw", "cl"))
-        raise RuntimeError(f"{e}\n{logs}") from None
+
+
+def idle_pings(ups: dict, fam: Family = IPV4, rounds: int = IDLE_ROUNDS, count: int = IDLE_PINGS,
+               pinger=None) -> dict[str, dict]:
+    """Idle ping of every path at once: each `ups[key]` (a context manager as
+    raw_up) up in its own lab, then `rounds` rounds in which each path takes
+    `count` pings in turn, the order reversed every round, so that the VM's
+    drift falls on all of them alike -> key -> {"avg_ms": mean of its round
+    averages, "rounds": [...]}."""
+    pinger = pinger or ping
+    with contextlib.ExitStack() as stack:
+        labs = {}
+        for key, up in ups.items():
+            lab = stack.enter_context(_lab_for_pings())
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tgbench-ping-")))
+            stack.enter_context(up(lab, work, fam))
+            pinger(lab, count=3, dst=fam.dst)      # handshake, contract: not idle figures
+            labs[key] = lab
+        got: dict[str, list[float]] = {key: [] for key in labs}
+        order = list(labs)
+        for _ in range(rounds):
+            for key in order:
+                got[key].append(pinger(labs[key], count=count, dst=fam.dst)["avg_ms"])
+            order.reverse()
+    return {key: {"avg_ms": statistics.mean(v), "rounds": v, "count": count} for key, v in got.items()}
+
+
+@contextlib.contextmanager
+def _lab_for_pings():
+    lab = new_lab()
+    try:
+        yield lab
     finally:
-        for ns, conf, side in ((lab.client, cl_conf, "client"), (lab.gw, gw_conf, "gw")):
-            lab.run(ns, *TG, "down", "-c", str(conf), check=False, timeout=30)
-            pid = pids.get(side)
-            if pid:
-                deadline = time.monotonic() + 5
-                while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        lab.destroy()
 
 
 def tg_version() -> str:
@@ -327,7 +390,7 @@ def table(rows: list[Row], runs: int, seconds: float) -> str:
         spread = f" ({min(single) / 1e6:.0f}-{max(single) / 1e6:.0f})" if len(single) > 1 else ""
         lines.append([r.name, f"{x['single_mbps']:.0f}{spread}", f"{x['multi_mbps']:.0f}",
                       _fmt(x.get("down_mbps")),
-                      f"{x['ping_idle']['avg_ms']:.3f}", f"{x['ping_load']['avg_ms']:.3f}",
+                      _fmt(x.get("ping_idle", {}).get("avg_ms"), ".3f"), f"{x['ping_load']['avg_ms']:.3f}",
                       _fmt(x.get("first_ms"), ".3f"), _cpu_text(x["cpu_s_per_gbit"]),
                       _cpu_text(x.get("cpu_s_per_gbit_down"))])
     ok = [l for l in lines if not l[1].startswith("FAILED")]
@@ -342,7 +405,8 @@ def table(rows: list[Row], runs: int, seconds: float) -> str:
             out.append("| " + " | ".join(c.ljust(w) for c, w in zip(l, widths)) + " |")
     out.append(f"(median of {runs} x iperf3 -t {seconds:g}; TCP 1 shows min-max in brackets; TCP 1 down: "
                f"iperf3 -R, the upstream host sending; "
-               f"ping: avg of {IDLE_PINGS} at 0.05 s (under load: 20); "
+               f"ping: idle, all paths up at once, mean of {IDLE_ROUNDS} rounds of {IDLE_PINGS} at 0.05 s "
+               f"taken in turn; under load: 20 at 0.05 s; "
                f"1st pkt: RTT of the path's first packet (tunnelgate: held "
                f"while the contract is negotiated); CPU: per tunnel end during the single-stream runs, "
                f"uploads, then downloads)")
@@ -376,7 +440,8 @@ def ratios(rows: list[Row]) -> list[dict]:
                     "down_x": (a["down_mbps"] / b["down_mbps"]) if a.get("down_mbps") and b.get("down_mbps")
                     else None,
                     "cpu_per_gbit_down_x": (down_a / down_b) if down_b and key != "raw" else None,
-                    "ping_idle_diff_ms": a["ping_idle"]["avg_ms"] - b["ping_idle"]["avg_ms"],
+                    "ping_idle_diff_ms": (a["ping_idle"]["avg_ms"] - b["ping_idle"]["avg_ms"])
+                    if "ping_idle" in a and "ping_idle" in b else None,
                     "ping_load_diff_ms": a["ping_load"]["avg_ms"] - b["ping_load"]["avg_ms"],
                     "cpu_per_gbit_x": (cpu_a / cpu_b) if cpu_b and key != "raw" else None,
                     "first_diff_ms": (a["first_ms"] - b["first_ms"]) if "first_ms" in a and "first_ms" in b
@@ -395,8 +460,9 @@ def ratio_text(rs: list[dict]) -> str:
         if r.get("first_diff_ms") is not None:
             cpu += f", first packet {r['first_diff_ms']:+.3f} ms"
         down = f", TCP 1 down x{r['down_x']:.2f}" if r.get("down_x") else ""
+        idle = "-" if r.get("ping_idle_diff_ms") is None else f"{r['ping_idle_diff_ms']:+.3f}"
         out.append(f"  {r['name']:<36} TCP 1 x{r['single_x']:.2f}, TCP 4 x{r['multi_x']:.2f}{down}, "
-                   f"ping {r['ping_idle_diff_ms']:+.3f} ms idle, {r['ping_load_diff_ms']:+.3f} ms under load{cpu}")
+                   f"ping {idle} ms idle, {r['ping_load_diff_ms']:+.3f} ms under load{cpu}")
     return "\n".join(out)
 
 
@@ -431,14 +497,17 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[Row] = []
     plans = []
+    ups = {}                    # row key -> its path up (for idle_pings)
     if "raw" in wanted:
         rows.append(Row("raw", "raw veth, routed via gw (no tunnel)", version=f"kernel {platform.release()}"))
         plans.append(run_raw)
+        ups["raw"] = raw_up
     if "wg-deb" in wanted:
         rows.append(Row("wg-deb", "wireguard-go (Debian 12)"))
         if Path(wggo.DEBIAN_BINARY).exists():
             rows[-1].version = wggo_fetch.version_of(wggo.DEBIAN_BINARY)
             plans.append(run_wg(wggo.DEBIAN_BINARY))
+            ups["wg-deb"] = wg_up(wggo.DEBIAN_BINARY)
         else:
             rows[-1].error = f"{wggo.DEBIAN_BINARY} not installed (apt package wireguard-go; scripts/setup)"
             plans.append(None)
@@ -456,12 +525,14 @@ def main(argv: list[str] | None = None) -> int:
             if ver.exists():
                 rows[-1].version += f" (package {ver.read_text().strip()})"
             plans.append(run_wg(b))
+            ups["wg-sid"] = wg_up(b)
         except wggo_fetch.FetchError as e:
             rows[-1].error = f"could not fetch the sid wireguard-go: {e}"
             plans.append(None)
     if "tg" in wanted:
         rows.append(Row("tg", "tunnelgate", version=tg_version() + f", {a.contract_kb} KB contracts"))
         plans.append(lambda lab, runs, seconds, work, fam: run_tg(lab, runs, seconds, work, fam, a.contract_kb))
+        ups["tg"] = tg_up(a.contract_kb)
 
     print(f"versions: {platform.node()} kernel {platform.release()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, "
@@ -497,6 +568,19 @@ def main(argv: list[str] | None = None) -> int:
             if lab is not None:
                 lab.destroy()
             shutil.rmtree(work, ignore_errors=True)
+
+    measured = {r.key: ups[r.key] for r in rows if r.result is not None}
+    if measured:
+        log(f"idle ping: {len(measured)} paths up at once, {IDLE_ROUNDS} rounds of {IDLE_PINGS} pings "
+            f"each, in turn")
+        try:
+            idle = idle_pings(measured, fam)
+        except Exception as e:  # the throughput figures stand without it
+            log(f"idle ping: FAILED: {type(e).__name__}: {e}")
+            idle = {}
+        for r in rows:
+            if r.key in idle:
+                r.result["ping_idle"] = idle[r.key]
 
     print()
     print(table(rows, runs, seconds))

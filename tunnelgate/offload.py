@@ -692,7 +692,11 @@ class Arrivals:
 
     def _flush(self) -> None:
         if self.pkts:
-            if self.gso:
+            if len(self.pkts) == 1:
+                # nothing to coalesce with: a lone packet (an idle ping) skips
+                # coalesce's calls, cold on a CPU woken from idle
+                self.items.append((self.pkts[0], self.partial[0]))
+            elif self.gso:
                 self.items.extend(coalesce(self.pkts, self.partial))
             else:
                 self.items.extend(zip(self.pkts, self.partial))

@@ -161,6 +161,21 @@ def test_the_data_path_takes_a_plain_frame_as_frame_payloads_would(chunks):
     assert _frames_to_bursts([pkt], False, chunks) == [([pkt], wire.DATA)]
 
 
+@pytest.mark.parametrize("gso", [True, False], ids=["gso", "no-gso"])
+def test_a_lone_packet_comes_back_as_coalesce_gives_it(gso):
+    # Arrivals takes a lone packet without calling coalesce (an idle ping's path)
+    icmp = bytes([0x45]) + bytes(83)
+    for pkt, partial in ((icmp, False), (ipv4_tcp(b"x" * 100), True), (ipv6_tcp(b"y" * 10), False)):
+        arr = off.Arrivals(gso=gso)
+        arr.packet(pkt, partial)
+        assert arr.done() == off.coalesce([pkt], [partial]) == [(pkt, partial)]
+    arr = off.Arrivals(gso=gso)                 # two still go through coalesce
+    a, b = ipv4_tcp(b"a" * 100, seq=1, flags=off.ACK), ipv4_tcp(b"b" * 100, seq=101, flags=off.ACK)
+    arr.packet(a, False)
+    arr.packet(b, False)
+    assert arr.done() == ([[a, b]] if gso else [(a, False), (b, False)])
+
+
 def test_malformed_chunks_are_refused_not_raised():
     frame, _ = burst(1368 * 4, 1368)
     chunks, _ = off.frame_payloads(frame, True)

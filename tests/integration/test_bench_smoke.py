@@ -1,10 +1,16 @@
 """The benchmark's machinery works: a wireguard-go tunnel (Debian's package)
-in a lab, one short iperf3 through it each way, its JSON parsed. No speed asserted."""
+in a lab, one short iperf3 through it each way, its JSON parsed; the idle-ping
+round with every path up at once; a terminated bench leaves no lab. No speed
+asserted."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -41,3 +47,46 @@ def test_wireguard_go_iperf_through_tunnel(tmp_path, fam):
         assert set(cpu1) == {"client", "gw"} and all(cpu1[s] >= cpu0[s] for s in cpu1)
     finally:
         lab.destroy()
+
+
+def _lab_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith("tgB")}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+@pytest.mark.skipif(not os.path.exists(wggo.DEBIAN_BINARY), reason="apt package wireguard-go not installed")
+def test_idle_pings_with_every_path_up_at_once():
+    # the bench's idle-ping round: raw, wireguard-go and tunnelgate each up in
+    # a lab of its own, all at once, pinging in turn; every lab gone after
+    before = _lab_namespaces()
+    ups = {"raw": bench.raw_up, "wg-deb": bench.wg_up(wggo.DEBIAN_BINARY), "tg": bench.tg_up()}
+    got = bench.idle_pings(ups, rounds=2, count=3)
+    assert set(got) == set(ups)
+    for key, res in got.items():
+        assert len(res["rounds"]) == 2 and all(0 < r < 50 for r in res["rounds"]), (key, res)
+    assert _lab_namespaces() == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+@pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 not installed")
+def test_a_terminated_bench_deletes_its_lab():
+    before = _lab_namespaces()
+    p = subprocess.Popen([sys.executable, "-m", "tunnelgate.lab.bench", "--only", "raw", "--quick"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (_lab_namespaces() - before) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _lab_namespaces() - before, "the bench built no lab within 30 s"
+        time.sleep(1)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 128 + signal.SIGTERM
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        left = _lab_namespaces() - before
+        for prefix in {name.rsplit("-", 1)[0] for name in left}:
+            Lab.cleanup_stale(prefix)           # its owner is gone: not ours to keep
+    assert not left, left

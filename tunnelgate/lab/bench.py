@@ -302,17 +302,22 @@ def tg_up(contract_kb: int = CONTRACT_KB):
             raise RuntimeError(f"{e}\n{logs}") from None
         finally:
             for ns, conf, side in ((lab.client, cl_conf, "client"), (lab.gw, gw_conf, "gw")):
-                lab.run(ns, *TG, "down", "-c", str(conf), check=False, timeout=30)
-                pid = pids.get(side)
-                if pid:
-                    deadline = time.monotonic() + 5
-                    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                        time.sleep(0.05)
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                tg_down(lab, ns, conf, pids.get(side))
     return up
+
+
+def tg_down(lab, ns: str, conf: Path, pid: int | None) -> None:
+    """`tunnelgate down` for the daemon of `conf` in `ns`; SIGKILL for its
+    process `pid` if it is still there 5 s later."""
+    lab.run(ns, *TG, "down", "-c", str(conf), check=False, timeout=30)
+    if pid:
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def run_tg(lab, runs, seconds, work, fam: Family = IPV4, contract_kb: int = CONTRACT_KB) -> dict:

@@ -687,15 +687,8 @@ def lab_run(peers: int, contracts: int, seconds: float, size: int, pay: bool, ba
             worker.close()
         if lab is not None:
             if conf is not None:
-                lab.run(lab.gw, *TG, "down", "-c", str(conf), check=False, timeout=30)
-            if gw_pid:
-                deadline = time.monotonic() + 5
-                while Path(f"/proc/{gw_pid}").exists() and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                try:
-                    os.kill(gw_pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                from .bench import tg_down
+                tg_down(lab, lab.gw, conf, gw_pid)
             lab.destroy()
 
 

@@ -49,9 +49,9 @@ def test_wireguard_go_iperf_through_tunnel(tmp_path, fam):
         lab.destroy()
 
 
-def _lab_namespaces() -> set[str]:
+def _lab_namespaces(prefix: str = "tgB") -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.startswith("tgB")}
+    return {line.split()[0] for line in out.splitlines() if line.startswith(prefix)}
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
@@ -70,15 +70,19 @@ def test_idle_pings_with_every_path_up_at_once():
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 @pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 not installed")
-def test_a_terminated_bench_deletes_its_lab():
-    before = _lab_namespaces()
-    p = subprocess.Popen([sys.executable, "-m", "tunnelgate.lab.bench", "--only", "raw", "--quick"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+@pytest.mark.parametrize("script, prefix", [
+    (["tunnelgate.lab.bench", "--only", "raw", "--quick"], "tgB"),
+    (["tunnelgate.lab.demo", "--dummy", "--no-tui"], "tgdemo"),
+], ids=["bench", "demo"])
+def test_a_terminated_script_deletes_its_lab(script, prefix):
+    # SIGTERM (timeout(1), a CI job ending) unwinds like Ctrl-C: no lab is left
+    before = _lab_namespaces(prefix)
+    p = subprocess.Popen([sys.executable, "-m", *script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while not (_lab_namespaces() - before) and time.monotonic() < deadline:
+        while not (_lab_namespaces(prefix) - before) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _lab_namespaces() - before, "the bench built no lab within 30 s"
+        assert _lab_namespaces(prefix) - before, f"{script[0]} built no lab within 30 s"
         time.sleep(1)
         p.send_signal(signal.SIGTERM)
         assert p.wait(30) == 128 + signal.SIGTERM
@@ -86,7 +90,7 @@ def test_a_terminated_bench_deletes_its_lab():
         if p.poll() is None:
             p.kill()
             p.wait()
-        left = _lab_namespaces() - before
-        for prefix in {name.rsplit("-", 1)[0] for name in left}:
-            Lab.cleanup_stale(prefix)           # its owner is gone: not ours to keep
+        left = _lab_namespaces(prefix) - before
+        for name in {name.rsplit("-", 1)[0] for name in left}:
+            Lab.cleanup_stale(name)             # its owner is gone: not ours to keep
     assert not left, left

@@ -112,6 +112,15 @@ def _proc_starttime(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]   # field 22: starttime
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (timeout(1), a CI job ending, kill) unwind like Ctrl-C, so
+    that the finally blocks of a script's labs delete their namespaces and end
+    their processes; the default action would leave them behind."""
+    def terminated(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, terminated)
+
+
 def _kill_pids(pids: list[int], grace: float = 2.0) -> None:
     """SIGTERM these PIDs, wait up to ``grace`` s, SIGKILL the rest."""
     alive = []

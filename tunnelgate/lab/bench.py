@@ -473,14 +473,10 @@ def ratio_text(rs: list[dict]) -> str:
 
 # ---------------------------------------------------------------- main
 
-def _terminated(signum, frame):
-    raise SystemExit(128 + signum)
-
 
 def main(argv: list[str] | None = None) -> int:
-    # a SIGTERM (timeout(1), a CI job ending) unwinds like Ctrl-C: the labs'
-    # finally blocks delete their namespaces and end their processes
-    signal.signal(signal.SIGTERM, _terminated)
+    from tunnelgate.lab import exit_on_sigterm
+    exit_on_sigterm()
     if any(a == "--peers" or a.startswith("--peers=") for a in (sys.argv[1:] if argv is None else argv)):
         from . import scale   # one gateway, many peers and contracts: see tunnelgate/lab/scale.py
         return scale.main(sys.argv[1:] if argv is None else argv)

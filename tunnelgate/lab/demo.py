@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import GW_LINK, UPSTREAM, UPSTREAM6, Lab
+from . import GW_LINK, UPSTREAM, UPSTREAM6, Lab, exit_on_sigterm
 from .configs import TUNNEL6, write_pair
 
 TG = [sys.executable, "-m", "tunnelgate.cli"]
@@ -37,6 +37,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("demo: run as root (it builds network namespaces)", file=sys.stderr)
         return 1
+    exit_on_sigterm()
     prefix = "tgdemo" + os.urandom(2).hex()
     work = Path(tempfile.mkdtemp(prefix="tgdemo-"))
     lab = Lab(prefix)

@@ -2,7 +2,8 @@
 sessions and UDP sockets on loopback and a TUN stand-in, no other thread
 running: the gateway's tun-to-udp thread takes the datagrams waiting on its
 socket after a batch of its own (holding the receiving thread's wakeups
-meanwhile), the client's receiving thread sends the reply its TUN write
+meanwhile, writing them without holding its own TUN's), the client's
+receiving thread sends the reply its TUN write
 produced, and the client's sender meters what it sent only after the answer
 already waiting was written."""
 
@@ -63,6 +64,22 @@ class RecordedWakeups(Wakeups):
         super().release()
 
 
+class LoggedTun(QueuedTun):
+    def __init__(self, queued, log):
+        super().__init__(queued)
+        self.log = log
+
+    def write_frames(self, frames):
+        self.log.append("write")
+        return super().write_frames(frames)
+
+    def hold_wakeups(self):
+        self.log.append("tun hold")
+
+    def release_wakeups(self):
+        self.log.append("tun release")
+
+
 def _run(target, d, until, timeout=5.0):
     worker = threading.Thread(target=target, args=(d,), daemon=True)
     worker.start()
@@ -85,22 +102,26 @@ def test_the_gateway_sender_takes_the_datagrams_waiting_after_its_batch():
     peer.settimeout(5)
     lab.gw._peers[CL_PUB].endpoint = peer.getsockname()
     down, up = _tcp(UPSTREAM, OWN, b"d" * 100), _tcp(OWN, UPSTREAM)
-    gw.tun = QueuedTun([off.VNET_PLAIN + down])
+    more = _tcp(UPSTREAM, OWN, b"m" * 50)          # what the kernel queues once `up` is written
     log = []
+    gw.tun = LoggedTun([off.VNET_PLAIN + down], log)
+    gw.tun.replies = [off.VNET_PLAIN + more]
     gw.udp_wakeups = RecordedWakeups(gw.sock.fileno(), log)
     # the peer's ACK is already waiting on the gateway's socket
     peer.sendto(lab.client.seal(DATA, up, lab.now), gw.sock.getsockname())
     time.sleep(0.05)
     try:
-        _run(datapath.gateway_tun_to_udp, gw, lambda: gw.tun.frames)
-        kind, payload = lab.client.receive(peer.recv(2048), lab.now)   # what the TUN read went out as
-        assert payload == down
+        _run(datapath.gateway_tun_to_udp, gw, lambda: gw.stats["tx_packets"] >= 2)
+        sent = [lab.client.receive(peer.recv(2048), lab.now)[1] for _ in range(2)]
+        # what the TUN read went out as, then what writing the ACK produced
+        assert sent == [down, more]
     finally:
         peer.close()
         gw.sock.close()
-    # no udp-to-tun thread ran: this thread took the datagram, between hold and release
+    # no udp-to-tun thread ran: this thread took the datagram, between hold and release,
+    # and wrote it without holding the TUN's wakeups (it reads the TUN next itself)
     assert [f[off.VNET_LEN:] for f in gw.tun.frames] == [up]
-    assert log[:2] == ["hold", "release"]
+    assert log[:3] == ["hold", "write", "release"]
     assert gw.stats["rx_packets"] == 1
 
 
@@ -161,16 +182,6 @@ class LoggedEngine(Engine):
 
     def outbound_burst(self, dst, total, n, now):
         self.log.append(("meter", dst, total, n))
-
-
-class LoggedTun(QueuedTun):
-    def __init__(self, queued, log):
-        super().__init__(queued)
-        self.log = log
-
-    def write_frames(self, frames):
-        self.log.append("write")
-        return super().write_frames(frames)
 
 
 def test_the_client_sender_meters_after_writing_the_answer_already_waiting():

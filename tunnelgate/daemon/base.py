@@ -218,8 +218,10 @@ class Daemon:
                 "peers": self.cmd_peers, "contracts": self.cmd_contracts}
 
     def cmd_contracts(self, req: dict) -> list[dict]:
-        with self.elock:
-            return self.engine.contracts(now=time.time(), history=bool(req.get("all")))
+        with self.elock:        # only the copy: the data path meters under this lock
+            cs = self.engine.contract_list(history=bool(req.get("all")))
+        now = time.time()
+        return [c.view(now) for c in cs]
 
     def cmd_peers(self, req: dict) -> list[dict]:
         """Gateway: its clients with address, endpoint and standing (grace, paid contracts,

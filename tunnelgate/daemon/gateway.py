@@ -475,8 +475,9 @@ class GatewayDaemon(Daemon):
 
     def _market_status(self) -> dict:
         wall = time.time()
-        with self.elock:
-            st = self.engine.status(wall)
+        with self.elock:        # only the copy: the data path meters under this lock
+            snapshot = self.engine.status_snapshot()
+        st = self.engine.status(wall, snapshot)
         # the engine keys peers by raw key; people and the other commands use base64
         st["peers"] = {peer_text(bytes.fromhex(k)): v for k, v in st["peers"].items()}
         for c in st["contracts"]:

@@ -30,8 +30,9 @@ class GatewayCollector(Collector):
                 drops.add_metric([k.removeprefix("drop_")], v)
         yield drops
         yield CounterMetricFamily("tunnelgate_handshakes", "Completed handshakes", value=stats.get("handshakes", 0))
-        with d.elock:
-            contracts = d.engine.contracts(history=True)
+        with d.elock:           # only the copy: the data path meters under this lock
+            objects = d.engine.contract_list(history=True)
+        contracts = [c.view(0.0) for c in objects]
         states = GaugeMetricFamily("tunnelgate_contracts", "Contracts by state (ended ones this run remembers)",
                                    labels=["state"])
         by_state: dict[str, int] = {}

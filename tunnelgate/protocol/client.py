@@ -618,9 +618,13 @@ class ClientEngine:
         out, self._events = self._events, []
         return out
 
+    def contract_list(self, history: bool = False) -> list[Contract]:
+        """The contracts, copied: taken under the engine lock, viewed outside it
+        (as GatewayEngine.contract_list)."""
+        return list(self._contracts.values()) + (self._history if history else [])
+
     def contracts(self, now: float = 0.0, history: bool = False) -> list[dict]:
-        cs = list(self._contracts.values()) + (self._history if history else [])
-        return [c.view(now) for c in cs]
+        return [c.view(now) for c in self.contract_list(history)]
 
     def status(self, now: float) -> dict:
         return {"spend": self.spend(now), "budget_reason": self.budget_reason,

@@ -848,14 +848,30 @@ class GatewayEngine:
 
     # --- status ------------------------------------------------------------------------------
 
-    def contracts(self, peer: bytes | None = None, now: float = 0.0, history: bool = False) -> list[dict]:
+    def contract_list(self, peer: bytes | None = None, history: bool = False) -> list[Contract]:
+        """The live contracts (with `history` also the ended ones this run
+        remembers), copied. Cheap enough to take under the daemon's engine lock,
+        so that the views, O(contracts), are built outside it: the data path
+        meters under that lock (10,000 contracts' views take ≈ 17 ms)."""
         cs = list(self._contracts.values()) + (self._history if history else [])
-        return [c.view(now) for c in cs if peer is None or c.peer == peer]
+        return cs if peer is None else [c for c in cs if c.peer == peer]
 
-    def status(self, now: float) -> dict:
+    def contracts(self, peer: bytes | None = None, now: float = 0.0, history: bool = False) -> list[dict]:
+        return [c.view(now) for c in self.contract_list(peer, history)]
+
+    def status_snapshot(self) -> tuple[list, list[Contract]]:
+        """What status() reads, copied (see contract_list): peers with their
+        flows, and the live contracts."""
+        flows_of = self.meter.peers
+        return ([(peer, p, list(flows_of.get(peer, {}).values())) for peer, p in self._peers.items()],
+                self.contract_list())
+
+    def status(self, now: float, snapshot: tuple[list, list[Contract]] | None = None) -> dict:
+        """Peers' standing and the live contracts' views, from `snapshot`
+        (status_snapshot(), taken under the engine lock) or from the engine."""
+        peer_flows, contracts = snapshot if snapshot is not None else self.status_snapshot()
         peers = {}
-        for peer, p in self._peers.items():
-            flows = self.meter.peers.get(peer, {})
+        for peer, p, flows in peer_flows:
             peers[peer.hex()] = {
                 "grace": not p.no_grace, "paid_contracts": p.paid_contracts,
                 "credit_msat": self.credit.balance(peer), "credit_contracts": p.credit_contracts,
@@ -865,10 +881,10 @@ class GatewayEngine:
                 "drops_inbound_no_contract": p.drops_no_contract_in,
                 "no_deal": {f.destination: {"reason": f.nodeal_reason,
                                             "retry_in_s": max(0, int(f.nodeal_until - now))}
-                            for f in flows.values() if f.nodeal_until > now},
-                "free_bytes": sum(f.free_bytes for f in flows.values()),
+                            for f in flows if f.nodeal_until > now},
+                "free_bytes": sum(f.free_bytes for f in flows),
             }
-        return {"peers": peers, "contracts": self.contracts(now=now)}
+        return {"peers": peers, "contracts": [c.view(now) for c in contracts]}
 
     def why(self, peer: bytes, dst: bytes | str, now: float) -> str:
         """Why traffic from peer to dst is (not) forwarded, for `status`."""

@@ -243,16 +243,10 @@ def wg_up(binary):
     return up
 
 
-def run_raw(lab, runs, seconds, work, fam: Family = IPV4) -> dict:
-    with raw_up(lab, work, fam) as pids:
+def run_path(lab, up, runs, seconds, work, fam: Family = IPV4) -> dict:
+    """A row's columns: its path up, measure(), down."""
+    with up(lab, work, fam) as pids:
         return measure(lab, pids, runs, seconds, fam)
-
-
-def run_wg(binary):
-    def run(lab, runs, seconds, work, fam: Family = IPV4) -> dict:
-        with wg_up(binary)(lab, work, fam) as pids:
-            return measure(lab, pids, runs, seconds, fam)
-    return run
 
 
 # Contract size in the tunnelgate row: the daemon's default. Each contract is a
@@ -504,21 +498,17 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [k.strip() for k in a.only.split(",") if k.strip()]
 
     rows: list[Row] = []
-    plans = []
-    ups = {}                    # row key -> its path up (for idle_pings)
+    ups = {}                    # row key -> its path up (raw_up, wg_up, tg_up); none: skipped
     if "raw" in wanted:
         rows.append(Row("raw", "raw veth, routed via gw (no tunnel)", version=f"kernel {platform.release()}"))
-        plans.append(run_raw)
         ups["raw"] = raw_up
     if "wg-deb" in wanted:
         rows.append(Row("wg-deb", "wireguard-go (Debian 12)"))
         if Path(wggo.DEBIAN_BINARY).exists():
             rows[-1].version = wggo_fetch.version_of(wggo.DEBIAN_BINARY)
-            plans.append(run_wg(wggo.DEBIAN_BINARY))
             ups["wg-deb"] = wg_up(wggo.DEBIAN_BINARY)
         else:
             rows[-1].error = f"{wggo.DEBIAN_BINARY} not installed (apt package wireguard-go; scripts/setup)"
-            plans.append(None)
     if "wg-sid" in wanted:
         rows.append(Row("wg-sid", "wireguard-go (Debian sid)"))
         try:
@@ -532,14 +522,11 @@ def main(argv: list[str] | None = None) -> int:
             ver = Path(wggo_fetch.DEFAULT_CACHE / "version.txt")
             if ver.exists():
                 rows[-1].version += f" (package {ver.read_text().strip()})"
-            plans.append(run_wg(b))
             ups["wg-sid"] = wg_up(b)
         except wggo_fetch.FetchError as e:
             rows[-1].error = f"could not fetch the sid wireguard-go: {e}"
-            plans.append(None)
     if "tg" in wanted:
         rows.append(Row("tg", "tunnelgate", version=tg_version() + f", {a.contract_kb} KB contracts"))
-        plans.append(lambda lab, runs, seconds, work, fam: run_tg(lab, runs, seconds, work, fam, a.contract_kb))
         ups["tg"] = tg_up(a.contract_kb)
 
     print(f"versions: {platform.node()} kernel {platform.release()}, {os.cpu_count()} CPUs, "
@@ -552,8 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"path: {PATH_NOTE}" + (f"; over IPv6: {fam.dst}, tunnels dual-stack" if a.ipv6 else ""), flush=True)
 
     started = time.monotonic()
-    for row, plan in zip(rows, plans):
-        if plan is None:
+    for row in rows:
+        up = ups.get(row.key)
+        if up is None:
             log(f"{row.name}: skipped ({row.error})")
             continue
         log(f"{row.name}: building the lab, {runs} x {seconds:g} s per column")
@@ -562,7 +550,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             lab = new_lab()
             lab.start_upstream({})
-            row.result = plan(lab, runs, seconds, work, fam)
+            if row.key == "tg":     # also how many contracts it bought
+                row.result = run_tg(lab, runs, seconds, work, fam, a.contract_kb)
+            else:
+                row.result = run_path(lab, up, runs, seconds, work, fam)
             log(f"{row.name}: {row.result['single_mbps']:.0f} Mbit/s single, "
                 f"{row.result['multi_mbps']:.0f} Mbit/s 4 streams")
             if "contracts" in row.result:

@@ -69,6 +69,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .bench import tg_down
+
 GW_LINK = "198.18.1.1"
 CLIENT_LINK = "198.18.1.2"
 TG_PORT = 51900
@@ -687,7 +689,6 @@ def lab_run(peers: int, contracts: int, seconds: float, size: int, pay: bool, ba
             worker.close()
         if lab is not None:
             if conf is not None:
-                from .bench import tg_down
                 tg_down(lab, lab.gw, conf, gw_pid)
             lab.destroy()
 

@@ -129,7 +129,8 @@ class Tun:
     def wait_readable(self, timeout: float) -> bool:
         """Block up to ``timeout`` s until a read would return data (False on
         timeout or once closed), without reading. Safe while another thread
-        calls read_frames(..., 0), which never polls."""
+        calls read_frames(..., 0), which never waits (its zero-timeout poll
+        uses a poll object of its own)."""
         if self.closed:
             return False
         return self._wakeups.wait(timeout) and not self.closed
@@ -172,7 +173,7 @@ class Tun:
         asks whether another is queued: a lone packet (an idle ping) then ends
         the batch without the EAGAIN read, whose exception costs ≈ 40 µs more
         than the poll on a CPU woken from idle (≈ 30 µs per TUN read of a ping).
-        ``timeout`` <= 0: only what is queued, never polling (so another thread
+        ``timeout`` <= 0: only what is queued, never waiting (so another thread
         may wait in wait_readable meanwhile)."""
         if self.closed:
             return []

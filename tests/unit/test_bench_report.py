@@ -37,6 +37,22 @@ def test_ratios_cover_downloads_and_their_cpu():
     assert failed.startswith("| wireguard-go (Debian 12)") and "FAILED: boom" in failed
 
 
+def test_idle_ping_difference_shows_its_rounds():
+    # rounds are taken in turn, so tunnelgate's round i minus the reference's
+    # round i is a paired difference; the report gives their range
+    wg = _result(2000, 2000, 2500, 0.5, (0.3, 0.3), (0.3, 0.3))
+    tg = _result(2000, 2000, 2500, 0.6, (0.3, 0.3), (0.3, 0.3))
+    wg["ping_idle"] = {"avg_ms": 0.5, "rounds": [0.45, 0.55, 0.50]}
+    tg["ping_idle"] = {"avg_ms": 0.6, "rounds": [0.50, 0.70, 0.60]}
+    (r,) = bench.ratios([bench.Row("wg-sid", "wg", result=wg), bench.Row("tg", "tunnelgate", result=tg)])
+    assert r["ping_idle_round_diffs_ms"] == pytest.approx([0.05, 0.15, 0.10])
+    assert "ping +0.100 ms idle (rounds +0.050 to +0.150)," in bench.ratio_text([r])
+    # rounds that do not pair up (a JSON from an older bench) give no range
+    del wg["ping_idle"]["rounds"][0]
+    (r,) = bench.ratios([bench.Row("wg-sid", "wg", result=wg), bench.Row("tg", "tunnelgate", result=tg)])
+    assert r["ping_idle_round_diffs_ms"] is None and "ping +0.100 ms idle," in bench.ratio_text([r])
+
+
 def test_a_result_without_download_figures_still_renders():
     # a JSON from before downloads were measured: no down column, no down ratio
     old = _result(1000, 1000, 1, 0.5, (0.3, 0.3), (0.3, 0.3))

@@ -99,7 +99,7 @@ def iperf(lab, seconds: float, streams: int = 1, dst: str = UPSTREAM, reverse: b
     raise RuntimeError(f"iperf3 -P {streams} to {dst} failed: {last}")
 
 
-IDLE_ROUNDS, IDLE_PINGS = 5, 20      # idle ping: rounds x pings per path (idle_pings)
+IDLE_ROUNDS, IDLE_PINGS = 10, 20     # idle ping: rounds x pings per path (idle_pings)
 PING_RE = re.compile(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
 
 
@@ -441,11 +441,22 @@ def ratios(rows: list[Row]) -> list[dict]:
                     "cpu_per_gbit_down_x": (down_a / down_b) if down_b and key != "raw" else None,
                     "ping_idle_diff_ms": (a["ping_idle"]["avg_ms"] - b["ping_idle"]["avg_ms"])
                     if "ping_idle" in a and "ping_idle" in b else None,
+                    "ping_idle_round_diffs_ms": _round_diffs(a.get("ping_idle"), b.get("ping_idle")),
                     "ping_load_diff_ms": a["ping_load"]["avg_ms"] - b["ping_load"]["avg_ms"],
                     "cpu_per_gbit_x": (cpu_a / cpu_b) if cpu_b and key != "raw" else None,
                     "first_diff_ms": (a["first_ms"] - b["first_ms"]) if "first_ms" in a and "first_ms" in b
                     else None})
     return out
+
+
+def _round_diffs(a: dict | None, b: dict | None) -> list[float] | None:
+    """Round by round differences of two paths' idle pings (idle_pings takes
+    each round's pings of all paths within seconds of each other, so a round's
+    difference is free of the VM's drift between rounds; their spread shows how
+    far the mean difference can be trusted)."""
+    if not a or not b or not a.get("rounds") or len(a["rounds"]) != len(b.get("rounds") or ()):
+        return None
+    return [x - y for x, y in zip(a["rounds"], b["rounds"])]
 
 
 def ratio_text(rs: list[dict]) -> str:
@@ -460,8 +471,12 @@ def ratio_text(rs: list[dict]) -> str:
             cpu += f", first packet {r['first_diff_ms']:+.3f} ms"
         down = f", TCP 1 down x{r['down_x']:.2f}" if r.get("down_x") else ""
         idle = "-" if r.get("ping_idle_diff_ms") is None else f"{r['ping_idle_diff_ms']:+.3f}"
+        idle += " ms idle"
+        if r.get("ping_idle_round_diffs_ms"):
+            d = r["ping_idle_round_diffs_ms"]
+            idle += f" (rounds {min(d):+.3f} to {max(d):+.3f})"
         out.append(f"  {r['name']:<36} TCP 1 x{r['single_x']:.2f}, TCP 4 x{r['multi_x']:.2f}{down}, "
-                   f"ping {idle} ms idle, {r['ping_load_diff_ms']:+.3f} ms under load{cpu}")
+                   f"ping {idle}, {r['ping_load_diff_ms']:+.3f} ms under load{cpu}")
     return "\n".join(out)
 
 

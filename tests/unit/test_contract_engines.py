@@ -312,6 +312,25 @@ def test_free_prefix_needs_no_contract():
     assert w.gw.contracts(PEER, w.now)[0]["price"] == parse_price("0.7")
 
 
+@pytest.mark.parametrize("order", [1, -1], ids=["wide-first", "narrow-first"])
+def test_overlapping_prefixes_take_the_longest_match(order):
+    # as a routing table: a free or cheaper network inside a priced one keeps its
+    # own price (and the client its own cap), whatever the order they are listed in
+    routes = (("0.0.0.0/0", parse_price("0.9")), ("198.18.0.0/15", parse_price("0.6")),
+              ("198.18.9.0/24", 0))[::order]
+    caps = (("0.0.0.0/0", parse_price("0.9")), ("198.18.2.0/24", parse_price("0.5")))[::order]
+    w = World(pr=pricing(prefix_prices=routes), po=policy(max_price=parse_price("2"), prefix_max_prices=caps))
+    assert w.send("198.18.9.5") == FORWARD                       # /24: free, no contract
+    w.send("198.18.3.1")                                         # /15: 0.6, under the /0 cap
+    w.send("198.18.2.7")                                         # /15: 0.6 asked, over the /24 cap:
+    w.send("203.0.113.9")                                        # /0: 0.9
+    w.run(3)
+    price = {c["destination"]: c["price"] for c in w.gw.contracts(PEER, w.now)}
+    assert price == {"198.18.3.1/32": parse_price("0.6"),
+                     "198.18.2.7/32": parse_price("0.48"),                 # countered at 0.8 x 0.6
+                     "203.0.113.9/32": parse_price("0.9")}
+
+
 def test_scope_prefix_length():
     w = World(pr=pricing(scope=24))
     w.send("198.18.2.7")

@@ -77,6 +77,7 @@ class ClientEngine:
         self.policy = policy
         self._frac = parse_fraction(policy.counter_fraction, "counter_fraction")
         self._tol = parse_fraction(policy.usage_tolerance, "usage_tolerance")
+        # longest prefix first: the first match is the longest (_max_price)
         self._max = sorted(((*pk.parse_prefix(p), price) for p, price in policy.prefix_max_prices),
                            key=lambda t: -t[1])
         self.meter = ClientMeter()

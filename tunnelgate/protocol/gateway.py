@@ -140,6 +140,7 @@ class GatewayEngine:
         self._seq = 0
         self._new_id = new_id or self._counter_id
         self.meter = GatewayMeter(_plen(pricing.scope, 32), _plen(pricing.scope6, 128))
+        # longest prefix first: the first match is the longest (_price_for)
         self._prices = sorted(((*pk.parse_prefix(p), price) for p, price in pricing.prefix_prices),
                               key=lambda t: -t[1])
         self._peers: dict[bytes, _Peer] = {}

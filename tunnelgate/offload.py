@@ -273,61 +273,85 @@ def tcp6_segments(pkt: bytes, mss: int) -> list[bytes]:
 
 # --- TUN writes: packets -> virtio-net frames (GRO in Python) --------------------------
 
-def _mergeable(pkt) -> bool:
-    """An IPv4 TCP data segment without IP options or fragmenting, flags ACK[+PSH]."""
-    return (len(pkt) > 40 and pkt[0] == 0x45 and pkt[9] == TCP and (pkt[6] & 0x3F) == 0
-            and pkt[7] == 0 and pkt[33] & ~PSH == ACK
-            and len(pkt) > 20 + (pkt[32] >> 4) * 4)
+def _mergeable(pkt) -> int:
+    """Where TCP starts (20 or 40) in an IPv4 TCP data segment without IP
+    options or fragmenting, or an IPv6 one with TCP right after the fixed
+    header, flags ACK[+PSH]; 0 for any other packet."""
+    if len(pkt) > 40 and pkt[0] == 0x45:
+        if (pkt[9] == TCP and (pkt[6] & 0x3F) == 0 and pkt[7] == 0 and pkt[33] & ~PSH == ACK
+                and len(pkt) > 20 + (pkt[32] >> 4) * 4):
+            return 20
+    elif len(pkt) > 60 and pkt[0] >> 4 == 6:
+        if pkt[6] == TCP and pkt[53] & ~PSH == ACK and len(pkt) > 40 + (pkt[52] >> 4) * 4:
+            return 40
+    return 0
+
+
+def _flow_key(pkt) -> bytes | None:
+    """Addresses + ports of an IPv4 or IPv6 TCP packet (None for others)."""
+    if len(pkt) >= 24 and pkt[0] >> 4 == 4 and pkt[9] == TCP:
+        return pkt[12:24]
+    if len(pkt) >= 44 and pkt[0] >> 4 == 6 and pkt[6] == TCP:
+        return pkt[8:44]
+    return None
+
+
+def _signature(pkt, ih: int, thl: int) -> tuple:
+    """What must be equal for segments to merge: IPv4 tos and ttl, IPv6 traffic
+    class + flow label and hop limit; ack, doff, window and options."""
+    ip = (pkt[1], pkt[8]) if ih == 20 else (pkt[0:4], pkt[7])
+    return ip + (pkt[ih + 8:ih + 13], pkt[ih + 14:ih + 16], pkt[ih + 20:ih + thl])
 
 
 class _Burst:
     __slots__ = ("pkts", "next_seq", "mss", "size", "closed", "sig", "partial")
 
-    def __init__(self, pkt, partial: bool):
-        thl = (pkt[32] >> 4) * 4
-        n = len(pkt) - 20 - thl
+    def __init__(self, pkt, partial: bool, ih: int):
+        thl = (pkt[ih + 12] >> 4) * 4
+        n = len(pkt) - ih - thl
         self.pkts = [pkt]
-        self.next_seq = (int.from_bytes(pkt[24:28], "big") + n) & 0xFFFFFFFF
+        self.next_seq = (int.from_bytes(pkt[ih + 4:ih + 8], "big") + n) & 0xFFFFFFFF
         self.mss = n
         self.size = len(pkt)
-        self.closed = bool(pkt[33] & PSH)  # Linux GRO also ends a burst at PSH
-        # what must be equal for segments to merge: tos, ttl, ack, doff, window, options
-        self.sig = (pkt[1], pkt[8], pkt[28:33], pkt[34:36], pkt[40:20 + thl])
+        self.closed = bool(pkt[ih + 13] & PSH)  # Linux GRO also ends a burst at PSH
+        self.sig = _signature(pkt, ih, thl)
         self.partial = partial
 
 
 def coalesce(packets: list[bytes], partial: list[bool]) -> list:
-    """Group in-order TCP segments of one flow (same addresses, ports, ack,
-    window, options; contiguous sequence numbers; equal sizes except a smaller
-    last one; PSH ends a group) into lists, keeping every flow's order. Other
-    packets come back as (packet, partial) pairs, `partial[i]` saying whether
-    packet i is DATA_PARTIAL. Groups (lists of two or more) lose that flag:
-    gso_frame reseeds the checksum anyway, and `reseed_partial` makes any
-    member DATA_PARTIAL again."""
+    """Group in-order TCP segments of one flow, IPv4 or IPv6 (same addresses,
+    ports, ack, window, options; contiguous sequence numbers; equal sizes
+    except a smaller last one; PSH ends a group) into lists, keeping every
+    flow's order. Other packets come back as (packet, partial) pairs,
+    `partial[i]` saying whether packet i is DATA_PARTIAL. Groups (lists of
+    two or more) lose that flag: gso_frame reseeds the checksum anyway, and
+    `reseed_partial` makes any member DATA_PARTIAL again."""
     out: list = []
     open_: dict[bytes, tuple[int, _Burst]] = {}
     for pkt, part in zip(packets, partial):
-        if not _mergeable(pkt):
-            if len(pkt) >= 24 and pkt[0] >> 4 == 4 and pkt[9] == TCP:
-                open_.pop(pkt[12:24], None)
+        ih = _mergeable(pkt)
+        if not ih:
+            key = _flow_key(pkt)
+            if key is not None:
+                open_.pop(key, None)
             out.append((pkt, part))
             continue
-        key = pkt[12:24]                               # addresses + ports
+        key = pkt[12:24] if ih == 20 else pkt[8:44]     # addresses + ports
         entry = open_.get(key)
         if entry is not None:
             b = entry[1]
-            thl = (pkt[32] >> 4) * 4
-            n = len(pkt) - 20 - thl
+            thl = (pkt[ih + 12] >> 4) * 4
+            n = len(pkt) - ih - thl
             if (not b.closed and n <= b.mss and b.size + n <= COALESCE_MAX
-                    and int.from_bytes(pkt[24:28], "big") == b.next_seq
-                    and (pkt[1], pkt[8], pkt[28:33], pkt[34:36], pkt[40:20 + thl]) == b.sig):
+                    and int.from_bytes(pkt[ih + 4:ih + 8], "big") == b.next_seq
+                    and _signature(pkt, ih, thl) == b.sig):
                 b.pkts.append(pkt)
                 b.size += n
                 b.next_seq = (b.next_seq + n) & 0xFFFFFFFF
                 b.partial = b.partial or part
-                b.closed = n < b.mss or bool(pkt[33] & PSH)
+                b.closed = n < b.mss or bool(pkt[ih + 13] & PSH)
                 continue
-        b = _Burst(pkt, part)
+        b = _Burst(pkt, part, ih)
         open_[key] = (len(out), b)
         out.append(b)
     return [(x.pkts if len(x.pkts) > 1 else (x.pkts[0], x.partial)) if type(x) is _Burst else x
@@ -336,22 +360,28 @@ def coalesce(packets: list[bytes], partial: list[bool]) -> list:
 
 def gso_frame(pkts: list[bytes]) -> bytes:
     """One virtio-net GSO frame for a coalesced group: the first segment's
-    headers with the total length, a fresh IP checksum and the pseudo-header
-    sum as TCP checksum; the kernel re-segments at the first segment's size
-    and finishes every checksum. Flags: the last segment's (PSH)."""
+    headers with the total length (IPv4: and a fresh header checksum) and the
+    pseudo-header sum as TCP checksum; the kernel re-segments at the first
+    segment's size and finishes every checksum. Flags: the last segment's
+    (PSH)."""
     first = pkts[0]
-    thl = (first[32] >> 4) * 4
-    hl = 20 + thl
+    ih = 20 if first[0] >> 4 == 4 else 40
+    thl = (first[ih + 12] >> 4) * 4
+    hl = ih + thl
     payload_len = sum(map(len, pkts)) - hl * len(pkts)
     mss = len(first) - hl
-    ip_len = hl + payload_len
     ip = bytearray(first[:hl])
-    ip[2:4] = ip_len.to_bytes(2, "big")
-    ip[10:12] = b"\0\0"
-    ip[10:12] = ip_header_checksum(ip).to_bytes(2, "big")
-    ip[33] = pkts[-1][33]
-    ip[36:38] = fold(pseudo_sum(first[12:20], TCP, thl + payload_len)).to_bytes(2, "big")
-    parts = [VNET.pack(F_NEEDS_CSUM, GSO_TCPV4, hl, mss, 20, 16), ip]
+    if ih == 20:
+        ip[2:4] = (hl + payload_len).to_bytes(2, "big")
+        ip[10:12] = b"\0\0"
+        ip[10:12] = ip_header_checksum(ip).to_bytes(2, "big")
+        seed, gso = pseudo_sum(first[12:20], TCP, thl + payload_len), GSO_TCPV4
+    else:
+        ip[4:6] = (thl + payload_len).to_bytes(2, "big")
+        seed, gso = pseudo6_sum(first[8:40], TCP, thl + payload_len), GSO_TCPV6
+    ip[ih + 13] = pkts[-1][ih + 13]
+    ip[ih + 16:ih + 18] = fold(seed).to_bytes(2, "big")
+    parts = [VNET.pack(F_NEEDS_CSUM, gso, hl, mss, ih, 16), ip]
     parts.extend(memoryview(p)[hl:] for p in pkts)
     return b"".join(parts)
 

@@ -160,43 +160,81 @@ def test_plain_and_partial_single_frames():
     assert off.split_frame(off.VNET.pack(0, off.GSO_TCPV6, 0, 1000, 0, 0) + pkt) == ([], False)
 
 
-def test_coalesce_roundtrip_through_gso_frame():
+FAMILIES = [pytest.param(ipv4_tcp, tso_frame, 20, off.GSO_TCPV4, id="ipv4"),
+            pytest.param(ipv6_tcp, tso6_frame, 40, off.GSO_TCPV6, id="ipv6")]
+
+
+def _complete(p: bytes, ih: int) -> bytes:
+    return off.complete_checksum(p, ih, 16)
+
+
+@pytest.mark.parametrize("tcp, tso, ih, gso", FAMILIES)
+def test_coalesce_roundtrip_through_gso_frame(tcp, tso, ih, gso):
     data = os.urandom(20000)
-    pkts, _ = off.split_frame(tso_frame(data, 1000, opts=b"\x01\x01\x08\x0a" + bytes(8)))
-    other = ipv4_tcp(b"x", seq=5)[:22] + b"\x9c\x41" + ipv4_tcp(b"x", seq=5)[24:]  # another port
+    pkts, _ = off.split_frame(tso(data, 1000, opts=b"\x01\x01\x08\x0a" + bytes(8)))
+    x = tcp(b"x", seq=5)
+    other = x[:ih + 2] + b"\x9c\x41" + x[ih + 4:]                  # another port
     items = off.coalesce(pkts[:7] + [other] + pkts[7:], [True] * 7 + [False] + [True] * (len(pkts) - 7))
     groups = [i for i in items if type(i) is list]
     assert len(groups) == 1 and len(groups[0]) == len(pkts)
+    assert items[1] == (other, False)
     frame = off.gso_frame(groups[0])
     flags, gso_type, hdr_len, gso_size, cs_start, cs_off = off.VNET.unpack_from(frame)
-    assert (flags, gso_type, hdr_len, gso_size, cs_start, cs_off) == (1, off.GSO_TCPV4, 52, 1000, 20, 16)
+    assert (flags, gso_type, hdr_len, gso_size, cs_start, cs_off) == (1, gso, ih + 32, 1000, ih, 16)
     big = frame[10:]
-    assert big[52:] == data and struct.unpack("!H", big[2:4])[0] == len(big)
-    assert ref_sum(big[:20]) == 0xFFFF
+    assert big[ih + 32:] == data
+    if ih == 20:
+        assert struct.unpack("!H", big[2:4])[0] == len(big) and ref_sum(big[:20]) == 0xFFFF
+    else:
+        assert struct.unpack("!H", big[4:6])[0] == len(big) - 40 and big[:4] == pkts[0][:4]
     # the kernel would re-segment exactly as the sender's TSO did
     again, _ = off.split_frame(frame)
-    assert [off.complete_checksum(p, 20, 16)[20:] for p in again] == \
-           [off.complete_checksum(p, 20, 16)[20:] for p in pkts]
+    assert [_complete(p, ih)[ih:] for p in again] == [_complete(p, ih)[ih:] for p in pkts]
+    assert all((tcp_ok if ih == 20 else tcp6_ok)(_complete(p, ih)) for p in again)
 
 
-def test_coalesce_keeps_gaps_and_order():
-    a = ipv4_tcp(b"a" * 100, seq=0, flags=off.ACK)
-    b = ipv4_tcp(b"b" * 100, seq=100, flags=off.ACK)
-    c = ipv4_tcp(b"c" * 100, seq=300, flags=off.ACK)   # gap: not merged
-    d = ipv4_tcp(b"d" * 100, seq=400, flags=off.ACK)
-    syn = ipv4_tcp(b"", seq=0, flags=off.SYN)
+@pytest.mark.parametrize("tcp, tso, ih, gso", FAMILIES)
+def test_coalesce_keeps_gaps_and_order(tcp, tso, ih, gso):
+    a = tcp(b"a" * 100, seq=0, flags=off.ACK)
+    b = tcp(b"b" * 100, seq=100, flags=off.ACK)
+    c = tcp(b"c" * 100, seq=300, flags=off.ACK)   # gap: not merged
+    d = tcp(b"d" * 100, seq=400, flags=off.ACK)
+    syn = tcp(b"", seq=0, flags=off.SYN)
     items = off.coalesce([a, b, c, d, syn], [False] * 5)
     assert items[0] == [a, b] and items[1] == [c, d] and items[2] == (syn, False)
     # PSH ends a group; a shorter segment too
-    p = ipv4_tcp(b"p" * 100, seq=100, flags=off.ACK | off.PSH)
-    items = off.coalesce([a, p, ipv4_tcp(b"q" * 100, seq=200, flags=off.ACK)], [False] * 3)
+    p = tcp(b"p" * 100, seq=100, flags=off.ACK | off.PSH)
+    items = off.coalesce([a, p, tcp(b"q" * 100, seq=200, flags=off.ACK)], [False] * 3)
     assert items[0] == [a, p] and type(items[1]) is tuple
-    short = ipv4_tcp(b"s" * 50, seq=100, flags=off.ACK)
-    items = off.coalesce([a, short, ipv4_tcp(b"t" * 50, seq=150, flags=off.ACK)], [False] * 3)
+    short = tcp(b"s" * 50, seq=100, flags=off.ACK)
+    items = off.coalesce([a, short, tcp(b"t" * 50, seq=150, flags=off.ACK)], [False] * 3)
     assert items[0] == [a, short] and type(items[1]) is tuple
     # a different ack number is a different burst
-    other_ack = ipv4_tcp(b"b" * 100, seq=100, flags=off.ACK, ack=99)
+    other_ack = tcp(b"b" * 100, seq=100, flags=off.ACK, ack=99)
     assert [type(i) for i in off.coalesce([a, other_ack], [False] * 2)] == [tuple, tuple]
+    # so is a different TTL / hop limit, and in IPv6 a different flow label
+    hop = bytearray(b)
+    hop[8 if ih == 20 else 7] -= 1
+    assert [type(i) for i in off.coalesce([a, bytes(hop)], [False] * 2)] == [tuple, tuple]
+    if ih == 40:
+        label = bytearray(b)
+        label[3] ^= 1
+        assert [type(i) for i in off.coalesce([a, bytes(label)], [False] * 2)] == [tuple, tuple]
+    # a non-mergeable segment of the flow (SYN here) closes its open group
+    e = tcp(b"e" * 100, seq=200, flags=off.ACK)
+    items = off.coalesce([a, b, syn, e], [False] * 4)
+    assert items == [[a, b], (syn, False), (e, False)]
+
+
+def test_coalesce_keeps_ipv4_and_ipv6_flows_apart():
+    a4, b4 = ipv4_tcp(b"a" * 100, seq=0, flags=off.ACK), ipv4_tcp(b"b" * 100, seq=100, flags=off.ACK)
+    a6, b6 = ipv6_tcp(b"a" * 100, seq=0, flags=off.ACK), ipv6_tcp(b"b" * 100, seq=100, flags=off.ACK)
+    items = off.coalesce([a4, a6, b4, b6], [False] * 4)
+    assert items == [[a4, b4], [a6, b6]]
+    # an IPv6 segment with an extension header is not taken apart: left as it is
+    ext = bytearray(b6)
+    ext[6] = 0                                      # hop-by-hop options first
+    assert off.coalesce([a6, bytes(ext)], [False] * 2) == [(a6, False), (bytes(ext), False)]
 
 
 def test_udp_gso_send_and_gro_receive_loopback():

@@ -22,9 +22,9 @@ to one packet per syscall when the kernel lacks the feature.
 Metering is per burst (one engine call per TSO read or coalesced group) but
 counts what the wire carries: the sum of the segments' IP lengths.
 
-IPv6 (a dual-stack tunnel) takes the same paths: TSO6 bursts, DATA_PARTIAL
-and chunk records; only the Python coalescing of plain segments (a peer that
-sends no chunks) is IPv4-only, so such IPv6 segments are written one by one.
+IPv6 (a dual-stack tunnel) takes the same paths: TSO6 bursts, DATA_PARTIAL,
+chunk records, and the Python coalescing of plain segments (from a peer that
+sends no chunks) into GSO frames.
 """
 
 from __future__ import annotations
@@ -207,9 +207,9 @@ def _gateway_meter(items, peer_of_src, elock, outbound, outbound_burst, wall, vn
                     slow.extend((p, True) for p in item.segments())
                 continue
             if t is list:
-                first = item[0]
+                src, dst = _ends(item[0])
                 total = sum(map(len, item))
-                if outbound_burst(peer_of_src[first[12:16]], first[16:20], total, len(item), wall) == FORWARD:
+                if outbound_burst(peer_of_src[src], dst, total, len(item), wall) == FORWARD:
                     out.append(off.gso_frame(item))
                     nbytes += total
                     npkts += len(item)

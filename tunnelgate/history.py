@@ -23,6 +23,11 @@ def contracts(db: Path) -> list[dict]:
     try:
         rows = con.execute("SELECT ts, kind, contract_id, peer, destination, reason, amount_msat, data "
                            "FROM events WHERE contract_id IS NOT NULL ORDER BY id").fetchall()
+        # a client's payments as sent: with [payment] prepay_msat more than a contract's cost
+        has_sent = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='client_payments'"
+                               ).fetchone()
+        sent = {cid: (amount, state) for cid, amount, state in con.execute(
+            "SELECT contract_id, amount_msat, state FROM client_payments")} if has_sent else {}
     except sqlite3.Error as e:
         raise HistoryError(f"cannot read {db}: {e}") from None
     finally:
@@ -31,15 +36,20 @@ def contracts(db: Path) -> list[dict]:
     for ts, kind, cid, peer, dest, reason, amount, data in rows:
         c = out.setdefault(cid, {"contract_id": cid, "destination": dest, "peer": peer, "started": ts,
                                  "ended": None, "state": "proposed", "paid_msat": 0, "reason": "",
-                                 "up": None, "down": None})
+                                 "up": None, "down": None, "from_credit": False, "sent_msat": 0,
+                                 "sent_confirmed": False})
         if kind == "paid":
             c["paid_msat"] = amount
+            c["from_credit"] = bool(json.loads(data or "{}").get("from_credit"))
         if kind in ("accepted", "activated", "paid") and c["ended"] is None:
             c["state"] = kind
         if kind in ENDINGS:
             c["state"], c["ended"], c["reason"] = kind, ts, reason or ""
             extra = json.loads(data or "{}")
             c["up"], c["down"] = extra.get("up"), extra.get("down")
+    for cid, (amount, state) in sent.items():
+        if cid in out:
+            out[cid]["sent_msat"], out[cid]["sent_confirmed"] = amount, state == "confirmed"
     return list(out.values())
 
 
@@ -50,7 +60,19 @@ def render(items: list[dict]) -> str:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["started"]))
         lines.append(f"{started:<19}  {c['destination'] or '-':<18} {c['state']:<15} "
                      f"{format_msat(c['paid_msat']):>10}  {c['contract_id']}"
+                     + ("  (from prepaid credit)" if c.get("from_credit") else "")
                      + (f"  ({c['reason']})" if c["reason"] else ""))
     total = sum(c["paid_msat"] for c in items)
-    lines.append(f"{len(items)} contracts, {sum(1 for c in items if c['paid_msat'])} paid, total {format_msat(total)}")
+    summary = f"{len(items)} contracts, {sum(1 for c in items if c['paid_msat'])} paid, total {format_msat(total)}"
+    sent = sum(c.get("sent_msat", 0) for c in items)
+    if sent and sent != sum(c["paid_msat"] for c in items if not c.get("from_credit")):
+        # a client that prepays: what left the wallet, and what of it no contract has used yet
+        pending = sum(c.get("sent_msat", 0) for c in items if not c.get("sent_confirmed"))
+        credit = sent - pending - total
+        summary += f"; sent {format_msat(sent)} from the wallet"
+        if pending:
+            summary += f", {format_msat(pending)} of it not yet confirmed by the gateway"
+        if credit > 0:
+            summary += f", {format_msat(credit)} of it prepaid credit at the gateway, not used yet"
+    lines.append(summary)
     return "\n".join(lines)

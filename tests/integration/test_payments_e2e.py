@@ -31,7 +31,7 @@ from tunnelgate import keys
 from tunnelgate import session as sess
 from tunnelgate.daemon.control import request
 from tunnelgate.lab import GW_LINK, GW_UP, UPSTREAM
-from tunnelgate.money import cost_msat
+from tunnelgate.money import cost_msat, format_msat
 from tunnelgate.protocol import messages as m
 from tunnelgate.protocol.channel import Channel
 
@@ -469,6 +469,10 @@ def test_prepaid_credit_pays_several_contracts_with_one_payment(lab, make_env, m
     credit = 10000 - COST * len(gw_paid)
     assert peer_credit(env) == credit
     assert wait_until(lambda: env.status("client")["credit_msat"] == credit, 5)
+    # the client's history says where the money went: one payment, the rest still credit
+    last = env.tg(lab.client, "history", "-c", str(env.client_conf)).stdout.strip().splitlines()[-1]
+    assert last.endswith(f"sent 10 sat from the wallet, {format_msat(credit)} of it prepaid credit "
+                         f"at the gateway, not used yet"), last
     # a gateway restart keeps the credit
     env.tg(lab.gw, "down", "-c", str(env.gw_conf))
     env.serve(timeout=60)

@@ -2,7 +2,8 @@
 outside the daemon's engine lock: the data path meters under that lock, and
 with 10,000 contracts the views take ≈ 17 ms, a stall of every packet each
 time the TUI (once a second) or Prometheus asks. Under the lock they only
-copy the engine's lists."""
+copy the engine's lists. The client's `status` likewise (one contract per
+destination it reaches)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,27 @@ def test_status_from_a_snapshot_shows_what_the_snapshot_held():
     peer = b.flows[0][0]
     assert {c.peer for c in b.engine.contract_list(peer)} == {peer}
     assert len(b.engine.contract_list(peer)) == 10
+
+
+def test_client_status_views_outside_the_engine_lock(monkeypatch):
+    from test_contract_engines import World
+
+    from tunnelgate.daemon.client import ClientDaemon
+    w = World(loss=0, reorder=0)
+    dests = ["198.18.2.2", "198.18.2.3", "198.18.2.4"]
+    for dst in dests:
+        w.send(dst)
+    w.run(1)
+    d = types.SimpleNamespace(elock=threading.Lock(), engine=w.cl)
+    held = _views_watched(monkeypatch, d.elock)
+    st = ClientDaemon._market_status(d)
+    assert sorted(st["destinations"]) == [f"{x}/32" for x in dests]
+    assert [c["state"] for c in st["contracts"]] == ["PAID"] * 3
+    assert len(held) == 3 and not any(held)
+    assert st["pause_buying"] is False
+    # a snapshot shows what it held, views included, and nothing else moves it
+    snapshot = w.cl.status_snapshot(w.now)
+    w.send("198.18.2.5")
+    w.run(1)
+    assert len(w.cl.status(w.now, snapshot)["contracts"]) == 3
+    assert len(w.cl.status(w.now)["contracts"]) == 4

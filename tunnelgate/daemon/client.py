@@ -393,7 +393,11 @@ class ClientDaemon(Daemon):
         }
 
     def _market_status(self) -> dict:
+        now = time.time()
         with self.elock:
-            st = self.engine.status(time.time())
-            st.update(pause_buying=self.engine.paused, max_price=self.engine.policy.max_price)
-            return st
+            # the data path meters under this lock: views are built after it
+            snapshot = self.engine.status_snapshot(now)
+            paused, max_price = self.engine.paused, self.engine.policy.max_price
+        st = self.engine.status(now, snapshot)
+        st.update(pause_buying=paused, max_price=max_price)
+        return st

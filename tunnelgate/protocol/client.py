@@ -627,18 +627,26 @@ class ClientEngine:
     def contracts(self, now: float = 0.0, history: bool = False) -> list[dict]:
         return [c.view(now) for c in self.contract_list(history)]
 
-    def status(self, now: float) -> dict:
-        return {"spend": self.spend(now), "budget_reason": self.budget_reason,
-                "credit_msat": self.credit_msat, "no_funds_reason": self.no_funds_reason,
-                "prepay_msat": self.prepay_msat,
-                "unmetered_bytes": self.unmetered_bytes,
-                "destinations": {d: {"contract": f.current.contract_id if f.current else None,
-                                     "queued": [c.contract_id for c in f.queue],
-                                     "no_deal_reason": f.nodeal_reason if f.nodeal_until > now else "",
-                                     "retry_in_s": max(0, int(f.nodeal_until - now)),
-                                     "reason": f.reason}
-                                 for d, f in self._flows.items()},
-                "contracts": self.contracts(now)}
+    def status_snapshot(self, now: float) -> tuple[dict, list[Contract]]:
+        """What status() reads: the figures per destination (a few ints each)
+        and the contracts, copied, not yet viewed (as GatewayEngine's)."""
+        return ({"spend": self.spend(now), "budget_reason": self.budget_reason,
+                 "credit_msat": self.credit_msat, "no_funds_reason": self.no_funds_reason,
+                 "prepay_msat": self.prepay_msat,
+                 "unmetered_bytes": self.unmetered_bytes,
+                 "destinations": {d: {"contract": f.current.contract_id if f.current else None,
+                                      "queued": [c.contract_id for c in f.queue],
+                                      "no_deal_reason": f.nodeal_reason if f.nodeal_until > now else "",
+                                      "retry_in_s": max(0, int(f.nodeal_until - now)),
+                                      "reason": f.reason}
+                                  for d, f in self._flows.items()}},
+                self.contract_list())
+
+    def status(self, now: float, snapshot: tuple[dict, list[Contract]] | None = None) -> dict:
+        """status_snapshot() (taken under the engine lock, or now) with the
+        contracts' views, built outside that lock."""
+        st, contracts = snapshot if snapshot is not None else self.status_snapshot(now)
+        return {**st, "contracts": [c.view(now) for c in contracts]}
 
     # --- persistence -------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ Run as root: `python -m tunnelgate.lab.demo [--dummy] [--no-tui]`.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -31,9 +32,19 @@ def say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
 
 
-def main() -> int:
-    dummy = "--dummy" in sys.argv
-    want_tui = sys.stdout.isatty() and "--no-tui" not in sys.argv
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="scripts/demo", description=(
+        "a gateway and a client in network namespaces, a local Cashu mint, real traffic "
+        "through the tunnel, status and the TUI, then clean-up (as root)"))
+    ap.add_argument("--dummy", action="store_true", help="no mint: the dummy payment backend (no money)")
+    ap.add_argument("--no-tui", action="store_true", help="do not open the TUI at the end (it opens only in a terminal)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    dummy = args.dummy
+    want_tui = sys.stdout.isatty() and not args.no_tui
     if os.geteuid() != 0:
         print("demo: run as root (it builds network namespaces)", file=sys.stderr)
         return 1

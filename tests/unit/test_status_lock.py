@@ -11,7 +11,9 @@ import collections
 import threading
 import types
 
+from test_contract_engines import World
 from tunnelgate.daemon.base import Daemon
+from tunnelgate.daemon.client import ClientDaemon
 from tunnelgate.daemon.gateway import GatewayDaemon
 from tunnelgate.daemon.metrics import GatewayCollector
 from tunnelgate.lab.scale import EngineBuilder
@@ -77,9 +79,6 @@ def test_status_from_a_snapshot_shows_what_the_snapshot_held():
 
 
 def test_client_status_views_outside_the_engine_lock(monkeypatch):
-    from test_contract_engines import World
-
-    from tunnelgate.daemon.client import ClientDaemon
     w = World(loss=0, reorder=0)
     dests = ["198.18.2.2", "198.18.2.3", "198.18.2.4"]
     for dst in dests:
@@ -92,7 +91,7 @@ def test_client_status_views_outside_the_engine_lock(monkeypatch):
     assert [c["state"] for c in st["contracts"]] == ["PAID"] * 3
     assert len(held) == 3 and not any(held)
     assert st["pause_buying"] is False
-    # a snapshot shows what it held, views included, and nothing else moves it
+    # status from a snapshot shows the contracts it copied, not those bought since
     snapshot = w.cl.status_snapshot(w.now)
     w.send("198.18.2.5")
     w.run(1)

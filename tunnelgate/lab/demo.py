@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "a gateway and a client in network namespaces, a local Cashu mint, real traffic "
         "through the tunnel, status and the TUI, then clean-up (as root)"))
     ap.add_argument("--dummy", action="store_true", help="no mint: the dummy payment backend (no money)")
-    ap.add_argument("--no-tui", action="store_true", help="do not open the TUI at the end (it opens only in a terminal)")
+    ap.add_argument("--no-tui", action="store_true",
+                    help="do not open the TUI at the end (it opens only in a terminal)")
     return ap.parse_args(argv)
 
 

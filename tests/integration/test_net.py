@@ -447,7 +447,10 @@ def test_counter_table_counts_interface_bytes(lab):
         # only this table; another table is left alone
         nft.nft(script="table inet tgtest_other { }\n", netns=lab.gw)
         nft.counter_table("tgtest_count", "veth-up", netns=lab.gw)      # idempotent: replaced, reset
-        assert nft.read_counters("tgtest_count", netns=lab.gw)["tx_packets"] == 0
+        # the kernel's own neighbour/MLD traffic may slip in after the reset (CI saw one
+        # packet), never the three pings' 384 bytes a kept counter would still hold
+        after = nft.read_counters("tgtest_count", netns=lab.gw)
+        assert after["tx_bytes"] < 3 * 128 and after["tx_packets"] < c["tx_packets"]
     finally:
         assert nft.remove_table("tgtest_count", netns=lab.gw)
     rules = nft.list_ruleset(netns=lab.gw)

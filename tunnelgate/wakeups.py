@@ -13,6 +13,8 @@ One-shot epoll: wait() arms and blocks; hold() disarms, so a waiter already
 blocked stays asleep; release() re-arms, and epoll reports what is already
 readable, so nothing queued meanwhile is left unseen. A waiter that arms
 during a hold is merely woken as it would have been without one.
+
+Warmth says how long an idle thread waits before it looks again (see there).
 """
 
 from __future__ import annotations
@@ -51,3 +53,39 @@ class Wakeups:
 
     def close(self) -> None:
         self._ep.close()
+
+
+KEEP_WARM_S = 10.0      # after the last packet forwarded, the data threads stay warm this long
+WARM_WAIT_S = 0.02      # ... waking at least this often
+IDLE_WAIT_S = 0.5       # then only this often (to see the daemon stopping)
+
+
+class Warmth:
+    """The wait timeout of a daemon's two data-path threads. A packet that
+    finds its thread asleep for long pays for the cold: the interpreter's
+    code and data evicted, on a VM a halted vCPU. Measured against
+    wireguard-go in the same runs, pings 50 ms, 137 ms and 1 s apart took
+    0.03-0.08 ms longer through threads that slept up to 0.5 s than through
+    ones that woke every 20 ms. So while traffic flows the threads wake every
+    WARM_WAIT_S (≈ 0.4 % of a CPU per daemon), and KEEP_WARM_S after the last
+    packet forwarded they go back to sleeping long: an idle gateway stays
+    idle. What counts is the daemon's packet counters (rx_packets +
+    tx_packets), not every wake-up: the kernel's own router solicitations
+    and MLD reports on the TUN, dropped, and control messages keep nobody
+    warm. Shared by both threads, so traffic either way keeps both warm; read
+    once per wait, never per packet."""
+
+    __slots__ = ("_stats", "_seen", "until")
+
+    def __init__(self, stats) -> None:
+        self._stats = stats
+        self._seen = 0
+        self.until = 0.0
+
+    def timeout(self, now: float) -> float:
+        """Seconds a data-path thread that found nothing to do waits now."""
+        moved = self._stats["rx_packets"] + self._stats["tx_packets"]
+        if moved != self._seen:
+            self._seen = moved
+            self.until = now + KEEP_WARM_S
+        return WARM_WAIT_S if now < self.until else IDLE_WAIT_S

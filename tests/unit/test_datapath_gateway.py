@@ -18,7 +18,7 @@ from tunnelgate import wire
 from tunnelgate.daemon import datapath
 from tunnelgate.daemon.gateway import GatewayDaemon
 from tunnelgate.meter import FORWARD
-from tunnelgate.wakeups import Wakeups
+from tunnelgate.wakeups import Wakeups, Warmth
 
 from test_chunks import burst
 from test_offload import ipv4_tcp
@@ -83,6 +83,7 @@ class Gateway:
         self.chunk_peers = {CL_PUB}
         self.elock, self.tun_lock, self.udp_lock = threading.Lock(), threading.Lock(), threading.Lock()
         self.udp_wakeups = Wakeups(self.sock.fileno())
+        self.warmth = Warmth(self.stats)
         self.engine = ForwardAll()
         self.running = True
 

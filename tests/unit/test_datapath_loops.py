@@ -17,7 +17,7 @@ import time
 from tunnelgate import offload as off
 from tunnelgate.daemon import datapath
 from tunnelgate.session import DATA
-from tunnelgate.wakeups import Wakeups
+from tunnelgate.wakeups import IDLE_WAIT_S, WARM_WAIT_S, Wakeups, Warmth
 
 from test_datapath_gateway import OWN, FakeTun, Gateway
 from test_offload import ipv4_tcp
@@ -54,6 +54,10 @@ class RecordedWakeups(Wakeups):
     def __init__(self, fd, log):
         super().__init__(fd)
         self.log = log
+
+    def wait(self, timeout):
+        self.log.append(("wait", timeout))
+        return super().wait(timeout)
 
     def hold(self):
         self.log.append("hold")
@@ -125,6 +129,34 @@ def test_the_gateway_sender_takes_the_datagrams_waiting_after_its_batch():
     assert gw.stats["rx_packets"] == 1
 
 
+def test_the_receiver_waits_long_until_traffic_comes_then_wakes_often():
+    lab = Lab()
+    lab.now = time.monotonic()
+    lab.connect()
+    gw = Gateway(lab.gw)
+    log = []
+    gw.udp_wakeups = RecordedWakeups(gw.sock.fileno(), log)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    waits = lambda: [t for e, t in (x for x in log if type(x) is tuple)]
+    worker = threading.Thread(target=datapath.gateway_udp_to_tun, args=(gw,), daemon=True)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not waits() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sender.sendto(lab.client.seal(DATA, _tcp(OWN, UPSTREAM, b"x"), lab.now), gw.sock.getsockname())
+        while len(waits()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        gw.running = False
+        worker.join(2)
+        sender.close()
+        gw.sock.close()
+    assert gw.stats["rx_packets"] == 1
+    assert waits()[0] == IDLE_WAIT_S                         # before the datagram: asleep for long
+    assert set(waits()[1:]) == {WARM_WAIT_S}                 # after it: waking every WARM_WAIT_S
+
+
 class Engine:
     """The client engine's data-path calls: everything fits, nothing to say."""
     has_output = False
@@ -151,6 +183,7 @@ def _client(lab, tun, engine):
     d.stats = collections.Counter()
     d.elock, d.lock, d.tun_lock, d.udp_lock = (threading.Lock() for _ in range(4))
     d.udp_wakeups = Wakeups(sock.fileno())
+    d.warmth = Warmth(d.stats)
     d.endpoint = gateway.getsockname()
     d.gateway_chunks, d.address6, d.running = True, None, True
     return d, gateway

@@ -1,14 +1,16 @@
 """tunnelgate.wakeups on a UDP socket: a datagram that arrives while wakeups
 are held does not wake a thread blocked in wait(); release() wakes it at
-once; a waiter that arms during a hold is woken as without one."""
+once; a waiter that arms during a hold is woken as without one. Warmth,
+on a given clock: short waits while packets pass, long ones once they stop."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
+from collections import Counter
 
-from tunnelgate.wakeups import Wakeups
+from tunnelgate.wakeups import IDLE_WAIT_S, KEEP_WARM_S, WARM_WAIT_S, Wakeups, Warmth
 
 
 def _pair():
@@ -74,3 +76,21 @@ def test_arming_during_a_hold_sees_what_is_queued_and_a_closed_waiter_returns():
     assert not w.wait(0.01)                           # closed: no exception, no wait
     w.hold()
     w.release()
+
+
+def test_warmth_wakes_the_threads_often_while_packets_pass_and_rarely_after():
+    assert WARM_WAIT_S < IDLE_WAIT_S
+    stats = Counter(control_rx=3, drop_link_local6=2)
+    warmth = Warmth(stats)
+    receiver, sender = warmth.timeout, warmth.timeout      # one per daemon, shared by its threads
+    assert receiver(100.0) == IDLE_WAIT_S                     # no packet forwarded yet
+    stats["tx_packets"] += 1
+    assert sender(100.0) == WARM_WAIT_S                       # the sender sent one
+    assert receiver(100.5) == WARM_WAIT_S                     # ... which keeps the receiver warm too
+    assert receiver(100.0 + KEEP_WARM_S - 0.01) == WARM_WAIT_S
+    stats["control_rx"] += 1
+    stats["drop_link_local6"] += 1                            # no forwarded packet: no warmth
+    assert sender(100.0 + KEEP_WARM_S) == IDLE_WAIT_S         # KEEP_WARM_S after it: idle again
+    stats["rx_packets"] += 2
+    assert receiver(100.0 + KEEP_WARM_S + 1) == WARM_WAIT_S
+    assert sender(100.0 + 2 * KEEP_WARM_S + 1) == IDLE_WAIT_S

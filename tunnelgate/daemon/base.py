@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..net import setup as netsetup
-from ..wakeups import Wakeups
+from ..wakeups import Wakeups, Warmth
 from .control import ControlError, ControlServer
 from .store import Store
 
@@ -123,6 +123,7 @@ class Daemon:
         # held by whichever data-path thread receives from the socket (datapath._receive_loop)
         self.udp_lock = threading.Lock()
         self.udp_wakeups: Wakeups | None = None
+        self.warmth = Warmth(self.stats)
 
     # --- lifecycle ---------------------------------------------------------------------
 

@@ -256,14 +256,14 @@ def _receive_loop(d, handle) -> None:
     from the socket and handles what it got: this one, or the tun-to-udp
     thread taking the datagrams its own sends brought back (_send_loop)."""
     recv = off.UdpReceiver(d.sock).recv_groups
-    lock, wakeups = d.udp_lock, d.udp_wakeups
+    lock, wakeups, timeout = d.udp_lock, d.udp_wakeups, d.warmth.timeout
     while d.running:
         with lock:
             groups = recv(UDP_DATAGRAMS, False)
             if groups:
                 handle(groups)
                 continue
-        wakeups.wait(0.5)
+        wakeups.wait(timeout(time.monotonic()))
 
 
 def _send_loop(d, handle, handle_datagrams, settle=None) -> None:
@@ -276,7 +276,7 @@ def _send_loop(d, handle, handle_datagrams, settle=None) -> None:
     tun, lock = d.tun, d.tun_lock
     read = tun.read_frames
     recv = off.UdpReceiver(d.sock).recv_groups
-    udp_lock, udp_wakeups = d.udp_lock, d.udp_wakeups
+    udp_lock, udp_wakeups, timeout = d.udp_lock, d.udp_wakeups, d.warmth.timeout
     while d.running:
         with lock:
             frames = read(TUN_READS, 0)
@@ -296,7 +296,7 @@ def _send_loop(d, handle, handle_datagrams, settle=None) -> None:
                 continue
         # wait outside the lock: meanwhile the udp-to-tun thread may take
         # what its own TUN writes produce (see _take_replies)
-        if not tun.wait_readable(0.5) and tun.closed:
+        if not tun.wait_readable(timeout(time.monotonic())) and tun.closed:
             time.sleep(0.05)
 
 

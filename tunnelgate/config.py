@@ -42,6 +42,7 @@ class SessionTiming:
     dead_after_s: float = 3.0
     handshake_retry_s: float = 1.0
     cipher: str = "auto"    # client: transport AEAD; "auto" = AES-GCM where the CPU has AES
+    keep_warm_s: float = 10.0   # data threads wake every 20 ms this long after a packet (wakeups.Warmth)
 
 
 @dataclass(frozen=True)
@@ -289,7 +290,11 @@ def _session(r: _Reader) -> SessionTiming:
         dead_after_s=t.number("dead_after_s", d.dead_after_s),
         handshake_retry_s=t.number("handshake_retry_s", d.handshake_retry_s),
         cipher=t.get("cipher", str, '"auto", "chacha" or "aesgcm"', d.cipher),
+        keep_warm_s=float(t.get("keep_warm_s", (int, float), "a number of seconds", d.keep_warm_s)),
     )
+    if s.keep_warm_s < 0:
+        raise t.error("keep_warm_s", "a number of seconds >= 0 (0: the data threads never stay warm)",
+                      s.keep_warm_s)
     from .session import CIPHERS
     if s.cipher not in CIPHERS:
         raise t.error("cipher", f"one of {', '.join(repr(c) for c in CIPHERS)}", s.cipher)

@@ -56,7 +56,7 @@ class Wakeups:
 
 
 KEEP_WARM_S = 10.0      # after the last packet forwarded, the data threads stay warm this long
-WARM_WAIT_S = 0.02      # ... waking at least this often
+WARM_WAIT_S = 0.02      # ... waking at least this often ([session] keep_warm_s; 0: never)
 IDLE_WAIT_S = 0.5       # then only this often (to see the daemon stopping)
 
 
@@ -67,7 +67,7 @@ class Warmth:
     wireguard-go in the same runs, pings 50 ms, 137 ms and 1 s apart took
     0.03-0.08 ms longer through threads that slept up to 0.5 s than through
     ones that woke every 20 ms. So while traffic flows the threads wake every
-    WARM_WAIT_S (≈ 0.4 % of a CPU per daemon), and KEEP_WARM_S after the last
+    WARM_WAIT_S (≈ 0.5 % of a CPU per daemon), and KEEP_WARM_S after the last
     packet forwarded they go back to sleeping long: an idle gateway stays
     idle. What counts is the daemon's packet counters (rx_packets +
     tx_packets), not every wake-up: the kernel's own router solicitations
@@ -75,10 +75,11 @@ class Warmth:
     warm. Shared by both threads, so traffic either way keeps both warm; read
     once per wait, never per packet."""
 
-    __slots__ = ("_stats", "_seen", "until")
+    __slots__ = ("_stats", "_keep_s", "_seen", "until")
 
-    def __init__(self, stats) -> None:
+    def __init__(self, stats, keep_s: float = KEEP_WARM_S) -> None:
         self._stats = stats
+        self._keep_s = keep_s
         self._seen = 0
         self.until = 0.0
 
@@ -87,5 +88,5 @@ class Warmth:
         moved = self._stats["rx_packets"] + self._stats["tx_packets"]
         if moved != self._seen:
             self._seen = moved
-            self.until = now + KEEP_WARM_S
+            self.until = now + self._keep_s
         return WARM_WAIT_S if now < self.until else IDLE_WAIT_S

@@ -408,6 +408,13 @@ def test_gateway_metrics_listen(tmp_path):
         config.load(write(tmp_path, GATEWAY + '\n[metrics]\nlisten = "9108"\n'))
 
 
+def test_session_keep_warm(tmp_path):
+    assert config.load(write(tmp_path, CLIENT)).session.keep_warm_s == 10.0
+    assert config.load(write(tmp_path, CLIENT + '\n[session]\nkeep_warm_s = 0\n')).session.keep_warm_s == 0.0
+    with pytest.raises(config.ConfigError, match="session.keep_warm_s.*>= 0"):
+        config.load(write(tmp_path, CLIENT + '\n[session]\nkeep_warm_s = -1\n'))
+
+
 def test_session_cipher(tmp_path):
     assert config.load(write(tmp_path, CLIENT)).session.cipher == "auto"
     cfg = config.load(write(tmp_path, CLIENT + '\n[session]\ncipher = "chacha"\n'))

@@ -94,3 +94,6 @@ def test_warmth_wakes_the_threads_often_while_packets_pass_and_rarely_after():
     stats["rx_packets"] += 2
     assert receiver(100.0 + KEEP_WARM_S + 1) == WARM_WAIT_S
     assert sender(100.0 + 2 * KEEP_WARM_S + 1) == IDLE_WAIT_S
+    never = Warmth(stats, 0.0)                                # [session] keep_warm_s = 0
+    stats["tx_packets"] += 1
+    assert never.timeout(300.0) == IDLE_WAIT_S

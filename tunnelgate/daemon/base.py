@@ -123,7 +123,7 @@ class Daemon:
         # held by whichever data-path thread receives from the socket (datapath._receive_loop)
         self.udp_lock = threading.Lock()
         self.udp_wakeups: Wakeups | None = None
-        self.warmth = Warmth(self.stats)
+        self.warmth = Warmth(self.stats, cfg.session.keep_warm_s)
 
     # --- lifecycle ---------------------------------------------------------------------
 

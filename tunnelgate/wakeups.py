@@ -56,7 +56,8 @@ class Wakeups:
 
 
 KEEP_WARM_S = 10.0      # after the last packet forwarded, the data threads stay warm this long
-WARM_WAIT_S = 0.02      # ... waking at least this often ([session] keep_warm_s; 0: never)
+                        # (the default of [session] keep_warm_s; 0: never)
+WARM_WAIT_S = 0.02      # ... waking at least this often
 IDLE_WAIT_S = 0.5       # then only this often (to see the daemon stopping)
 
 
@@ -65,9 +66,9 @@ class Warmth:
     finds its thread asleep for long pays for the cold: the interpreter's
     code and data evicted, on a VM a halted vCPU. Measured against
     wireguard-go in the same runs, pings 50 ms, 137 ms and 1 s apart took
-    0.03-0.08 ms longer through threads that slept up to 0.5 s than through
+    0.04-0.08 ms longer through threads that slept up to 0.5 s than through
     ones that woke every 20 ms. So while traffic flows the threads wake every
-    WARM_WAIT_S (≈ 0.5 % of a CPU per daemon), and KEEP_WARM_S after the last
+    WARM_WAIT_S (≈ 0.5 % of a CPU per daemon), and keep_s after the last
     packet forwarded they go back to sleeping long: an idle gateway stays
     idle. What counts is the daemon's packet counters (rx_packets +
     tx_packets), not every wake-up: the kernel's own router solicitations

@@ -20,6 +20,7 @@ from typing import Any
 from tunnelgate import money
 from tunnelgate.protocol.client import ClientPolicy
 from tunnelgate.protocol.gateway import Pricing
+from tunnelgate.wakeups import KEEP_WARM_S
 
 
 class ConfigError(Exception):
@@ -42,7 +43,7 @@ class SessionTiming:
     dead_after_s: float = 3.0
     handshake_retry_s: float = 1.0
     cipher: str = "auto"    # client: transport AEAD; "auto" = AES-GCM where the CPU has AES
-    keep_warm_s: float = 10.0   # data threads wake every 20 ms this long after a packet (wakeups.Warmth)
+    keep_warm_s: float = KEEP_WARM_S    # data threads wake often this long after a packet (wakeups.Warmth)
 
 
 @dataclass(frozen=True)

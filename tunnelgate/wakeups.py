@@ -65,9 +65,9 @@ class Warmth:
     """The wait timeout of a daemon's two data-path threads. A packet that
     finds its thread asleep for long pays for the cold: the interpreter's
     code and data evicted, on a VM a halted vCPU. Measured against
-    wireguard-go in the same runs, pings 50 ms, 137 ms and 1 s apart took
-    0.04-0.08 ms longer through threads that slept up to 0.5 s than through
-    ones that woke every 20 ms. So while traffic flows the threads wake every
+    wireguard-go in the same runs, pings 50 ms, 137 ms, 310 ms and 1 s
+    apart took 0.04-0.08 ms longer through threads that slept up to 0.5 s
+    than through ones that woke every 20 ms. So while traffic flows the threads wake every
     WARM_WAIT_S (≈ 0.5 % of a CPU per daemon), and keep_s after the last
     packet forwarded they go back to sleeping long: an idle gateway stays
     idle. What counts is the daemon's packet counters (rx_packets +

@@ -409,8 +409,15 @@ def test_gateway_metrics_listen(tmp_path):
 
 
 def test_session_keep_warm(tmp_path):
+    from tunnelgate.daemon.base import Daemon
+    from tunnelgate.wakeups import IDLE_WAIT_S, WARM_WAIT_S
     assert config.load(write(tmp_path, CLIENT)).session.keep_warm_s == 10.0
-    assert config.load(write(tmp_path, CLIENT + '\n[session]\nkeep_warm_s = 0\n')).session.keep_warm_s == 0.0
+    for text, after_a_packet in (("", WARM_WAIT_S), ("keep_warm_s = 0", IDLE_WAIT_S)):
+        cfg = config.load(write(tmp_path, CLIENT + f"\n[session]\n{text}\n"))
+        d = Daemon(cfg, bytes(32))                 # the data threads' timeout follows the config
+        d.stats["rx_packets"] += 1
+        assert d.warmth.timeout(100.0) == after_a_packet
+    assert cfg.session.keep_warm_s == 0.0
     with pytest.raises(config.ConfigError, match="session.keep_warm_s.*>= 0"):
         config.load(write(tmp_path, CLIENT + '\n[session]\nkeep_warm_s = -1\n'))
 

@@ -78,6 +78,11 @@ def pubkey(keyfile):
 
 def _run_daemon(ctx, config_path: str, role: str, foreground: bool, wait: float):
     cfg = load_config(config_path, role)
+    if cfg.role == "gateway":
+        try:
+            config_mod.check_interfaces(cfg)
+        except config_mod.ConfigError as e:
+            fail(str(e), EXIT_CONFIG)
     if os.geteuid() != 0:
         fail("needs root (it creates a TUN device and changes routes); run it with sudo", EXIT_FAILED)
     from .daemon.base import running_pid, state_paths

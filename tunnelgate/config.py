@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import math
 import re
 import tomllib
 import urllib.parse
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunnelgate import money
+from tunnelgate.protocol.messages import MAX_U32
 from tunnelgate.protocol.client import ClientPolicy
 from tunnelgate.protocol.gateway import Pricing
 from tunnelgate.wakeups import KEEP_WARM_S
@@ -28,6 +30,15 @@ class ConfigError(Exception):
 
 
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+# Bounds a value must meet to work, not merely to load.  Sizes and durations the gateway
+# proposes go on the wire as u32 (protocol.messages); the session timers live inside one
+# transport key (session.Timing, see _session); anything else that is a duration is
+# capped at a day, far beyond any use and well inside what a poll/wait timeout carries.
+MAX_ROUND = 255                 # messages.Propose.round
+MAX_DURATION_S = 86400.0
+MAX_CONFIRMATIONS = 1000
+MAX_FEE_RATE = Decimal(10000)   # sat/vB: bitcoind's default maxfeerate refuses more
 
 
 @dataclass(frozen=True)
@@ -173,17 +184,24 @@ class _Reader:
             raise self.error(key, "an interface name (1-15 of A-Z a-z 0-9 _ . -)", raw)
         return raw
 
-    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
-        value = self.get(key, (int, float), "a number", default)
-        if value <= minimum:
-            raise self.error(key, f"a number greater than {minimum}", value)
+    def number(self, key: str, default: float, minimum: float = 0.0, maximum: float = MAX_DURATION_S,
+               why: str = "", min_inclusive: bool = False) -> float:
+        """A finite number of seconds in (minimum, maximum] ([minimum, maximum] with
+        min_inclusive); `why` says where a bound comes from."""
+        low = f">= {minimum:g}" if min_inclusive else f"greater than {minimum:g}"
+        what = f"a number of seconds {low} and at most {maximum:g}" + (f" ({why})" if why else "")
+        value = self.get(key, (int, float), what, default)
+        # compared before float(): an over-long TOML integer would overflow it
+        if (isinstance(value, float) and not math.isfinite(value)) or value > maximum or \
+                value < minimum or (value == minimum and not min_inclusive):
+            raise self.error(key, what, value)
         return float(value)
 
     def integer(self, key: str, default: Any, minimum: int = 0, maximum: int | None = None,
-                unit: str = "") -> int:
+                unit: str = "", why: str = "") -> int:
         what = f"a whole number{' of ' + unit if unit else ''} >= {minimum}"
         if maximum is not None:
-            what = f"a whole number{' of ' + unit if unit else ''} from {minimum} to {maximum}"
+            what += f" and at most {maximum}" + (f" ({why})" if why else "")
         value = self.get(key, (int, float), what, default)
         if isinstance(value, float) or value < minimum or (maximum is not None and value > maximum):
             raise self.error(key, what, value)
@@ -278,25 +296,39 @@ def _load_toml(path: Path) -> dict:
 def _node(r: _Reader) -> Node:
     t = r.table("node")
     node = Node(private_key_file=t.path_value("private_key_file"), state_dir=t.path_value("state_dir"))
+    # the daemon creates state_dir when missing; something else in its place it cannot use
+    if node.state_dir.exists() and not node.state_dir.is_dir():
+        raise t.error("state_dir", f"a directory (created if missing), but {node.state_dir} exists and is "
+                                   "not one; point state_dir at a directory or remove that file")
+    if node.private_key_file.is_dir():
+        raise t.error("private_key_file", f"a key file, but {node.private_key_file} is a directory; "
+                                          "create one with `tunnelgate keygen --out FILE`")
     t.finish()
     return node
 
 
 def _session(r: _Reader) -> SessionTiming:
+    from .session import CIPHERS, Timing
+    key_life, ack = Timing.reject_after_s, Timing.ack_after_s   # what the session requires
     t = r.table("session", required=False)
     d = SessionTiming()
+    life = f"a transport key lives {key_life:g} s, so a longer timer never fires"
     s = SessionTiming(
-        keepalive_s=t.number("keepalive_s", d.keepalive_s),
-        rekey_after_s=t.number("rekey_after_s", d.rekey_after_s),
-        dead_after_s=t.number("dead_after_s", d.dead_after_s),
-        handshake_retry_s=t.number("handshake_retry_s", d.handshake_retry_s),
+        keepalive_s=t.number("keepalive_s", d.keepalive_s, maximum=key_life, why=life),
+        # below the key's lifetime, or the key dies before the client replaces it
+        rekey_after_s=t.number("rekey_after_s", d.rekey_after_s, maximum=key_life - 1,
+                               why=f"a new key must be agreed before the old one expires at "
+                                   f"{key_life:g} s"),
+        # above the gateway's ack delay, or a quiet but live gateway looks dead
+        dead_after_s=t.number("dead_after_s", d.dead_after_s, minimum=ack, maximum=key_life,
+                              why=f"the gateway answers within {ack:g} s, so less would "
+                                  f"take a live gateway for dead; {life}"),
+        handshake_retry_s=t.number("handshake_retry_s", d.handshake_retry_s, maximum=key_life,
+                                   why=life),
         cipher=t.get("cipher", str, '"auto", "chacha" or "aesgcm"', d.cipher),
-        keep_warm_s=float(t.get("keep_warm_s", (int, float), "a number of seconds", d.keep_warm_s)),
+        keep_warm_s=t.number("keep_warm_s", d.keep_warm_s, min_inclusive=True,
+                             why="0: the data threads never stay warm"),
     )
-    if s.keep_warm_s < 0:
-        raise t.error("keep_warm_s", "a number of seconds >= 0 (0: the data threads never stay warm)",
-                      s.keep_warm_s)
-    from .session import CIPHERS
     if s.cipher not in CIPHERS:
         raise t.error("cipher", f"one of {', '.join(repr(c) for c in CIPHERS)}", s.cipher)
     t.finish()
@@ -318,6 +350,19 @@ def decode_key(text: str) -> bytes:
     if len(raw) != 32:
         raise ValueError(f"{len(raw)} bytes, expected 32")
     return raw
+
+
+def is_low_order(public: bytes) -> bool:
+    """True for an X25519 public key of small order (all zero among them): every key
+    agreement with it gives the all-zero secret, so no handshake can be authenticated."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    # any fixed private key will do: a small-order point times any clamped scalar is zero
+    probe = X25519PrivateKey.from_private_bytes(bytes([0x40] * 32))
+    try:
+        probe.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:      # cryptography refuses an all-zero shared secret
+        return True
+    return False
 
 
 def load(path: str | Path) -> GatewayConfig | ClientConfig:
@@ -367,6 +412,18 @@ def _gateway(path: Path, data: dict) -> GatewayConfig:
                          address6=address6)
 
 
+def check_interfaces(cfg: GatewayConfig) -> None:
+    """What config load cannot know: that upstream_interface exists in the network
+    namespace `serve` runs in (else NAT has no way out and every client gets nothing)."""
+    import socket
+    try:
+        socket.if_nametoindex(cfg.upstream_interface)
+    except OSError:
+        raise ConfigError(f"{cfg.path}: key 'network.upstream_interface': there is no interface "
+                          f"{cfg.upstream_interface!r} in this network namespace; set it to the "
+                          "interface that leads to the internet (see `ip link`)") from None
+
+
 def _address6(net: "_Reader", address: ipaddress.IPv4Interface) -> ipaddress.IPv6Interface | None:
     """A peer's IPv6 address is its IPv4 host number in this prefix, so it needs no
     allocation of its own and stays stable per key; the gateway's host numbers must
@@ -410,6 +467,10 @@ def _client(path: Path, data: dict) -> ClientConfig:
         public_key = decode_key(key_text)
     except ValueError as e:
         raise gw.error("public_key", f"a base64 X25519 public key (32 bytes): {e}", key_text) from None
+    if is_low_order(public_key):
+        raise gw.error("public_key", "the gateway's real public key (from `tunnelgate pubkey` on the "
+                                     "gateway); this one is a small-order point (e.g. all zero) no "
+                                     "handshake can use", key_text)
     gw.finish()
     net = r.table("network")
     tun = net.ifname("tun", "tg0")
@@ -488,27 +549,44 @@ def _pricing(r: _Reader, methods: tuple[str, ...]) -> Pricing:
                       t.data.get("floor_price"))
     scope = _scope(t, "scope", 32)
     scope6 = _scope(t, "scope6", 128)
-    contract_kb = t.integer("contract_kb", d.contract_kb, 1, unit="KB (1 KB = 1000 bytes)")
+    wire = MAX_U32
+    w = "the most a PROPOSE can carry"
+    contract_kb = t.integer("contract_kb", d.contract_kb, 1, wire, unit="KB (1 KB = 1000 bytes)", why=w)
     pricing = Pricing(
         default_price=default_price,
         floor_price=floor_price,
         prefix_prices=_routes(t, "price", {4: scope, 6: scope6}),
         contract_kb=contract_kb,
-        max_contract_kb=t.integer("max_contract_kb", max(d.max_contract_kb, contract_kb), contract_kb,
-                                  unit="KB (1 KB = 1000 bytes), at least contract_kb"),
-        contract_time_s=t.integer("contract_time_s", d.contract_time_s, 1, unit="seconds"),
-        grace_time_s=t.integer("grace_time_s", d.grace_time_s, 0, unit="seconds"),
-        grace_kb=t.integer("grace_kb", d.grace_kb, 0, unit="KB (1 KB = 1000 bytes)"),
+        max_contract_kb=t.integer("max_contract_kb", max(d.max_contract_kb, contract_kb), contract_kb, wire,
+                                  unit="KB (1 KB = 1000 bytes), at least contract_kb", why=w),
+        contract_time_s=t.integer("contract_time_s", d.contract_time_s, 1, wire, unit="seconds", why=w),
+        grace_time_s=t.integer("grace_time_s", d.grace_time_s, 0, wire, unit="seconds", why=w),
+        grace_kb=t.integer("grace_kb", d.grace_kb, 0, wire, unit="KB (1 KB = 1000 bytes)", why=w),
         scope=scope,
         scope6=scope6,
         payment_methods=methods,
         account="",
-        max_rounds=t.integer("max_rounds", d.max_rounds, 1),
-        no_deal_backoff_s=t.integer("no_deal_backoff_s", d.no_deal_backoff_s, 0, unit="seconds"),
-        proposal_timeout_s=t.integer("proposal_timeout_s", d.proposal_timeout_s, 1, unit="seconds"),
+        max_rounds=t.integer("max_rounds", d.max_rounds, 1, MAX_ROUND, why=w),
+        no_deal_backoff_s=t.integer("no_deal_backoff_s", d.no_deal_backoff_s, 0, wire, unit="seconds",
+                                    why="the most a NO_DEAL can carry"),
+        proposal_timeout_s=t.integer("proposal_timeout_s", d.proposal_timeout_s, 1, int(MAX_DURATION_S),
+                                     unit="seconds"),
     )
+    _check_cost(t, pricing)
     t.finish()
     return pricing
+
+
+def _check_cost(t: _Reader, p: Pricing) -> None:
+    """The dearest contract must cost an amount a PAY can carry (messages: amount_msat)."""
+    prices = [("default_price", p.default_price)] + [
+        (f"route[{i}].price", price) for i, (_, price) in enumerate(p.prefix_prices, 1)]
+    key, price = max(prices, key=lambda kp: kp[1])
+    cost = money.cost_msat(price, p.max_contract_kb)
+    if cost > money.MAX_MSAT:
+        raise t.error(key, f"a price at which a contract of max_contract_kb ({p.max_contract_kb} KB) "
+                           f"costs at most {money.MAX_MSAT} msat (all bitcoin); it would cost {cost} msat: "
+                           "lower the price or max_contract_kb")
 
 
 def _policy(r: _Reader) -> ClientPolicy:
@@ -518,8 +596,10 @@ def _policy(r: _Reader) -> ClientPolicy:
         max_price=t.price("max_price", DEFAULT_MAX_PRICE),
         prefix_max_prices=_routes(t, "max_price"),
         counter_fraction=t.fraction("counter_fraction", d.counter_fraction),
-        data_renewal_kb=t.integer("data_renewal_kb", d.data_renewal_kb, 0, unit="KB (1 KB = 1000 bytes)"),
-        time_renewal_s=t.integer("time_renewal_s", d.time_renewal_s, 0, unit="seconds"),
+        # compared with a contract's limit_kb / time_s, which are u32 on the wire
+        data_renewal_kb=t.integer("data_renewal_kb", d.data_renewal_kb, 0, MAX_U32,
+                                  unit="KB (1 KB = 1000 bytes)"),
+        time_renewal_s=t.integer("time_renewal_s", d.time_renewal_s, 0, MAX_U32, unit="seconds"),
         max_spend_per_hour=t.msat("max_spend_per_hour", None),
         max_spend_per_day=t.msat("max_spend_per_day", None),
         max_spend_total=t.msat("max_spend_total", None),
@@ -588,7 +668,7 @@ def _setting(t: _Reader, key: str, kind: str) -> Any:
     if kind == "seconds":
         return float(t.number(key, 0.0))
     if kind == "count":
-        return t.integer(key, ..., 0)
+        return t.integer(key, ..., 0, MAX_CONFIRMATIONS)
     if kind == "rate":
         t._no_float(key, _float_text(t.data.get(key)))
         raw = t.get(key, (str, int), 'a fee rate in sat/vB as a decimal string, e.g. "2.5"')
@@ -596,8 +676,9 @@ def _setting(t: _Reader, key: str, kind: str) -> Any:
             d = Decimal(str(raw).strip())
         except ArithmeticError:
             d = Decimal(-1)
-        if not d.is_finite() or d <= 0:
-            raise t.error(key, 'a fee rate in sat/vB greater than 0, e.g. "2.5"', raw)
+        if not d.is_finite() or d <= 0 or d > MAX_FEE_RATE:
+            raise t.error(key, f'a fee rate in sat/vB greater than 0 and at most {MAX_FEE_RATE} '
+                               f'(bitcoind\'s default maxfeerate), e.g. "2.5"', raw)
         return str(raw).strip() if isinstance(raw, str) else raw
     raise AssertionError(kind)
 

@@ -428,3 +428,138 @@ def test_session_cipher(tmp_path):
     assert cfg.session.cipher == "chacha"
     with pytest.raises(config.ConfigError, match="session.cipher.*aesgcm"):
         config.load(write(tmp_path, CLIENT + '\n[session]\ncipher = "des"\n'))
+
+
+# --- values that load but cannot work (issue 17, item 7) ---------------------------------
+
+U32 = 2**32 - 1
+
+
+@pytest.mark.parametrize("section, value, words", [
+    # what the wire format carries: PROPOSE's limit_kb, time_s, grace_kb are u32
+    ("[pricing]", "contract_kb = 5000000000", ["pricing.contract_kb", f"at most {U32}", "PROPOSE"]),
+    ("[pricing]", "contract_time_s = 99999999999", ["pricing.contract_time_s", f"at most {U32}"]),
+    ("[pricing]", "grace_kb = 5000000000", ["pricing.grace_kb", f"at most {U32}"]),
+    ("[pricing]", "grace_time_s = 4294967296", ["pricing.grace_time_s", f"at most {U32}"]),
+    ("[pricing]", "contract_kb = 10\nmax_contract_kb = 4294967296", ["pricing.max_contract_kb", f"at most {U32}"]),
+    ("[pricing]", "no_deal_backoff_s = 4294967296", ["pricing.no_deal_backoff_s", "NO_DEAL"]),
+    ("[pricing]", "max_rounds = 256", ["pricing.max_rounds", "at most 255"]),
+    ("[pricing]", "proposal_timeout_s = 99999999999", ["pricing.proposal_timeout_s", "at most 86400"]),
+    # the dearest contract must be payable (amount_msat <= all bitcoin)
+    ("[pricing]", 'default_price = "1000000000"\nmax_contract_kb = 4000000000',
+     ["pricing.default_price", "max_contract_kb", "all bitcoin"]),
+    ("[pricing]", 'max_contract_kb = 4000000000\n[[pricing.route]]\nprefix = "198.18.2.0/24"\nprice = "900000000"',
+     ["pricing.route[1].price", "all bitcoin"]),
+    # the timers: finite, and within what the session requires
+    ("[session]", "keep_warm_s = nan", ["session.keep_warm_s", ">= 0 and at most 86400"]),
+    ("[session]", "keep_warm_s = inf", ["session.keep_warm_s", "at most 86400"]),
+    ("[session]", "keepalive_s = 1e308", ["session.keepalive_s", "at most 180"]),
+    ("[session]", "keepalive_s = nan", ["session.keepalive_s", "at most 180"]),
+    ("[session]", f"keepalive_s = {10**30}", ["session.keepalive_s", "at most 180"]),
+    ("[session]", "rekey_after_s = 500", ["session.rekey_after_s", "at most 179", "expires"]),
+    ("[session]", "dead_after_s = 0.5", ["session.dead_after_s", "greater than 1", "live gateway"]),
+    ("[session]", "dead_after_s = 1", ["session.dead_after_s", "greater than 1"]),
+    ("[session]", "handshake_retry_s = -inf", ["session.handshake_retry_s", "greater than 0"]),
+    ("[session]", "handshake_retry_s = 1000", ["session.handshake_retry_s", "at most 180"]),
+    ("[payment]", 'backend = "bitcoind"\nrpc_url = "http://h/"\nrpc_timeout_s = nan',
+     ["payment.rpc_timeout_s", "at most 86400"]),
+    ("[payment]", 'backend = "bitcoind"\nrpc_url = "http://h/"\nmin_confirmations = 99999999999999',
+     ["payment.min_confirmations", "at most 1000"]),
+])
+def test_gateway_values_that_cannot_work_are_refused_at_load(tmp_path, section, value, words):
+    msg = load_err(tmp_path, GATEWAY + f"{section}\n{value}\n")
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+@pytest.mark.parametrize("section, value, words", [
+    ("[policy]", "data_renewal_kb = 4294967296", ["policy.data_renewal_kb", f"at most {U32}"]),
+    ("[policy]", "time_renewal_s = 4294967296", ["policy.time_renewal_s", f"at most {U32}"]),
+    ("[payment]", 'backend = "bitcoind"\nrpc_url = "http://h/"\nfee_rate_sat_vb = "1e30"',
+     ["payment.fee_rate_sat_vb", "at most 10000"]),
+    ("[payment]", 'backend = "bitcoind"\nrpc_url = "http://h/"\nfee_rate_sat_vb = "NaN"',
+     ["payment.fee_rate_sat_vb", "greater than 0"]),
+    ("[session]", "rekey_after_s = 500", ["session.rekey_after_s", "at most 179"]),
+])
+def test_client_values_that_cannot_work_are_refused_at_load(tmp_path, section, value, words):
+    msg = load_err(tmp_path, CLIENT + f"{section}\n{value}\n")
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_timer_bounds_are_the_sessions_own(tmp_path):
+    """The largest values config lets through are ones session.Timing accepts."""
+    from tunnelgate import session
+    cfg = config.load(write(tmp_path, CLIENT + "[session]\nkeepalive_s = 180\nrekey_after_s = 179\n"
+                                      "dead_after_s = 180\nhandshake_retry_s = 180\nkeep_warm_s = 0\n"))
+    s = cfg.session
+    session.Timing(keepalive_s=s.keepalive_s, rekey_after_s=s.rekey_after_s, dead_after_s=s.dead_after_s,
+                   handshake_retry_s=s.handshake_retry_s)
+    cfg = config.load(write(tmp_path, CLIENT + "[session]\ndead_after_s = 1.01\n"))
+    session.Timing(dead_after_s=cfg.session.dead_after_s)
+
+
+@pytest.mark.parametrize("key", [
+    bytes(32),                                   # all zero
+    bytes([1]) + bytes(31),                      # the point of order 1
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),   # order 8
+])
+def test_small_order_gateway_key_refused(tmp_path, key):
+    text = CLIENT.replace(KEY, base64.b64encode(key).decode())
+    msg = load_err(tmp_path, text)
+    assert "gateway.public_key" in msg and "small-order" in msg, msg
+
+
+def test_state_dir_that_is_a_file_refused(tmp_path):
+    (tmp_path / "state").write_text("not a directory")
+    msg = load_err(tmp_path, GATEWAY)
+    assert "node.state_dir" in msg and str(tmp_path / "state") in msg and "not one" in msg, msg
+    (tmp_path / "state").unlink()
+    (tmp_path / "state").mkdir()
+    assert config.load(write(tmp_path, GATEWAY)).node.state_dir.is_dir()
+
+
+def test_private_key_file_that_is_a_directory_refused(tmp_path):
+    (tmp_path / "gw.key").mkdir()
+    msg = load_err(tmp_path, GATEWAY)
+    assert "node.private_key_file" in msg and "directory" in msg, msg
+
+
+def test_missing_upstream_interface_named_at_start(tmp_path):
+    cfg = config.load(write(tmp_path, GATEWAY.replace('"veth-up"', '"tgnosuch0"')))
+    with pytest.raises(config.ConfigError) as e:
+        config.check_interfaces(cfg)
+    msg = str(e.value)
+    assert msg.startswith(f"{cfg.path}: key 'network.upstream_interface'"), msg
+    assert "'tgnosuch0'" in msg and "this network namespace" in msg, msg
+    config.check_interfaces(config.load(write(tmp_path, GATEWAY.replace('"veth-up"', '"lo"'))))
+
+
+def _serve(tmp_path, text):
+    import subprocess
+    import sys
+    p = write(tmp_path, text)
+    r = subprocess.run([sys.executable, "-m", "tunnelgate.cli", "serve", "-c", str(p)],
+                       capture_output=True, text=True, timeout=60)
+    return p, r
+
+
+@pytest.mark.parametrize("extra, key", [
+    ("[pricing]\ncontract_kb = 5000000000\n", "pricing.contract_kb"),
+    ("[session]\nrekey_after_s = 500\n", "session.rekey_after_s"),
+    ("[session]\nkeep_warm_s = nan\n", "session.keep_warm_s"),
+])
+def test_serve_with_a_bad_value_exits_2_naming_file_and_key(tmp_path, extra, key):
+    p, r = _serve(tmp_path, GATEWAY + extra)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert f"{p}: key '{key}'" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr
+
+
+def test_serve_with_a_missing_upstream_interface_exits_2(tmp_path):
+    # refused before anything is set up; and gw.key does not exist, so even without the
+    # check nothing would start in this (root) namespace
+    p, r = _serve(tmp_path, GATEWAY.replace('"veth-up"', '"tgnosuch0"'))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert f"{p}: key 'network.upstream_interface'" in r.stderr and "tgnosuch0" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr

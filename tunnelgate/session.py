@@ -599,6 +599,12 @@ class Handshake(NamedTuple):
     addr: object
     token: object = None
 
+    @property
+    def timestamp(self) -> int:
+        """The INIT's timestamp: what the daemon persists for this peer when it accepts,
+        to hand back to the next Responder (see Responder's `timestamps`)."""
+        return self.token.ts
+
 
 class _Token:
     __slots__ = ("conn", "sender", "ts", "owner", "aead")
@@ -630,10 +636,14 @@ class _Peer:
 class Responder:
     """Gateway side, many peers. Keys are switched only when the client's
     first datagram on the new one arrives: until then the client may not have
-    the RESP (lost or late), so sending on the new key could black-hole."""
+    the RESP (lost or late), so sending on the new key could black-hole.
+
+    `timestamps`: peer key -> the latest INIT timestamp a previous run accepted
+    (Handshake.timestamp, persisted by the daemon). An INIT not newer than it is a
+    replay, answered by no run: replay protection survives restarts."""
 
     def __init__(self, static_private: bytes, timing: Timing = Timing(),
-                 cipher: str = "chacha") -> None:
+                 cipher: str = "chacha", timestamps: dict[bytes, int] | None = None) -> None:
         cipher = resolve_cipher(cipher)
         self.public = public_key(static_private)
         # INITs of every protocol name are accepted (the initiator chooses the
@@ -647,6 +657,10 @@ class Responder:
         self._peers: dict[bytes, _Peer] = {}
         self._by_index: dict[int, tuple[_Peer, Transport]] = {}
         self._unaccepted_ts: dict[bytes, int] = {}
+        # keys accepted once (this run or, restored, an earlier one) and not peers now:
+        # never evicted, unlike _unaccepted_ts, or a spray of fresh keys would make their
+        # old INITs new again; bounded by the daemon's address pool
+        self._known_ts: dict[bytes, int] = dict(timestamps or {})
         self._hot = -1          # receive_groups: the index it last opened a current key's datagram with
 
     # -- receive -----------------------------------------------------------
@@ -788,12 +802,17 @@ class Responder:
         ts = TIMESTAMP.unpack_from(payload)[0]
         with self._lock:
             peer = self._peers.get(peer_public)
-            last = peer.last_ts if peer is not None else self._unaccepted_ts.get(peer_public, -1)
+            if peer is not None:
+                last = peer.last_ts
+            else:
+                last = max(self._known_ts.get(peer_public, -1), self._unaccepted_ts.get(peer_public, -1))
             if ts <= last:
                 stats["stale_handshake"] += 1
                 return None
             if peer is not None:
                 peer.last_ts = ts
+            elif peer_public in self._known_ts:
+                self._known_ts[peer_public] = ts
             else:
                 seen = self._unaccepted_ts
                 seen.pop(peer_public, None)
@@ -822,7 +841,8 @@ class Responder:
             t = Transport(send_key, recv_key, index, tok.sender, now, tok.aead, self.stats)
             peer = self._peers.get(pub)
             if peer is None:
-                peer = self._peers[pub] = _Peer(pub, self._unaccepted_ts.pop(pub, tok.ts))
+                last = max(self._known_ts.pop(pub, -1), self._unaccepted_ts.pop(pub, -1), tok.ts)
+                peer = self._peers[pub] = _Peer(pub, last)
             peer.last_ts = max(peer.last_ts, tok.ts)
             peer.endpoint = hs.addr
             self._drop(peer.next)
@@ -887,9 +907,7 @@ class Responder:
                 return
             for t in (peer.current, peer.next, peer.previous):
                 self._drop(t)
-            self._unaccepted_ts[peer_public] = peer.last_ts
-            if len(self._unaccepted_ts) > _MAX_UNACCEPTED:
-                del self._unaccepted_ts[next(iter(self._unaccepted_ts))]
+            self._known_ts[peer_public] = peer.last_ts
 
     # -- timers ------------------------------------------------------------
 

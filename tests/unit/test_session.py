@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 
+from tunnelgate import session as session_mod
 from tunnelgate.session import (
     CONTROL,
     DATA,
@@ -231,6 +232,69 @@ def test_replayed_init_dropped():
     assert isinstance(lab.gw.receive(newest, lab.now, "c1"), Handshake)
     assert lab.gw.receive(newer, lab.now, "c1") is None
     assert lab.gw.stats["stale_handshake"] == 2
+
+
+
+def test_restored_timestamps_make_old_inits_replays_after_a_restart():
+    """A gateway restart: the new Responder gets the timestamps the old one accepted
+    (what the daemon persisted from Handshake.timestamp); the INIT it answered, and any
+    older one, are still replays; a newer one is accepted."""
+    lab = Lab()
+    lab.begin()
+    older = lab.to_gw.pop()[1]
+    lab.begin()
+    answered = lab.to_gw[0][1]
+    hs = lab.gw.receive(answered, lab.now, "c1")
+    assert isinstance(hs, Handshake)
+    persisted = {hs.peer_public: hs.timestamp}
+    lab.gw.accept(hs, lab.now, lab.rand(), b"")
+
+    restarted = Responder(GW_PRIV, lab.timing, timestamps=persisted)
+    assert restarted.receive(answered, lab.now, "evil") is None
+    assert restarted.receive(older, lab.now, "evil") is None
+    assert restarted.stats["stale_handshake"] == 2 and restarted.stats["handshakes"] == 0
+    # without them, the same replay would be answered: what the test is about
+    assert isinstance(Responder(GW_PRIV, lab.timing).receive(answered, lab.now, "evil"), Handshake)
+
+    lab.gw = restarted
+    lab.begin()
+    lab.deliver()
+    assert restarted.peers() == [CL_PUB] and restarted.stats["handshakes"] == 1
+    lab.send_up(b"after")
+    lab.deliver()
+    assert lab.gw_got[-1] == (DATA, b"after")
+
+
+def test_timestamp_is_rejected_from_memory_before_it_is_persisted():
+    """The INIT's timestamp counts from the moment receive() returns it: a replay that
+    arrives before the daemon accepted (and persisted) is stale already."""
+    lab = Lab()
+    lab.begin()
+    init = lab.to_gw[0][1]
+    hs = lab.gw.receive(init, lab.now, "c1")
+    assert isinstance(hs, Handshake)
+    assert lab.gw.receive(init, lab.now, "evil") is None
+    assert lab.gw.stats["stale_handshake"] == 1
+    lab.gw.accept(hs, lab.now, lab.rand(), b"")
+
+
+def test_restored_timestamps_survive_a_spray_of_fresh_keys(monkeypatch):
+    """Unaccepted keys' timestamps are bounded (any key may send an INIT); a peer's
+    restored or forgotten one must not be evicted by them, or its old INITs would be
+    new again."""
+    lab = Lab().connect()
+    lab.begin()
+    init = lab.to_gw[0][1]
+    lab.deliver()
+    ts = lab.gw._peers[CL_PUB].last_ts
+    monkeypatch.setattr(session_mod, "_MAX_UNACCEPTED", 8)   # the same rule, fewer handshakes
+    for gw in (Responder(GW_PRIV, lab.timing, timestamps={CL_PUB: ts}), lab.gw):
+        if gw is lab.gw:
+            gw.forget(CL_PUB)
+        for i in range(20):
+            other = Initiator(h("spray", i), GW_PUB, lab.timing, cipher="chacha")
+            assert isinstance(gw.receive(other.begin(lab.now, lab.wall, lab.rand()), lab.now, "x"), Handshake)
+        assert gw.receive(init, lab.now, "evil") is None
 
 
 def test_stalled_wall_clock_still_gives_fresh_timestamps():

@@ -107,7 +107,9 @@ class GatewayDaemon(Daemon):
         timing = sess.Timing(keepalive_s=cfg.session.keepalive_s, rekey_after_s=cfg.session.rekey_after_s,
                              dead_after_s=cfg.session.dead_after_s,
                              handshake_retry_s=cfg.session.handshake_retry_s)
-        self.responder = sess.Responder(self.private_key, timing)
+        # the INIT timestamps earlier runs answered: their INITs stay replays (see _handshake)
+        known = {base64.b64decode(k): ts for k, ts in self.store.handshake_timestamps().items()}
+        self.responder = sess.Responder(self.private_key, timing, timestamps=known)
         # peer key -> its 4 (and 16) address bytes and back; plain dicts so the data path
         # needs no lock (peer_of holds both lengths: they cannot collide)
         self.addr_of: dict[bytes, bytes] = {}
@@ -338,7 +340,9 @@ class GatewayDaemon(Daemon):
     def _handshake(self, hs, now: float) -> None:
         key_b64 = base64.b64encode(hs.peer_public).decode()
         try:
-            addr = self.store.assign_address(key_b64, self.cfg.address)
+            # the timestamp rides on the write the handshake makes anyway, before the answer:
+            # a restart, even kill -9 right after, never answers this INIT again
+            addr = self.store.assign_address(key_b64, self.cfg.address, hs.timestamp)
         except Exception as e:
             log.warning("refusing peer %s: %s", key_b64, e)
             self.stats["handshake_refused"] += 1

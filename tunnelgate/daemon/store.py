@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS peers (
     public_key TEXT PRIMARY KEY,
     address    TEXT NOT NULL UNIQUE,
     first_seen REAL NOT NULL,
-    last_seen  REAL NOT NULL
+    last_seen  REAL NOT NULL,
+    handshake_ts TEXT       -- the latest INIT timestamp accepted (u64 as decimal text); see _migrate
 );
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -84,9 +85,16 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.Error as e:
             raise StoreError(f"cannot open database {path}: {e}; check state_dir is writable "
                              "and not on a full disk") from None
+
+    def _migrate(self) -> None:
+        # databases from before handshake replay protection survived restarts
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(peers)")}
+        if "handshake_ts" not in columns:
+            self._db.execute("ALTER TABLE peers ADD COLUMN handshake_ts TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -188,13 +196,24 @@ class Store:
     def peer_addresses(self) -> dict[str, str]:
         return dict(self.execute("SELECT public_key, address FROM peers"))
 
-    def assign_address(self, public_key: str, network: ipaddress.IPv4Interface) -> str:
-        """The peer's address, allocating the lowest free one in the prefix on first contact."""
+    def handshake_timestamps(self) -> dict[str, int]:
+        """Peer key -> the latest INIT timestamp assign_address recorded for it."""
+        return {k: int(ts) for k, ts in self.execute(
+            "SELECT public_key, handshake_ts FROM peers WHERE handshake_ts IS NOT NULL")}
+
+    def assign_address(self, public_key: str, network: ipaddress.IPv4Interface,
+                       handshake_ts: int | None = None) -> str:
+        """The peer's address, allocating the lowest free one in the prefix on first contact.
+        ``handshake_ts``: the INIT being answered; written in the same statement as
+        last_seen, so replay protection costs the receive thread no write of its own and is
+        on disk before the answer leaves."""
         now = time.time()
+        ts = None if handshake_ts is None else str(handshake_ts)
         with self._lock:
             row = self._db.execute("SELECT address FROM peers WHERE public_key=?", (public_key,)).fetchone()
             if row:
-                self._db.execute("UPDATE peers SET last_seen=? WHERE public_key=?", (now, public_key))
+                self._db.execute("UPDATE peers SET last_seen=?, handshake_ts=COALESCE(?, handshake_ts) "
+                                 "WHERE public_key=?", (now, ts, public_key))
                 return row[0]
             # Start after the newest assignment and probe the UNIQUE index, so a new peer
             # costs O(1) however many there are (this runs on the receive thread).
@@ -208,7 +227,8 @@ class Store:
                 if host == network.ip or self._db.execute("SELECT 1 FROM peers WHERE address=?",
                                                           (str(host),)).fetchone():
                     continue
-                self._db.execute("INSERT INTO peers VALUES (?,?,?,?)", (public_key, str(host), now, now))
+                self._db.execute("INSERT INTO peers (public_key, address, first_seen, last_seen, handshake_ts) "
+                                 "VALUES (?,?,?,?,?)", (public_key, str(host), now, now, ts))
                 return str(host)
             count = self._db.execute("SELECT COUNT(*) FROM peers").fetchone()[0]
         raise StoreError(f"address pool {network.network} is full ({count} peers); "

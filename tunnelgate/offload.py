@@ -145,9 +145,9 @@ def partial_ok(pkt) -> bool:
     derives csum_start/offset from the headers)? IPv4 not fragmented, or IPv6
     with TCP/UDP right after the fixed header."""
     if len(pkt) >= 28 and pkt[0] >> 4 == 4:
-        # the checksum field must lie inside the packet, behind a real header
-        return (pkt[9] in CSUM_OFFSET and (pkt[6] & 0x3F) == 0 and pkt[7] == 0 and pkt[0] & 15 >= 5
-                and len(pkt) >= (pkt[0] & 15) * 4 + CSUM_OFFSET[pkt[9]] + 2)
+        # per packet, so the IHL is not checked here: a bad one makes a
+        # checksum offset the kernel refuses (the TUN write drops it, counted)
+        return pkt[9] in CSUM_OFFSET and (pkt[6] & 0x3F) == 0 and pkt[7] == 0
     return len(pkt) >= 48 and pkt[0] >> 4 == 6 and pkt[6] in CSUM_OFFSET
 
 
@@ -291,17 +291,15 @@ def tcp6_segments(pkt: bytes, mss: int) -> list[bytes]:
 def _mergeable(pkt) -> int:
     """Where TCP starts (20 or 40) in an IPv4 TCP data segment without IP
     options or fragmenting, or an IPv6 one with TCP right after the fixed
-    header, flags ACK[+PSH]; 0 for any other packet, and for one whose
-    lengths do not hold (data offset below 5, headers past the end, IP length
-    other than the buffer's): gso_frame builds on them, a peer sends them."""
-    n = len(pkt)
-    if n > 40 and pkt[0] == 0x45:
+    header, flags ACK[+PSH]; 0 for any other packet. (The data offset is
+    checked once per group, where coalesce starts one: the rest must carry
+    the same. IP lengths are not read: gso_frame writes its own.)"""
+    if len(pkt) > 40 and pkt[0] == 0x45:
         if (pkt[9] == TCP and (pkt[6] & 0x3F) == 0 and pkt[7] == 0 and pkt[33] & ~PSH == ACK
-                and pkt[32] >= 0x50 and n > 20 + (pkt[32] >> 4) * 4 and pkt[2] << 8 | pkt[3] == n):
+                and len(pkt) > 20 + (pkt[32] >> 4) * 4):
             return 20
-    elif n > 60 and pkt[0] >> 4 == 6:
-        if (pkt[6] == TCP and pkt[53] & ~PSH == ACK and pkt[52] >= 0x50
-                and n > 40 + (pkt[52] >> 4) * 4 and pkt[4] << 8 | pkt[5] == n - 40):
+    elif len(pkt) > 60 and pkt[0] >> 4 == 6:
+        if pkt[6] == TCP and pkt[53] & ~PSH == ACK and len(pkt) > 40 + (pkt[52] >> 4) * 4:
             return 40
     return 0
 
@@ -370,6 +368,13 @@ def coalesce(packets: list[bytes], partial: list[bool]) -> list:
                 b.partial = b.partial or part
                 b.closed = n < b.mss or bool(pkt[ih + 13] & PSH)
                 continue
+        if pkt[ih + 12] < 0x50:
+            # a TCP header shorter than 20 bytes (only a peer sends that):
+            # never a group, gso_frame would read past it. Later segments
+            # join a group only with the same data offset (_signature).
+            open_.pop(key, None)
+            out.append((pkt, part))
+            continue
         b = _Burst(pkt, part, ih)
         open_[key] = (len(out), b)
         out.append(b)

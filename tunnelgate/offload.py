@@ -145,6 +145,8 @@ def partial_ok(pkt) -> bool:
     derives csum_start/offset from the headers)? IPv4 not fragmented, or IPv6
     with TCP/UDP right after the fixed header."""
     if len(pkt) >= 28 and pkt[0] >> 4 == 4:
+        # per packet, so the IHL is not checked here: a bad one makes a
+        # checksum offset the kernel refuses (the TUN write drops it, counted)
         return pkt[9] in CSUM_OFFSET and (pkt[6] & 0x3F) == 0 and pkt[7] == 0
     return len(pkt) >= 48 and pkt[0] >> 4 == 6 and pkt[6] in CSUM_OFFSET
 
@@ -163,7 +165,9 @@ def split_frame(frame: bytes) -> tuple[list[bytes], bool]:
     partial=True: every packet is DATA_PARTIAL-shaped (pseudo-header sum in the
     checksum field). A packet the kernel left partial in a shape DATA_PARTIAL
     cannot describe is completed here (rare: IPv6, options). Returns ([], False)
-    for a GSO type we did not enable."""
+    for a GSO type we did not enable or a frame whose headers do not hold."""
+    if len(frame) <= VNET_LEN:
+        return [], False
     flags, gso_type, _, gso_size, cs_start, cs_off = VNET.unpack_from(frame)
     pkt = frame[VNET_LEN:]
     gso_type &= ~GSO_ECN
@@ -174,6 +178,8 @@ def split_frame(frame: bytes) -> tuple[list[bytes], bool]:
             start, proto = l4_start(pkt)
             if cs_start == start and cs_off == CSUM_OFFSET[proto]:
                 return [pkt], True
+        if cs_start + cs_off + 2 > len(pkt):
+            return [], False
         return [complete_checksum(pkt, cs_start, cs_off)], False
     if gso_type == GSO_TCPV4 and gso_size and len(pkt) >= 40 and pkt[0] >> 4 == 4 and pkt[9] == TCP:
         return tcp4_segments(pkt, gso_size), True
@@ -186,8 +192,8 @@ def frame_payloads(frame: bytes, chunks: bool) -> tuple[list[bytes], int]:
     """One TUN read -> (transport payloads, their kind): a TCP TSO burst as
     DATA_CHUNK payloads when `chunks` (the peer takes them) and they can carry
     it, otherwise as split_frame's packets, DATA_PARTIAL or DATA. ([], DATA)
-    for a GSO type we did not enable."""
-    if chunks and frame[1] & ~GSO_ECN in (GSO_TCPV4, GSO_TCPV6):
+    for a GSO type we did not enable or a malformed frame."""
+    if chunks and len(frame) > VNET_LEN and frame[1] & ~GSO_ECN in (GSO_TCPV4, GSO_TCPV6):
         gso_size = VNET.unpack_from(frame)[3]
         pkt = frame[VNET_LEN:]
         out = tcp_chunks(pkt, gso_size)
@@ -201,10 +207,16 @@ def tcp4_segments(pkt: bytes, mss: int) -> list[bytes]:
     """Cut an IPv4 TCP TSO burst into segments of `mss` payload bytes, as the
     kernel's GSO would: IP length/ID/checksum per segment, sequence numbers
     advanced, FIN/PSH only on the last segment, CWR only on the first. The TCP
-    checksum field gets the segment's pseudo-header sum (DATA_PARTIAL)."""
+    checksum field gets the segment's pseudo-header sum (DATA_PARTIAL).
+    [] when the headers do not fit the packet (IHL or data offset below 5,
+    or no payload behind them)."""
     ihl = (pkt[0] & 15) * 4
+    if ihl < 20 or ihl + 20 >= len(pkt):
+        return []
     thl = (pkt[ihl + 12] >> 4) * 4
     hl = ihl + thl
+    if thl < 20 or hl >= len(pkt):
+        return []
     ver_tos, _, ip_id, frag_ttl_proto, _, addrs = _IP_FIXED.unpack_from(pkt)
     ip_opts = pkt[20:ihl]
     ports, seq, ack_doff, tflags, window, _ = _TCP_FIXED.unpack_from(pkt, ihl)
@@ -243,9 +255,12 @@ def tcp4_segments(pkt: bytes, mss: int) -> list[bytes]:
 def tcp6_segments(pkt: bytes, mss: int) -> list[bytes]:
     """tcp4_segments for an IPv6 TCP TSO burst (TCP right after the fixed
     header): payload length and sequence number per segment, the same flag
-    rules, the pseudo-header sum as TCP checksum (DATA_PARTIAL)."""
+    rules, the pseudo-header sum as TCP checksum (DATA_PARTIAL). [] as
+    tcp4_segments for headers that do not fit."""
     thl = (pkt[52] >> 4) * 4
     hl = 40 + thl
+    if thl < 20 or hl >= len(pkt):
+        return []
     head, addrs = pkt[:4], pkt[6:40]                   # version/class/flow; next header, hops, addresses
     ports, seq, ack_doff, tflags, window, _ = _TCP_FIXED.unpack_from(pkt, 40)
     tcp_tail = pkt[58:hl]
@@ -276,7 +291,9 @@ def tcp6_segments(pkt: bytes, mss: int) -> list[bytes]:
 def _mergeable(pkt) -> int:
     """Where TCP starts (20 or 40) in an IPv4 TCP data segment without IP
     options or fragmenting, or an IPv6 one with TCP right after the fixed
-    header, flags ACK[+PSH]; 0 for any other packet."""
+    header, flags ACK[+PSH]; 0 for any other packet. (The data offset is
+    checked once per group, where coalesce starts one: the rest must carry
+    the same. IP lengths are not read: gso_frame writes its own.)"""
     if len(pkt) > 40 and pkt[0] == 0x45:
         if (pkt[9] == TCP and (pkt[6] & 0x3F) == 0 and pkt[7] == 0 and pkt[33] & ~PSH == ACK
                 and len(pkt) > 20 + (pkt[32] >> 4) * 4):
@@ -351,6 +368,13 @@ def coalesce(packets: list[bytes], partial: list[bool]) -> list:
                 b.partial = b.partial or part
                 b.closed = n < b.mss or bool(pkt[ih + 13] & PSH)
                 continue
+        if pkt[ih + 12] < 0x50:
+            # a TCP header shorter than 20 bytes (only a peer sends that):
+            # never a group, gso_frame would read past it. Later segments
+            # join a group only with the same data offset (_signature).
+            open_.pop(key, None)
+            out.append((pkt, part))
+            continue
         b = _Burst(pkt, part, ih)
         open_[key] = (len(out), b)
         out.append(b)
@@ -516,12 +540,14 @@ def tcp_chunks(pkt: bytes, mss: int) -> list[bytes] | None:
     if not 0 < mss <= 0xFFFF:
         return None
     if len(pkt) >= 41 and pkt[0] == 0x45 and pkt[9] == TCP:
+        if pkt[32] < 0x50 or (pkt[6] & 0x3F) or pkt[7]:
+            return None         # what chunk_run would refuse: cut segments instead
         hl = 20 + (pkt[32] >> 4) * 4
         template = pkt[:10] + mss.to_bytes(2, "big") + pkt[12:hl]
     elif len(pkt) >= 61 and pkt[0] >> 4 == 6 and pkt[6] == TCP:
         thl = (pkt[52] >> 4) * 4
         hl = 40 + thl
-        if thl + mss > 0xFFFF:
+        if thl < 20 or thl + mss > 0xFFFF:
             return None
         template = pkt[:4] + (thl + mss).to_bytes(2, "big") + pkt[6:hl]
     else:
@@ -750,7 +776,9 @@ class Arrivals:
 def chunks_as_segments(payloads: list[bytes]) -> list[bytes]:
     """A burst's DATA_CHUNK payloads (from tcp_chunks) -> its DATA_PARTIAL
     segments, for a receiver that does not take chunks or a burst metered
-    packet by packet."""
+    packet by packet. [] for payloads no chunk run can hold."""
     run = chunk_run(payloads[0], chunk_kind(0, len(payloads)))
+    if run is None:
+        return []
     run.chunks.extend(payloads[1:])
     return run.segments()

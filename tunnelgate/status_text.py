@@ -145,6 +145,12 @@ def render(st: dict) -> str:
              if v and (k.startswith("drop") or k in SESSION_DROPS)}
     if drops:
         lines.append("dropped   " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+    if stats.get("thread_restarts"):
+        # daemon/supervise.py: a data-path thread failed and was restarted
+        per = ", ".join(f"{k[len('thread_restarts_'):]} {v}" for k, v in sorted(stats.items())
+                        if k.startswith("thread_restarts_"))
+        lines.append(f"restarts  data-path threads restarted {stats['thread_restarts']} times ({per}); "
+                     "the log has the tracebacks: please report them")
     return "\n".join(lines)
 
 

@@ -239,3 +239,19 @@ def test_the_client_sender_meters_after_writing_the_answer_already_waiting():
     assert [f[off.VNET_LEN:] for f in d.tun.frames] == [down]
     assert log == ["write", ("meter", UPSTREAM, len(up), 1)]
     assert (d.stats["tx_packets"], d.stats["tx_bytes"]) == (1, len(up))
+
+
+def test_the_client_drops_and_counts_what_is_not_an_ip_packet():
+    lab = Lab()
+    lab.now = time.monotonic()
+    lab.connect()
+    d, gateway = _client(lab, FakeTun(), Engine())
+    handle = datapath._client_udp_handler(d)
+    try:
+        junk = [lab.gw.seal(CL_PUB, DATA, p, lab.now) for p in (b"", b"\x00not ip", b"\x45short")]
+        handle([(dg, len(dg), d.endpoint) for dg in junk])
+    finally:
+        gateway.close()
+        d.sock.close()
+    assert d.stats["drop_not_ip"] == 3
+    assert d.tun.frames == [] and d.stats["rx_packets"] == 0

@@ -268,3 +268,21 @@ def test_udp_gso_send_and_gro_receive_loopback():
     finally:
         rx.close()
         tx.close()
+
+
+def test_segments_with_a_data_offset_below_5_are_not_coalesced_nor_cut():
+    # a peer's in-order segments of one flow, all claiming a 4-byte TCP header:
+    # gso_frame, trusting it, read past the headers it copied (IndexError)
+    segs = []
+    for i in range(3):
+        p = bytearray(ipv4_tcp(b"x" * 100, seq=1 + i * 116, flags=off.ACK))
+        p[32] = 0x10
+        segs.append(bytes(p))
+    out = off.coalesce(segs, [False] * 3)
+    assert out == [(s, False) for s in segs]
+    burst = bytearray(ipv4_tcp(b"y" * 3000, seq=1, flags=off.ACK))
+    burst[32] = 0x30
+    frame = off.VNET.pack(off.F_NEEDS_CSUM, off.GSO_TCPV4, 0, 1000, 20, 16) + bytes(burst)
+    assert off.split_frame(frame) == ([], True)
+    assert off.tcp_chunks(bytes(burst), 1000) is None
+    assert off.split_frame(b"\x01\x04\x00") == ([], False)

@@ -62,3 +62,13 @@ def test_wallet_credit_no_funds_and_pause_lines():
     assert "buying    stopped: wallet: insufficient funds" in text
     assert "credit    6 sat prepaid at the gateway" in text
     assert "buying    paused" in text
+
+
+def test_data_path_thread_restarts_are_shown():
+    st = load("status_gateway.json")
+    assert "restarts" not in render(st)
+    st["stats"] = {**st.get("stats", {}), "thread_restarts": 3, "thread_restarts_udp-to-tun": 2,
+                   "thread_restarts_tun-to-udp": 1}
+    line = [l for l in render(st).splitlines() if l.startswith("restarts")]
+    assert line == ["restarts  data-path threads restarted 3 times (tun-to-udp 1, udp-to-tun 2); "
+                    "the log has the tracebacks: please report them"]

@@ -24,6 +24,7 @@ from ..net import setup as netsetup
 from ..wakeups import Wakeups, Warmth
 from .control import ControlError, ControlServer
 from .store import Store
+from .supervise import supervise
 
 log = logging.getLogger("tunnelgate")
 
@@ -201,12 +202,18 @@ class Daemon:
         return await asyncio.to_thread(fn, *args)
 
     def _guard(self, target) -> None:
-        try:
-            target()
-        except Exception:
-            log.exception("data path thread %s failed; stopping", threading.current_thread().name)
-            if self.loop and self._stop:
-                self.loop.call_soon_threadsafe(self._stop.set)
+        # a failing data-path thread is restarted (supervise), never the end of the daemon
+        supervise(target, lambda: self.running, self.stats, threading.current_thread().name,
+                  self._recover_data_path)
+
+    def _recover_data_path(self) -> None:
+        """A thread that failed mid-batch may have left the other thread's
+        wakeups held (datapath._send_loop, _write_frames): release them."""
+        if self.udp_wakeups is not None:
+            self.udp_wakeups.release()
+        tun = getattr(self, "tun", None)
+        if tun is not None and hasattr(tun, "release_wakeups"):
+            tun.release_wakeups()
 
     def stop(self) -> None:
         if self._stop:

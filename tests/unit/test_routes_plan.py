@@ -45,7 +45,17 @@ def test_gateway_ruleset_text():
     text = nft.gateway_ruleset("tgs0", "100.64.0.1/10", "eth0")
     assert text.startswith("table inet tunnelgate_tgs0 {")
     assert 'ip saddr 100.64.0.0/10 oifname "eth0" masquerade' in text
-    assert 'iifname "eth0" oifname "tgs0" ct state established,related accept' in text
+    assert 'iifname != "tgs0" oifname "tgs0" ct state established,related accept' in text
+    assert 'iifname != "tgs0" oifname "tgs0" drop' in text
+    # forged tunnel sources from any other interface never reach conntrack
+    assert 'iifname != { "tgs0", "lo" } ip saddr 100.64.0.0/10 drop' in text
+    # only what came out of the TUN (marked in forward) is masqueraded
+    assert 'iifname "tgs0" oifname "eth0" meta mark set meta mark | 0x00100000 accept' in text
+    assert 'meta mark & 0x00100000 == 0x00100000 ip saddr 100.64.0.0/10 oifname "eth0" masquerade' in text
+    # other forwarding out of the uplink is dropped only where the gateway switched forwarding on
+    assert 'oifname "eth0" drop' not in text
+    assert 'meta nfproto ipv4 oifname "eth0" drop' in nft.gateway_ruleset("tgs0", "100.64.0.1/10", "eth0",
+                                                                           exclusive=("ipv4",))
     assert "ip6 saddr fd00::/64" in nft.gateway_ruleset("tgs0", "fd00::1/64", "eth0")
     dual = nft.gateway_ruleset("tgs0", ["100.64.0.0/24", "fd64::/64"], "eth0")
     assert 'ip saddr 100.64.0.0/24 oifname "eth0" masquerade' in dual
@@ -54,3 +64,4 @@ def test_gateway_ruleset_text():
         nft.gateway_ruleset("tgs0", "100.64.0.0/10", 'eth0" accept; flush ruleset; "')
     with pytest.raises(nft.NetError):
         nft.table_name("bad name")
+

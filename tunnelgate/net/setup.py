@@ -140,11 +140,13 @@ def _address(rec: _Recorder, dev: str, cidr: str) -> None:
     routes.add_address(dev, cidr)
 
 
-def _sysctl_on(rec: _Recorder, name: str, fn) -> None:
+def _sysctl_on(rec: _Recorder, name: str, fn) -> int:
+    """Switch it on; returns the value before the first (recorded) change."""
     before = fn()
-    rec.add({"kind": "sysctl", "name": name, "before": before, "value": 1})
+    item = rec.add({"kind": "sysctl", "name": name, "before": before, "value": 1})
     if before != 1:
         fn(1)
+    return item["before"]
 
 
 def _check_cidr(address_cidr: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
@@ -167,15 +169,24 @@ def setup_gateway(record_path, tun: str, address_cidr: str, upstream_interface: 
     for iface in ifaces:
         _address(rec, tun, str(iface))
     routes.set_link(tun, up=True)
+    # forwarding the gateway switched on is for its TUN only; a host that already
+    # forwarded (a router, containers) keeps its other forwarding
+    exclusive = []
     for iface in ifaces:
         if iface.version == 4:
-            _sysctl_on(rec, "ipv4.ip_forward", routes.ip_forward)
+            before = _sysctl_on(rec, "ipv4.ip_forward", routes.ip_forward)
         else:
             # only for an IPv6 tunnel: all.forwarding=1 turns off accept_ra everywhere
-            _sysctl_on(rec, "ipv6.conf.all.forwarding", routes.ip6_forward)
+            before = _sysctl_on(rec, "ipv6.conf.all.forwarding", routes.ip6_forward)
+        if before != 1:
+            exclusive.append("ipv4" if iface.version == 4 else "ipv6")
+    if len(exclusive) < len(ifaces):
+        log.warning("forwarding was already on: other forwarding out of %s is left to the host's "
+                    "firewall (the tunnel's masquerade and the spoofing checks apply regardless)",
+                    upstream_interface)
     table = nft.table_name(tun)
     rec.add({"kind": "nft_table", "family": nft.FAMILY, "name": table})
-    nft.apply_gateway(tun, [str(i.network) for i in ifaces], upstream_interface)
+    nft.apply_gateway(tun, [str(i.network) for i in ifaces], upstream_interface, exclusive=tuple(exclusive))
 
 
 def setup_client_tun(record_path, tun: str, address_cidr: str, mtu: int,

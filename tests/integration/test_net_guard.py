@@ -1,5 +1,5 @@
-"""The gateway serves only its tunnel (issue 17, item 3), in real namespaces
-with the real CLI.
+"""The gateway serves only its tunnel, and a dead client leaks nothing (issue 17,
+items 3 and 4), in real namespaces with the real CLI.
 
 A stranger (Lab.add_stranger) sits on the client-gateway link and routes via the
 gateway; the upstream host counts what reaches it with an nft table of its own.
@@ -127,3 +127,64 @@ def test_gateway_forwards_and_masquerades_only_its_tunnel(lab, env):
     assert counts(lab, lab.up)["echo"] >= 2
     assert send(lab, lab.client, "udp", n=5) == 5
     assert wait_until(lambda: counts(lab, lab.up)["udp"] == 5, timeout=5) is not None
+
+
+def snapshot(lab, ns) -> dict:
+    return {"routes": [lab.run(ns, "ip", *fam, "route", "show", "table", "all").stdout for fam in ((), ("-6",))],
+            "rules": lab.run(ns, "ip", "rule", "show").stdout,
+            "nft": lab.run(ns, "nft", "list", "ruleset").stdout,
+            "links": lab.run(ns, "ip", "-br", "link").stdout}
+
+
+def test_killed_client_leaks_nothing_and_down_restores_the_host(lab, env):
+    # counted where the client's plain traffic would appear: on the link, at the gateway
+    # (which since this fix would not forward it upstream anyway)
+    count_at(lab, lab.gw, "veth-c")
+    before = snapshot(lab, lab.client)
+    env.serve()
+    env.up()
+    assert ping(lab, lab.client).returncode == 0
+    seen = counts(lab, lab.gw)
+
+    env.kill9("client")
+    # its TUN and routes are gone: without the kill switch this leaves in plain via the link
+    assert ping(lab, lab.client, count=3).returncode != 0
+    send(lab, lab.client, "udp", n=20)
+    after = counts(lab, lab.gw)
+    assert (after["udp"], after["echo"]) == (seen["udp"], seen["echo"]), "traffic left the dead client in plain"
+    # the connected link (the gateway's LAN) stays reachable: it never went through the tunnel
+    assert ping(lab, lab.client, dst=GW_LINK, count=1).returncode == 0
+
+    out = env.tg(lab.client, "down", "-c", str(env.client_conf)).stdout
+    assert "removed routes and rules" in out
+    assert snapshot(lab, lab.client) == before
+    # and plain routing is back: the same packets appear on the link again
+    send(lab, lab.client, "udp", n=3)
+    assert wait_until(lambda: counts(lab, lab.gw)["udp"] == seen["udp"] + 3, timeout=5) is not None
+
+
+def test_next_up_after_a_crash_replaces_the_kill_switch_and_down_removes_it(lab, env):
+    before = snapshot(lab, lab.client)
+    env.serve()
+    env.up()
+    env.kill9("client")
+    env.up()
+    assert ping(lab, lab.client).returncode == 0
+    assert env.status("client")["kill_switch"] is True
+    assert "kill sw.  on" in env.tg(lab.client, "status", "-c", str(env.client_conf)).stdout
+    ruleset = lab.run(lab.client, "nft", "list", "ruleset").stdout
+    assert ruleset.count("table inet tunnelgate_ks_tg0") == 1
+    env.tg(lab.client, "down", "-c", str(env.client_conf))
+    assert snapshot(lab, lab.client) == before
+
+
+def test_kill_switch_off_in_the_config(lab):
+    e = TunnelEnv(lab, client_extra="kill_switch = false")      # lands in [network]
+    try:
+        e.serve()
+        e.up()
+        assert ping(lab, lab.client).returncode == 0
+        assert e.status("client")["kill_switch"] is False
+        assert "tunnelgate_ks" not in lab.run(lab.client, "nft", "list", "ruleset").stdout
+    finally:
+        e.close()

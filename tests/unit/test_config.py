@@ -428,3 +428,13 @@ def test_session_cipher(tmp_path):
     assert cfg.session.cipher == "chacha"
     with pytest.raises(config.ConfigError, match="session.cipher.*aesgcm"):
         config.load(write(tmp_path, CLIENT + '\n[session]\ncipher = "des"\n'))
+
+
+def test_client_kill_switch_defaults_on_for_a_full_tunnel_only(tmp_path):
+    assert config.load(write(tmp_path, CLIENT)).kill_switch is True
+    split = CLIENT.replace('routes = ["0.0.0.0/0", "198.18.2.0/24"]', 'routes = ["198.18.2.0/24"]')
+    assert config.load(write(tmp_path, split)).kill_switch is False
+    assert config.load(write(tmp_path, split + "kill_switch = true\n")).kill_switch is True
+    assert config.load(write(tmp_path, CLIENT + "kill_switch = false\n")).kill_switch is False
+    msg = load_err(tmp_path, CLIENT + 'kill_switch = "yes"\n')
+    assert "network.kill_switch" in msg and "true or false" in msg

@@ -65,3 +65,22 @@ def test_gateway_ruleset_text():
     with pytest.raises(nft.NetError):
         nft.table_name("bad name")
 
+
+def test_killswitch_ruleset_text():
+    text = nft.killswitch_ruleset("tg0", ["0.0.0.0/0", "10.0.0.0/8"], [("198.18.1.1", 51900)],
+                                  ["192.168.1.0/24"])
+    assert text.startswith("table inet tunnelgate_ks_tg0 {")
+    out = text.split("chain forward")[0]
+    lines = [l.strip() for l in out.splitlines()]
+    accept = lines.index("ip daddr 198.18.1.1 udp dport 51900 accept")
+    assert lines.index('oifname { "lo", "tg0" } accept') < accept
+    assert accept < lines.index("ip daddr 192.168.1.0/24 accept") < lines.index("meta nfproto ipv4 drop")
+    assert "ip daddr 10.0.0.0/8 drop" in lines and "meta nfproto ipv6 drop" not in lines
+    assert "icmpv6" not in text                     # no IPv6 route: IPv6 is not the tunnel's
+    six = nft.killswitch_ruleset("tg0", ["::/0"], [("2001:db8::1", 51900)])
+    assert "ip6 daddr 2001:db8::1 udp dport 51900 accept" in six and "meta nfproto ipv6 drop" in six
+    assert "nd-neighbor-solicit" in six
+    for bad in (("tg0", ["0.0.0.0/0"], [("gw.example", 1)]), ("tg0", ["0.0.0.0/0"], [("198.18.1.1", 0)]),
+                ('tg0" accept; flush ruleset; "', ["0.0.0.0/0"], [])):
+        with pytest.raises(nft.NetError):
+            nft.killswitch_ruleset(*bad)

@@ -19,6 +19,7 @@ import subprocess
 
 __all__ = [
     "NetError", "FAMILY", "MASQ_MARK", "table_name", "gateway_ruleset", "apply_gateway", "remove_table",
+    "killswitch_table_name", "killswitch_ruleset", "apply_killswitch",
     "table_exists", "counter_table", "read_counters", "list_ruleset", "nft",
 ]
 
@@ -151,6 +152,68 @@ def apply_gateway(tun: str, tunnel_prefixes: str | list[str], upstream_interface
     """Create or replace the gateway table; returns its name."""
     definition = gateway_ruleset(tun, tunnel_prefixes, upstream_interface, exclusive)
     name = table_name(tun)
+    nft(script=_replace_script(FAMILY, name, definition), netns=netns,
+        what=f"applying nft table {FAMILY} {name}")
+    return name
+
+
+def killswitch_table_name(tun: str) -> str:
+    return table_name(tun).replace("tunnelgate_", "tunnelgate_ks_", 1)
+
+
+def killswitch_ruleset(tun: str, routes_: list[str], endpoints: list[tuple[str, int]],
+                       connected: list[str] = ()) -> str:
+    """The client's kill switch: what the tunnel routes (``routes_``) may leave only
+    through the TUN, except the tunnel's own UDP to the gateway ``endpoints``,
+    DHCP (so the link keeps its address), IPv6 neighbour discovery and the
+    ``connected`` networks (the LAN: its routes are more specific than the tunnel's,
+    so it never went through the tunnel either). It stays
+    when the daemon dies (the TUN and its routes vanish with the process; the
+    table does not), so traffic is blocked, not sent in plain."""
+    _check_ifname(tun, "tun")
+    nets = _prefixes(routes_)
+    allow = []
+    for host, port in endpoints:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError as exc:
+            raise NetError(f"bad gateway endpoint address {host!r}: {exc}") from exc
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise NetError(f"bad gateway endpoint port {port!r}")
+        allow.append(f"        {'ip' if ip.version == 4 else 'ip6'} daddr {ip} udp dport {port} accept")
+    for net in _prefixes(list(connected)):
+        allow.append(f"        {'ip' if net.version == 4 else 'ip6'} daddr {net} accept")
+    allow.append("        udp sport 68 udp dport 67 accept")
+    if any(n.version == 6 for n in nets):
+        allow.append("        udp sport 546 udp dport 547 accept")
+        allow.append("        icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept")
+    block = []
+    for net in nets:
+        fam = "ipv4" if net.version == 4 else "ipv6"
+        if net.prefixlen == 0:
+            block.append(f"        meta nfproto {fam} drop")
+        else:
+            block.append(f"        {'ip' if net.version == 4 else 'ip6'} daddr {net} drop")
+    body = "\n".join([f'        oifname {{ "lo", "{tun}" }} accept', *allow, *block])
+    t = killswitch_table_name(tun)
+    return f"""table {FAMILY} {t} {{
+    chain output {{
+        type filter hook output priority filter; policy accept;
+{body}
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+{body}
+    }}
+}}
+"""
+
+
+def apply_killswitch(tun: str, routes_: list[str], endpoints: list[tuple[str, int]],
+                     connected: list[str] = (), netns: str | None = None) -> str:
+    """Create or replace the client's kill switch table; returns its name."""
+    definition = killswitch_ruleset(tun, routes_, endpoints, connected)
+    name = killswitch_table_name(tun)
     nft(script=_replace_script(FAMILY, name, definition), netns=netns,
         what=f"applying nft table {FAMILY} {name}")
     return name

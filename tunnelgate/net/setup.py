@@ -26,8 +26,8 @@ from pathlib import Path
 from . import nft, routes
 from .nft import NetError
 
-__all__ = ["NetError", "setup_gateway", "setup_client_tun", "setup_client_routes", "teardown",
-           "read_record", "split_routes"]
+__all__ = ["NetError", "setup_gateway", "setup_client_tun", "setup_client_routes", "setup_kill_switch",
+           "connected_networks", "teardown", "read_record", "split_routes"]
 
 log = logging.getLogger(__name__)
 RECORD_VERSION = 1
@@ -198,6 +198,28 @@ def setup_client_tun(record_path, tun: str, address_cidr: str, mtu: int,
     for iface in ifaces:
         _address(rec, tun, str(iface))
     routes.set_link(tun, up=True)
+
+
+def connected_networks(tun: str) -> list[str]:
+    """Networks reached directly (no gateway) through interfaces other than ``tun``
+    and loopback: the LAN, the gateway's link."""
+    out = []
+    for fam, dst, gw, dev, _src, _metric, _proto, _scope, rtype in routes.snapshot():
+        if gw or rtype != 1 or dev in ("", "lo", tun) or dst.endswith("/0") or dst in out:
+            continue
+        out.append(dst)
+    return out
+
+
+def setup_kill_switch(record_path, tun: str, routes_: list[str], endpoints: list[tuple[str, int]]) -> None:
+    """The client's kill switch (nft table ``inet tunnelgate_ks_<tun>``): what
+    ``routes_`` cover leaves only through ``tun``, except the tunnel's own UDP to
+    ``endpoints`` and the networks connected now. Recorded before it is applied,
+    so ``teardown`` (``down`` after a crash, the next start) removes it; calling
+    again replaces it (the gateway moved)."""
+    rec = _Recorder(record_path)
+    rec.add({"kind": "nft_table", "family": nft.FAMILY, "name": nft.killswitch_table_name(tun)})
+    nft.apply_killswitch(tun, routes_, endpoints, connected_networks(tun))
 
 
 def split_routes(prefixes: list[str]) -> list[str]:

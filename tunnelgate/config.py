@@ -121,6 +121,7 @@ class ClientConfig:
     policy: ClientPolicy = field(default_factory=_default_policy)
     payment: Payment = field(default_factory=Payment)
     role: str = "client"
+    kill_switch: bool = False     # [network] kill_switch; default on for full-tunnel routes
 
 
 class _Reader:
@@ -483,6 +484,8 @@ def _client(path: Path, data: dict) -> ClientConfig:
             raise net.error("routes", 'a list of network prefixes like "0.0.0.0/0" or "198.18.2.0/24"',
                             item) from None
     mtu = _mtu(net)
+    full_tunnel = any(ipaddress.ip_network(p).prefixlen == 0 for p in routes)
+    kill_switch = net.get("kill_switch", bool, "true or false", full_tunnel)
     net.finish()
     session = _session(r)
     policy = _policy(r)
@@ -490,7 +493,7 @@ def _client(path: Path, data: dict) -> ClientConfig:
     r.finish()
     return ClientConfig(path=path, node=node, endpoint=endpoint, gateway_public_key=public_key,
                         tun=tun, routes=tuple(routes), mtu=mtu, session=session,
-                        policy=policy, payment=payment)
+                        policy=policy, payment=payment, kill_switch=kill_switch)
 
 
 # --- contracts and payments ------------------------------------------------------------------

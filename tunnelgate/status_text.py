@@ -78,6 +78,7 @@ def render(st: dict) -> str:
             f"gateway   {st.get('gateway')}  key {st.get('gateway_public_key')}",
             f"tunnel    {st['tun']} {st.get('address') or '(no address yet)'}  routes {', '.join(st.get('routes', []))}",
             f"handshake {_age(st.get('last_handshake'))}",
+            f"kill sw.  {'on: if this daemon dies, nothing its routes cover leaves outside the tunnel' if st.get('kill_switch') else 'off'}",
         ]
     else:
         lines += [

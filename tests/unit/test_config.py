@@ -563,3 +563,13 @@ def test_serve_with_a_missing_upstream_interface_exits_2(tmp_path):
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert f"{p}: key 'network.upstream_interface'" in r.stderr and "tgnosuch0" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_client_kill_switch_defaults_on_for_a_full_tunnel_only(tmp_path):
+    assert config.load(write(tmp_path, CLIENT)).kill_switch is True
+    split = CLIENT.replace('routes = ["0.0.0.0/0", "198.18.2.0/24"]', 'routes = ["198.18.2.0/24"]')
+    assert config.load(write(tmp_path, split)).kill_switch is False
+    assert config.load(write(tmp_path, split + "kill_switch = true\n")).kill_switch is True
+    assert config.load(write(tmp_path, CLIENT + "kill_switch = false\n")).kill_switch is False
+    msg = load_err(tmp_path, CLIENT + 'kill_switch = "yes"\n')
+    assert "network.kill_switch" in msg and "true or false" in msg

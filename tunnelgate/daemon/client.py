@@ -49,8 +49,12 @@ class ClientDaemon(Daemon):
         self.address: str | None = None       # assigned by the gateway in the handshake
         self.address6: str | None = None      # dual-stack gateways assign an IPv6 address too
         self.routed_endpoint: str | None = None
+        self.kill_switch_endpoint: tuple[str, int] | None = None
         self.last_handshake: float | None = None
         self._setup_market()
+        # before the TUN and the first datagram: from here on nothing the tunnel will
+        # carry leaves in plain, even if this process dies
+        await self._kill_switch()
         self.tun = Tun(cfg.tun, cfg.mtu)
         bind = ("::", 0) if ":" in cfg.endpoint[0] else ("0.0.0.0", 0)
         self.sock = udp_socket(bind)
@@ -188,6 +192,8 @@ class ClientDaemon(Daemon):
                 log.warning("gateway changed our address %s -> %s", self.address, address)
                 await self.net(netsetup.teardown, self.paths["net"])
                 self.routed_endpoint = None
+                self.kill_switch_endpoint = None
+                await self._kill_switch()
             await self.net(netsetup.setup_client_tun, self.paths["net"], self.cfg.tun, address, self.cfg.mtu,
                            address6)
             self.address, self.address6 = address, address6
@@ -214,10 +220,20 @@ class ClientDaemon(Daemon):
 
     async def _gateway_moved(self) -> None:
         log.info("gateway now at %s:%d", *self.endpoint[:2])
+        await self._kill_switch()
         if self.address is not None:
             await self._route_endpoint()
 
+    async def _kill_switch(self) -> None:
+        """(Re)apply the kill switch for the current endpoint; off in the config: nothing."""
+        endpoint = (self.endpoint[0], self.endpoint[1])
+        if self.cfg.kill_switch and self.kill_switch_endpoint != endpoint:
+            await self.net(netsetup.setup_kill_switch, self.paths["net"], self.cfg.tun,
+                           list(self.cfg.routes), [endpoint])
+            self.kill_switch_endpoint = endpoint
+
     async def _route_endpoint(self) -> None:
+        await self._kill_switch()
         if self.routed_endpoint != self.endpoint[0]:
             await self.net(netsetup.setup_client_routes, self.paths["net"], self.cfg.tun,
                            list(self.cfg.routes), self.endpoint[0])
@@ -373,6 +389,7 @@ class ClientDaemon(Daemon):
             "address6": self.address6,
             "gateway_features": self.gateway_features,       # from its handshake
             "routes": list(self.cfg.routes),
+            "kill_switch": self.kill_switch_endpoint is not None,
             "connected": self.initiator.established,
             "last_handshake": self.last_handshake,
             "session_stats": dict(self.initiator.stats),

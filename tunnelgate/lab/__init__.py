@@ -41,11 +41,12 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["Lab", "LabError", "CLIENT_LINK", "GW_LINK", "GW_UP", "UPSTREAM", "CLIENT_LINK6", "GW_LINK6",
+__all__ = ["Lab", "LabError", "CLIENT_LINK", "STRANGER_LINK", "GW_LINK", "GW_UP", "UPSTREAM", "CLIENT_LINK6", "GW_LINK6",
            "GW_UP6", "UPSTREAM6",
            "HTTP_PORT", "IPERF_PORT", "main"]
 
 CLIENT_LINK = "198.18.1.2"
+STRANGER_LINK = "198.18.1.3"   # Lab.add_stranger(): a neighbour on the client-gateway link
 GW_LINK = "198.18.1.1"
 GW_UP = "198.18.2.1"
 UPSTREAM = "198.18.2.2"
@@ -62,6 +63,7 @@ CLIENT_IF = "veth0"        # in client
 GW_CLIENT_IF = "veth-c"    # in gw, towards the client
 GW_UP_IF = "veth-up"       # in gw, towards upstream
 UP_IF = "veth0"            # in up
+STRANGER_IF = "veth0"      # in stranger (a macvlan on the client's veth0)
 
 MARK_DIR = Path("/run/tunnelgate-lab")   # owner markers: who may clean which lab
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -152,7 +154,7 @@ def _is_zombie(pid: int) -> bool:
 
 
 class Lab:
-    ROLES = ("client", "gw", "up")
+    ROLES = ("client", "gw", "up", "stranger")
 
     def __init__(self, prefix: str):
         if not _PREFIX_RE.match(prefix):
@@ -161,6 +163,7 @@ class Lab:
         self.client = f"{prefix}-client"
         self.gw = f"{prefix}-gw"
         self.up = f"{prefix}-up"
+        self.stranger = f"{prefix}-stranger"      # only after add_stranger()
         self.namespaces = [self.client, self.gw, self.up]
         self.procs: list[subprocess.Popen] = []
         self.tmpdirs: list[str] = []
@@ -228,6 +231,25 @@ class Lab:
             self.destroy()
             raise
         return self
+
+    def add_stranger(self) -> str:
+        """A fourth namespace on the client-gateway link (a macvlan on the client's
+        veth, so the gateway sees it on the same interface): STRANGER_LINK, default
+        route via the gateway, no tunnel. Returns its name; destroy() deletes it."""
+        if self.stranger in self.namespaces:
+            return self.stranger
+        self.namespaces.append(self.stranger)
+        self._write_marker()
+        _ip("netns", "add", self.stranger)
+        _ip("-n", self.client, "link", "add", "link", CLIENT_IF, "name", "mv-stranger", "type", "macvlan",
+            "mode", "bridge")
+        _ip("-n", self.client, "link", "set", "mv-stranger", "netns", self.stranger)
+        _ip("-n", self.stranger, "link", "set", "mv-stranger", "name", STRANGER_IF)
+        _ip("-n", self.stranger, "addr", "add", f"{STRANGER_LINK}/{PREFIXLEN}", "dev", STRANGER_IF)
+        for dev in (STRANGER_IF, "lo"):
+            _ip("-n", self.stranger, "link", "set", dev, "up")
+        _ip("-n", self.stranger, "route", "add", "default", "via", GW_LINK)
+        return self.stranger
 
     def _wait_settled(self, timeout: float = 10) -> None:
         """Wait until every veth is up with carrier and has its IPv6 link-local address."""

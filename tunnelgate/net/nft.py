@@ -18,7 +18,8 @@ import shutil
 import subprocess
 
 __all__ = [
-    "NetError", "FAMILY", "table_name", "gateway_ruleset", "apply_gateway", "remove_table",
+    "NetError", "FAMILY", "MASQ_MARK", "table_name", "gateway_ruleset", "apply_gateway", "remove_table",
+    "killswitch_table_name", "killswitch_ruleset", "apply_killswitch",
     "table_exists", "counter_table", "read_counters", "list_ruleset", "nft",
 ]
 
@@ -72,33 +73,70 @@ def table_name(tun: str) -> str:
         .replace("@", "_").replace(":", "_").replace("+", "_")
 
 
-def gateway_ruleset(tun: str, tunnel_prefixes: str | list[str], upstream_interface: str) -> str:
-    """The table definition (without the delete-then-add wrapper); one masquerade rule
-    per tunnel prefix (IPv4, and IPv6 for a dual-stack tunnel)."""
-    _check_ifname(tun, "tun")
-    _check_ifname(upstream_interface, "upstream")
+# Set in the forward chain on what enters from the TUN and required by the masquerade:
+# postrouting has no input interface, and a packet that did not come out of the
+# TUN must never leave with the gateway's address (billed to nobody, or to the
+# client whose tunnel address it forged). One bit, so other users of the mark keep theirs.
+MASQ_MARK = 0x00100000
+
+
+def _prefixes(tunnel_prefixes: str | list[str]) -> list:
     if isinstance(tunnel_prefixes, str):
         tunnel_prefixes = [tunnel_prefixes]
-    masq = []
+    nets = []
     for prefix in tunnel_prefixes:
         try:
-            net = ipaddress.ip_network(prefix, strict=False)
+            nets.append(ipaddress.ip_network(prefix, strict=False))
         except ValueError as exc:
             raise NetError(f"bad tunnel prefix {prefix!r}: {exc}") from exc
+    return nets
+
+
+def gateway_ruleset(tun: str, tunnel_prefixes: str | list[str], upstream_interface: str,
+                    exclusive: tuple[str, ...] = ()) -> str:
+    """The table definition (without the delete-then-add wrapper).
+
+    - prerouting: a packet with a tunnel source address arriving on any interface
+      but the TUN (or loopback) is forged: dropped before conntrack sees it;
+    - forward: TUN -> upstream is accepted and marked; into the TUN from elsewhere
+      only replies (established/related) pass, so no neighbour can send into a
+      client's tunnel at the client's expense;
+    - ``exclusive``: the families ("ipv4", "ipv6") whose forwarding the gateway
+      itself switched on: there nothing but the TUN may be forwarded out of the
+      upstream interface (a host that already forwarded keeps its other forwarding);
+    - postrouting: masquerade only marked packets from the tunnel prefixes.
+    """
+    _check_ifname(tun, "tun")
+    _check_ifname(upstream_interface, "upstream")
+    nets = _prefixes(tunnel_prefixes)
+    for fam in exclusive:
+        if fam not in ("ipv4", "ipv6"):
+            raise NetError(f"bad family {fam!r}: ipv4 or ipv6")
+    spoof, masq = [], []
+    mark = f"0x{MASQ_MARK:08x}"
+    for net in nets:
         proto = "ip" if net.version == 4 else "ip6"
-        masq.append(f'        {proto} saddr {net} oifname "{upstream_interface}" masquerade')
+        spoof.append(f'        iifname != {{ "{tun}", "lo" }} {proto} saddr {net} drop')
+        masq.append(f'        meta mark & {mark} == {mark} {proto} saddr {net} oifname "{upstream_interface}" '
+                    f'masquerade')
+    others = [f'        meta nfproto {fam} oifname "{upstream_interface}" drop' for fam in exclusive]
     t = table_name(tun)
-    rules = "\n".join(masq)
+    nl = "\n"
     return f"""table {FAMILY} {t} {{
-    chain postrouting {{
-        type nat hook postrouting priority srcnat; policy accept;
-{rules}
+    chain prerouting {{
+        type filter hook prerouting priority raw; policy accept;
+{nl.join(spoof)}
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
-        iifname "{tun}" oifname "{upstream_interface}" accept
-        iifname "{upstream_interface}" oifname "{tun}" ct state established,related accept
-        iifname "{upstream_interface}" oifname "{tun}" drop
+        iifname "{tun}" oifname "{upstream_interface}" meta mark set meta mark | {mark} accept
+        iifname != "{tun}" oifname "{tun}" ct state established,related accept
+        iifname != "{tun}" oifname "{tun}" drop
+{nl.join(others) if others else "        # the host forwarded before the gateway started: its other forwarding is its own"}
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+{nl.join(masq)}
     }}
 }}
 """
@@ -110,10 +148,72 @@ def _replace_script(family: str, name: str, definition: str) -> str:
 
 
 def apply_gateway(tun: str, tunnel_prefixes: str | list[str], upstream_interface: str,
-                  netns: str | None = None) -> str:
+                  netns: str | None = None, exclusive: tuple[str, ...] = ()) -> str:
     """Create or replace the gateway table; returns its name."""
-    definition = gateway_ruleset(tun, tunnel_prefixes, upstream_interface)
+    definition = gateway_ruleset(tun, tunnel_prefixes, upstream_interface, exclusive)
     name = table_name(tun)
+    nft(script=_replace_script(FAMILY, name, definition), netns=netns,
+        what=f"applying nft table {FAMILY} {name}")
+    return name
+
+
+def killswitch_table_name(tun: str) -> str:
+    return table_name(tun).replace("tunnelgate_", "tunnelgate_ks_", 1)
+
+
+def killswitch_ruleset(tun: str, routes_: list[str], endpoints: list[tuple[str, int]],
+                       connected: list[str] = ()) -> str:
+    """The client's kill switch: what the tunnel routes (``routes_``) may leave only
+    through the TUN, except the tunnel's own UDP to the gateway ``endpoints``,
+    DHCP (so the link keeps its address), IPv6 neighbour discovery and the
+    ``connected`` networks (the LAN: its routes are more specific than the tunnel's,
+    so it never went through the tunnel either). It stays
+    when the daemon dies (the TUN and its routes vanish with the process; the
+    table does not), so traffic is blocked, not sent in plain."""
+    _check_ifname(tun, "tun")
+    nets = _prefixes(routes_)
+    allow = []
+    for host, port in endpoints:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError as exc:
+            raise NetError(f"bad gateway endpoint address {host!r}: {exc}") from exc
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise NetError(f"bad gateway endpoint port {port!r}")
+        allow.append(f"        {'ip' if ip.version == 4 else 'ip6'} daddr {ip} udp dport {port} accept")
+    for net in _prefixes(list(connected)):
+        allow.append(f"        {'ip' if net.version == 4 else 'ip6'} daddr {net} accept")
+    allow.append("        udp sport 68 udp dport 67 accept")
+    if any(n.version == 6 for n in nets):
+        allow.append("        udp sport 546 udp dport 547 accept")
+        allow.append("        icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept")
+    block = []
+    for net in nets:
+        fam = "ipv4" if net.version == 4 else "ipv6"
+        if net.prefixlen == 0:
+            block.append(f"        meta nfproto {fam} drop")
+        else:
+            block.append(f"        {'ip' if net.version == 4 else 'ip6'} daddr {net} drop")
+    body = "\n".join([f'        oifname {{ "lo", "{tun}" }} accept', *allow, *block])
+    t = killswitch_table_name(tun)
+    return f"""table {FAMILY} {t} {{
+    chain output {{
+        type filter hook output priority filter; policy accept;
+{body}
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+{body}
+    }}
+}}
+"""
+
+
+def apply_killswitch(tun: str, routes_: list[str], endpoints: list[tuple[str, int]],
+                     connected: list[str] = (), netns: str | None = None) -> str:
+    """Create or replace the client's kill switch table; returns its name."""
+    definition = killswitch_ruleset(tun, routes_, endpoints, connected)
+    name = killswitch_table_name(tun)
     nft(script=_replace_script(FAMILY, name, definition), netns=netns,
         what=f"applying nft table {FAMILY} {name}")
     return name

@@ -26,8 +26,8 @@ from pathlib import Path
 from . import nft, routes
 from .nft import NetError
 
-__all__ = ["NetError", "setup_gateway", "setup_client_tun", "setup_client_routes", "teardown",
-           "read_record", "split_routes"]
+__all__ = ["NetError", "setup_gateway", "setup_client_tun", "setup_client_routes", "setup_kill_switch",
+           "connected_networks", "teardown", "read_record", "split_routes"]
 
 log = logging.getLogger(__name__)
 RECORD_VERSION = 1
@@ -140,11 +140,13 @@ def _address(rec: _Recorder, dev: str, cidr: str) -> None:
     routes.add_address(dev, cidr)
 
 
-def _sysctl_on(rec: _Recorder, name: str, fn) -> None:
+def _sysctl_on(rec: _Recorder, name: str, fn) -> int:
+    """Switch it on; returns the value before the first (recorded) change."""
     before = fn()
-    rec.add({"kind": "sysctl", "name": name, "before": before, "value": 1})
+    item = rec.add({"kind": "sysctl", "name": name, "before": before, "value": 1})
     if before != 1:
         fn(1)
+    return item["before"]
 
 
 def _check_cidr(address_cidr: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
@@ -167,15 +169,24 @@ def setup_gateway(record_path, tun: str, address_cidr: str, upstream_interface: 
     for iface in ifaces:
         _address(rec, tun, str(iface))
     routes.set_link(tun, up=True)
+    # forwarding the gateway switched on is for its TUN only; a host that already
+    # forwarded (a router, containers) keeps its other forwarding
+    exclusive = []
     for iface in ifaces:
         if iface.version == 4:
-            _sysctl_on(rec, "ipv4.ip_forward", routes.ip_forward)
+            before = _sysctl_on(rec, "ipv4.ip_forward", routes.ip_forward)
         else:
             # only for an IPv6 tunnel: all.forwarding=1 turns off accept_ra everywhere
-            _sysctl_on(rec, "ipv6.conf.all.forwarding", routes.ip6_forward)
+            before = _sysctl_on(rec, "ipv6.conf.all.forwarding", routes.ip6_forward)
+        if before != 1:
+            exclusive.append("ipv4" if iface.version == 4 else "ipv6")
+    if len(exclusive) < len(ifaces):
+        log.warning("forwarding was already on: other forwarding out of %s is left to the host's "
+                    "firewall (the tunnel's masquerade and the spoofing checks apply regardless)",
+                    upstream_interface)
     table = nft.table_name(tun)
     rec.add({"kind": "nft_table", "family": nft.FAMILY, "name": table})
-    nft.apply_gateway(tun, [str(i.network) for i in ifaces], upstream_interface)
+    nft.apply_gateway(tun, [str(i.network) for i in ifaces], upstream_interface, exclusive=tuple(exclusive))
 
 
 def setup_client_tun(record_path, tun: str, address_cidr: str, mtu: int,
@@ -187,6 +198,28 @@ def setup_client_tun(record_path, tun: str, address_cidr: str, mtu: int,
     for iface in ifaces:
         _address(rec, tun, str(iface))
     routes.set_link(tun, up=True)
+
+
+def connected_networks(tun: str) -> list[str]:
+    """Networks reached directly (no gateway) through interfaces other than ``tun``
+    and loopback: the LAN, the gateway's link."""
+    out = []
+    for fam, dst, gw, dev, _src, _metric, _proto, _scope, rtype in routes.snapshot():
+        if gw or rtype != 1 or dev in ("", "lo", tun) or dst.endswith("/0") or dst in out:
+            continue
+        out.append(dst)
+    return out
+
+
+def setup_kill_switch(record_path, tun: str, routes_: list[str], endpoints: list[tuple[str, int]]) -> None:
+    """The client's kill switch (nft table ``inet tunnelgate_ks_<tun>``): what
+    ``routes_`` cover leaves only through ``tun``, except the tunnel's own UDP to
+    ``endpoints`` and the networks connected now. Recorded before it is applied,
+    so ``teardown`` (``down`` after a crash, the next start) removes it; calling
+    again replaces it (the gateway moved)."""
+    rec = _Recorder(record_path)
+    rec.add({"kind": "nft_table", "family": nft.FAMILY, "name": nft.killswitch_table_name(tun)})
+    nft.apply_killswitch(tun, routes_, endpoints, connected_networks(tun))
 
 
 def split_routes(prefixes: list[str]) -> list[str]:

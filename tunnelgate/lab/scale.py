@@ -723,7 +723,8 @@ class EngineBuilder:
             peer, dst = _micro_key(i // self.per_peer), self.dst_of(i % self.per_peer)
             engine.outbound(peer, dst, len(pkt), pkt, self.now)
             self.flows.append((peer, dst))
-            if len(engine._out) >= 512 or i == total - 1:
+            # answered in batches no larger than a peer's open-proposal limit
+            if len(engine._out) >= engine.pricing.max_pending_proposals or i == total - 1:
                 for p, msg in engine.take_outgoing():
                     if isinstance(msg, m.Propose):
                         engine.on_message(p, m.Accept(msg.contract_id), self.now)

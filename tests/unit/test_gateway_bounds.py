@@ -110,3 +110,23 @@ def test_held_packets_per_flow_and_gateway_wide():
     assert held == 10 and gw.held_total_bytes == 10_000
     gw.poll(NOW + 60)                                   # proposals withdrawn, held dropped
     assert gw.held_total_bytes == 0
+
+
+def test_unpaid_contracts_bound_new_proposals():
+    gw = GatewayEngine(pricing(max_unpaid_contracts=3, grace_time_s=30))
+    for i in range(5):                   # each proposal accepted at once, never paid
+        assert gw.outbound(PEER, dst(i), 60, ip4(dst(i)), NOW) == (HELD if i < 3 else DROP)
+        for _, msg in gw.take_outgoing():
+            if isinstance(msg, m.Propose):
+                gw.on_message(PEER, m.Accept(msg.contract_id), NOW)
+    st = gw.status(NOW)["peers"][PEER.hex()]
+    assert st["unpaid_contracts"] == 3 and st["open_proposals"] == 0 and st["drops_proposal_limit"] == 2
+    again = GatewayEngine(pricing(max_unpaid_contracts=3, grace_time_s=30))
+    again.restore(gw.snapshot(), NOW)           # a restart remembers who owes what
+    assert again.status(NOW)["peers"][PEER.hex()]["unpaid_contracts"] == 3
+    paid = next(c["contract_id"] for c in gw.contracts(PEER, NOW))
+    gw.payment_confirmed(paid, NOW)
+    assert gw.status(NOW)["peers"][PEER.hex()]["unpaid_contracts"] == 2
+    assert gw.outbound(PEER, dst(9), 60, ip4(dst(9)), NOW) == HELD     # room again
+    gw.poll(NOW + 31)                    # the rest are revoked at the end of their grace
+    assert gw.status(NOW + 31)["peers"][PEER.hex()]["unpaid_contracts"] == 0

@@ -708,7 +708,9 @@ class EngineBuilder:
         big = 10**8
         self.engine = GatewayEngine(Pricing(default_price=500_000, floor_price=500_000, contract_kb=big,
                                             contract_time_s=10**6, grace_time_s=10**6, grace_kb=big,
-                                            scope=scope))
+                                            scope=scope,
+                                            # its contracts stay in grace, never paid
+                                            max_unpaid_contracts=big))
         # with a prefix scope, one destination per /24 (j.1) so each is its own contract
         self.dst_of = dest if scope == "host" else (lambda j: bytes((198, 19, j & 255, 1)))
         if scope != "host" and per_peer > 256:

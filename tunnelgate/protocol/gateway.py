@@ -32,7 +32,7 @@ MAX_QUEUED = 3   # accepted contracts waiting behind the current one, per destin
 PRUNE_FLOWS = 4096   # a peer with this many flows has its idle ones dropped
 # A peer over its open-proposal limit hears once, then at most every this many seconds,
 # how many packets to new destinations were dropped (one event, not one per destination).
-SUPPRESSED_REPORT_S = 10.0
+SUPPRESSED_REPORT_S = 10
 
 # timer kinds (see GatewayEngine.poll)
 T_PROPOSAL, T_GRACE, T_EXPIRE, T_USAGE, T_NODEAL, T_SUPPRESSED = range(6)
@@ -83,6 +83,9 @@ class Pricing:
     # open proposals (contracts in PROPOSED state) per peer; beyond it, packets to
     # destinations without one are dropped and counted, nothing is held or proposed
     max_pending_proposals: int = 64
+    # accepted contracts not yet paid (in grace, or waiting for payment) per peer; beyond it,
+    # likewise no new proposals: grace lets a peer that never pays hold many at once
+    max_unpaid_contracts: int = 256
 
 
 def _plen(scope: str | int, bits: int) -> int:
@@ -96,7 +99,7 @@ def _plen(scope: str | int, bits: int) -> int:
 class _Peer:
     __slots__ = ("no_grace", "held_packets", "held_bytes", "drops_held", "drops_no_deal",
                  "drops_no_contract_in", "paid_contracts", "no_account", "credit_contracts",
-                 "proposals", "drops_proposals", "suppressed", "suppress_timer")
+                 "proposals", "drops_proposals", "suppressed", "suppress_timer", "unpaid")
 
     def __init__(self):
         self.no_grace = False
@@ -109,6 +112,7 @@ class _Peer:
         self.drops_proposals = 0    # packets dropped: too many open proposals
         self.suppressed = 0         # of those, not yet reported in an event
         self.suppress_timer = False
+        self.unpaid: set[str] = set()   # ids of accepted contracts whose payment is still due
 
 
 class MemoryCredit:
@@ -307,7 +311,7 @@ class GatewayEngine:
         if f is None or (f.proposal is None and f.current is None and not f.queue
                          and f.nodeal_until <= now):
             p = self._peers.get(peer)
-            if p is not None and p.proposals >= self.pricing.max_pending_proposals and not (
+            if p is not None and self._saturated(p) and not (
                     f.free if f is not None else self._price_for(self.meter.key(dst)) == 0):
                 # a new destination while many proposals are open: no flow, no proposal,
                 # nothing held, so one peer spraying destinations costs a counter
@@ -341,6 +345,11 @@ class GatewayEngine:
         self.held_total_bytes += len(packet)
         return HELD
 
+    def _saturated(self, p: _Peer) -> bool:
+        """Too much is open for this peer to be offered another contract now."""
+        return (p.proposals >= self.pricing.max_pending_proposals
+                or len(p.unpaid) >= self.pricing.max_unpaid_contracts)
+
     def _suppress(self, p: _Peer, peer: bytes, now: float) -> None:
         p.drops_proposals += 1
         p.suppressed += 1
@@ -352,10 +361,12 @@ class GatewayEngine:
             p.suppress_timer = False
             return
         n, p.suppressed = p.suppressed, 0
+        pr = self.pricing
         self._emit(EV_PROPOSALS_SUPPRESSED, peer=peer,
-                   reason=f"{n} packet(s) to new destinations dropped: "
-                          f"{p.proposals} proposals are open (limit {self.pricing.max_pending_proposals})",
-                   data={"dropped": n, "open_proposals": p.proposals})
+                   reason=f"{n} packet(s) to new destinations dropped: the peer had "
+                          f"{pr.max_pending_proposals} open proposals or {pr.max_unpaid_contracts} "
+                          "unpaid contracts (the limits)",
+                   data={"dropped": n, "open_proposals": p.proposals, "unpaid": len(p.unpaid)})
         p.suppress_timer = True
         self._at(now + SUPPRESSED_REPORT_S, T_SUPPRESSED, peer)
 
@@ -474,6 +485,7 @@ class GatewayEngine:
         self._set_proposal(f, None)
         c.accepted_at = now
         c.grace_until = now + self.pricing.grace_time_s     # payment deadline
+        p.unpaid.add(c.contract_id)
         cur = f.current
         active = cur is not None and (cur.state is State.ACCEPTED or (
             cur.state in FORWARDING and cur.used < cur.limit_bytes and now < cur.expires_at))
@@ -652,7 +664,7 @@ class GatewayEngine:
                 f.current is not None and f.current.state is State.ACCEPTED):
             return      # a proposal is on its way / the next contracts are already queued
         p = self._peers[peer]
-        if p.proposals >= self.pricing.max_pending_proposals:
+        if self._saturated(p):
             return self._suppress(p, peer, now)    # the client asks again later
         pr = self.pricing
         limit_kb = pr.contract_kb
@@ -696,6 +708,7 @@ class GatewayEngine:
         c.apply(Ev.PAID)
         c.paid = True
         p = self._peers[c.peer]
+        p.unpaid.discard(contract_id)
         p.no_grace = False
         p.paid_contracts += 1
         if credit_msat is None:
@@ -822,6 +835,9 @@ class GatewayEngine:
             return
         if when != c.grace_until:
             return
+        p = self._peers.get(c.peer)
+        if p is not None:
+            p.unpaid.discard(c.contract_id)
         cid = c.contract_id
         if self._contracts.get(cid) is c:
             if c.state is State.PROPOSED:
@@ -947,7 +963,8 @@ class GatewayEngine:
                 "no_account": p.no_account,
                 "held_packets": p.held_packets, "held_bytes": p.held_bytes,
                 "drops_held": p.drops_held, "drops_no_deal": p.drops_no_deal,
-                "open_proposals": p.proposals, "drops_proposal_limit": p.drops_proposals,
+                "open_proposals": p.proposals, "unpaid_contracts": len(p.unpaid),
+                "drops_proposal_limit": p.drops_proposals,
                 "drops_inbound_no_contract": p.drops_no_contract_in,
                 "no_deal": {f.destination: {"reason": f.nodeal_reason,
                                             "retry_in_s": max(0, int(f.nodeal_until - now))}
@@ -1096,3 +1113,4 @@ class GatewayEngine:
         for c in byid.values():
             if c.grace_until is not None and not c.paid:
                 self._at(c.grace_until, T_GRACE, c)
+                self._peer(c.peer).unpaid.add(c.contract_id)

@@ -267,13 +267,13 @@ def test_grace_bytes_bound_traffic_until_paid():
 
 
 def test_held_packet_bounds_and_drop_counters():
-    gw = GatewayEngine(pricing())
+    gw = GatewayEngine(pricing(max_pending_proposals=1000))   # the held bound alone
     rs = [gw.outbound(PEER, pk.addr_bytes(f"198.18.3.{i}"), 1000, ip4(f"198.18.3.{i}"), 0.0)
           for i in range(100)]
     assert rs.count(HELD) == 64 and rs.count(DROP) == 36
     st = gw.status(0.0)["peers"][PEER.hex()]
     assert st["held_packets"] == 64 and st["drops_held"] == 36
-    gw2 = GatewayEngine(pricing())
+    gw2 = GatewayEngine(pricing(held_max_flow_packets=64))   # the per-peer byte bound alone
     big = [gw2.outbound(PEER, pk.addr_bytes(DST), 5000, ip4(total=5000), 0.0) for _ in range(60)]
     assert big.count(HELD) == 51                     # 51 * 5000 <= 256 000
     assert gw2.status(0.0)["peers"][PEER.hex()]["held_bytes"] == 255_000

@@ -14,7 +14,9 @@ import logging
 import os
 import signal
 import socket
+import stat
 import struct
+import sys
 import threading
 import time
 from collections import Counter
@@ -64,10 +66,21 @@ def setup_logging(logfile: Path, verbose: bool) -> None:
     fh = logging.FileHandler(logfile)
     fh.setFormatter(fmt)
     root.addHandler(fh)
+    if stderr_is_file():
+        # backgrounded (cli._background: stderr is state_dir/daemon.stderr): the log file
+        # already has every line, and a copy would double the disk a noisy peer costs
+        return
     sh = logging.StreamHandler()
     # journald adds its own timestamps
     sh.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(sh)
+
+
+def stderr_is_file() -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(sys.stderr.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def features(handshake_payload: bytes) -> frozenset[str]:

@@ -19,7 +19,8 @@ from collections import deque
 from ..protocol import messages as msgs
 from ..protocol.channel import Channel, ChannelFull
 from ..protocol.contract import Event
-from .store import Store
+from .lograte import LogLimiter
+from .store import EVENTS_MAX, Store
 
 log = logging.getLogger("tunnelgate.contracts")
 
@@ -37,8 +38,11 @@ class EventLog:
     def __init__(self, store: Store):
         self.store = store
         self.recent: deque[dict] = deque(maxlen=EVENTS_KEPT)
-        self._pending: list[tuple] = []
+        # rows not yet written; if the store falls behind, the oldest go (the table keeps
+        # only the newest EVENTS_MAX anyway)
+        self._pending: deque[tuple] = deque(maxlen=EVENTS_MAX)
         self.subscribers: set = set()
+        self.limiter = LogLimiter()        # log lines per (kind, peer)
 
     def add(self, ev: Event, extra: dict | None = None) -> dict:
         data = {k: v for k, v in (ev.data or {}).items() if k != "proof"}  # proofs are bearer secrets
@@ -64,18 +68,24 @@ class EventLog:
         level = logging.WARNING if rec["kind"] in ("revoked", "payment_failed", "usage_mismatch",
                                                   "budget_exceeded", "protocol_violation",
                                                   "warning") else logging.INFO
-        log.log(level, "%s %s%s%s%s", rec["kind"], rec["contract_id"] or "",
-                f" {rec['destination']}" if rec["destination"] else "",
-                f" {rec['amount_msat']} msat" if rec["amount_msat"] else "",
-                f": {rec['reason']}" if rec["reason"] else "")
+        if log.isEnabledFor(level):
+            self.limiter.log(log, level, (rec["kind"], rec["peer"]), rec["ts"], "%s %s%s%s%s",
+                             rec["kind"], rec["contract_id"] or "",
+                             f" {rec['destination']}" if rec["destination"] else "",
+                             f" {rec['amount_msat']} msat" if rec["amount_msat"] else "",
+                             f": {rec['reason']}" if rec["reason"] else "")
         for q in list(self.subscribers):
             if not q.full():  # a subscriber that stopped reading misses events, never blocks us
                 q.put_nowait(rec)
 
     def flush(self) -> None:
         if self._pending:
-            rows, self._pending = self._pending, []
+            rows = list(self._pending)
+            self._pending.clear()
             self.store.add_events(rows)
+        for (kind, peer), n in self.limiter.drain(time.time()):
+            log.info("%s: %d more event(s)%s not logged (all are in `tunnelgate events`)",
+                     kind, n, f" of {peer}" if peer else "")
 
 
 class Channels:
@@ -89,6 +99,7 @@ class Channels:
         self.send_frame = send_frame
         self.by_peer: dict[bytes, Channel] = {}
         self.stats = {"bad_messages": 0, "queue_full": 0}
+        self.limiter = LogLimiter()
         self._active: set[bytes] = set()
         self._deadlines: list[tuple[float, bytes]] = []
         self._next: dict[bytes, float] = {}      # peer -> its deadline in the heap
@@ -106,7 +117,8 @@ class Channels:
             self.get(peer).send(msgs.encode(message))
         except ChannelFull:
             self.stats["queue_full"] += 1
-            log.warning("control channel to %s is full; dropped %s", peer_text(peer), message.TYPE)
+            self.limiter.log(log, logging.WARNING, peer, time.monotonic(),
+                             "control channel to %s is full; dropped %s", peer_text(peer), message.TYPE)
 
     def receive(self, peer: bytes, frame: bytes, now: float) -> list[msgs.Message]:
         out = []

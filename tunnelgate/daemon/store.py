@@ -72,6 +72,9 @@ CREATE TABLE IF NOT EXISTS client_payments (
 """
 
 
+EVENTS_MAX = 10_000     # rows kept in the events table (the newest)
+
+
 class StoreError(Exception):
     pass
 
@@ -161,10 +164,12 @@ class Store:
             peers = {k: json.loads(d) for k, d in self._db.execute("SELECT peer, data FROM peers_standing")}
         return {"version": 1, "seq": int(seq[0]), "contracts": contracts, "flows": flows, "peers": peers}
 
-    def add_events(self, rows: list[tuple]) -> None:
+    def add_events(self, rows: list[tuple], keep: int = EVENTS_MAX) -> None:
+        """Appends rows and drops all but the newest ``keep`` (ids only grow: AUTOINCREMENT)."""
         with self._lock:
             self._db.executemany("INSERT INTO events (ts, kind, contract_id, peer, destination, reason, "
                                  "amount_msat, data) VALUES (?,?,?,?,?,?,?,?)", rows)
+            self._db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (keep,))
 
     def events(self, limit: int = 200, kinds: tuple[str, ...] = ()) -> list[dict]:
         where = f"WHERE kind IN ({','.join('?' * len(kinds))})" if kinds else ""

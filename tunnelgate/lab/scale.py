@@ -708,7 +708,9 @@ class EngineBuilder:
         big = 10**8
         self.engine = GatewayEngine(Pricing(default_price=500_000, floor_price=500_000, contract_kb=big,
                                             contract_time_s=10**6, grace_time_s=10**6, grace_kb=big,
-                                            scope=scope))
+                                            scope=scope,
+                                            # its contracts stay in grace, never paid
+                                            max_unpaid_contracts=big))
         # with a prefix scope, one destination per /24 (j.1) so each is its own contract
         self.dst_of = dest if scope == "host" else (lambda j: bytes((198, 19, j & 255, 1)))
         if scope != "host" and per_peer > 256:
@@ -723,7 +725,8 @@ class EngineBuilder:
             peer, dst = _micro_key(i // self.per_peer), self.dst_of(i % self.per_peer)
             engine.outbound(peer, dst, len(pkt), pkt, self.now)
             self.flows.append((peer, dst))
-            if len(engine._out) >= 512 or i == total - 1:
+            # answered in batches no larger than a peer's open-proposal limit
+            if len(engine._out) >= engine.pricing.max_pending_proposals or i == total - 1:
                 for p, msg in engine.take_outgoing():
                     if isinstance(msg, m.Propose):
                         engine.on_message(p, m.Accept(msg.contract_id), self.now)

@@ -30,9 +30,12 @@ ENDED_AFTER_ACCEPT = frozenset({State.EXHAUSTED, State.EXPIRED, State.REVOKED})
 
 MAX_QUEUED = 3   # accepted contracts waiting behind the current one, per destination
 PRUNE_FLOWS = 4096   # a peer with this many flows has its idle ones dropped
+# A peer over its open-proposal limit hears once, then at most every this many seconds,
+# how many packets to new destinations were dropped (one event, not one per destination).
+SUPPRESSED_REPORT_S = 10
 
 # timer kinds (see GatewayEngine.poll)
-T_PROPOSAL, T_GRACE, T_EXPIRE, T_USAGE, T_NODEAL = range(5)
+T_PROPOSAL, T_GRACE, T_EXPIRE, T_USAGE, T_NODEAL, T_SUPPRESSED = range(6)
 
 # event kinds
 EV_PROPOSED = "proposed"
@@ -50,6 +53,7 @@ EV_EXPIRED = "expired"
 EV_REVOKED = "revoked"
 EV_HELD_DROPPED = "held_dropped"
 EV_PROTOCOL = "protocol_violation"
+EV_PROPOSALS_SUPPRESSED = "proposals_suppressed"
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,16 @@ class Pricing:
     no_deal_backoff_s: int = 60
     proposal_timeout_s: int = 10
     usage_interval_s: float = 1.0
-    held_max_packets: int = 64
-    held_max_bytes: int = 256 * BYTES_PER_KB
+    held_max_packets: int = 64                  # per peer
+    held_max_bytes: int = 256 * BYTES_PER_KB    # per peer
+    held_max_flow_packets: int = 16             # per destination: one flow cannot take them all
+    held_total_max_bytes: int = 32 * 1024 * BYTES_PER_KB   # all peers together
+    # open proposals (contracts in PROPOSED state) per peer; beyond it, packets to
+    # destinations without one are dropped and counted, nothing is held or proposed
+    max_pending_proposals: int = 64
+    # accepted contracts not yet paid (in grace, or waiting for payment) per peer; beyond it,
+    # likewise no new proposals: grace lets a peer that never pays hold many at once
+    max_unpaid_contracts: int = 256
 
 
 def _plen(scope: str | int, bits: int) -> int:
@@ -86,7 +98,8 @@ def _plen(scope: str | int, bits: int) -> int:
 
 class _Peer:
     __slots__ = ("no_grace", "held_packets", "held_bytes", "drops_held", "drops_no_deal",
-                 "drops_no_contract_in", "paid_contracts", "no_account", "credit_contracts")
+                 "drops_no_contract_in", "paid_contracts", "no_account", "credit_contracts",
+                 "proposals", "drops_proposals", "suppressed", "suppress_timer", "unpaid")
 
     def __init__(self):
         self.no_grace = False
@@ -95,6 +108,11 @@ class _Peer:
         self.paid_contracts = 0
         self.no_account = 0
         self.credit_contracts = 0
+        self.proposals = 0          # open proposals (flows with f.proposal set)
+        self.drops_proposals = 0    # packets dropped: too many open proposals
+        self.suppressed = 0         # of those, not yet reported in an event
+        self.suppress_timer = False
+        self.unpaid: set[str] = set()   # ids of accepted contracts whose payment is still due
 
 
 class MemoryCredit:
@@ -167,6 +185,7 @@ class GatewayEngine:
         self._out: list[tuple[bytes, m.Message]] = []
         self._released: list[tuple[bytes, bytes]] = []
         self._events: list[Event] = []
+        self.held_total_bytes = 0                      # all peers' held packets
 
     def _counter_id(self) -> str:
         self._seq += 1
@@ -191,8 +210,9 @@ class GatewayEngine:
         r = self.meter.up(peer, dst, total_len, now, True)
         if r != MISS:
             return r
-        f = self._flow(peer, dst, now)
-        if self._usable(f, now):
+        flows = self.meter.peers.get(peer)
+        f = flows.get(self.meter.key(dst)) if flows else None
+        if f is not None and self._usable(f, now):     # a new destination: outbound decides
             r = self.meter.up(peer, dst, total_len, now, True)
             if r != MISS:
                 return r
@@ -286,7 +306,21 @@ class GatewayEngine:
             self._activate(f, f.queue.popleft(), now)
 
     def _slow_out(self, peer: bytes, dst: bytes, length: int, packet: bytes, now: float) -> int:
-        f = self._flow(peer, dst, now)
+        flows = self.meter.peers.get(peer)
+        f = flows.get(self.meter.key(dst)) if flows is not None else None
+        if f is None or (f.proposal is None and f.current is None and not f.queue
+                         and f.nodeal_until <= now):
+            p = self._peers.get(peer)
+            if p is not None and self._saturated(p) and not (
+                    f.free if f is not None else self._price_for(self.meter.key(dst)) == 0):
+                # a new destination while many proposals are open: no flow, no proposal,
+                # nothing held, so one peer spraying destinations costs a counter
+                self._suppress(p, peer, now)
+                if f is not None:
+                    f.dropped += 1
+                return DROP
+        if f is None:
+            f = self._flow(peer, dst, now)
         if self._usable(f, now):
             return self.meter.up(peer, dst, length, now)
         p = self._peers[peer]
@@ -296,8 +330,11 @@ class GatewayEngine:
             return DROP
         if f.proposal is None and f.current is None and not f.queue:
             self._propose(f, now, 1, f.list_price, self.pricing.contract_kb, self.pricing.contract_time_s)
-        if (p.held_packets >= self.pricing.held_max_packets
-                or p.held_bytes + len(packet) > self.pricing.held_max_bytes):
+        pr = self.pricing
+        if (p.held_packets >= pr.held_max_packets
+                or p.held_bytes + len(packet) > pr.held_max_bytes
+                or len(f.held) >= pr.held_max_flow_packets
+                or self.held_total_bytes + len(packet) > pr.held_total_max_bytes):
             p.drops_held += 1
             f.dropped += 1
             return DROP
@@ -305,7 +342,39 @@ class GatewayEngine:
         f.held_bytes += len(packet)
         p.held_packets += 1
         p.held_bytes += len(packet)
+        self.held_total_bytes += len(packet)
         return HELD
+
+    def _saturated(self, p: _Peer) -> bool:
+        """Too much is open for this peer to be offered another contract now."""
+        return (p.proposals >= self.pricing.max_pending_proposals
+                or len(p.unpaid) >= self.pricing.max_unpaid_contracts)
+
+    def _suppress(self, p: _Peer, peer: bytes, now: float) -> None:
+        p.drops_proposals += 1
+        p.suppressed += 1
+        if not p.suppress_timer:       # the first of a burst is told now, the rest by the timer
+            self._report_suppressed(p, peer, now)
+
+    def _report_suppressed(self, p: _Peer, peer: bytes, now: float) -> None:
+        if not p.suppressed:
+            p.suppress_timer = False
+            return
+        n, p.suppressed = p.suppressed, 0
+        pr = self.pricing
+        self._emit(EV_PROPOSALS_SUPPRESSED, peer=peer,
+                   reason=f"{n} packet(s) to new destinations dropped: the peer had "
+                          f"{pr.max_pending_proposals} open proposals or {pr.max_unpaid_contracts} "
+                          "unpaid contracts (the limits)",
+                   data={"dropped": n, "open_proposals": p.proposals, "unpaid": len(p.unpaid)})
+        p.suppress_timer = True
+        self._at(now + SUPPRESSED_REPORT_S, T_SUPPRESSED, peer)
+
+    def _set_proposal(self, f: Flow, c: Contract | None) -> None:
+        """Every change of f.proposal goes here, so the peer's count of open ones stays true."""
+        p = self._peers[f.peer]
+        p.proposals += (c is not None) - (f.proposal is not None)
+        f.proposal = c
 
     def _release(self, f: Flow, now: float) -> None:
         """Held packets go out now, metered, while the contract allows; the rest are dropped."""
@@ -315,6 +384,7 @@ class GatewayEngine:
         p = self._peers[f.peer]
         p.held_packets -= len(held)
         p.held_bytes -= f.held_bytes
+        self.held_total_bytes -= f.held_bytes
         f.held_bytes = 0
         for i, pkt in enumerate(held):
             hdr = pk.dst_and_length(pkt)
@@ -330,6 +400,7 @@ class GatewayEngine:
                     f.held_bytes += len(rest)
                 p.held_packets += len(f.held)
                 p.held_bytes += f.held_bytes
+                self.held_total_bytes += f.held_bytes
                 return
 
     def _drop_held(self, f: Flow, reason: str) -> None:
@@ -339,6 +410,7 @@ class GatewayEngine:
         n = len(f.held)
         p.held_packets -= n
         p.held_bytes -= f.held_bytes
+        self.held_total_bytes -= f.held_bytes
         p.drops_held += n
         f.dropped += n
         f.held, f.held_bytes = [], 0
@@ -360,7 +432,7 @@ class GatewayEngine:
                      pr.payment_methods, account, rnd, pr.grace_time_s if grace else 0,
                      pr.grace_kb if grace else 0, now)
         self._contracts[cid] = c
-        f.proposal = c
+        self._set_proposal(f, c)
         self._at(c.created_at + pr.proposal_timeout_s, T_PROPOSAL, c)
         self._out.append((f.peer, m.Propose(cid, f.destination, price, limit_kb, time_s,
                                             pr.payment_methods, account, rnd, c.grace_s, c.grace_kb)))
@@ -372,7 +444,7 @@ class GatewayEngine:
             c.apply(Ev.NO_DEAL)
             c.reason = reason
             self._retire(c, now)
-        f.proposal = None
+        self._set_proposal(f, None)
         f.nodeal_until = now + backoff
         f.nodeal_reason = f.reason = reason
         self._nodeal.add(f)
@@ -386,7 +458,7 @@ class GatewayEngine:
         c.apply(Ev.REJECT)
         c.reason = msg.reason
         self._retire(c, now)
-        f.proposal = None
+        self._set_proposal(f, None)
         self._emit(EV_REJECTED, c, reason=msg.reason,
                    data={"counter_price": msg.price, "counter_kb": msg.limit_kb, "counter_s": msg.time_s})
         if msg.price is None and msg.limit_kb is None and msg.time_s is None:
@@ -410,9 +482,10 @@ class GatewayEngine:
 
     def _on_accept(self, f: Flow, c: Contract, now: float) -> None:
         p = self._peers[f.peer]
-        f.proposal = None
+        self._set_proposal(f, None)
         c.accepted_at = now
         c.grace_until = now + self.pricing.grace_time_s     # payment deadline
+        p.unpaid.add(c.contract_id)
         cur = f.current
         active = cur is not None and (cur.state is State.ACCEPTED or (
             cur.state in FORWARDING and cur.used < cur.limit_bytes and now < cur.expires_at))
@@ -590,6 +663,9 @@ class GatewayEngine:
         if f.proposal is not None or len(f.queue) >= MAX_QUEUED or (
                 f.current is not None and f.current.state is State.ACCEPTED):
             return      # a proposal is on its way / the next contracts are already queued
+        p = self._peers[peer]
+        if self._saturated(p):
+            return self._suppress(p, peer, now)    # the client asks again later
         pr = self.pricing
         limit_kb = pr.contract_kb
         if msg.limit_kb:
@@ -632,6 +708,7 @@ class GatewayEngine:
         c.apply(Ev.PAID)
         c.paid = True
         p = self._peers[c.peer]
+        p.unpaid.discard(contract_id)
         p.no_grace = False
         p.paid_contracts += 1
         if credit_msat is None:
@@ -733,7 +810,7 @@ class GatewayEngine:
                 c.reason = "no answer to the proposal"
                 self._retire(c, now)
                 if f.proposal is c:
-                    f.proposal = None
+                    self._set_proposal(f, None)
                 self._emit(EV_WITHDRAWN, c, reason=c.reason)
                 self._drop_held(f, "no answer to the proposal")
             elif kind == T_NODEAL:
@@ -743,6 +820,10 @@ class GatewayEngine:
                 self._nodeal.discard(f)
                 f.nodeal_until = 0.0
                 self._emit(EV_NO_DEAL_EXPIRED, f=f, reason=f.nodeal_reason)
+            elif kind == T_SUPPRESSED:
+                p = self._peers.get(obj)
+                if p is not None:
+                    self._report_suppressed(p, obj, now)
         for entry in later:
             heapq.heappush(h, entry)
         if self._prune_due:
@@ -754,6 +835,9 @@ class GatewayEngine:
             return
         if when != c.grace_until:
             return
+        p = self._peers.get(c.peer)
+        if p is not None:
+            p.unpaid.discard(c.contract_id)
         cid = c.contract_id
         if self._contracts.get(cid) is c:
             if c.state is State.PROPOSED:
@@ -879,6 +963,8 @@ class GatewayEngine:
                 "no_account": p.no_account,
                 "held_packets": p.held_packets, "held_bytes": p.held_bytes,
                 "drops_held": p.drops_held, "drops_no_deal": p.drops_no_deal,
+                "open_proposals": p.proposals, "unpaid_contracts": len(p.unpaid),
+                "drops_proposal_limit": p.drops_proposals,
                 "drops_inbound_no_contract": p.drops_no_contract_in,
                 "no_deal": {f.destination: {"reason": f.nodeal_reason,
                                             "retry_in_s": max(0, int(f.nodeal_until - now))}
@@ -1027,3 +1113,4 @@ class GatewayEngine:
         for c in byid.values():
             if c.grace_until is not None and not c.paid:
                 self._at(c.grace_until, T_GRACE, c)
+                self._peer(c.peer).unpaid.add(c.contract_id)

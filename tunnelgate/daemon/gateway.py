@@ -28,6 +28,7 @@ from ..wire import FEATURE_CHUNKS, FEATURE_SIZED
 from .base import Daemon, features as _features, udp_socket
 from .control import ControlError
 from .market import Channels, EventLog, Saver, peer_text
+from .recovery import reconcile
 
 log = logging.getLogger("tunnelgate.gateway")
 
@@ -186,48 +187,10 @@ class GatewayDaemon(Daemon):
         self._reconcile(journal)
 
     def _reconcile(self, journal) -> None:
-        """The journal is the authority on what was paid: every payment it applied is a
-        contract recorded paid, or the peer's credit, never neither (a crash can fall between
-        the journal's commit and the contract's record); a contract paid from credit that no
-        record knows gives the credit back. Idempotent: every credit has its ref."""
-        known = self.store.contract_states()
-        now = time.time()
-        for rec in journal.records("confirmed"):
-            cid = rec.contract_id
-            if not rec.applied:
-                continue
-            state = known.get(cid)
-            if state is not None and state[1]:
-                continue                                  # recorded paid
-            if state is not None and state[0] != "REVOKED":
-                with self.elock:
-                    c = self.engine.find(cid)
-                    if c is not None:
-                        c.credit = c.credit or journal.paid_from_credit(cid)
-                        self.engine.payment_confirmed(cid, now)
-                if c is not None:
-                    continue
-            # no contract (or a revoked one) took it: what is not credit yet becomes credit
-            owed = rec.amount_msat - journal.credited(cid)
-            if owed > 0:
-                left = journal.add_credit(rec.peer, owed, f"recovered:{cid}", cid,
-                                          "payment applied to a contract no record has (restart)")
-                self.events.note(self._credit_event(cid, rec.peer, owed, left,
-                                                    "payment for a contract this gateway no longer has "
-                                                    "(restart): kept as credit for the peer"))
-        for cid, peer, msat in journal.credit_spends():
-            state = known.get(cid)
-            if state is None:
-                left = journal.add_credit(peer, msat, f"refund:{cid}", cid,
-                                          "credit spent on a contract no record has (restart): refunded")
-                self.events.note(self._credit_event(cid, peer, msat, left, "credit spent on a contract "
-                                                    "this gateway no longer has (restart): refunded"))
-            elif not state[1]:
-                with self.elock:
-                    c = self.engine.find(cid)
-                    if c is not None and not c.paid and c.state is not gwp.State.REVOKED:
-                        c.credit = True
-                        self.engine.payment_confirmed(cid, now)
+        """The journal is the authority on what was paid (see recovery.reconcile)."""
+        for cid, peer, msat, left, why in reconcile(journal, self.store.contract_states(), self.engine,
+                                                    self.elock, time.time()):
+            self.events.note(self._credit_event(cid, peer, msat, left, why))
 
     async def _resume(self, rec) -> None:
         cid = rec.contract_id

@@ -274,7 +274,6 @@ class GatewayDaemon(Daemon):
                 "has (restart): kept as credit for the peer" if recovered else
                 "payment for a contract already paid: kept as credit"))
 
-    @staticmethod
     def _write(self, taken, events=None) -> None:
         try:
             self.saver.write(taken, events)

@@ -15,6 +15,7 @@ import pytest
 
 from tgenv import TunnelEnv, wait_until
 from tunnelgate.lab import UPSTREAM
+from tunnelgate.protocol.gateway import MAX_QUEUED
 
 pytestmark = pytest.mark.root
 
@@ -54,7 +55,7 @@ def endings(env: TunnelEnv) -> dict[str, int]:
 def env(lab):
     e = TunnelEnv(lab,
                   gateway_extra="[pricing]\ncontract_kb = 200\nmax_contract_kb = 200\ngrace_kb = 200\n"
-                                "contract_time_s = 60\n",
+                                "",
                   client_extra="[policy]\ndata_renewal_kb = 120\ntime_renewal_s = 0\n")
     yield e
     logs = e.logs()
@@ -85,7 +86,13 @@ def test_gateway_kill9_three_times_during_rollover_keeps_every_payment_and_endin
         gap = wait_until(lambda: (env.status("client").get("last_handshake") or 0) > killed, 40, 0.2)
         assert gap is not None, f"no new session after the restart\n{env.logs()}"
         gaps.append(round(time.time() - killed, 1))
-    out, err = curl.communicate(timeout=240)
+    try:
+        out, err = curl.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        st = env.status("gw")
+        print("DEBUG gw stats", st["stats"], json.dumps(st["market"], indent=1)[:3000])
+        print("DEBUG cl", json.dumps(env.status("client")["market"], indent=1)[:2000])
+        out, err = curl.communicate(timeout=200)
     took = time.monotonic() - t0
     assert curl.returncode == 0 and out.split()[0] == files["big.bin"], \
         f"download failed after {took:.1f} s: {err}\n{env.logs()}"
@@ -111,10 +118,10 @@ def test_gateway_kill9_three_times_during_rollover_keeps_every_payment_and_endin
         elif c["state"] in ENDED and g["state"] not in ENDED:
             # the bytes metered since the gateway's last save of its counters (at most a
             # second's) are lost with it, in the client's favour: its count runs ahead, so
-            # the contract it ended last can still have room at the gateway
+            # the gateway's current contract and those queued behind it can still have room
             behind.append(cid)
     assert not disagree, f"client and gateway disagree on payments: {disagree}"
-    assert len(behind) <= 2, f"ended at the client, live at the gateway: {behind}"
+    assert len(behind) <= 1 + MAX_QUEUED, f"ended at the client, live at the gateway: {behind}"
 
     # no contract paid twice; every payment the journal took is a paid contract (or credit)
     ids = [cid for cid, _ in paid]

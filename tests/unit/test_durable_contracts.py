@@ -352,3 +352,20 @@ def test_repeated_gateway_crashes_during_rollover_pay_each_contract_once(tmp_pat
     for c in gw.values():
         assert c.used <= c.limit_bytes + 1000, (c.contract_id, c.used)   # one packet of overshoot
     assert w.journal.credit_balance(PEER_TEXT) == 0
+
+
+def test_a_contract_used_up_exactly_ends_when_the_next_is_accepted(tmp_path):
+    # a burst that fills the contract to its last byte leaves no packet to end it: the
+    # ACCEPT of the next one must end it (final USAGE, a tombstone), not leave it live
+    w = Durable(tmp_path, pr=pricing(contract_kb=10, usage_interval_s=60), po=policy(data_renewal_kb=0))
+    first = _first_paid(w)
+    c = w.gw.find(first["contract_id"])
+    with w.glock:
+        assert w.gw.outbound_burst(PEER, pk.addr_bytes(DST), c.limit_bytes - c.used, 1, w.now) == FORWARD
+    assert c.used == c.limit_bytes and c.state is State.PAID
+    w.cl.outbound(pk.addr_bytes(DST), 1, w.now)       # the client's count: used up too
+    w.gw.on_message(PEER, ge.m.Request(first["destination"]), w.now)
+    w.run(1)
+    assert c.state is State.EXHAUSTED
+    assert c.contract_id not in {x["contract_id"] for x in w.gw.contracts(PEER, w.now)}
+    assert w.gstore.contract_states()[c.contract_id] == ("EXHAUSTED", True)

@@ -468,7 +468,6 @@ class GatewayDaemon(Daemon):
             self.tun.write_batch([pkt for _, pkt in released])
             self.stats["released"] += len(released)
         for ev in events:
-            self.events.add(ev)
             if ev.kind == gwp.EV_PAYMENT_RECEIVED and ev.contract_id not in self.verifying:
                 self.verifying[ev.contract_id] = self.loop.create_task(self._verify(ev))
         self.channels.flush(time.monotonic())

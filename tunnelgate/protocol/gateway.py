@@ -419,6 +419,12 @@ class GatewayEngine:
         c.accepted_at = now
         c.grace_until = now + self.pricing.grace_time_s     # payment deadline
         cur = f.current
+        if cur is not None and cur.state in FORWARDING and (cur.used >= cur.limit_bytes
+                                                             or now >= cur.expires_at):
+            # used up (or run out of time) with no packet since: it ends here, with its final
+            # USAGE, rather than be left live and in no flow
+            self._usable(f, now)
+            cur = f.current
         active = cur is not None and (cur.state is State.ACCEPTED or (
             cur.state in FORWARDING and cur.used < cur.limit_bytes and now < cur.expires_at))
         if active or f.queue:

@@ -88,10 +88,10 @@ def test_gateway_kill9_three_times_during_rollover_keeps_every_payment_and_endin
         gaps.append(round(time.time() - killed, 1))
     try:
         out, err = curl.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired:        # for the failure message: where it stands
         st = env.status("gw")
-        print("DEBUG gw stats", st["stats"], json.dumps(st["market"], indent=1)[:3000])
-        print("DEBUG cl", json.dumps(env.status("client")["market"], indent=1)[:2000])
+        print("download still running; gateway:", st["stats"], json.dumps(st["market"])[:3000])
+        print("client:", json.dumps(env.status("client")["market"])[:2000])
         out, err = curl.communicate(timeout=200)
     took = time.monotonic() - t0
     assert curl.returncode == 0 and out.split()[0] == files["big.bin"], \

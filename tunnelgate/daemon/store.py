@@ -71,10 +71,6 @@ CREATE TABLE IF NOT EXISTS client_payments (
 """
 
 
-_EVENT_INSERT = ("INSERT INTO events (ts, kind, contract_id, peer, destination, reason, amount_msat, data) "
-                 "VALUES (?,?,?,?,?,?,?,?)")
-
-
 class StoreError(Exception):
     pass
 
@@ -109,17 +105,13 @@ class Store:
         rows = self.execute("SELECT data FROM snapshots WHERE name=?", (name,))
         return rows[0][0] if rows else None
 
-    def save_changes(self, name: str, ch: dict, drop_snapshot: bool = False,
-                     events: list[tuple] = ()) -> None:
+    def save_changes(self, name: str, ch: dict, drop_snapshot: bool = False) -> None:
         """Write the engine's ``snapshot_changes()`` in one transaction (and, migrating, drop
-        the old whole-state snapshot row in the same one; ``events``: EventLog rows that go
-        with the changes, so the history never misses what the records say)."""
+        the old whole-state snapshot row in the same one)."""
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                if events:
-                    db.executemany(_EVENT_INSERT, events)
                 if ch["contracts"]:
                     db.executemany("INSERT OR REPLACE INTO contracts VALUES (?,?,?,?,?,?)",
                                    [(d["contract_id"], d["peer"], json.dumps(d), d["used"], d["up"], d["down"])
@@ -161,30 +153,10 @@ class Store:
             peers = {k: json.loads(d) for k, d in self._db.execute("SELECT peer, data FROM peers_standing")}
         return {"version": 1, "seq": int(seq[0]), "contracts": contracts, "flows": flows, "peers": peers}
 
-    def contract_states(self) -> dict[str, tuple[str, bool]]:
-        """contract id -> (state, paid) of every contract record, ended ones included."""
-        with self._lock:
-            rows = self._db.execute("SELECT id, json_extract(data, '$.state'), json_extract(data, '$.paid') "
-                                    "FROM contracts").fetchall()
-        return {cid: (state, bool(paid)) for cid, state, paid in rows}
-
     def add_events(self, rows: list[tuple]) -> None:
         with self._lock:
-            self._db.executemany(_EVENT_INSERT, rows)
-
-    def save_snapshot_with_events(self, name: str, data: str, events: list[tuple]) -> None:
-        """A whole-state snapshot and the events that go with it, in one transaction."""
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if events:
-                    db.executemany(_EVENT_INSERT, events)
-                db.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", (name, data, time.time()))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            self._db.executemany("INSERT INTO events (ts, kind, contract_id, peer, destination, reason, "
+                                 "amount_msat, data) VALUES (?,?,?,?,?,?,?,?)", rows)
 
     def events(self, limit: int = 200, kinds: tuple[str, ...] = ()) -> list[dict]:
         where = f"WHERE kind IN ({','.join('?' * len(kinds))})" if kinds else ""

@@ -55,6 +55,8 @@ class FakeTun:
 class ForwardAll:
     """The engine's data-path calls, every destination covered."""
 
+    durable_seq = 0         # no contract ever ends: nothing to write through
+
     def outbound_burst(self, peer, dst, total, n, now):
         return FORWARD
 
@@ -85,6 +87,7 @@ class Gateway:
         self.udp_wakeups = Wakeups(self.sock.fileno())
         self.warmth = Warmth(self.stats)
         self.engine = ForwardAll()
+        self.saver = SimpleNamespace(written_seq=0)
         self.running = True
 
     def _handshake(self, hs, now):

@@ -54,9 +54,11 @@ def test_changes_only_and_rows_restore_the_same_state(tmp_path):
     w.run(2)
     saver.maybe_save(w.now, force=True)
     assert _norm(store.load_records("engine")) == _norm(w.gw.snapshot())
-    ids = {r[0] for r in store.execute("SELECT id FROM contracts")}
-    assert ids == {c["contract_id"] for c in w.gw.contracts(PEER, w.now) if c["state"] != "PROPOSED"}
-    assert c["contract_id"] not in ids
+    rows = {r[0]: json.loads(r[1])["state"] for r in store.execute("SELECT id, data FROM contracts")}
+    assert set(rows) == {c["contract_id"] for c in w.gw.contracts(PEER, w.now, history=True)}
+    assert rows[c["contract_id"]] == "EXHAUSTED"
+    gw3 = _restored(store, w.now)
+    assert c["contract_id"] not in {x["contract_id"] for x in gw3.contracts(PEER, w.now)}
 
 
 def test_old_blob_is_migrated_to_rows(tmp_path):

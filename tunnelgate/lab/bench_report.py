@@ -40,7 +40,8 @@ def table(rows: list[Row], runs: int, seconds: float, idle_rounds: int = 10, idl
         spread = f" ({min(single) / 1e6:.0f}-{max(single) / 1e6:.0f})" if len(single) > 1 else ""
         lines.append([r.name, f"{x['single_mbps']:.0f}{spread}", f"{x['multi_mbps']:.0f}",
                       _fmt(x.get("down_mbps")),
-                      _fmt(x.get("ping_idle", {}).get("avg_ms"), ".3f"), _fmt(x.get("ping_load", {}).get("avg_ms"), ".3f"),
+                      _fmt(x.get("ping_idle", {}).get("avg_ms"), ".3f"),
+                      _fmt(x.get("ping_load", {}).get("avg_ms"), ".3f"),
                       _fmt(x.get("first_ms"), ".3f"), _cpu_text(x["cpu_s_per_gbit"]),
                       _cpu_text(x.get("cpu_s_per_gbit_down"))])
     ok = [l for l in lines if not l[1].startswith("FAILED")]
@@ -53,7 +54,8 @@ def table(rows: list[Row], runs: int, seconds: float, idle_rounds: int = 10, idl
             out.append(f"| {l[0].ljust(widths[0])} | {l[1]}")
         else:
             out.append("| " + " | ".join(c.ljust(w) for c, w in zip(l, widths)) + " |")
-    out.append(f"(all paths up at once, each in its own lab; median of {runs} round{'s' if runs != 1 else ''} of iperf3 -t {seconds:g}, "
+    rounds = f"{runs} round{'s' if runs != 1 else ''}"
+    out.append(f"(all paths up at once, each in its own lab; median of {rounds} of iperf3 -t {seconds:g}, "
                f"each round every column of every path in turn; TCP 1 shows min-max in brackets; TCP 1 down: "
                f"iperf3 -R, the upstream host sending; "
                f"ping: idle, mean of {idle_rounds} rounds of {idle_pings} at 0.05 s "

@@ -3,7 +3,8 @@
     scripts/bench [--quick] [--runs N] [--time S] [--json FILE] [--only ROW,...] [--ipv6]
     scripts/bench --peers N [--contracts M] ...   (scale: tunnelgate/lab/scale.py)
 
-Rows (each in a freshly built lab `tgB<hex>-{client,gw,up}`, removed after):
+Rows (paths), all up at once, each in a freshly built lab `tgB<hex>-{client,gw,up}`
+of its own, removed after:
 
   raw     no tunnel: the client routes 198.18.2.0/24 via the gateway's link
           address, the gateway forwards and masquerades (nft table of ours)
@@ -21,16 +22,22 @@ over the link's IPv6). Columns:
   TCP 4     `-P 4`, median of N runs
   TCP 1 down  single stream the other way (`iperf3 -R`: the upstream host sends,
             the client receives), median of N runs
-  ping      idle RTT to 198.18.2.2, every path up at once in its own lab after
-            the rows: rounds of 20 pings at 0.05 s taken by each path in turn
-            (the order reversed every round), the mean of its rounds. Rows
-            measured minutes apart differed by up to ±0.1 ms from the VM's
-            drift alone, the size of the idle-ping target; taken in turn,
-            every path sees the same drift.
+  ping      idle RTT to 198.18.2.2 after the throughput rounds: rounds of 20
+            pings at 0.05 s taken by each path in turn, the mean of its rounds
   ping/load avg of 20 pings at 0.05 s while a single-stream transfer runs
   CPU       utime+stime of each tunnel process (client end, gateway end)
             during the single-stream runs, in CPU seconds per Gbit received;
             "CPU down" the same during the download runs
+
+In turns: the N runs of a column are N rounds, and in each round every path
+takes its run of each column in turn, the order of the paths reversed every
+round (as the idle ping's rounds). Rows run one after another differed by
+their own drift: three runs on one evening gave tunnelgate's download x0.69,
+x0.80 and x1.00 of the same wireguard-go. A round's runs of two paths are
+seconds apart, so each ratio is the median of the rounds' ratios
+(tunnelgate's run over the reference's run of the same round), printed with
+its range; a ratio whose rounds lie more than SPREAD (10 %) from that median
+is flagged "too wide to conclude", in the text and in --json (`*_verdict`).
 
 A benchmark, not a test: nothing is asserted about speed. Absolute numbers
 drift between runs and machines; ratios from one run are what count.
@@ -51,10 +58,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import wggo, wggo_fetch
+from .bench_report import COLUMN_NAMES, SPREAD, Row, inconclusive, ratio_text, ratios, table
 
 UPSTREAM = "198.18.2.2"
 GW_LINK = "198.18.1.1"
@@ -153,58 +161,116 @@ IPV4 = Family(4, UPSTREAM, UPSTREAM_NET, "198.18.1.0/24", GW_LINK)
 IPV6 = Family(6, "2001:2:0:2::2", "2001:2:0:2::/64", "2001:2:0:1::/64", "2001:2:0:1::1")
 
 
-def measure(lab, pids: dict[str, int], runs: int, seconds: float, fam: Family = IPV4) -> dict:
-    """All columns for one path that is up; pids: tunnel processes ({} for raw)."""
-    res: dict = {"single": [], "multi": [], "down": []}
-    dst = fam.dst
-    # the path's very first packet to the upstream host: for tunnelgate it is held while
-    # the contract is proposed and accepted, then released
-    res["first_ms"] = ping(lab, count=1, dst=dst)["avg_ms"]
-    cpu = {side: 0.0 for side in pids}
-    bits = 0
-    for _ in range(runs):
-        before = cpu_of(pids)
-        r = iperf(lab, seconds, 1, dst=dst)
-        after = cpu_of(pids)
-        for side in pids:
-            cpu[side] += after[side] - before[side]
-        bits += r["bytes"] * 8
-        res["single"].append(r["bps"])
-    for _ in range(runs):
-        res["multi"].append(iperf(lab, seconds, 4, dst=dst)["bps"])
-    cpu_down = {side: 0.0 for side in pids}
-    bits_down = 0
-    for _ in range(runs):
-        before = cpu_of(pids)
-        r = iperf(lab, seconds, 1, dst=dst, reverse=True)
-        after = cpu_of(pids)
-        for side in pids:
-            cpu_down[side] += after[side] - before[side]
-        bits_down += r["bytes"] * 8
-        res["down"].append(r["bps"])
-    res["ping_load"] = ping_under_load(lab, seconds, dst=dst)
-    res["single_mbps"] = statistics.median(res["single"]) / 1e6
-    res["multi_mbps"] = statistics.median(res["multi"]) / 1e6
-    res["down_mbps"] = statistics.median(res["down"]) / 1e6
-    res["cpu_s_per_gbit_down"] = {side: (c / (bits_down / 1e9) if bits_down else None)
-                                  for side, c in cpu_down.items()}
-    res["cpu_s"] = cpu
-    res["cpu_s_per_gbit"] = {side: (c / (bits / 1e9) if bits else None) for side, c in cpu.items()}
-    res["single_bits"] = bits
-    return res
+# Columns measured in turns: key in the result -> (iperf3 streams, reverse = a download)
+COLUMNS = {"single": (1, False), "multi": (4, False), "down": (1, True)}
+assert COLUMNS.keys() == COLUMN_NAMES.keys()   # the report reads these lists by the same keys
+
+
+@dataclass
+class PathUp:
+    """One path up in a lab of its own, as paths_up() yields it."""
+    lab: object
+    pids: dict[str, int]          # tunnel processes (client end, gateway end); {} for raw
+    work: Path                    # its config files, logs
+
+
+def turns(keys, rounds: int):
+    """The order in which paths take their turns: every round each key once,
+    the order reversed every round, so that a drift of the host during a
+    round falls on the first and the last path alike."""
+    order = list(keys)
+    for i in range(rounds):
+        yield i, list(order)
+        order.reverse()
+
+
+@contextlib.contextmanager
+def paths_up(ups: dict, fam: Family = IPV4, upstream: bool = False, errors: dict | None = None):
+    """Every path of `ups` (key -> a context manager as raw_up) up at once,
+    each in a lab of its own -> key -> PathUp. upstream: also start the
+    upstream's iperf3 server. A path that does not come up is left out with
+    its error in `errors` (key -> text) when given, else it raises."""
+    with contextlib.ExitStack() as stack:
+        got: dict[str, PathUp] = {}
+        for key, up in ups.items():
+            try:
+                lab = stack.enter_context(_lab())
+                work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tgbench-")))
+                if upstream:
+                    lab.start_upstream({})
+                got[key] = PathUp(lab, stack.enter_context(up(lab, work, fam)), work)
+            except Exception as e:
+                if errors is None:
+                    raise
+                errors[key] = f"{type(e).__name__}: {e}"
+                log(f"{key}: FAILED to come up: {errors[key]}")
+        yield got
+
+
+@contextlib.contextmanager
+def _lab():
+    lab = new_lab()
+    try:
+        yield lab
+    finally:
+        lab.destroy()
+
+
+def measure_in_turns(paths: dict[str, PathUp], runs: int, seconds: float, fam: Family = IPV4,
+                     run_iperf=None, errors: dict | None = None) -> dict[str, dict]:
+    """The throughput columns of every path, taken in turns: `runs` rounds,
+    in each round every column once per path, the paths in turn (the order
+    reversed every round). Round i of one path and round i of another ran
+    within seconds of each other, so their ratio is free of the host's drift
+    between rounds (ratios() pairs them). A path whose run fails leaves the
+    turns with its error in `errors`; the others go on. -> key -> result
+    (lists in round order, medians, CPU per Gbit)."""
+    run_iperf = run_iperf or iperf
+    errors = {} if errors is None else errors
+    res = {key: {"single": [], "multi": [], "down": []} for key in paths}
+    cpu = {key: {c: {side: 0.0 for side in p.pids} for c in ("up", "down")} for key, p in paths.items()}
+    bits = {key: {"up": 0, "down": 0} for key in paths}
+    for i, order in turns(paths, runs):
+        for col, (streams, reverse) in COLUMNS.items():
+            for key in order:
+                if key in errors:
+                    continue
+                p = paths[key]
+                before = cpu_of(p.pids)
+                try:
+                    r = run_iperf(p.lab, seconds, streams, dst=fam.dst, reverse=reverse)
+                except Exception as e:   # this path is out; the others' turns go on
+                    errors[key] = f"{type(e).__name__}: {e}"
+                    log(f"{key}: FAILED in round {i + 1}: {errors[key]}")
+                    continue
+                after = cpu_of(p.pids)
+                res[key][col].append(r["bps"])
+                if streams == 1:    # CPU per Gbit: single-stream uploads and downloads
+                    way = "down" if reverse else "up"
+                    for side in p.pids:
+                        cpu[key][way][side] += after[side] - before[side]
+                    bits[key][way] += r["bytes"] * 8
+        log(f"round {i + 1}/{runs} done: " + ", ".join(
+            f"{k} {res[k]['single'][-1] / 1e6:.0f}" for k in order if k not in errors and res[k]["single"])
+            + " Mbit/s single")
+    out = {}
+    for key, x in res.items():
+        if key in errors:
+            continue
+        for col in COLUMNS:
+            x[f"{col}_mbps"] = statistics.median(x[col]) / 1e6
+        x["rounds"] = runs
+        x["cpu_s"] = cpu[key]["up"]
+        x["cpu_s_per_gbit"] = {s: (c / (bits[key]["up"] / 1e9) if bits[key]["up"] else None)
+                               for s, c in cpu[key]["up"].items()}
+        x["cpu_s_per_gbit_down"] = {s: (c / (bits[key]["down"] / 1e9) if bits[key]["down"] else None)
+                                    for s, c in cpu[key]["down"].items()}
+        x["single_bits"] = bits[key]["up"]
+        out[key] = x
+    return out
 
 
 # ---------------------------------------------------------------- paths
-
-@dataclass
-class Row:
-    key: str
-    name: str
-    version: str = ""
-    result: dict | None = None
-    error: str | None = None
-    extra: dict = field(default_factory=dict)
-
 
 def new_lab():
     """A freshly built lab tgB<hex>; one retry with a new prefix if building fails."""
@@ -222,7 +288,8 @@ def new_lab():
 
 
 # Each path as a context manager: up in a built lab, yielding its tunnel
-# processes ({} for raw); measure() and idle_pings() take it from there.
+# processes ({} for raw); paths_up() brings them up, measure_in_turns() and
+# idle_rounds() take it from there.
 
 @contextlib.contextmanager
 def raw_up(lab, work, fam: Family = IPV4):
@@ -241,12 +308,6 @@ def wg_up(binary):
         with wggo.WgTunnel(lab, binary, log_dir=work / "wg", routes=(fam.net,), ipv6=fam.v == 6) as t:
             yield dict(t.pids)
     return up
-
-
-def run_path(lab, up, runs, seconds, work, fam: Family = IPV4) -> dict:
-    """A row's columns: its path up, measure(), down."""
-    with up(lab, work, fam) as pids:
-        return measure(lab, pids, runs, seconds, fam)
 
 
 # Contract size in the tunnelgate row: the daemon's default. Each contract is a
@@ -314,49 +375,37 @@ def tg_down(lab, ns: str, conf: Path, pid: int | None) -> None:
             pass
 
 
-def run_tg(lab, runs, seconds, work, fam: Family = IPV4, contract_kb: int = CONTRACT_KB) -> dict:
-    with tg_up(contract_kb)(lab, work, fam) as pids:
-        res = measure(lab, pids, runs, seconds, fam)
-        gw_conf, cl_conf = work / "gateway.toml", work / "client.toml"     # _tg_configs wrote them
-        gw = json.loads(_tg(lab, lab.gw, "status", "--json", "-c", str(gw_conf)).stdout)
-        bought = json.loads(_tg(lab, lab.client, "contracts", "--all", "--json", "-c", str(cl_conf)).stdout)
-        res["contracts"] = {"contract_kb": contract_kb, "bought": len(bought),
-                            "dropped_waiting_for_contract": gw["stats"].get("drop_no_contract", 0)}
-        return res
+def tg_contracts(lab, work: Path, contract_kb: int) -> dict:
+    """How many contracts the tunnelgate path bought, and packets that waited
+    for one in vain (the configs are those _tg_configs wrote into `work`)."""
+    gw_conf, cl_conf = work / "gateway.toml", work / "client.toml"
+    gw = json.loads(_tg(lab, lab.gw, "status", "--json", "-c", str(gw_conf)).stdout)
+    bought = json.loads(_tg(lab, lab.client, "contracts", "--all", "--json", "-c", str(cl_conf)).stdout)
+    return {"contract_kb": contract_kb, "bought": len(bought),
+            "dropped_waiting_for_contract": gw["stats"].get("drop_no_contract", 0)}
 
 
 def idle_pings(ups: dict, fam: Family = IPV4, rounds: int = IDLE_ROUNDS, count: int = IDLE_PINGS,
                pinger=None) -> dict[str, dict]:
-    """Idle ping of every path at once: each `ups[key]` (a context manager as
-    raw_up) up in its own lab, then `rounds` rounds in which each path takes
-    `count` pings in turn, the order reversed every round, so that the VM's
-    drift falls on all of them alike -> key -> {"avg_ms": mean of its round
-    averages, "rounds": [...]}."""
+    """Idle ping of every path of `ups` (key -> a context manager as raw_up),
+    all up at once in labs of their own: idle_rounds()."""
+    with paths_up(ups, fam) as paths:
+        return idle_rounds(paths, fam, rounds, count, pinger)
+
+
+def idle_rounds(paths: dict[str, PathUp], fam: Family = IPV4, rounds: int = IDLE_ROUNDS,
+                count: int = IDLE_PINGS, pinger=None) -> dict[str, dict]:
+    """`rounds` rounds in which each path takes `count` pings in turn (the
+    order reversed every round), so that the VM's drift falls on all of them
+    alike -> key -> {"avg_ms": mean of its round averages, "rounds": [...]}."""
     pinger = pinger or ping
-    with contextlib.ExitStack() as stack:
-        labs = {}
-        for key, up in ups.items():
-            lab = stack.enter_context(_lab_for_pings())
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tgbench-ping-")))
-            stack.enter_context(up(lab, work, fam))
-            pinger(lab, count=3, dst=fam.dst)      # handshake, contract: not idle figures
-            labs[key] = lab
-        got: dict[str, list[float]] = {key: [] for key in labs}
-        order = list(labs)
-        for _ in range(rounds):
-            for key in order:
-                got[key].append(pinger(labs[key], count=count, dst=fam.dst)["avg_ms"])
-            order.reverse()
+    for p in paths.values():
+        pinger(p.lab, count=3, dst=fam.dst)      # handshake, contract: not idle figures
+    got: dict[str, list[float]] = {key: [] for key in paths}
+    for _, order in turns(paths, rounds):
+        for key in order:
+            got[key].append(pinger(paths[key].lab, count=count, dst=fam.dst)["avg_ms"])
     return {key: {"avg_ms": statistics.mean(v), "rounds": v, "count": count} for key, v in got.items()}
-
-
-@contextlib.contextmanager
-def _lab_for_pings():
-    lab = new_lab()
-    try:
-        yield lab
-    finally:
-        lab.destroy()
 
 
 def tg_version() -> str:
@@ -369,115 +418,52 @@ def tg_version() -> str:
     return f"tunnelgate {v}" + (f" ({rev})" if rev else "")
 
 
-# ---------------------------------------------------------------- output
+# ---------------------------------------------------------------- a run
 
-def _fmt(x, spec=".0f", none="-"):
-    return none if x is None or x != x else format(x, spec)
-
-
-def table(rows: list[Row], runs: int, seconds: float) -> str:
-    head = ["path", "TCP 1 Mbit/s", "TCP 4 Mbit/s", "TCP 1 down", "ping ms", "ping/load ms",
-            "1st pkt ms", "CPU s/Gbit cl+gw", "CPU down"]
-    lines = []
-    for r in rows:
-        if r.result is None:
-            lines.append([r.name, f"FAILED: {(r.error or '').splitlines()[0].removeprefix('RuntimeError: ')[:110]}"]
-                         + [""] * (len(head) - 2))
-            continue
-        x = r.result
-        single = x["single"]
-        spread = f" ({min(single) / 1e6:.0f}-{max(single) / 1e6:.0f})" if len(single) > 1 else ""
-        lines.append([r.name, f"{x['single_mbps']:.0f}{spread}", f"{x['multi_mbps']:.0f}",
-                      _fmt(x.get("down_mbps")),
-                      _fmt(x.get("ping_idle", {}).get("avg_ms"), ".3f"), f"{x['ping_load']['avg_ms']:.3f}",
-                      _fmt(x.get("first_ms"), ".3f"), _cpu_text(x["cpu_s_per_gbit"]),
-                      _cpu_text(x.get("cpu_s_per_gbit_down"))])
-    ok = [l for l in lines if not l[1].startswith("FAILED")]
-    widths = [max([len(h)] + [len(l[i]) for l in ok]) for i, h in enumerate(head)]
-    widths[0] = max([widths[0]] + [len(l[0]) for l in lines])
-    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
-           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    for l in lines:
-        if l[1].startswith("FAILED"):
-            out.append(f"| {l[0].ljust(widths[0])} | {l[1]}")
-        else:
-            out.append("| " + " | ".join(c.ljust(w) for c, w in zip(l, widths)) + " |")
-    out.append(f"(median of {runs} x iperf3 -t {seconds:g}; TCP 1 shows min-max in brackets; TCP 1 down: "
-               f"iperf3 -R, the upstream host sending; "
-               f"ping: idle, all paths up at once, mean of {IDLE_ROUNDS} rounds of {IDLE_PINGS} at 0.05 s "
-               f"taken in turn; under load: 20 at 0.05 s; "
-               f"1st pkt: RTT of the path's first packet (tunnelgate: held "
-               f"while the contract is negotiated); CPU: per tunnel end during the single-stream runs, "
-               f"uploads, then downloads)")
-    return "\n".join(out)
-
-
-def _cpu_text(cpu: dict | None) -> str:
-    return "-" if not cpu else f"{_fmt(cpu.get('client'), '.2f')}+{_fmt(cpu.get('gw'), '.2f')}"
-
-
-def _cpu_sum(per_gbit: dict | None) -> float:
-    return sum(v for v in (per_gbit or {}).values() if v is not None)
-
-
-def ratios(rows: list[Row]) -> list[dict]:
-    by = {r.key: r for r in rows}
-    tg = by.get("tg")
-    out = []
-    if not tg or not tg.result:
-        return out
-    for key in ("wg-deb", "wg-sid", "raw"):
-        ref = by.get(key)
-        if not ref or not ref.result:
-            continue
-        a, b = tg.result, ref.result
-        cpu_a, cpu_b = _cpu_sum(a["cpu_s_per_gbit"]), _cpu_sum(b["cpu_s_per_gbit"])
-        down_a, down_b = _cpu_sum(a.get("cpu_s_per_gbit_down")), _cpu_sum(b.get("cpu_s_per_gbit_down"))
-        out.append({"vs": key, "name": ref.name,
-                    "single_x": a["single_mbps"] / b["single_mbps"],
-                    "multi_x": a["multi_mbps"] / b["multi_mbps"],
-                    "down_x": (a["down_mbps"] / b["down_mbps"]) if a.get("down_mbps") and b.get("down_mbps")
-                    else None,
-                    "cpu_per_gbit_down_x": (down_a / down_b) if down_b and key != "raw" else None,
-                    "ping_idle_diff_ms": (a["ping_idle"]["avg_ms"] - b["ping_idle"]["avg_ms"])
-                    if "ping_idle" in a and "ping_idle" in b else None,
-                    "ping_idle_round_diffs_ms": _round_diffs(a.get("ping_idle"), b.get("ping_idle")),
-                    "ping_load_diff_ms": a["ping_load"]["avg_ms"] - b["ping_load"]["avg_ms"],
-                    "cpu_per_gbit_x": (cpu_a / cpu_b) if cpu_b and key != "raw" else None,
-                    "first_diff_ms": (a["first_ms"] - b["first_ms"]) if "first_ms" in a and "first_ms" in b
-                    else None})
-    return out
-
-
-def _round_diffs(a: dict | None, b: dict | None) -> list[float] | None:
-    """Round by round differences of two paths' idle pings (idle_pings takes
-    each round's pings of all paths within seconds of each other, so a round's
-    difference is free of the VM's drift between rounds; their spread shows how
-    far the mean difference can be trusted)."""
-    if not a or not b or not a.get("rounds") or len(a["rounds"]) != len(b.get("rounds") or ()):
-        return None
-    return [x - y for x, y in zip(a["rounds"], b["rounds"])]
-
-
-def ratio_text(rs: list[dict]) -> str:
-    if not rs:
-        return "tunnelgate: no ratios (the tunnelgate row or all reference rows failed)"
-    out = ["tunnelgate compared with:"]
-    for r in rs:
-        cpu = f", CPU/Gbit x{r['cpu_per_gbit_x']:.2f}" if r["cpu_per_gbit_x"] else ""
-        if r.get("cpu_per_gbit_down_x"):
-            cpu += f" (downloads x{r['cpu_per_gbit_down_x']:.2f})"
-        if r.get("first_diff_ms") is not None:
-            cpu += f", first packet {r['first_diff_ms']:+.3f} ms"
-        down = f", TCP 1 down x{r['down_x']:.2f}" if r.get("down_x") else ""
-        idle = "-" if r.get("ping_idle_diff_ms") is None else f"{r['ping_idle_diff_ms']:+.3f}"
-        idle += " ms idle"
-        if r.get("ping_idle_round_diffs_ms"):
-            d = r["ping_idle_round_diffs_ms"]
-            idle += f" (rounds {min(d):+.3f} to {max(d):+.3f})"
-        out.append(f"  {r['name']:<36} TCP 1 x{r['single_x']:.2f}, TCP 4 x{r['multi_x']:.2f}{down}, "
-                   f"ping {idle}, {r['ping_load_diff_ms']:+.3f} ms under load{cpu}")
-    return "\n".join(out)
+def run_all(ups: dict, runs: int, seconds: float, fam: Family = IPV4,
+            contract_kb: int = CONTRACT_KB) -> tuple[dict[str, dict], dict[str, str]]:
+    """Every path of `ups` up at once, each in a lab of its own; first the
+    first packet of each, then the throughput columns in turns
+    (measure_in_turns), the ping under load of each in turn, the idle pings
+    in turns (idle_rounds) -> (key -> result, key -> error of a path that
+    failed; the others stand without it)."""
+    errors: dict[str, str] = {}
+    log(f"{len(ups)} paths, each in a lab of its own, up at once: {', '.join(ups)}")
+    with paths_up(ups, fam, upstream=True, errors=errors) as paths:
+        first = {}
+        for key, p in paths.items():
+            # the path's very first packet to the upstream host: for tunnelgate it is held
+            # while the contract is proposed and accepted, then released
+            try:
+                first[key] = ping(p.lab, count=1, dst=fam.dst)["avg_ms"]
+            except Exception as e:
+                errors[key] = f"{type(e).__name__}: {e}"
+        log(f"throughput: {runs} rounds, each path in turn, of iperf3 -t {seconds:g} "
+            f"x {len(COLUMNS)} columns")
+        results = measure_in_turns(paths, runs, seconds, fam, errors=errors)
+        for key, res in results.items():
+            res["first_ms"] = first[key]
+            try:
+                res["ping_load"] = ping_under_load(paths[key].lab, seconds, dst=fam.dst)
+            except Exception as e:  # the throughput figures stand without it
+                log(f"{key}: ping under load FAILED: {type(e).__name__}: {e}")
+        if "tg" in results:
+            try:
+                c = results["tg"]["contracts"] = tg_contracts(paths["tg"].lab, paths["tg"].work, contract_kb)
+                log(f"tunnelgate: {c['bought']} contracts of {c['contract_kb']} KB bought, "
+                    f"packets dropped waiting for one: {c['dropped_waiting_for_contract']}")
+            except Exception as e:
+                log(f"tunnelgate: contracts query FAILED: {type(e).__name__}: {e}")
+        if results:
+            log(f"idle ping: {IDLE_ROUNDS} rounds of {IDLE_PINGS} pings, each path in turn")
+            try:
+                idle = idle_rounds({k: paths[k] for k in results}, fam)
+            except Exception as e:  # the throughput figures stand without it
+                log(f"idle ping: FAILED: {type(e).__name__}: {e}")
+                idle = {}
+            for key, v in idle.items():
+                results[key]["ping_idle"] = v
+    return results, errors
 
 
 # ---------------------------------------------------------------- main
@@ -555,49 +541,15 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     for row in rows:
-        up = ups.get(row.key)
-        if up is None:
+        if row.key not in ups:
             log(f"{row.name}: skipped ({row.error})")
-            continue
-        log(f"{row.name}: building the lab, {runs} x {seconds:g} s per column")
-        work = Path(tempfile.mkdtemp(prefix="tgbench-"))
-        lab = None
-        try:
-            lab = new_lab()
-            lab.start_upstream({})
-            if row.key == "tg":     # also how many contracts it bought
-                row.result = run_tg(lab, runs, seconds, work, fam, a.contract_kb)
-            else:
-                row.result = run_path(lab, up, runs, seconds, work, fam)
-            log(f"{row.name}: {row.result['single_mbps']:.0f} Mbit/s single, "
-                f"{row.result['multi_mbps']:.0f} Mbit/s 4 streams")
-            if "contracts" in row.result:
-                c = row.result["contracts"]
-                log(f"{row.name}: {c['bought']} contracts of {c['contract_kb']} KB bought, "
-                    f"packets dropped waiting for one: {c['dropped_waiting_for_contract']}")
-        except Exception as e:  # a row that fails says why; the others still run
-            row.error = f"{type(e).__name__}: {e}"
-            log(f"{row.name}: FAILED: {row.error}")
-        finally:
-            if lab is not None:
-                lab.destroy()
-            shutil.rmtree(work, ignore_errors=True)
-
-    measured = {r.key: ups[r.key] for r in rows if r.result is not None}
-    if measured:
-        log(f"idle ping: {len(measured)} paths up at once, {IDLE_ROUNDS} rounds of {IDLE_PINGS} pings "
-            f"each, in turn")
-        try:
-            idle = idle_pings(measured, fam)
-        except Exception as e:  # the throughput figures stand without it
-            log(f"idle ping: FAILED: {type(e).__name__}: {e}")
-            idle = {}
-        for r in rows:
-            if r.key in idle:
-                r.result["ping_idle"] = idle[r.key]
+    results, errors = run_all(ups, runs, seconds, fam, a.contract_kb)
+    for row in rows:
+        row.result = results.get(row.key)
+        row.error = errors.get(row.key, row.error)
 
     print()
-    print(table(rows, runs, seconds))
+    print(table(rows, runs, seconds, IDLE_ROUNDS, IDLE_PINGS))
     rs = ratios(rows)
     print()
     print(ratio_text(rs))
@@ -612,7 +564,10 @@ def main(argv: list[str] | None = None) -> int:
                         "python": platform.python_version()},
             "rows": [{"key": r.key, "name": r.name, "version": r.version, "error": r.error,
                       "result": r.result} for r in rows],
-            "ratios": rs}, indent=2) + "\n")
+            "ratios": rs,
+            # a ratio is the median of the rounds' ratios; listed here when its rounds
+            # spread more than spread_limit around it (or there was one round)
+            "spread_limit": SPREAD, "inconclusive": inconclusive(rs)}, indent=2) + "\n")
         print(f"\nnumbers written to {a.json}")
     return 0 if any(r.result for r in rows) else 1
 

@@ -240,3 +240,228 @@ def test_rpc_config_read_from_the_electrum_data_dir_and_errors_name_no_password(
         run(bad.balance_msat())
     assert "refused the RPC user/password" in str(e.value) and "wrong-pw" not in str(e.value)
     assert w.password not in json.dumps(gw.journal.records()) + repr(gw.journal.account("d1", "electrum"))
+
+
+# --- end to end: a real tunnel in namespaces, the world's daemons reached through forwarders ---
+
+from tgenv import ping, wait_until                                    # noqa: E402
+from tunnelgate.lab import GW_UP, UPSTREAM                            # noqa: E402
+from tunnelgate.money import cost_msat                                # noqa: E402
+from tunnelgate.protocol import messages as m                         # noqa: E402
+from test_payments_e2e import (COST, POLICY, PRICING, FakeClient, client_payments,  # noqa: E402,F401
+                               contracts, events, journal, make_env, paid, peer_credit)
+
+
+def electrum_env(make_env, world, gateway_payment: str = "", client_payment: str = "",
+                 pricing: str = PRICING, policy: str = POLICY):
+    gw_w, cl_w = world.wallets["gateway"], world.wallets["client"]
+    env = make_env(ports=(gw_w.port, cl_w.port))
+    env.gw_conf.write_text(env.gw_conf.read_text() + pricing + f"""
+[payment]
+backend = "electrum"
+rpc_url = "{gw_w.url}"
+{gateway_payment}
+""")
+    env.client_conf.write_text(env.client_conf.read_text() + policy + f"""
+[payment]
+backend = "electrum"
+electrum_dir = "{cl_w.datadir}"
+{client_payment}
+""")
+    return env
+
+
+def ln_rows(env):
+    return journal(env, "SELECT contract_id, amount_msat, status, applied, detail FROM payments")
+
+
+@pytest.mark.root
+def test_e2e_each_contract_paid_by_its_own_lightning_invoice_with_renewals(lab, make_env, world):
+    lab.start_upstream({})
+    # 20 KB contracts at 100 msat/KB = 2000 msat, one invoice of exactly that per contract
+    pricing = PRICING.replace("contract_kb = 2000", "contract_kb = 20").replace('"1"', '"100"')
+    env = electrum_env(make_env, world, gateway_payment="invoice_msat = 2000", pricing=pricing,
+                       policy=POLICY.replace('"2"', '"200"'))
+    before = gw_channel_msat(world)
+    env.serve(timeout=60)
+    env.up(timeout=60)
+    r = ping(lab, lab.client, count=25, interval=0.1, wait=1, extra=("-s", "1200"))
+    assert "bytes from" in r.stdout, env.logs()
+    assert wait_until(lambda: len(paid(env, "gw", UPSTREAM)) >= 3, 20), contracts(env, "gw")
+    rows = [r for r in ln_rows(env) if r[2] == "confirmed"]
+    n = len(rows)
+    assert n >= 3 and all(r[1] == 2000 and r[3] == 1 for r in rows), rows
+    assert len({json.loads(r[4])["rhash"] for r in rows}) == n            # one invoice each
+    assert wait_until(lambda: gw_channel_msat(world) >= before + n * 2000, 10)
+    assert not events(env, "client", "payment_failed")
+
+
+@pytest.mark.root
+def test_e2e_one_lightning_topup_pays_several_contracts_and_quote_shows_each_method(lab, make_env, world):
+    lab.start_upstream({})
+    pricing = PRICING.replace("contract_kb = 2000", "contract_kb = 20").replace('"1"', '"100"')
+    env = electrum_env(make_env, world, gateway_payment="invoice_msat = 10000", pricing=pricing,
+                       policy=POLICY.replace('"2"', '"200"'))
+    env.serve(timeout=60)
+    env.up(timeout=60)
+    q = json.loads(env.tg(lab.client, "quote", "-c", str(env.client_conf), "--json", UPSTREAM).stdout)
+    by = {p["method"]: p for p in q["payment"]}
+    assert by["lightning"]["amount_msat"] == 2000 and by["lightning"]["fee_msat"] == 0
+    assert by["onchain"]["amount_msat"] > by["onchain"]["fee_msat"] * 5 and "minimum" in by["onchain"]["note"]
+    ping(lab, lab.client, count=25, interval=0.1, wait=1, extra=("-s", "1200"))
+    assert wait_until(lambda: len(paid(env, "gw", UPSTREAM)) >= 3, 20), contracts(env, "gw")
+    assert [r[1:4] for r in ln_rows(env)] == [(10000, "confirmed", 1)]
+    gw_paid = paid(env, "gw", UPSTREAM)
+    assert sum(c["credit"] for c in gw_paid) >= 2, gw_paid
+    assert peer_credit(env) == 10000 - 2000 * len(gw_paid)
+
+
+@pytest.mark.root
+def test_e2e_reused_lightning_preimage_refused(lab, make_env, world):
+    lab.start_upstream({})
+    env = electrum_env(make_env, world, gateway_payment="invoice_msat = 2000")
+    env.serve(timeout=60)
+    env.up(timeout=60)
+    assert ping(lab, lab.client, count=2).returncode == 0, env.logs()
+    assert wait_until(lambda: paid(env, "gw", UPSTREAM), 15)
+    [(cid1, proof, _)] = client_payments(env)
+    fake = FakeClient(lab, env.gw_public)
+    try:
+        p = fake.quote(f"{GW_UP}/32")
+        assert p.account.startswith("lightning:")
+        fake.send(m.Accept(p.contract_id))
+        fake.send(m.Pay(p.contract_id, cost_msat(p.price, p.limit_kb), "electrum", proof))
+        assert fake.run(lambda: fake.first(m.PaymentFailed, contract_id=p.contract_id), 10), fake.got
+        assert cid1 in fake.first(m.PaymentFailed, contract_id=p.contract_id).reason
+        assert fake.run(lambda: fake.first(m.Revoke, contract_id=p.contract_id), 10), fake.got
+        assert not fake.first(m.Paid)
+    finally:
+        fake.close()
+    assert journal(env, "SELECT COUNT(*) FROM payments WHERE status='confirmed'") == [(1,)]
+
+
+@pytest.mark.root
+def test_e2e_gateway_electrum_killed_client_keeps_money_then_pays_after_restart(lab, make_env, world):
+    lab.start_upstream({})
+    env = electrum_env(make_env, world, gateway_payment="invoice_msat = 2000")
+    env.serve(timeout=60)
+    env.up(timeout=60)
+    gw_w = world.wallets["gateway"]
+    world.kill_daemon(gw_w)
+    try:
+        cl_before = run(payer(world).balance_msat())
+        ping(lab, lab.client, count=3, wait=1)
+        # the client's payment fails, one line saying why, and nothing left its wallet
+        assert wait_until(lambda: events(env, "client", "payment_failed"), 30), events(env, "client")
+        reason = events(env, "client", "payment_failed")[0]["reason"]
+        assert reason.startswith("electrum: the gateway's Lightning node is not connected"), reason
+        assert "\n" not in reason
+        assert run(payer(world).balance_msat()) == cl_before
+        assert not paid(env, "gw")
+    finally:
+        world.start_daemon(gw_w)
+    # the daemon is back and the channel reconnects: a new contract is paid, once
+    cl_w = world.wallets["client"]
+    assert wait_until(lambda: any(c["peer_state"] == "GOOD" for c in cl_w.rpc("list_channels")), 60)
+    assert wait_until(lambda: ping(lab, lab.client, dst=GW_UP, count=1, wait=1).returncode == 0, 60), env.logs()
+    assert wait_until(lambda: paid(env, "gw", GW_UP), 30), (
+        [(e["kind"], e.get("reason")) for e in events(env, "client")],
+        [(c["state"], c["reason"], c["paid"]) for c in contracts(env, "gw")])
+    confirmed = journal(env, "SELECT contract_id FROM payments WHERE status='confirmed'")
+    assert len(confirmed) == len({c for (c,) in confirmed})
+
+
+@pytest.mark.root
+def test_e2e_tunnelgate_client_killed_after_paying_never_pays_twice(lab, make_env, world):
+    """The client is killed right after Electrum paid (the proof is in its database): after the
+    restart it sends the same proof, not a second payment; the gateway counts it once."""
+    lab.start_upstream({})
+    env = electrum_env(make_env, world, gateway_payment="invoice_msat = 2000")
+    env.serve(timeout=60)
+    env.up(timeout=60)
+    before = gw_channel_msat(world)
+    pinger = lab.popen(lab.client, "ping", "-n", "-c", "1", "-W", "2", UPSTREAM,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: client_payments(env), 20, step=0.02), env.logs()
+        env.kill9("cl")
+    finally:
+        pinger.wait(timeout=10)
+    [(cid, proof, _)] = client_payments(env)
+    env.up(timeout=60)
+    assert wait_until(lambda: ping(lab, lab.client, count=1, wait=1).returncode == 0, 30), env.logs()
+    assert wait_until(lambda: journal(env, "SELECT status FROM payments WHERE contract_id=?", cid)
+                      == [("confirmed",)], 15)
+    assert [p for p in client_payments(env) if p[0] == cid] == [(cid, proof, 2000)]
+    rows = journal(env, "SELECT COUNT(*) FROM payments WHERE status='confirmed'")[0][0]
+    # every confirmed payment moved 2000 msat through the channel, the first one once
+    assert wait_until(lambda: gw_channel_msat(world) == before + rows * 2000, 10), (rows, gw_channel_msat(world))
+
+
+@pytest.mark.root
+@pytest.mark.xfail(strict=False, reason=(
+    "daemon gap, not the backend: a Lightning payment settles within ~1 ms of PAY, so a gateway "
+    "killed right after it has the journal row confirmed and applied but not yet the contract in its "
+    "engine snapshot (saved every few seconds); after the restart the contract is gone and the "
+    "payment is neither the contract's nor credit (GatewayDaemon._recover_payments only credits "
+    "unapplied payments)"))
+def test_e2e_tunnelgate_gateway_killed_after_payment_keeps_it_once(lab, make_env, world):
+    lab.start_upstream({})
+    env = electrum_env(make_env, world, gateway_payment="invoice_msat = 2000")
+    env.serve(timeout=60)
+    env.up(timeout=60)
+    pinger = lab.popen(lab.client, "ping", "-n", "-c", "1", "-W", "2", UPSTREAM,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: events(env, "gw", "payment_received"), 20, step=0.02), env.logs()
+        env.kill9("gw")
+    finally:
+        pinger.wait(timeout=10)
+    [(cid, _, amount)] = client_payments(env)
+    env.serve(timeout=60)
+
+    def settled():
+        rows = journal(env, "SELECT status, applied FROM payments WHERE contract_id=?", cid)
+        return rows == [("confirmed", 1)] and (
+            any(c["contract_id"] == cid and c["paid"] for c in contracts(env, "gw")) or peer_credit(env) == amount)
+    if not wait_until(settled, 20):
+        pytest.fail(f"{journal(env, 'SELECT status, applied, contract_id FROM payments')}\n"
+                    f"{[(c['contract_id'], c['state'], c['paid']) for c in contracts(env, 'gw')]}\n"
+                    f"credit {peer_credit(env)}\n{env.logs()}", pytrace=False)
+    assert len(client_payments(env)) == 1
+    assert wait_until(lambda: ping(lab, lab.client, count=1, wait=1).returncode == 0, 15), env.logs()
+    assert journal(env, "SELECT COUNT(*) FROM payments WHERE contract_id=?", cid) == [(1,)]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("conf", [0, 1])
+def test_e2e_onchain_topup_at_zero_and_one_confirmation(lab, make_env, world, conf):
+    lab.start_upstream({})
+    gw = (f'method = "onchain"\nmin_confirmations = {conf}\nonchain_min_msat = 5000000\n'
+          f'zeroconf_max_msat = 100000000')
+    # the mempool reaches the gateway's wallet through ElectrumX in a few seconds: grace 10 s
+    env = electrum_env(make_env, world, gateway_payment=gw, pricing=PRICING.replace(
+        "grace_time_s = 3", "grace_time_s = 10"))
+    env.serve(timeout=60)
+    env.up(timeout=60)
+    t0 = time.monotonic()
+    ping(lab, lab.client, count=2, wait=1)
+    assert wait_until(lambda: client_payments(env), 15), env.logs()
+    [(cid, proof, amount)] = client_payments(env)[:1]
+    assert amount == COST and proof.startswith("tx:")       # the contract's cost asked...
+    if conf:
+        # in the mempool, not confirmed: pending (traffic flows in grace) until a block comes
+        assert wait_until(lambda: "0/1 confirmations" in (journal(
+            env, "SELECT reason FROM payments WHERE contract_id=?", cid) or [("",)])[0][0], 8), \
+            journal(env, "SELECT * FROM payments")
+        assert not paid(env, "gw", UPSTREAM)
+        world.mine(1)
+    assert wait_until(lambda: journal(env, "SELECT status, amount_msat FROM payments WHERE contract_id=?", cid)
+                      == [("confirmed", 5_000_000)], 30), journal(env, "SELECT * FROM payments")
+    settle_s = time.monotonic() - t0
+    # ...5000 sat paid (the on-chain minimum, a top-up): what the contract did not use is credit
+    assert wait_until(lambda: peer_credit(env) > 0, 10)
+    assert wait_until(lambda: ping(lab, lab.client, count=1, wait=1).returncode == 0, 20), env.logs()
+    # paid within the grace, by that one payment
+    assert len(client_payments(env)) == 1 and paid(env, "gw", UPSTREAM)
+    assert settle_s < 10, settle_s

@@ -253,7 +253,7 @@ class ElectrumPayer(PayerBackend):
         amount = int(info.get("amount_msat") or 0)
         if amount <= 0:
             raise PaymentError("electrum: the gateway's invoice has no amount; Electrum 4.3 cannot pay it")
-        if amount < terms.amount_msat and amount < terms.amount_msat - 999:
+        if amount < terms.amount_msat:
             raise PaymentError(f"electrum: the gateway's invoice asks {amount} msat, less than the "
                                f"{terms.amount_msat} msat agreed; not paying it")
         if amount > max(terms.amount_msat, self.max_invoice_msat):
@@ -269,10 +269,37 @@ class ElectrumPayer(PayerBackend):
                     return "ln:" + pre
             raise
         if not res.get("success") or not res.get("preimage"):
-            why = "; ".join(str(x[-1]) for x in (res.get("log") or [])[-2:] if x) or "payment failed"
-            raise PaymentError(explain("lnpay", why, self.rpc.where))
+            raise PaymentError(await self._why_failed(info, amount, res.get("log") or []))
         log.info("electrum: paid %d msat over Lightning for contract %s", amount, terms.contract_id)
         return "ln:" + res["preimage"]
+
+    async def _why_failed(self, info: dict, amount: int, htlc_log: list) -> str:
+        """Electrum 4.3's lnpay says only success=false (with HTLC failures, if any were tried):
+        look at our channels to the gateway's node to say what is wrong."""
+        node = info.get("pubkey", "")
+        tried = "; ".join(str(x[-1]) for x in htlc_log[-2:] if x)
+        try:
+            chans = [c for c in await self.rpc.call("list_channels", wallet=True)
+                     if c.get("type") == "CHANNEL" and c.get("remote_pubkey") == node]
+        except PaymentError:
+            chans = None
+        if chans == []:
+            return (f"electrum: no route: no channel to the gateway's Lightning node {node[:16]}...; open "
+                    f"one: electrum open_channel {node}@HOST:PORT AMOUNT")
+        if chans:
+            open_ = [c for c in chans if c.get("state") == "OPEN"]
+            good = [c for c in open_ if c.get("peer_state") == "GOOD"]
+            if not open_:
+                return (f"electrum: the channel to the gateway is {chans[0].get('state')}, not OPEN yet "
+                        "(wait for its confirmations)")
+            if not good:
+                return ("electrum: the gateway's Lightning node is not connected (its Electrum daemon "
+                        "is down or unreachable); the payment is retried once it is back")
+            room = max(int(c.get("local_balance", 0)) - int(c.get("local_reserve", 0)) for c in good) * 1000
+            if room < amount:
+                return (f"electrum: no channel capacity: {room} msat spendable towards the gateway, "
+                        f"{amount} msat needed; add funds to the channel or open a bigger one")
+        return f"electrum: the Lightning payment failed ({tried or 'no route found'})"
 
     async def _preimage(self, rhash: str) -> str | None:
         """A payment we made before (e.g. before a restart): its preimage from the history."""

@@ -319,9 +319,9 @@ class ElectrumPayer(PayerBackend):
 
     async def balance_msat(self) -> int:
         bal = await self.rpc.call("getbalance", wallet=True)
-        ln = Decimal(str(bal.get("lightning", "0")))
-        chain = Decimal(str(bal.get("confirmed", "0")))
-        return int((ln + chain) * COIN) * 1000
+        # unconfirmed: our own change (spendable) less unconfirmed spends
+        total = sum(Decimal(str(bal.get(k, "0"))) for k in ("confirmed", "unconfirmed", "lightning"))
+        return int(total * COIN) * 1000
 
     def fee_msat(self, amount_msat: int) -> int:
         return 0             # Lightning over a direct channel costs nothing; see quote()

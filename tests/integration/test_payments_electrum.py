@@ -465,3 +465,18 @@ def test_e2e_onchain_topup_at_zero_and_one_confirmation(lab, make_env, world, co
     # paid within the grace, by that one payment
     assert len(client_payments(env)) == 1 and paid(env, "gw", UPSTREAM)
     assert settle_s < 10, settle_s
+
+
+@pytest.mark.root
+def test_e2e_gateway_status_says_its_electrum_daemon_is_not_running(lab, make_env, world):
+    lab.start_upstream({})
+    from tunnelgate.lab.electrum_world import free_port
+    dead = free_port()                      # nothing listens there
+    env = electrum_env(make_env, world)
+    env.gw_conf.write_text(env.gw_conf.read_text().replace(
+        world.wallets["gateway"].url, f"http://u:p@127.0.0.1:{dead}"))
+    env.serve(timeout=60)
+    pay = env.status("gw")["payment"]
+    assert pay["accounts_ready"] == 0
+    assert pay["account_error"].startswith(f"electrum: the daemon at 127.0.0.1:{dead} is not running"), pay
+    assert "start it: electrum daemon -d" in pay["account_error"]

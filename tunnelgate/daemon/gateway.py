@@ -467,7 +467,9 @@ class GatewayDaemon(Daemon):
                         "notice": getattr(self.payee, "notice", ""),
                         "credit_msat": self.payee.journal.credit_balances(),   # by peer key
                         "verifying": len(self.verifying),
-                        "accounts_ready": len(self.accounts.ready) if self.accounts else None},
+                        "accounts_ready": len(self.accounts.ready) if self.accounts else None,
+                        # why no fresh account (invoice / address) can be made now, in one line
+                        "account_error": self.accounts.last_error if self.accounts else ""},
             "market": self._market_status(),
             "pricing": self._pricing(),
             "control_stats": dict(self.channels.stats),

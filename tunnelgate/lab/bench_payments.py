@@ -170,6 +170,10 @@ async def bench(only: list[str], n: int) -> list[dict]:
                 await row(ln, "electrum-ln")
                 for conf in (0, 1):
                     async def chain(conf=conf):
+                        # start from confirmed coins: the previous row left a chain of
+                        # unconfirmed change in the mempool
+                        await asyncio.to_thread(world.mine, 1)
+                        await asyncio.to_thread(world.wait_synced)
                         payee = load_backend("electrum", {
                             "rpc_url": gw, "method": "onchain", "min_confirmations": conf,
                             "zeroconf_max_msat": 10**12, "onchain_min_msat": 2_000_000},

@@ -211,3 +211,24 @@ def test_rpc_settings_from_the_electrum_data_dir(tmp_path):
 def test_propose_carries_a_bolt11_invoice():
     p = m.Propose("c1", "198.18.2.7/32", 250_000, 1000, 600, ("electrum",), "lightning:" + INVOICE, 1, 30, 100)
     assert m.decode(m.encode(p)).account == "lightning:" + INVOICE
+
+
+def test_gateway_pool_never_proposes_an_invoice_past_half_its_life(tmp_path):
+    """An idle gateway's pooled invoices age: one older than half its expiry is dropped, not
+    proposed (the client could not pay it before it expires)."""
+    import time
+    from tunnelgate.daemon.gateway import AccountPool
+    from tunnelgate.payments import Journal
+    from tunnelgate.payments.electrum import ElectrumPayee
+    gw = ElectrumPayee({"rpc_url": "http://u:p@127.0.0.1:9", "invoice_expiry_s": 600}, Journal(tmp_path / "j"))
+    assert gw.account_max_age_s == 300
+    loop = asyncio.new_event_loop()
+    try:
+        pool = AccountPool(gw, loop)
+        now = time.monotonic()
+        pool.ready.extend([("t1", "lightning:old", now - 301), ("t2", "lightning:fresh", now - 10)])
+        assert pool.take("c1") == "lightning:fresh"
+        assert gw.journal.account("c1", "electrum") == "lightning:fresh"
+        assert pool.take("c2") is None            # nothing fresh left: proposed on the next try
+    finally:
+        loop.close()

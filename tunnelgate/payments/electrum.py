@@ -9,7 +9,8 @@ Settings (both sides): ``rpc_url`` = ``http://USER:PASS@127.0.0.1:PORT``, or
 Gateway (payee): ``method`` = ``"lightning"`` (default) or ``"onchain"``;
 ``invoice_msat``: what one Lightning invoice asks (default 1 000 000 msat = 1000 sat): a
 prepaid top-up, the part beyond the contract's cost stays as the client's credit and pays
-its next contracts; ``invoice_expiry_s`` (default 86400, never below the grace);
+its next contracts; ``invoice_expiry_s`` (default 86400; an invoice is proposed only in the
+first half of its life, so keep it well above the grace);
 ``min_confirmations`` (on-chain, default 1; 0 = accepted once in the mempool, only up to
 ``zeroconf_max_msat``, default 0: no 0-conf unless set); ``onchain_min_msat``: the smallest
 on-chain payment taken (default: ten times the fee of a typical payment at
@@ -364,6 +365,12 @@ class ElectrumPayee(PayeeBackend):
         self.onchain_min_msat = int(settings.get("onchain_min_msat", 10 * onchain_fee_sat(rate) * 1000))
         if self.min_conf < 0 or self.invoice_msat < 1000:
             raise PaymentError("electrum: payment.min_confirmations must be >= 0 and invoice_msat >= 1000")
+
+    @property
+    def account_max_age_s(self) -> float | None:
+        """The gateway's account pool hands out no invoice older than this: it must still be
+        payable through the grace and the payment (half its life)."""
+        return self.expiry_s / 2 if self.method == "lightning" else None
 
     @property
     def notice(self) -> str:

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -188,6 +189,7 @@ async def bench(only: list[str], n: int) -> list[dict]:
                 c()
             except Exception as e:
                 print(f"bench-payments: cleanup: {e}", file=sys.stderr)
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -637,6 +637,21 @@ BACKEND_SETTINGS: dict[str, dict[str, tuple[str, tuple[str, ...], tuple[str, ...
         "fee_rate_sat_vb": ("rate", ("payer",), ()),
         "min_confirmations": ("count", ("payee",), ()),
     },
+    # rpc_url or electrum_dir (the daemon's data directory): the backend says if neither is set
+    "electrum": {
+        "rpc_url": ("url", BOTH, ()),
+        "electrum_dir": ("path", BOTH, ()),
+        "wallet": ("path", BOTH, ()),
+        "rpc_timeout_s": ("seconds", BOTH, ()),
+        "method": ("ln_method", ("payee",), ()),
+        "invoice_msat": ("msat", ("payee",), ()),
+        "invoice_expiry_s": ("seconds", ("payee",), ()),
+        "min_confirmations": ("count", ("payee",), ()),
+        "zeroconf_max_msat": ("msat", ("payee",), ()),
+        "onchain_min_msat": ("msat", BOTH, ()),
+        "max_invoice_msat": ("msat", ("payer",), ()),
+        "fee_rate_sat_vb": ("rate", BOTH, ()),
+    },
 }
 CLIENT_ONLY = ("prepay_msat", "low_balance_msat")
 SIDE = {"payer": "a client", "payee": "the gateway"}
@@ -672,6 +687,11 @@ def _setting(t: _Reader, key: str, kind: str) -> Any:
         return float(t.number(key, 0.0))
     if kind == "count":
         return t.integer(key, ..., 0, MAX_CONFIRMATIONS)
+    if kind == "ln_method":
+        v = t.get(key, str, '"lightning" or "onchain"')
+        if v not in ("lightning", "onchain"):
+            raise t.error(key, '"lightning" or "onchain"', v)
+        return v
     if kind == "rate":
         t._no_float(key, _float_text(t.data.get(key)))
         raw = t.get(key, (str, int), 'a fee rate in sat/vB as a decimal string, e.g. "2.5"')

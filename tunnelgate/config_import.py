@@ -5,14 +5,24 @@
 The seed format: one ``KEY=VALUE`` per line, ``#`` comments (whole lines, or after
 whitespace in an unquoted value), optional single or double quotes, blank lines,
 an optional ``export`` in front. Keys: LINK_INTERFACE, NETWORK_INTERFACE,
-PAYMENT_INTERFACE, ACCOUNT_ID, DEFAULT_PRICE, CONTRACT_DATA, CONTRACT_TIME,
-DATA_RENEWAL, TIME_RENEWAL, IGNORE_INTERFACE.
+PAYMENT_INTERFACE, NGP_INTERFACE, ACCOUNT_ID, DEFAULT_PRICE, GRACE_PERIOD_PRICE,
+GRACE_PERIOD_TIME, CONTRACT_DATA, CONTRACT_TIME, PAYMENT_AMOUNT, DATA_RENEWAL,
+TIME_RENEWAL, IGNORE_INTERFACE.
 
-Units assumed for the seed values (the original design's): DEFAULT_PRICE in msat
-per KB; CONTRACT_DATA and DATA_RENEWAL in bytes (a suffix such as ``10MB``,
-``500KB``, ``1MiB`` is honoured); CONTRACT_TIME and TIME_RENEWAL in seconds (a
-suffix ``s``/``m``/``h``/``d`` is honoured). Bytes become whole KB (1 KB = 1000
-bytes), rounded up.
+What they meant in the original (Antiklos/network-gatekeeper, its main.c/main.h/README):
+LINK_INTERFACE, NETWORK_INTERFACE and PAYMENT_INTERFACE are numbers that pick a module
+(link 1 = UDP, network 1 = IPv4 gating, payment 1 = simulated, 2 = Electrum; 0 = the test
+modules); IGNORE_INTERFACE is the gateway's uplink (the one interface not gated);
+NGP_INTERFACE is, on a client, the server's address; ACCOUNT_ID the bitcoin address that
+receives payment; PAYMENT_AMOUNT the satoshis sent each time the prepaid balance runs out;
+GRACE_PERIOD_PRICE what the grace period's data is worth (in DEFAULT_PRICE units, so data =
+GRACE_PERIOD_PRICE / DEFAULT_PRICE kilobytes) and GRACE_PERIOD_TIME its seconds.
+
+Units assumed: DEFAULT_PRICE in msat per KB; CONTRACT_DATA in kilobytes of 1024 bytes
+(the original multiplies it by 1024), DATA_RENEWAL in bytes (a suffix such as ``10MB``,
+``500KB``, ``1MiB`` is honoured on both); CONTRACT_TIME, TIME_RENEWAL and GRACE_PERIOD_TIME
+in seconds (a suffix ``s``/``m``/``h``/``d`` is honoured); PAYMENT_AMOUNT in satoshis.
+Bytes become whole KB (1 KB = 1000 bytes), rounded up.
 
 Every key produces a note saying what it became or why it has no equivalent;
 missing keys get tunnelgate's default and a note; unknown keys a note. Values
@@ -24,6 +34,7 @@ everything else is written valid. ``docs/config.md`` has the full mapping.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -33,8 +44,9 @@ from tunnelgate import config, money
 from tunnelgate.protocol.client import ClientPolicy
 from tunnelgate.protocol.gateway import Pricing
 
-SEED_KEYS = ("LINK_INTERFACE", "NETWORK_INTERFACE", "PAYMENT_INTERFACE", "ACCOUNT_ID", "DEFAULT_PRICE",
-             "CONTRACT_DATA", "CONTRACT_TIME", "DATA_RENEWAL", "TIME_RENEWAL", "IGNORE_INTERFACE")
+SEED_KEYS = ("LINK_INTERFACE", "NETWORK_INTERFACE", "PAYMENT_INTERFACE", "NGP_INTERFACE", "ACCOUNT_ID",
+             "DEFAULT_PRICE", "GRACE_PERIOD_PRICE", "GRACE_PERIOD_TIME", "CONTRACT_DATA", "CONTRACT_TIME",
+             "PAYMENT_AMOUNT", "DATA_RENEWAL", "TIME_RENEWAL", "IGNORE_INTERFACE")
 ROLES = ("gateway", "client")
 
 # PAYMENT_INTERFACE values (lower case) -> backend
@@ -44,13 +56,22 @@ PAYMENT_NAMES = {
     "bitcoind": "bitcoind", "bitcoin": "bitcoind", "btc": "bitcoind", "onchain": "bitcoind",
     "on-chain": "bitcoind", "bitcoin-core": "bitcoind", "bitcoincore": "bitcoind", "core": "bitcoind",
     "knots": "bitcoind", "bitcoin-knots": "bitcoind",
+    "electrum": "electrum", "lightning": "electrum", "ln": "electrum",
 }
+# the original's module numbers (main.h *_IDENTIFIER; README: "Change the PAYMENT_INTERFACE ...
+# to 2" for Electrum)
+LINK_MODULES = {"0": "the test link module", "1": "the UDP link module"}
+NETWORK_MODULES = {"0": "the test network module", "1": "IPv4 gating"}
+PAYMENT_MODULES = {"0": ("dummy", "the test payment module"), "1": ("dummy", "simulated payments"),
+                   "2": ("electrum", "Electrum")}
+LINK_PORT = 51900
 
 PH_ENDPOINT = "REPLACE-with-GATEWAY-IP:51900"
 PH_PUBLIC_KEY = "REPLACE-with-`tunnelgate pubkey gateway.key`="
 PH_UPSTREAM = "<REPLACE-uplink>"        # not a valid interface name on purpose ('<', '>')
 PH_RPC_URL = "REPLACE-with-http://USER:PASS@127.0.0.1:8332/wallet/NAME"
 PH_MINT_URL = "REPLACE-with-http://MINT-HOST:3338"
+ELECTRUM_DIR = "~/.electrum"           # Electrum's own default data directory
 
 _BYTE_UNITS = {"": 1, "b": 1, "byte": 1, "bytes": 1,
                "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -136,9 +157,12 @@ def _number_unit(value: str, units: dict[str, int], what: str, where: str) -> De
     return Decimal(m.group(1)) * units[unit]
 
 
-def bytes_to_kb(value: str, where: str) -> tuple[int, bool]:
-    """'10000000' / '10MB' -> (KB rounded up, whether it was rounded)."""
-    nbytes = _number_unit(value, _BYTE_UNITS, "a size in bytes (e.g. 10000000, 10MB, 500KB)", where)
+def bytes_to_kb(value: str, where: str, bare: str = "b") -> tuple[int, bool]:
+    """'10000000' / '10MB' -> (KB rounded up, whether it was rounded). ``bare``: the unit of a
+    number without one ("kib" for the original's CONTRACT_DATA)."""
+    units = {**_BYTE_UNITS, "": _BYTE_UNITS[bare]}
+    what = "a size in kilobytes (e.g. 10, 10MB)" if bare == "kib" else "a size in bytes (e.g. 10000000, 10MB, 500KB)"
+    nbytes = _number_unit(value, units, what, where)
     kb = (nbytes / money.BYTES_PER_KB).to_integral_value(rounding=ROUND_CEILING)
     return int(kb), kb * money.BYTES_PER_KB != nbytes
 
@@ -265,34 +289,32 @@ def convert(text: str, role: str | None, source_name: str = "net.conf") -> tuple
            + ("" if role == "client" else " and give the printed public key to clients"))
 
     link, network = take("LINK_INTERFACE"), take("NETWORK_INTERFACE")
+    ign, ngp = take("IGNORE_INTERFACE"), take("NGP_INTERFACE")
+    _modules(o, link, network)
     if role == "gateway":
-        _gateway_net(o, link, network)
+        _gateway_net(o, link, network, ign, ngp)
     else:
-        _client_net(o, link, network)
-
-    ign = take("IGNORE_INTERFACE")
-    if ign is not None:
-        o.note(f"IGNORE_INTERFACE={ign.value} → no equivalent, not needed: tunnelgate never touches "
-               "interfaces it did not create (only its own TUN, the routes it adds and its own nftables "
-               "table, all undone on stop)", ign)
+        _client_net(o, link, network, ign, ngp)
 
     price = take("DEFAULT_PRICE")
     cdata, ctime = take("CONTRACT_DATA"), take("CONTRACT_TIME")
     rdata, rtime = take("DATA_RENEWAL"), take("TIME_RENEWAL")
+    gprice, gtime = take("GRACE_PERIOD_PRICE"), take("GRACE_PERIOD_TIME")
     if role == "gateway":
-        _pricing(o, price, cdata, ctime)
+        _pricing(o, price, cdata, ctime, gprice, gtime)
         for key, e, what in (("DATA_RENEWAL", rdata, "data_renewal_kb"), ("TIME_RENEWAL", rtime, "time_renewal_s")):
             if e is not None:
                 o.note(f"{key}={e.value} → no equivalent on a gateway: the client decides when to renew "
                        f"([policy] {what} in a client config; convert with --role client)", e)
     else:
         _policy(o, price, rdata, rtime)
-        for key, e, what in (("CONTRACT_DATA", cdata, "contract_kb"), ("CONTRACT_TIME", ctime, "contract_time_s")):
+        for key, e, what in (("CONTRACT_DATA", cdata, "contract_kb"), ("CONTRACT_TIME", ctime, "contract_time_s"),
+                             ("GRACE_PERIOD_PRICE", gprice, "grace_kb"), ("GRACE_PERIOD_TIME", gtime, "grace_time_s")):
             if e is not None:
                 o.note(f"{key}={e.value} → no equivalent on a client: the gateway sets the contract's terms "
                        f"([pricing] {what} in a gateway config; convert with --role gateway)", e)
 
-    _payment(o, role, take("PAYMENT_INTERFACE"), take("ACCOUNT_ID"))
+    _payment(o, role, take("PAYMENT_INTERFACE"), take("ACCOUNT_ID"), take("PAYMENT_AMOUNT"))
 
     for key, e in values.items():
         if key not in used:
@@ -308,65 +330,129 @@ def convert(text: str, role: str | None, source_name: str = "net.conf") -> tuple
     return "\n".join(o.lines) + "\n", o.notes
 
 
-def _gateway_net(o: _Out, link: Entry | None, network: Entry | None) -> None:
+def _module(e: Entry | None, table: dict, key: str) -> str | None:
+    """The original's module name for a numeric LINK/NETWORK_INTERFACE, None if not a number."""
+    if e is None or not e.value.strip().isdigit():
+        return None
+    return table.get(e.value.strip().lstrip("0") or "0", f"module {e.value.strip()} (unknown to tunnelgate)")
+
+
+def _modules(o: _Out, link: Entry | None, network: Entry | None) -> None:
+    name = _module(link, LINK_MODULES, "LINK_INTERFACE")
+    if name is not None:
+        o.note(f"LINK_INTERFACE={link.value} → picked {name} in the original; tunnelgate's peers always talk "
+               f"over its encrypted UDP tunnel ([link] listen on the gateway, [gateway] endpoint on a client)",
+               link)
+    name = _module(network, NETWORK_MODULES, "NETWORK_INTERFACE")
+    if name is not None:
+        o.note(f"NETWORK_INTERFACE={network.value} → picked {name} in the original; tunnelgate gates IPv4 "
+               "(and IPv6) through its own TUN and contracts per destination: nothing to set", network)
+
+
+def _ip(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
+def _gateway_net(o: _Out, link: Entry | None, network: Entry | None, ign: Entry | None,
+                 ngp: Entry | None) -> None:
     o.section("link")
-    if link is not None:
-        o.kv("listen", toml_str("0.0.0.0:51900"), f"narrow to {link.value}'s address: \"ADDRESS:51900\"")
-        o.note(f"LINK_INTERFACE={link.value} → [link] listen = \"0.0.0.0:51900\": tunnelgate listens on an "
-               f"address, not an interface; put {link.value}'s address there (`ip -4 addr show "
-               f"{link.value}`) so peers reach the gateway only over that link", link)
+    listen = f"0.0.0.0:{LINK_PORT}"
+    if ngp is not None and _ip(ngp.value) and ":" not in _ip(ngp.value):
+        listen = f"{_ip(ngp.value)}:{LINK_PORT}"
+        o.note(f"NGP_INTERFACE={ngp.value} → [link] listen = \"{listen}\" (the address peers reach this node "
+               "at)", ngp)
+    elif ngp is not None:
+        o.note(f"NGP_INTERFACE={ngp.value} → an interface, not an address: [link] listen = \"{listen}\"; put "
+               f"{ngp.value}'s address there (`ip -4 addr show {ngp.value}`)", ngp)
+    if link is not None and _module(link, LINK_MODULES, "") is None:
+        o.kv("listen", toml_str(listen), f"narrow to {link.value}'s address: \"ADDRESS:{LINK_PORT}\"")
+        o.note(f"LINK_INTERFACE={link.value} → not a module number (the original's picks a link module, 1 = "
+               f"UDP); read as an interface: [link] listen = \"{listen}\": put {link.value}'s address there "
+               f"(`ip -4 addr show {link.value}`)", link)
     else:
-        o.kv("listen", toml_str("0.0.0.0:51900"), "where peers reach us (UDP): narrow to one address")
-        o.note("LINK_INTERFACE not set → [link] listen = \"0.0.0.0:51900\" (every address); narrow it to "
-               "the mesh link's address")
+        o.kv("listen", toml_str(listen), "where peers reach us (UDP): narrow to one address")
+        if link is None:
+            o.note(f"LINK_INTERFACE not set → [link] listen = \"{listen}\"")
     o.section("network")
     o.kv("tun", toml_str("tgs0"), "created by tunnelgate")
     o.kv("address", toml_str("100.64.0.1/24"), "tunnel address; clients get addresses from this prefix")
     o.note("[network] tun = \"tgs0\", address = \"100.64.0.1/24\": new in tunnelgate (its own TUN and "
            "tunnel prefix, tunnelgate's defaults); change them if 100.64.0.0/24 is taken")
-    if network is not None and config.IFNAME.match(network.value):
-        o.kv("upstream_interface", toml_str(network.value), "NETWORK_INTERFACE: forwarded traffic leaves here")
-        o.note(f"NETWORK_INTERFACE={network.value} → [network] upstream_interface = \"{network.value}\" "
-               "(forwarded traffic leaves there, masqueraded)", network)
+    # the uplink: IGNORE_INTERFACE in the original (the one interface it did not gate); an
+    # interface name in NETWORK_INTERFACE (not the original's meaning) only when that is unset
+    up = ign
+    if up is None and network is not None and _module(network, NETWORK_MODULES, "") is None:
+        up = network
+    if up is not None and config.IFNAME.match(up.value):
+        o.kv("upstream_interface", toml_str(up.value), f"{'IGNORE' if up is ign else 'NETWORK'}_INTERFACE: "
+                                                          "forwarded traffic leaves here")
+        if up is ign:
+            o.note(f"IGNORE_INTERFACE={ign.value} → [network] upstream_interface = \"{ign.value}\" (the "
+                   "gateway's uplink: forwarded traffic leaves there, masqueraded)", ign)
+        else:
+            o.note(f"NETWORK_INTERFACE={network.value} → not a module number (the original's picks a network "
+                   f"module, 1 = IPv4); read as the uplink since IGNORE_INTERFACE is not set: [network] "
+                   f"upstream_interface = \"{network.value}\"", network)
     else:
         o.kv("upstream_interface", toml_str(PH_UPSTREAM), "REPLACE: the uplink interface")
-        if network is None:
-            o.note("NETWORK_INTERFACE not set → [network] upstream_interface is a placeholder: name the "
+        if up is None:
+            o.note("IGNORE_INTERFACE not set → [network] upstream_interface is a placeholder: name the "
                    "interface with the upstream link")
         else:
-            o.note(f"NETWORK_INTERFACE={network.value} → not an interface name (1-15 of A-Z a-z 0-9 _ . -); "
-                   "[network] upstream_interface is a placeholder", network)
+            o.note(f"{'IGNORE' if up is ign else 'NETWORK'}_INTERFACE={up.value} → not an interface name "
+                   "(1-15 of A-Z a-z 0-9 _ . -); [network] upstream_interface is a placeholder", up)
         o.placeholder("[network] upstream_interface", "the interface with the upstream link, e.g. \"eth0\"")
+    if network is not None and up is not network and _module(network, NETWORK_MODULES, "") is None:
+        o.note(f"NETWORK_INTERFACE={network.value} → not a module number (the original's picks a network "
+               "module, 1 = IPv4); the uplink is IGNORE_INTERFACE, so this is not used", network)
     o.kv("mtu", "1420")
 
 
-def _client_net(o: _Out, link: Entry | None, network: Entry | None) -> None:
+def _client_net(o: _Out, link: Entry | None, network: Entry | None, ign: Entry | None,
+                ngp: Entry | None) -> None:
     o.section("gateway")
-    o.kv("endpoint", toml_str(PH_ENDPOINT), "REPLACE: the gateway's [link] listen address")
+    server = _ip(ngp.value) if ngp is not None else None
+    if server:
+        endpoint = f"[{server}]:{LINK_PORT}" if ":" in server else f"{server}:{LINK_PORT}"
+        o.kv("endpoint", toml_str(endpoint), "NGP_INTERFACE: the server's address; the gateway's UDP port")
+        o.note(f"NGP_INTERFACE={ngp.value} → [gateway] endpoint = \"{endpoint}\" (the server's address; "
+               f"{LINK_PORT} is tunnelgate's default port: use the gateway's [link] listen port)", ngp)
+    else:
+        o.kv("endpoint", toml_str(PH_ENDPOINT), "REPLACE: the gateway's [link] listen address")
+        o.placeholder("[gateway] endpoint", "the gateway's \"IP:PORT\" (its [link] listen)")
+        if ngp is not None:
+            o.note(f"NGP_INTERFACE={ngp.value} → not an address (the original's NGP_INTERFACE is the "
+                   "server's IP on a client): [gateway] endpoint is a placeholder", ngp)
     o.kv("public_key", toml_str(PH_PUBLIC_KEY), "REPLACE: `tunnelgate pubkey` on the gateway")
-    o.placeholder("[gateway] endpoint", "the gateway's \"IP:PORT\" (its [link] listen)")
     o.placeholder("[gateway] public_key", "the gateway's public key (`tunnelgate pubkey gateway.key` there)")
-    o.note("[gateway] endpoint and public_key are new in tunnelgate (the tunnel is encrypted and pinned "
-           "to the gateway's key): placeholders to fill in")
-    if link is not None:
+    o.note("[gateway] public_key is new in tunnelgate (the tunnel is encrypted and pinned to the "
+           "gateway's key): a placeholder to fill in")
+    if link is not None and _module(link, LINK_MODULES, "") is None:
         o.note(f"LINK_INTERFACE={link.value} → no key: the tunnel's UDP leaves by the route to [gateway] "
                f"endpoint; use the gateway's address on {link.value}'s link as the endpoint", link)
-    else:
+    elif link is None:
         o.note("LINK_INTERFACE not set → nothing to do: the tunnel's UDP follows the route to the endpoint")
+    if ign is not None:
+        o.note(f"IGNORE_INTERFACE={ign.value} → no equivalent on a client (it named the server's uplink; "
+               "convert the server's file with --role gateway)", ign)
     o.section("network")
     o.kv("tun", toml_str("tg0"), "created by tunnelgate")
     o.kv("routes", '["0.0.0.0/0"]', "what goes through the tunnel")
     o.kv("mtu", "1420")
-    if network is not None:
+    if network is not None and _module(network, NETWORK_MODULES, "") is None:
         o.note(f"NETWORK_INTERFACE={network.value} → no equivalent: tunnelgate creates its own TUN "
                "([network] tun = \"tg0\") and [network] routes chooses what goes through it "
                "(\"0.0.0.0/0\": everything, the tunnel's own UDP excepted)", network)
-    else:
+    elif network is None:
         o.note("NETWORK_INTERFACE not set → nothing to do: [network] routes = [\"0.0.0.0/0\"] sends "
                "everything through the tunnel")
 
 
-def _pricing(o: _Out, price: Entry | None, cdata: Entry | None, ctime: Entry | None) -> None:
+def _pricing(o: _Out, price: Entry | None, cdata: Entry | None, ctime: Entry | None,
+             gprice: Entry | None = None, gtime: Entry | None = None) -> None:
     o.section("pricing")
     if price is not None:
         p = price_text(price.value, _where(o.source, "DEFAULT_PRICE", price))
@@ -382,13 +468,13 @@ def _pricing(o: _Out, price: Entry | None, cdata: Entry | None, ctime: Entry | N
         o.note(f"DEFAULT_PRICE not set → [pricing] default_price = \"{d}\" (msat per KB, tunnelgate's default)")
     d = Pricing(default_price=0, floor_price=0)
     if cdata is not None:
-        kb, rounded = bytes_to_kb(cdata.value, _where(o.source, "CONTRACT_DATA", cdata))
+        kb, rounded = bytes_to_kb(cdata.value, _where(o.source, "CONTRACT_DATA", cdata), bare="kib")
         if kb < 1:
             raise ConfigImportError(f"{_where(o.source, 'CONTRACT_DATA', cdata)}: expected a size above 0, "
                                     f"got {cdata.value!r}")
         o.kv("contract_kb", str(kb), f"KB per contract (CONTRACT_DATA={cdata.value})")
-        o.note(f"CONTRACT_DATA={cdata.value} → [pricing] contract_kb = {kb} (bytes → KB of 1000 bytes"
-               + (", rounded up)" if rounded else ")"), cdata)
+        o.note(f"CONTRACT_DATA={cdata.value} → [pricing] contract_kb = {kb} (kilobytes of 1024 bytes, as the "
+               "original counts them → KB of 1000 bytes" + (", rounded up)" if rounded else ")"), cdata)
     else:
         o.kv("contract_kb", str(d.contract_kb), "KB per contract")
         o.note(f"CONTRACT_DATA not set → [pricing] contract_kb = {d.contract_kb} (tunnelgate's default)")
@@ -403,10 +489,29 @@ def _pricing(o: _Out, price: Entry | None, cdata: Entry | None, ctime: Entry | N
     else:
         o.kv("contract_time_s", str(d.contract_time_s), "seconds")
         o.note(f"CONTRACT_TIME not set → [pricing] contract_time_s = {d.contract_time_s} (tunnelgate's default)")
-    o.kv("grace_time_s", str(d.grace_time_s), "data flows this long after ACCEPT while payment is verified")
-    o.kv("grace_kb", str(d.grace_kb), "…and at most this many KB")
-    o.note(f"[pricing] grace_time_s = {d.grace_time_s}, grace_kb = {d.grace_kb}, scope = \"host\": "
-           "tunnelgate's defaults (see docs/config.md)")
+    grace_s, grace_kb = d.grace_time_s, d.grace_kb
+    if gtime is not None:
+        grace_s, _ = seconds(gtime.value, _where(o.source, "GRACE_PERIOD_TIME", gtime))
+        o.note(f"GRACE_PERIOD_TIME={gtime.value} → [pricing] grace_time_s = {grace_s}", gtime)
+    if gprice is not None:
+        where = _where(o.source, "GRACE_PERIOD_PRICE", gprice)
+        worth = _number_unit(gprice.value, {"": 1}, "a number (what the grace period's data is worth)", where)
+        per_kib = (Decimal(money.parse_price(price.value.strip())) / money.PRICE_SCALE
+                   if price is not None else Decimal(0))
+        if per_kib > 0:
+            # the original: grace data = GRACE_PERIOD_PRICE / DEFAULT_PRICE kilobytes of 1024 bytes
+            grace_kb = int((worth / per_kib * 1024 / 1000).to_integral_value(rounding=ROUND_CEILING))
+            o.note(f"GRACE_PERIOD_PRICE={gprice.value} → [pricing] grace_kb = {grace_kb} (the original "
+                   f"let GRACE_PERIOD_PRICE / DEFAULT_PRICE = {_decimal_text(worth / per_kib)} kilobytes "
+                   "through before payment)", gprice)
+        else:
+            o.note(f"GRACE_PERIOD_PRICE={gprice.value} → no DEFAULT_PRICE to divide it by: [pricing] "
+                   f"grace_kb = {grace_kb} (tunnelgate's default)", gprice)
+    o.kv("grace_time_s", str(grace_s), "data flows this long after ACCEPT while payment is verified")
+    o.kv("grace_kb", str(grace_kb), "…and at most this many KB")
+    if gtime is None and gprice is None:
+        o.note(f"[pricing] grace_time_s = {d.grace_time_s}, grace_kb = {d.grace_kb}, scope = \"host\": "
+               "tunnelgate's defaults (see docs/config.md)")
 
 
 def _policy(o: _Out, price: Entry | None, rdata: Entry | None, rtime: Entry | None) -> None:
@@ -445,17 +550,25 @@ def _policy(o: _Out, price: Entry | None, rdata: Entry | None, rtime: Entry | No
            "(no limit); set them to cap spending")
 
 
-def _payment(o: _Out, role: str, iface: Entry | None, account: Entry | None) -> None:
+def _payment(o: _Out, role: str, iface: Entry | None, account: Entry | None,
+             amount: Entry | None = None) -> None:
     o.section("payment")
     if iface is None:
         backend = "dummy"
         o.note("WARNING: PAYMENT_INTERFACE not set → [payment] backend = \"dummy\", which moves NO money "
-               "(demos and tests); choose \"cashu\" or \"bitcoind\" for real use")
+               "(demos and tests); choose \"electrum\", \"cashu\" or \"bitcoind\" for real use")
+    elif iface.value.strip().isdigit():
+        backend, what = PAYMENT_MODULES.get(iface.value.strip().lstrip("0") or "0",
+                                            ("dummy", f"module {iface.value.strip()}, unknown to tunnelgate"))
+        o.note(f"{'WARNING: ' if backend == 'dummy' else ''}PAYMENT_INTERFACE={iface.value} → the original's "
+               f"{what} → [payment] backend = \"{backend}\""
+               + (" (moves NO money: demos and tests only; 2 = Electrum for real payments)"
+                  if backend == "dummy" else ""), iface)
     else:
         backend = PAYMENT_NAMES.get(iface.value.strip().lower())
         if backend is None:
             backend = "dummy"
-            extra = (" (tunnelgate has no Lightning backend yet)"
+            extra = (" (Lightning is the electrum backend: PAYMENT_INTERFACE=electrum or 2)"
                      if re.search(r"lightning|^ln|lnd|cln|c-lightning", iface.value.lower()) else "")
             o.note(f"WARNING: PAYMENT_INTERFACE={iface.value} → no such backend{extra}; [payment] backend = "
                    "\"dummy\", which moves NO money: choose \"cashu\" or \"bitcoind\" before real use", iface)
@@ -465,6 +578,11 @@ def _payment(o: _Out, role: str, iface: Entry | None, account: Entry | None) -> 
     o.kv("backend", toml_str(backend), "dummy moves NO money" if backend == "dummy" else "")
     acct = account.value.strip() if account is not None else ""
     payer = role == "client"
+    if amount is not None:
+        _payment_amount(o, role, backend, amount)
+    if backend == "electrum":
+        _electrum(o, role, account, acct)
+        return
 
     if backend == "dummy":
         if account is not None:
@@ -531,3 +649,49 @@ def _payment(o: _Out, role: str, iface: Entry | None, account: Entry | None) -> 
     if not payer:
         o.kv("min_confirmations", "1", "0 = accept once in the mempool")
         o.note("[payment] min_confirmations = 1 (new, tunnelgate's default): grace covers the wait")
+
+
+def _payment_amount(o: _Out, role: str, backend: str, amount: Entry) -> None:
+    """PAYMENT_AMOUNT: satoshis the original sent whenever the prepaid balance ran out."""
+    sat = _number_unit(amount.value, {"": 1}, "a whole number of satoshis", _where(o.source, "PAYMENT_AMOUNT", amount))
+    msat = int(sat * 1000)
+    if role == "client":
+        o.kv("prepay_msat", str(msat), f"pay at least this per payment, the rest is credit (PAYMENT_AMOUNT="
+                                       f"{amount.value} sat)")
+        o.note(f"PAYMENT_AMOUNT={amount.value} → [payment] prepay_msat = {msat} (the original paid "
+               f"{amount.value} sat each time its balance ran out; the surplus is prepaid credit)", amount)
+    elif backend == "electrum":
+        o.kv("invoice_msat", str(msat), f"each Lightning invoice is a top-up of PAYMENT_AMOUNT={amount.value} sat")
+        o.note(f"PAYMENT_AMOUNT={amount.value} → [payment] invoice_msat = {msat} (each Lightning invoice asks "
+               "that much; what a contract does not use stays as the client's credit)", amount)
+    else:
+        o.note(f"PAYMENT_AMOUNT={amount.value} → no equivalent on a gateway with the {backend} backend: "
+               "the client chooses how much to prepay ([payment] prepay_msat in its config)", amount)
+
+
+def _electrum(o: _Out, role: str, account: Entry | None, acct: str) -> None:
+    o.kv("electrum_dir", toml_str(ELECTRUM_DIR), "the Electrum daemon's data directory (RPC settings)")
+    o.note(f"[payment] electrum_dir = \"{ELECTRUM_DIR}\" (new): tunnelgate talks to the Electrum daemon over "
+           "its JSON-RPC, settings read from that directory's config: set them once with `electrum setconfig "
+           "rpcport 7777` (and rpcuser, rpcpassword), then restart the daemon; or set [payment] rpc_url")
+    if role == "gateway":
+        o.kv("method", toml_str("lightning"), "or \"onchain\" (a fresh address per payment)")
+        o.note("[payment] method = \"lightning\" (new): one BOLT11 invoice per contract; \"onchain\" takes "
+               "payments to a fresh address of the wallet, at min_confirmations (docs/electrum.md)")
+    if account is None:
+        return
+    addr = acct.removeprefix("bitcoin:")
+    if _BTC_ADDRESS.match(addr):
+        o.comment(f"ACCOUNT_ID was {addr}: the receiving address; "
+                  + ("the gateway's Electrum wallet now gives a fresh one per payment" if role == "gateway"
+                     else "a client pays what each contract names"))
+        o.note(f"ACCOUNT_ID={acct} → the on-chain receiving address: "
+               + ("with method = \"onchain\" the gateway's Electrum wallet hands out a fresh address of its "
+                  "own per payment (address reuse links every client's payments); make sure that wallet is the "
+                  f"one holding {addr}" if role == "gateway" else
+                  "a client pays to the address or invoice each contract names, not a fixed one")
+               + "; kept as a comment", account)
+    else:
+        o.comment(f"ACCOUNT_ID was {acct!r}: not a bitcoin address")
+        o.note(f"ACCOUNT_ID={acct} → not a bitcoin address (the original's ACCOUNT_ID is the address that "
+               "receives payment); kept as a comment", account)

@@ -325,8 +325,26 @@ def test_payment_bitcoind(tmp_path):
     assert cl.payment.settings_dict() == {"rpc_url": url, "replaceable": True, "fee_rate_sat_vb": "2.5"}
 
 
+def test_payment_electrum(tmp_path):
+    url = "http://u:p@127.0.0.1:7777"
+    gw = config.load(write(tmp_path, GATEWAY + f'[payment]\nbackend = "electrum"\nrpc_url = "{url}"\n'
+                                     'method = "onchain"\nmin_confirmations = 0\nzeroconf_max_msat = "50 sat"\n'
+                                     'onchain_min_msat = "20000 sat"\ninvoice_msat = 2000\n'))
+    assert gw.payment.settings_dict() == {"rpc_url": url, "method": "onchain", "min_confirmations": 0,
+                                          "zeroconf_max_msat": 50_000, "onchain_min_msat": 20_000_000,
+                                          "invoice_msat": 2000}
+    cl = config.load(write(tmp_path, CLIENT + '[payment]\nbackend = "electrum"\nelectrum_dir = "el"\n'
+                                     'max_invoice_msat = "100 sat"\n'))
+    assert cl.payment.settings_dict() == {"electrum_dir": str(tmp_path / "el"), "max_invoice_msat": 100_000}
+    for bad, words in (('method = "paypal"', '"lightning" or "onchain"'),
+                       ('max_invoice_msat = 5', "on a client only")):
+        with pytest.raises(config.ConfigError) as e:
+            config.load(write(tmp_path, GATEWAY + f'[payment]\nbackend = "electrum"\n{bad}\n'))
+        assert "payment." + bad.split()[0] in str(e.value) and words in str(e.value)
+
+
 @pytest.mark.parametrize("base,section,words", [
-    ("gw", 'backend = "lightning"', ["payment.backend", "one of bitcoind, cashu, dummy"]),
+    ("gw", 'backend = "lightning"', ["payment.backend", "one of bitcoind, cashu, dummy, electrum"]),
     ("gw", 'backend = 1', ["payment.backend", "payment backend name"]),
     ("gw", 'prepay_msat = 5', ["payment.prepay_msat", "only in a client config"]),
     ("gw", 'low_balance_msat = 5', ["payment.low_balance_msat", "only in a client config"]),

@@ -20,7 +20,7 @@ NETWORK_INTERFACE="eth1"
 PAYMENT_INTERFACE='cashu'   # ecash
 ACCOUNT_ID=http://127.0.0.1:3338/
 DEFAULT_PRICE=10
-CONTRACT_DATA=10000000
+CONTRACT_DATA=10000
 CONTRACT_TIME=3600
 DATA_RENEWAL=1000000
 TIME_RENEWAL=60
@@ -43,27 +43,28 @@ def test_gateway_conversion_loads_as_is(tmp_path):
     tomllib.loads(toml_text)
     cfg = load_text(tmp_path, toml_text)
     assert cfg.role == "gateway"
-    assert cfg.upstream_interface == "eth1"
+    assert cfg.upstream_interface == "wlan0"          # IGNORE_INTERFACE: the original's uplink
     assert cfg.listen == ("0.0.0.0", 51900)
     assert cfg.pricing.default_price == cfg.pricing.floor_price == parse_price("10")
-    assert (cfg.pricing.contract_kb, cfg.pricing.contract_time_s) == (10_000, 3600)
+    assert (cfg.pricing.contract_kb, cfg.pricing.contract_time_s) == (10_240, 3600)   # KiB → KB
     assert cfg.payment.backend == "cashu"
     assert cfg.payment.settings_dict() == {"mints": ("http://127.0.0.1:3338/",),
                                            "p2pk_key_file": str(tmp_path / "cashu-p2pk.key"),
                                            "wallet_dir": str(tmp_path / "ecash")}
     text = "\n".join(notes)
     assert 'net.conf:6: DEFAULT_PRICE=10 → [pricing] default_price = "10" (msat per KB)' in text
-    assert "CONTRACT_DATA=10000000 → [pricing] contract_kb = 10000" in text
+    assert "CONTRACT_DATA=10000 → [pricing] contract_kb = 10240" in text
     assert "CONTRACT_TIME=3600 → [pricing] contract_time_s = 3600" in text
-    assert "NETWORK_INTERFACE=eth1 → [network] upstream_interface" in text
-    assert "LINK_INTERFACE=mesh0 → [link] listen" in text
-    assert "IGNORE_INTERFACE=wlan0 → no equivalent" in text
+    assert "NETWORK_INTERFACE=eth1 → not a module number" in text
+    assert "LINK_INTERFACE=mesh0 → not a module number" in text
+    assert 'IGNORE_INTERFACE=wlan0 → [network] upstream_interface = "wlan0"' in text
     assert "DATA_RENEWAL=1000000 → no equivalent on a gateway" in text
     assert "TIME_RENEWAL=60 → no equivalent on a gateway" in text
     assert 'PAYMENT_INTERFACE=cashu → [payment] backend = "cashu"' in text
     assert "ACCOUNT_ID=http://127.0.0.1:3338/ → [payment] mints" in text
-    # every seed key is accounted for in the notes
-    for key in ci.SEED_KEYS:
+    # every key the seed sets is accounted for in the notes
+    for key in ("LINK_INTERFACE", "NETWORK_INTERFACE", "PAYMENT_INTERFACE", "ACCOUNT_ID", "DEFAULT_PRICE",
+                "CONTRACT_DATA", "CONTRACT_TIME", "DATA_RENEWAL", "TIME_RENEWAL", "IGNORE_INTERFACE"):
         assert f"{key}=" in text, key
 
 
@@ -87,7 +88,7 @@ def test_client_conversion_loads_after_filling_placeholders(tmp_path):
     text = "\n".join(notes)
     assert 'DEFAULT_PRICE=10 → [policy] max_price = "10" (msat per KB)' in text
     assert "DATA_RENEWAL=1000000 → [policy] data_renewal_kb = 1000" in text
-    assert "CONTRACT_DATA=10000000 → no equivalent on a client" in text
+    assert "CONTRACT_DATA=10000 → no equivalent on a client" in text
     assert "to do before `tunnelgate up`: [gateway] endpoint" in text
     assert "Fill in before use" in toml_text
 
@@ -152,11 +153,11 @@ def test_payment_interface_names(name, backend):
 
 
 def test_unknown_payment_interface_becomes_dummy_with_warning(tmp_path):
-    toml_text, notes = ci.convert("PAYMENT_INTERFACE=lightning\nACCOUNT_ID=acct1\nNETWORK_INTERFACE=eth0\n",
+    toml_text, notes = ci.convert("PAYMENT_INTERFACE=zebrapay\nACCOUNT_ID=acct1\nNETWORK_INTERFACE=eth0\n",
                                   "gateway", "n.conf")
     assert tomllib.loads(toml_text)["payment"] == {"backend": "dummy"}
     text = "\n".join(notes)
-    assert "WARNING: PAYMENT_INTERFACE=lightning → no such backend (tunnelgate has no Lightning" in text
+    assert "WARNING: PAYMENT_INTERFACE=zebrapay → no such backend" in text
     assert "ACCOUNT_ID=acct1 → no equivalent with the dummy backend" in text
     load_text(tmp_path, toml_text)
 
@@ -212,8 +213,10 @@ def test_durations(value, s):
 @pytest.mark.parametrize("seed,words", [
     ("DEFAULT_PRICE=cheap", ["n.conf:1: DEFAULT_PRICE", "msat per KB"]),
     ("DEFAULT_PRICE=0.0000001", ["n.conf:1: DEFAULT_PRICE", "decimals"]),
-    ("\nCONTRACT_DATA=lots", ["n.conf:2: CONTRACT_DATA", "size in bytes"]),
-    ("CONTRACT_DATA=10 parsecs", ["CONTRACT_DATA", "size in bytes"]),
+    ("\nCONTRACT_DATA=lots", ["n.conf:2: CONTRACT_DATA", "size in kilobytes"]),
+    ("CONTRACT_DATA=10 parsecs", ["CONTRACT_DATA", "size in kilobytes"]),
+    ("GRACE_PERIOD_TIME=soon", ["GRACE_PERIOD_TIME", "duration in seconds"]),
+    ("PAYMENT_AMOUNT=1e3", ["PAYMENT_AMOUNT", "whole number of satoshis"]),
     ("CONTRACT_DATA=0", ["CONTRACT_DATA", "above 0"]),
     ("CONTRACT_TIME=soon", ["CONTRACT_TIME", "duration in seconds"]),
 ])
@@ -281,3 +284,95 @@ def test_cli_errors(tmp_path):
     assert r.exit_code == 2 and "net.conf:1: DEFAULT_PRICE" in r.stderr
     r = CliRunner().invoke(config_group, ["import", str(seed), "--role", "router"])
     assert r.exit_code == 2
+
+
+# The original project's own net.conf files, verbatim, from github.com/Antiklos/network-gatekeeper:
+# the shipped one at its last commit (d725b67, "Merge pull request #9"; unchanged since fe1e53e,
+# 2016-12-18), and the one of d85482c ("Make account id configurable", 2016-09-06), the last with
+# NGP_INTERFACE and GRACE_PERIOD_PRICE. Their meaning comes from the same repository: main.c's
+# read_config, main.h's module identifiers and the README ("ACCOUNT_ID: The bitcoin address that
+# will receive payment", "IGNORE_INTERFACE: The upstream interface of the server", "make sure
+# NGP_INTERFACE is the ip address of your server", "Change the PAYMENT_INTERFACE ... to 2" for
+# Electrum).
+ORIGINAL_SHIPPED = """\
+LINK_INTERFACE=1
+NETWORK_INTERFACE=1
+PAYMENT_INTERFACE=1
+ACCOUNT_ID=dummy_id
+DEFAULT_PRICE=5
+CONTRACT_DATA=1
+CONTRACT_TIME=60
+PAYMENT_AMOUNT=1000
+DATA_RENEWAL=0
+TIME_RENEWAL=5
+IGNORE_INTERFACE=eth1
+
+"""
+ORIGINAL_2016_09 = """\
+LINK_INTERFACE=1
+NETWORK_INTERFACE=1
+PAYMENT_INTERFACE=1
+NGP_INTERFACE=192.168.50.10
+ACCOUNT_ID=dummy_id
+DEFAULT_PRICE=5
+GRACE_PERIOD_PRICE=100
+CONTRACT_DATA=10
+CONTRACT_TIME=60
+DATA_RENEWAL=2048
+TIME_RENEWAL=5
+"""
+
+
+def test_original_shipped_net_conf_as_a_gateway(tmp_path):
+    toml_text, notes = ci.convert(ORIGINAL_SHIPPED, "gateway", "net.conf")
+    cfg = load_text(tmp_path, toml_text)             # no placeholder left: it loads as is
+    assert cfg.upstream_interface == "eth1"          # IGNORE_INTERFACE, not NETWORK_INTERFACE=1
+    assert cfg.payment.backend == "dummy"            # PAYMENT_INTERFACE=1: simulated payments
+    assert cfg.pricing.contract_kb == 2              # 1 KiB = 1024 bytes → 2 KB, rounded up
+    assert cfg.pricing.contract_time_s == 60
+    text = "\n".join(notes)
+    assert "LINK_INTERFACE=1 → picked the UDP link module in the original" in text
+    assert "NETWORK_INTERFACE=1 → picked IPv4 gating in the original" in text
+    assert 'PAYMENT_INTERFACE=1 → the original\'s simulated payments → [payment] backend = "dummy"' in text
+    assert 'IGNORE_INTERFACE=eth1 → [network] upstream_interface = "eth1"' in text
+    assert "PAYMENT_AMOUNT=1000 → no equivalent on a gateway with the dummy backend" in text
+    assert "unknown key" not in text
+    assert 'upstream_interface = "1"' not in toml_text
+
+
+def test_original_shipped_net_conf_with_electrum_as_its_readme_says(tmp_path):
+    # the README's steps for real payments: PAYMENT_INTERFACE=2 and ACCOUNT_ID = your address
+    addr = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
+    seed = ORIGINAL_SHIPPED.replace("PAYMENT_INTERFACE=1", "PAYMENT_INTERFACE=2").replace("dummy_id", addr)
+    gw_text, gw_notes = ci.convert(seed, "gateway", "net.conf")
+    gw = load_text(tmp_path, gw_text)
+    assert gw.payment.backend == "electrum"
+    assert gw.payment.settings_dict() == {"electrum_dir": str(Path("~/.electrum").expanduser()),
+                                          "method": "lightning", "invoice_msat": 1_000_000}
+    assert f"# ACCOUNT_ID was {addr}" in gw_text
+    text = "\n".join(gw_notes)
+    assert 'PAYMENT_INTERFACE=2 → the original\'s Electrum → [payment] backend = "electrum"' in text
+    assert f"ACCOUNT_ID={addr} → the on-chain receiving address" in text
+    assert "PAYMENT_AMOUNT=1000 → [payment] invoice_msat = 1000000" in text
+    cl_text, cl_notes = ci.convert(seed, "client", "net.conf")
+    cl = load_text(tmp_path, fill_client(cl_text))
+    assert cl.payment.backend == "electrum" and cl.payment.prepay_msat == 1_000_000
+    assert "IGNORE_INTERFACE=eth1 → no equivalent on a client" in "\n".join(cl_notes)
+
+
+def test_original_2016_net_conf_ngp_interface_and_grace(tmp_path):
+    cl_text, cl_notes = ci.convert(ORIGINAL_2016_09, "client", "net.conf")
+    assert tomllib.loads(cl_text)["gateway"]["endpoint"] == "192.168.50.10:51900"    # NGP_INTERFACE
+    cl = load_text(tmp_path, cl_text.replace(ci.PH_PUBLIC_KEY, KEY))                 # only the key to fill
+    assert cl.endpoint == ("192.168.50.10", 51900)
+    assert cl.policy.data_renewal_kb == 3                                            # 2048 bytes
+    gw_text, gw_notes = ci.convert(ORIGINAL_2016_09, "gateway", "net.conf")
+    pricing = tomllib.loads(gw_text)["pricing"]
+    # grace data = GRACE_PERIOD_PRICE / DEFAULT_PRICE = 20 KiB = 20.48 KB → 21
+    assert pricing["grace_kb"] == 21 and pricing["contract_kb"] == 11
+    assert tomllib.loads(gw_text)["link"]["listen"] == "192.168.50.10:51900"
+    text = "\n".join(gw_notes)
+    assert "GRACE_PERIOD_PRICE=100 → [pricing] grace_kb = 21" in text
+    assert "unknown key" not in text + "\n".join(cl_notes)
+    g = ci.convert("GRACE_PERIOD_TIME=15\nIGNORE_INTERFACE=eth1\n", "gateway", "n.conf")[0]
+    assert tomllib.loads(g)["pricing"]["grace_time_s"] == 15

@@ -336,11 +336,16 @@ class ClientDaemon(Daemon):
         except asyncio.TimeoutError:
             raise ControlError("timeout", f"the gateway did not quote within {QUOTE_TIMEOUT_S:g} s") from None
         d = ev.data
+        # per payment method: the amount paid, the expected fee and the time to settle
+        per_method = getattr(self.payer, "quote", None)
+        payment = (per_method(ev.amount_msat) if per_method else
+                   [{"method": self.cfg.payment.backend, "amount_msat": ev.amount_msat,
+                     "fee_msat": self.payer.fee_msat(ev.amount_msat)}])
         return {"destination": ev.destination, "price": d["price"], "price_text": format_price(d["price"]),
                 "limit_kb": d["limit_kb"], "time_s": d["time_s"], "cost_msat": ev.amount_msat,
                 "methods": d["methods"], "grace_s": d["grace_s"], "grace_kb": d["grace_kb"],
                 "max_price": format_price(d["max_price"]), "acceptable": d["acceptable"],
-                "reason": ev.reason}
+                "reason": ev.reason, "payment": payment}
 
     async def _pay(self, ev) -> None:
         cid = ev.contract_id

@@ -57,15 +57,19 @@ class AccountPool:
 
     def __init__(self, payee, loop, size: int = ACCOUNT_POOL):
         self.payee, self.loop, self.size = payee, loop, size
-        self.ready: deque[tuple[str, str]] = deque()   # (placeholder id, account)
+        self.ready: deque[tuple[str, str, float]] = deque()   # (placeholder id, account, made at)
         self._refilling = False
         self.errors = 0
         self.last_error = ""
+        # accounts that expire (Lightning invoices) are not handed out past this age
+        self.max_age_s = getattr(payee, "account_max_age_s", None)
 
     def take(self, contract_id: str) -> str | None:
-        try:
-            tag, account = self.ready.popleft()
-        except IndexError:
+        account = None
+        while self.ready:
+            tag, account, made = self.ready.popleft()
+            if self.max_age_s is None or time.monotonic() - made < self.max_age_s:
+                break
             account = None
         if len(self.ready) < self.size // 2:
             self.loop.call_soon_threadsafe(self.refill)
@@ -92,7 +96,7 @@ class AccountPool:
                     self.last_error = str(e)
                     await asyncio.sleep(2)
                     break
-                self.ready.append((tag, account))
+                self.ready.append((tag, account, time.monotonic()))
                 self.last_error = ""
         finally:
             self._refilling = False
@@ -471,7 +475,9 @@ class GatewayDaemon(Daemon):
                         "notice": getattr(self.payee, "notice", ""),
                         "credit_msat": self.payee.journal.credit_balances(),   # by peer key
                         "verifying": len(self.verifying),
-                        "accounts_ready": len(self.accounts.ready) if self.accounts else None},
+                        "accounts_ready": len(self.accounts.ready) if self.accounts else None,
+                        # why no fresh account (invoice / address) can be made now, in one line
+                        "account_error": self.accounts.last_error if self.accounts else ""},
             "market": self._market_status(),
             "pricing": self._pricing(),
             "control_stats": dict(self.channels.stats),

@@ -8,7 +8,8 @@ or a path), or ``settings["journal"]``, or ``settings["state_dir"]`` (the
 journal is then ``<state_dir>/payments.sqlite``).
 
 Backends: ``dummy`` (no money, says so), ``cashu`` (ecash, needs
-scripts/install-payments), ``bitcoind`` (Bitcoin Core/Knots wallet RPC).
+scripts/install-payments), ``bitcoind`` (Bitcoin Core/Knots wallet RPC), ``electrum``
+(an Electrum 4 daemon's JSON-RPC: Lightning, or on-chain).
 The real ones are imported only when chosen (cashu takes ~0.5-4 s to import).
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "dummy": ("tunnelgate.payments.dummy", "DummyPayer", "DummyPayee"),
     "cashu": ("tunnelgate.payments.cashu", "CashuPayer", "CashuPayee"),
     "bitcoind": ("tunnelgate.payments.bitcoind", "BitcoindPayer", "BitcoindPayee"),
+    "electrum": ("tunnelgate.payments.electrum", "ElectrumPayer", "ElectrumPayee"),
 }
 
 

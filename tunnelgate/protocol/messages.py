@@ -27,6 +27,9 @@ MAX_MESSAGE = 4096
 MAX_ID = 64
 MAX_TEXT = 256
 MAX_PROOF = 3000
+# an account is a bolt11 invoice for the electrum backend: ~450 characters with a route hint
+# and a fallback address
+MAX_ACCOUNT = 1024
 MAX_U32 = 2**32 - 1
 MAX_U64 = 2**64 - 1
 
@@ -39,6 +42,7 @@ class ProtocolError(Exception):
 _ID = ("id", MAX_ID)
 _TEXT = ("text", MAX_TEXT)
 _PROOF = ("text", MAX_PROOF)
+_ACCOUNT = ("text", MAX_ACCOUNT)
 _DEST = ("dest", 64)
 _PRICE = ("int", MAX_PRICE)
 _MSAT = ("int", MAX_MSAT)
@@ -64,7 +68,7 @@ class Propose(Message):
     """Gateway -> client: terms for one contract (a new id every round)."""
     TYPE = "PROPOSE"
     SCHEMA = {"contract_id": _ID, "destination": _DEST, "price": _PRICE, "limit_kb": _KB,
-              "time_s": _SECS, "methods": _METHODS, "account": _TEXT, "round": _ROUND,
+              "time_s": _SECS, "methods": _METHODS, "account": _ACCOUNT, "round": _ROUND,
               "grace_s": _SECS, "grace_kb": _KB}
     contract_id: str
     destination: str

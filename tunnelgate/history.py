@@ -3,6 +3,7 @@ database (works while the daemon is stopped)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 from pathlib import Path
@@ -28,6 +29,9 @@ def contracts(db: Path) -> list[dict]:
                                ).fetchone()
         sent = {cid: (amount, state) for cid, amount, state in con.execute(
             "SELECT contract_id, amount_msat, state FROM client_payments")} if has_sent else {}
+        has_records = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='contracts'"
+                                  ).fetchone()
+        records = [json.loads(d) for (d,) in con.execute("SELECT data FROM contracts")] if has_records else []
     except sqlite3.Error as e:
         raise HistoryError(f"cannot read {db}: {e}") from None
     finally:
@@ -47,10 +51,40 @@ def contracts(db: Path) -> list[dict]:
             c["state"], c["ended"], c["reason"] = kind, ts, reason or ""
             extra = json.loads(data or "{}")
             c["up"], c["down"] = extra.get("up"), extra.get("down")
+    for d in records:
+        _overlay(out, d)
     for cid, (amount, state) in sent.items():
         if cid in out:
             out[cid]["sent_msat"], out[cid]["sent_confirmed"] = amount, state == "confirmed"
     return list(out.values())
+
+
+_RECORD_STATE = {"EXHAUSTED": "exhausted", "EXPIRED": "expired", "REVOKED": "revoked", "PAID": "paid",
+                 "GRACE": "activated", "ACCEPTED": "accepted", "PROPOSED": "proposed"}
+
+
+def _overlay(out: dict[str, dict], d: dict) -> None:
+    """A gateway's contract record (written through at every state change) over what the
+    events say: events of the last moments before a crash may be missing, the record is not."""
+    from .money import cost_msat
+    state = _RECORD_STATE.get(d.get("state", ""))
+    if state is None:
+        return
+    cid = d["contract_id"]
+    peer = base64.b64encode(bytes.fromhex(d["peer"])).decode() if d.get("peer") else None
+    c = out.setdefault(cid, {"contract_id": cid, "destination": d["destination"], "peer": peer,
+                             "started": d.get("created_at"), "ended": None, "state": "proposed",
+                             "paid_msat": 0, "reason": "", "up": None, "down": None,
+                             "from_credit": False, "sent_msat": 0, "sent_confirmed": False})
+    if d.get("paid") and not c["paid_msat"]:
+        c["paid_msat"] = cost_msat(d["price"], d["limit_kb"])
+        c["from_credit"] = bool(d.get("credit"))
+    if state in ENDINGS:
+        c["state"], c["reason"] = state, d.get("reason") or c["reason"]
+        c["ended"] = d.get("ended_at") or c["ended"]
+        c["up"], c["down"] = d.get("up"), d.get("down")
+    elif c["ended"] is None:
+        c["state"] = state
 
 
 def render(items: list[dict]) -> str:

@@ -32,6 +32,7 @@ import struct
 import threading
 import time
 import traceback
+import types
 
 from tunnelgate import offload as off
 from tunnelgate import session as sess
@@ -106,6 +107,7 @@ class Verdicts:
     mostly FORWARD, sometimes not, so the per-packet slow paths run too."""
 
     has_output = False
+    durable_seq = 0         # no contract ends here: nothing to write through
 
     def __init__(self, rng: random.Random):
         self.rng = rng
@@ -143,6 +145,7 @@ class GatewayStub:
         self.chunk_peers = {CL_PUB}
         self.elock, self.tun_lock, self.udp_lock = threading.Lock(), threading.Lock(), threading.Lock()
         self.engine = Verdicts(rng)
+        self.saver = types.SimpleNamespace(written_seq=0)
         self.handshakes = 0
 
     def _handshake(self, hs, now):

@@ -299,13 +299,26 @@ class ClientDaemon(Daemon):
         self._pump()
 
     def _pump(self) -> None:
-        with self.elock:
-            outgoing = self.engine.take_outgoing()
-            events = self.engine.take_events()
+        """The engine's output: a money change (a contract accepted, paid, ended, revoked) is
+        saved with its events first (write-through, the whole snapshot: a handful of contracts),
+        then the messages that make it count (ACCEPT commits us to pay) go out."""
+        taken = None
+        with self.saver.wlock:
+            with self.elock:
+                outgoing = self.engine.take_outgoing()
+                events = self.engine.take_events()
+                if self.engine.durable_seq != self.saver.written_seq:
+                    taken = self.saver.take()
+            for ev in events:
+                self.events.add(ev)
+            if taken is not None:
+                try:
+                    self.saver.write(taken, self.events)
+                except Exception as e:
+                    log.error("cannot save the contracts to %s: %s; check the disk", self.paths["db"], e)
         for message in outgoing:
             self.channels.send(GATEWAY, message)
         for ev in events:
-            self.events.add(ev)
             if ev.kind == clp.EV_PAYMENT_DUE and ev.contract_id not in self.paying:
                 self.paying[ev.contract_id] = self.loop.create_task(self._pay(ev))
             elif ev.kind == clp.EV_PAID:

@@ -120,6 +120,7 @@ def _gateway_udp_handler(d):
     packet, chunks = arrivals.packet, arrivals.chunks
     receive_groups = responder.receive_groups
     lock, read_tun, tun_handle = d.tun_lock, tun.read_frames, _gateway_tun_handler(d)
+    saver = d.saver
 
     def handle(groups, own_tun: bool = False) -> None:
         frames = []
@@ -175,6 +176,8 @@ def _gateway_udp_handler(d):
         if items:
             out, nbytes, npkts, held = _gateway_meter(
                 items, peer_of_src, elock, outbound, outbound_burst, wall, vnet, stats)
+            if engine.durable_seq != saver.written_seq:
+                d.persist()         # a contract ended: on disk before the next one is used
             if out:
                 stats["rx_packets"] += npkts
                 stats["rx_bytes"] += nbytes
@@ -350,6 +353,7 @@ def _gateway_tun_handler(d):
     sender = off.UdpSender(sock)
     vnet = bool(tun.vnet_hdr_len)
     chunk_peers = d.chunk_peers
+    engine, saver = d.engine, d.saver
 
     def handle(frames: list[bytes]) -> None:
         now = time.monotonic()
@@ -397,6 +401,8 @@ def _gateway_tun_handler(d):
             stats["tx_packets"] += len(pkts)
             if kind == DATA_CHUNK:
                 stats["tx_chunks"] += len(pkts)
+        if engine.durable_seq != saver.written_seq:
+            d.persist()             # a contract ended: on disk before the next one is used
         for endpoint, datagrams in by_endpoint.items():
             errors = sender.send(datagrams, endpoint)
             if errors:

@@ -28,6 +28,7 @@ from ..wire import FEATURE_CHUNKS, FEATURE_SIZED
 from .base import Daemon, features as _features, udp_socket
 from .control import ControlError
 from .market import Channels, EventLog, Saver, peer_text
+from .recovery import reconcile
 
 log = logging.getLogger("tunnelgate.gateway")
 
@@ -168,6 +169,7 @@ class GatewayDaemon(Daemon):
         self.events = EventLog(self.store)
         self.channels = Channels(self._send_control)
         self.saver = Saver(self.store, self.engine, self.elock)
+        self._write_warned = 0.0
         if self.saver.restore(time.time()):
             log.info("resumed %d contracts from %s", len(self.engine.contracts()), self.paths["db"])
         if not getattr(self.payee, "real_money", True):
@@ -188,12 +190,13 @@ class GatewayDaemon(Daemon):
                 self.verifying[rec.contract_id] = self.loop.create_task(self._resume(rec))
         for rec in journal.unapplied():
             self._settle(rec.contract_id, rec.peer, rec.amount_msat, recovered=True)
-        now = time.time()
-        with self.elock:
-            for c in self.engine.contracts():
-                if not c["paid"] and journal.paid_from_credit(c["contract_id"]):
-                    self.engine.find(c["contract_id"]).credit = True
-                    self.engine.payment_confirmed(c["contract_id"], now)
+        self._reconcile(journal)
+
+    def _reconcile(self, journal) -> None:
+        """The journal is the authority on what was paid (see recovery.reconcile)."""
+        for cid, peer, msat, left, why in reconcile(journal, self.store.contract_states(), self.engine,
+                                                    self.elock, time.time()):
+            self.events.note(self._credit_event(cid, peer, msat, left, why))
 
     async def _resume(self, rec) -> None:
         cid = rec.contract_id
@@ -276,6 +279,12 @@ class GatewayDaemon(Daemon):
                 cid, peer, amount_msat, left, "payment taken for a contract this gateway no longer "
                 "has (restart): kept as credit for the peer" if recovered else
                 "payment for a contract already paid: kept as credit"))
+
+    def _write(self, taken, events=None) -> None:
+        try:
+            self.saver.write(taken, events)
+        except Exception as e:
+            self._write_failed(e)
 
     @staticmethod
     def _credit_event(cid: str, peer: str, amount: int, left: int, why: str) -> dict:
@@ -385,11 +394,27 @@ class GatewayDaemon(Daemon):
             except OSError:
                 self.stats["send_errors"] += 1
         wall = time.time()
-        with self.elock:
-            self.engine.poll(wall)
-        self._pump()
-        self.saver.maybe_save(wall)
+        self._pump(poll=wall)
+        try:
+            self.saver.maybe_save(wall)         # byte counters, batched
+        except Exception as e:
+            self._write_failed(e)
         self.events.flush()
+
+    def persist(self) -> None:
+        """Data path: a contract ended while metering; write that through before forwarding
+        more, so it cannot come back after a crash (a write per contract end, off the lock)."""
+        try:
+            self.saver.write_through()
+        except Exception as e:
+            self._write_failed(e)
+
+    def _write_failed(self, e: Exception) -> None:
+        now = time.monotonic()
+        if now - self._write_warned >= 10:      # at most one warning per 10 s
+            self._write_warned = now
+            log.error("cannot save the contracts to %s: %s; check the disk (contracts changed since "
+                      "are lost if the gateway stops)", self.paths["db"], e)
 
     def shutdown_market(self) -> None:
         self.saver.maybe_save(time.time(), force=True)
@@ -408,27 +433,49 @@ class GatewayDaemon(Daemon):
             self.stats["send_errors"] += 1
 
     def _control_in(self, frames: list[tuple[bytes, bytes]]) -> None:
-        now, wall = time.monotonic(), time.time()
-        for peer, frame in frames:
-            for message in self.channels.receive(peer, frame, now):
-                with self.elock:
-                    self.engine.on_message(peer, message, wall)
-        self._pump()
+        now = time.monotonic()
+        messages = [(peer, message) for peer, frame in frames
+                    for message in self.channels.receive(peer, frame, now)]
+        self._pump(messages)
 
-    def _pump(self) -> None:
-        """Moves the engine's output: messages to channels, released packets to the TUN,
-        events to the log and the payment backend."""
-        with self.elock:
-            outgoing = self.engine.take_outgoing()
-            released = self.engine.take_released()
-            events = self.engine.take_events()
+    def _pump(self, messages: list = (), poll: float | None = None) -> None:
+        """Feeds the engine (messages, a poll), then moves its output: changed records to the
+        database first (write-through: a contract accepted, paid, ended, revoked or queued is
+        on disk before PAID or any message or released packet makes it count), then messages
+        to channels, released packets to the TUN, events to the log and the payment backend.
+        A message's change (an ACCEPT arms grace) is written before the engine lock is let go,
+        so the data path cannot use it first; a few 100 us (WAL, no fsync) per message."""
+        wall = time.time()
+        taken = None
+        with self.saver.wlock:
+            with self.elock:
+                for peer, message in messages:
+                    self.engine.on_message(peer, message, wall)
+                if poll is not None:
+                    self.engine.poll(poll)
+                outgoing = self.engine.take_outgoing()
+                released = self.engine.take_released()
+                events = self.engine.take_events()
+                if self.engine.has_changes or self.engine.durable_seq != self.saver.written_seq:
+                    taken = self.saver.take()
+                    if messages:
+                        self._write(taken)
+                        taken = None
+            for ev in events:
+                self.events.add(ev)
+            if taken is not None:
+                self._write(taken, self.events)
+        if events:
+            try:
+                self.events.flush()
+            except Exception as e:
+                self._write_failed(e)
         for peer, message in outgoing:
             self.channels.send(peer, message)
         if released:
             self.tun.write_batch([pkt for _, pkt in released])
             self.stats["released"] += len(released)
         for ev in events:
-            self.events.add(ev)
             if ev.kind == gwp.EV_PAYMENT_RECEIVED and ev.contract_id not in self.verifying:
                 self.verifying[ev.contract_id] = self.loop.create_task(self._verify(ev))
         self.channels.flush(time.monotonic())

@@ -87,6 +87,14 @@ class EventLog:
             log.info("%s: %d more event(s)%s not logged (all are in `tunnelgate events`)",
                      kind, n, f" of {peer}" if peer else "")
 
+    def take_pending(self) -> list[tuple]:
+        """The rows not yet stored, to write with the engine's records (Saver.write)."""
+        rows, self._pending = self._pending, []
+        return rows
+
+    def put_back(self, rows: list[tuple]) -> None:
+        self._pending[:0] = rows
+
 
 class Channels:
     """One reliable control channel per peer; frames go out through `send_frame(peer, frame)`.
@@ -171,7 +179,53 @@ class Saver:
         self.last = 0.0
         self.incremental = hasattr(engine, "snapshot_changes")
         self._migrate = False
-        self.stats = {"saves": 0, "records": 0}
+        self.stats = {"saves": 0, "records": 0, "write_through": 0, "write_through_s": 0.0,
+                      "write_errors": 0}
+        # Held from taking changes (under the engine lock) until they are written, so two
+        # threads' writes land in the order their changes were made. Taken before the engine
+        # lock, never after it.
+        self.wlock = threading.RLock()
+        self.written_seq = 0        # engine.durable_seq as of the last write
+
+    # --- write-through: state changes that matter for money, before they take effect ------
+
+    def take(self):
+        """Under the engine lock (and wlock): the records that changed, counters left to the
+        batched save (the client's whole snapshot: it is a handful of contracts)."""
+        self._seq_taken = self.engine.durable_seq
+        if self.incremental:
+            return self.engine.snapshot_changes(counters=False)
+        return self.engine.snapshot()
+
+    def write(self, taken, events: EventLog | None = None) -> None:
+        """Under wlock, not the engine lock: write what ``take`` returned, with the events
+        noted so far (asyncio thread only: the EventLog is not shared with the data path)."""
+        rows = events.take_pending() if events is not None else []
+        t0 = time.perf_counter()
+        try:
+            if self.incremental:
+                self.store.save_changes(self.name, taken, drop_snapshot=self._migrate, events=rows)
+                self._migrate = False
+            else:
+                self.store.save_snapshot_with_events(self.name, json.dumps(taken), rows)
+        except Exception:
+            self.stats["write_errors"] += 1
+            if events is not None:
+                events.put_back(rows)
+            if self.incremental:
+                with self.lock:
+                    self.engine.save_failed(taken)
+            raise
+        self.stats["write_through"] += 1
+        self.stats["write_through_s"] += time.perf_counter() - t0
+        self.written_seq = self._seq_taken
+
+    def write_through(self) -> None:
+        """Take and write the changed records now (any thread that holds no engine lock)."""
+        with self.wlock:
+            with self.lock:
+                taken = self.take()
+            self.write(taken)
 
     def restore(self, now: float) -> bool:
         raw = self.store.load_snapshot(self.name)
@@ -197,8 +251,13 @@ class Saver:
     def maybe_save(self, now: float, force: bool = False) -> None:
         if not (force or now - self.last >= SAVE_EVERY_S):
             return
+        with self.wlock:
+            self._save(now)
+
+    def _save(self, now: float) -> None:
         if self.incremental:
             with self.lock:
+                seq = self.engine.durable_seq
                 ch = self.engine.snapshot_changes()
             try:
                 self.store.save_changes(self.name, ch, drop_snapshot=self._migrate)
@@ -211,6 +270,8 @@ class Saver:
             self.stats["records"] += len(ch["contracts"]) + len(ch["counters"]) + len(ch["flows"])
         else:
             with self.lock:
+                seq = self.engine.durable_seq
                 snap = self.engine.snapshot()
             self.store.save_snapshot(self.name, json.dumps(snap))
+        self.written_seq = seq
         self.last = now

@@ -73,6 +73,10 @@ CREATE TABLE IF NOT EXISTS client_payments (
 
 
 EVENTS_MAX = 10_000     # rows kept in the events table (the newest)
+_EVENT_INSERT = ("INSERT INTO events (ts, kind, contract_id, peer, destination, reason, amount_msat, data) "
+                 "VALUES (?,?,?,?,?,?,?,?)")
+# ids only grow (AUTOINCREMENT): all but the newest N rows
+_EVENT_TRIM = "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?"
 
 
 class StoreError(Exception):
@@ -116,13 +120,18 @@ class Store:
         rows = self.execute("SELECT data FROM snapshots WHERE name=?", (name,))
         return rows[0][0] if rows else None
 
-    def save_changes(self, name: str, ch: dict, drop_snapshot: bool = False) -> None:
+    def save_changes(self, name: str, ch: dict, drop_snapshot: bool = False,
+                     events: list[tuple] = ()) -> None:
         """Write the engine's ``snapshot_changes()`` in one transaction (and, migrating, drop
-        the old whole-state snapshot row in the same one)."""
+        the old whole-state snapshot row in the same one; ``events``: EventLog rows that go
+        with the changes, so the history never misses what the records say)."""
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
+                if events:
+                    db.executemany(_EVENT_INSERT, events)
+                    db.execute(_EVENT_TRIM, (EVENTS_MAX,))
                 if ch["contracts"]:
                     db.executemany("INSERT OR REPLACE INTO contracts VALUES (?,?,?,?,?,?)",
                                    [(d["contract_id"], d["peer"], json.dumps(d), d["used"], d["up"], d["down"])
@@ -164,12 +173,33 @@ class Store:
             peers = {k: json.loads(d) for k, d in self._db.execute("SELECT peer, data FROM peers_standing")}
         return {"version": 1, "seq": int(seq[0]), "contracts": contracts, "flows": flows, "peers": peers}
 
-    def add_events(self, rows: list[tuple], keep: int = EVENTS_MAX) -> None:
-        """Appends rows and drops all but the newest ``keep`` (ids only grow: AUTOINCREMENT)."""
+    def contract_states(self) -> dict[str, tuple[str, bool]]:
+        """contract id -> (state, paid) of every contract record, ended ones included."""
         with self._lock:
-            self._db.executemany("INSERT INTO events (ts, kind, contract_id, peer, destination, reason, "
-                                 "amount_msat, data) VALUES (?,?,?,?,?,?,?,?)", rows)
-            self._db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (keep,))
+            rows = self._db.execute("SELECT id, json_extract(data, '$.state'), json_extract(data, '$.paid') "
+                                    "FROM contracts").fetchall()
+        return {cid: (state, bool(paid)) for cid, state, paid in rows}
+
+    def add_events(self, rows: list[tuple], keep: int = EVENTS_MAX) -> None:
+        """Appends rows and drops all but the newest ``keep``."""
+        with self._lock:
+            self._db.executemany(_EVENT_INSERT, rows)
+            self._db.execute(_EVENT_TRIM, (keep,))
+
+    def save_snapshot_with_events(self, name: str, data: str, events: list[tuple]) -> None:
+        """A whole-state snapshot and the events that go with it, in one transaction."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if events:
+                    db.executemany(_EVENT_INSERT, events)
+                    db.execute(_EVENT_TRIM, (EVENTS_MAX,))
+                db.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", (name, data, time.time()))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def events(self, limit: int = 200, kinds: tuple[str, ...] = ()) -> list[dict]:
         where = f"WHERE kind IN ({','.join('?' * len(kinds))})" if kinds else ""

@@ -510,6 +510,23 @@ class Journal:
             return None
         return self.credit_balance(peer)
 
+    def credited(self, contract_id: str) -> int:
+        """msat of this contract's payment already turned into credit (its prepaid surplus, or
+        all of it when no contract could take it)."""
+        with self._lock:
+            (n,) = self._db.execute(
+                "SELECT COALESCE(SUM(delta_msat),0) FROM credit_log WHERE contract_id=? AND delta_msat > 0 "
+                "AND (ref=? OR ref=?)", (contract_id, f"surplus:{contract_id}", f"recovered:{contract_id}")
+            ).fetchone()
+        return int(n)
+
+    def credit_spends(self) -> list[tuple[str, str, int]]:
+        """(contract id, peer, msat) of every contract paid from credit."""
+        with self._lock:
+            rows = self._db.execute("SELECT contract_id, peer, -delta_msat FROM credit_log "
+                                    "WHERE ref LIKE 'spend:%' ORDER BY created").fetchall()
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
     def paid_from_credit(self, contract_id: str) -> bool:
         with self._lock:
             return self._db.execute("SELECT 1 FROM credit_log WHERE ref=?",

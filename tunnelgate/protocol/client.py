@@ -41,6 +41,10 @@ EV_PROTOCOL = "protocol_violation"
 EV_NO_FUNDS = "no_funds"                  # the wallet cannot pay a contract: buying stops
 EV_FUNDS_OK = "funds_restored"            # ...and resumes
 
+# changes the daemon writes through (whole snapshot) before sending what makes them count
+DURABLE = frozenset({EV_ACCEPTED, EV_PAYMENT_DUE, EV_PAID, EV_PAYMENT_FAILED, EV_REVOKED, EV_ACTIVATED,
+                     EV_EXHAUSTED, EV_EXPIRED})
+
 HOUR, DAY = 3600, 86400
 REQUEST_RETRY_S = 10
 NEVER = 1 << 62          # renew_at when data_renewal_kb = 0: no renewal on data
@@ -104,6 +108,8 @@ class ClientEngine:
         self.sized_requests = False
         self._out: list[m.Message] = []
         self._events: list[Event] = []
+        self.durable_seq = 0        # bumped by every change in DURABLE (see daemon.market.Saver)
+        self._unsaved = False       # such a change not yet taken by snapshot()
 
     # --- hot path --------------------------------------------------------------------------
 
@@ -600,6 +606,9 @@ class ClientEngine:
 
     def _emit(self, kind: str, c: Contract | str | None = None, destination: str | None = None,
               reason: str = "", amount_msat: int = 0, data=None) -> None:
+        if kind in DURABLE:
+            self.durable_seq += 1
+            self._unsaved = True
         if isinstance(c, Contract):
             self._events.append(Event(kind, c.contract_id, None, c.destination, reason, amount_msat,
                                       data or {}))
@@ -608,8 +617,9 @@ class ClientEngine:
 
     @property
     def has_output(self) -> bool:
-        """Messages wait to be sent (the data path wakes the control thread for a renewal)."""
-        return bool(self._out)
+        """Messages wait to be sent (the data path wakes the control thread for a renewal),
+        or a contract ended on the data path and is to be saved."""
+        return bool(self._out) or self._unsaved
 
     def take_outgoing(self) -> list[m.Message]:
         out, self._out = self._out, []
@@ -651,9 +661,15 @@ class ClientEngine:
     # --- persistence -------------------------------------------------------------------------
 
     def snapshot(self) -> dict:
+        """The live contracts, and the ended ones still owing their payment (a restart pays
+        them with the stored proof), with the flows and the spending."""
+        self._unsaved = False
+        owing = [c for c in self._history[-64:] if c.accepted_at is not None and not c.paid
+                 and not c.credit and c.state is not State.REVOKED]
         return {"version": 1, "spent_total": self.spent_total, "spend": [list(x) for x in self._spend],
                 "credit_msat": self.credit_msat,
                 "contracts": [c.to_dict() for c in self._contracts.values()],
+                "owing": [c.to_dict() for c in owing],
                 "flows": [{"destination": d, "current": f.current.contract_id if f.current else None,
                            "queue": [c.contract_id for c in f.queue], "nodeal_until": f.nodeal_until,
                            "nodeal_reason": f.nodeal_reason} for d, f in self._flows.items()]}
@@ -667,6 +683,10 @@ class ClientEngine:
             c = Contract.from_dict(d)
             c.peer = b""
             byid[c.contract_id] = self._contracts[c.contract_id] = c
+        for d in snap.get("owing", ()):
+            c = Contract.from_dict(d)
+            c.peer = b""
+            self._history.append(c)
         for d in snap["flows"]:
             f = self._flow(d["destination"])
             f.current = byid.get(d["current"]) if d["current"] else None
@@ -676,8 +696,8 @@ class ClientEngine:
                 self._arm(f.current, f)
         # a contract accepted but not yet paid when we stopped: pay it again (the daemon re-sends
         # the proof it stored before sending, so this never pays twice)
-        for c in byid.values():
-            if not c.paid and c.state in (State.ACCEPTED, State.GRACE) and not c.credit:
+        for c in [*byid.values(), *self._history]:
+            if not c.paid and c.state is not State.REVOKED and c.accepted_at is not None and not c.credit:
                 self._emit(EV_PAYMENT_DUE, c, amount_msat=c.cost_msat,
                            data={"methods": list(c.methods), "account": c.account,
                                  "pay_msat": c.cost_msat})

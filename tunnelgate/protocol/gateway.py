@@ -24,10 +24,11 @@ from tunnelgate import packet as pk
 from tunnelgate.meter import DROP, FORWARD, HELD, MISS, Flow, GatewayMeter
 from tunnelgate.money import BYTES_PER_KB, format_price
 from tunnelgate.protocol import messages as m
-from tunnelgate.protocol.contract import FORWARDING, Contract, Ev, Event, State, allowed
+from tunnelgate.protocol.contract import FORWARDING, TERMINAL, Contract, Ev, Event, State, allowed
 
 ENDED_AFTER_ACCEPT = frozenset({State.EXHAUSTED, State.EXPIRED, State.REVOKED})
 
+HISTORY_KEPT = 1024   # ended contracts kept in memory (late payments, USAGE requests)
 MAX_QUEUED = 3   # accepted contracts waiting behind the current one, per destination
 PRUNE_FLOWS = 4096   # a peer with this many flows has its idle ones dropped
 # A peer over its open-proposal limit hears once, then at most every this many seconds,
@@ -182,6 +183,10 @@ class GatewayEngine:
         self._persisted: set[str] = set()          # contract ids with a saved record
         self._saved_flows: set[Flow] = set()       # flows with a saved record
         self._retry_removed: tuple[list, list] = ([], [])   # deletions of a failed save
+        # bumped when a contract ends (exhausted, expired, revoked): the daemon writes the
+        # changed records through before it forwards anything more (see snapshot_changes),
+        # so an ended contract cannot come back to life after a crash
+        self.durable_seq = 0
         self._out: list[tuple[bytes, m.Message]] = []
         self._released: list[tuple[bytes, bytes]] = []
         self._events: list[Event] = []
@@ -487,6 +492,12 @@ class GatewayEngine:
         c.grace_until = now + self.pricing.grace_time_s     # payment deadline
         p.unpaid.add(c.contract_id)
         cur = f.current
+        if cur is not None and cur.state in FORWARDING and (cur.used >= cur.limit_bytes
+                                                             or now >= cur.expires_at):
+            # used up (or run out of time) with no packet since: it ends here, with its final
+            # USAGE, rather than be left live and in no flow
+            self._usable(f, now)
+            cur = f.current
         active = cur is not None and (cur.state is State.ACCEPTED or (
             cur.state in FORWARDING and cur.used < cur.limit_bytes and now < cur.expires_at))
         if active or f.queue:
@@ -554,9 +565,11 @@ class GatewayEngine:
 
     def _retire(self, c: Contract, now: float) -> None:
         c.ended_at = now
+        if c.accepted_at is not None:
+            self.durable_seq += 1
         self._contracts.pop(c.contract_id, None)
         self._history.append(c)
-        if len(self._history) > 1024:
+        if len(self._history) > HISTORY_KEPT:
             del self._history[:256]
 
     def _revoke(self, f: Flow, c: Contract, reason: str, now: float) -> None:
@@ -1003,28 +1016,37 @@ class GatewayEngine:
     def flow_id(peer_hex: str, key_hex: str) -> str:
         return f"{peer_hex}/{key_hex}"
 
-    def snapshot_changes(self) -> dict:
+    @property
+    def has_changes(self) -> bool:
+        """Records changed since the last snapshot_changes() (the daemon writes them through)."""
+        return bool(self._dirty or self._dirty_flows or self._dirty_peers)
+
+    def snapshot_changes(self, counters: bool = True) -> dict:
         """What changed since the last call (or restore), cheap enough to run under the engine
-        lock every second: full records of the contracts, flows and peers whose state changed,
-        the counters (used, up, down) of the running contracts that moved, and the ids of
-        records to delete.  ``restore`` takes the saved records back (as a ``snapshot()``)."""
+        lock: full records of the contracts, flows and peers whose state changed, the counters
+        (used, up, down) of the running contracts that moved (with ``counters``: the daemon
+        batches those, once a second), and the ids of records to delete.  A proposal has a
+        record (an ACCEPT that crosses a restart finds it); a contract that was accepted keeps
+        its record when it ends (state EXHAUSTED/EXPIRED/REVOKED: a tombstone, so it never
+        comes back and the payment journal finds it); a proposal that came to nothing loses
+        its record.  ``restore`` takes the saved records back (as a ``snapshot()``)."""
         contracts, removed = [], []
         live = self._contracts
         for c in self._dirty:
             cid = c.contract_id
-            if live.get(cid) is c and c.state is not State.PROPOSED:
+            if live.get(cid) is c or c.accepted_at is not None:
                 contracts.append(c.to_dict())
                 c.saved_used = c.used
                 self._persisted.add(cid)
-            elif cid in self._persisted and live.get(cid) is not c:
+            elif cid in self._persisted:
                 self._persisted.discard(cid)
                 removed.append(cid)
         self._dirty = set()
-        counters = []
-        for mt in self._metered.values():
+        counters_out = []
+        for mt in (self._metered.values() if counters else ()):
             for cid, c in mt.items():
                 if c.used != c.saved_used and cid in self._persisted:
-                    counters.append((cid, c.used, c.up, c.down))
+                    counters_out.append((cid, c.used, c.up, c.down))
                     c.saved_used = c.used
         flows, flows_removed = [], []
         for f in self._dirty_flows:
@@ -1047,7 +1069,7 @@ class GatewayEngine:
             (rc, rf), self._retry_removed = self._retry_removed, ([], [])
             removed = [i for i in rc if i not in self._persisted] + removed
             flows_removed = rf + flows_removed
-        return {"version": 2, "seq": self._seq, "contracts": contracts, "counters": counters,
+        return {"version": 2, "seq": self._seq, "contracts": contracts, "counters": counters_out,
                 "removed": removed, "flows": flows, "flows_removed": flows_removed, "peers": peers}
 
     def save_failed(self, changes: dict) -> None:
@@ -1059,6 +1081,8 @@ class GatewayEngine:
     def mark_all_dirty(self) -> None:
         """The next snapshot_changes() has every record (a first save, or after a failed one)."""
         self._dirty.update(self._contracts.values())
+        # ended ones too: a tombstone lost with a failed save must not leave the contract live
+        self._dirty.update(c for c in self._history if c.accepted_at is not None)
         self._persisted.update(self._contracts)      # old records of gone contracts: deleted
         for fl in self.meter.peers.values():
             self._dirty_flows.update(fl.values())
@@ -1076,25 +1100,45 @@ class GatewayEngine:
                 if rec is not None:
                     flows.append(rec)
         return {"version": 1, "seq": self._seq,
-                "contracts": [c.to_dict() for c in self._contracts.values() if c.state is not State.PROPOSED],
+                "contracts": [c.to_dict() for c in self._contracts.values()]
+                + [c.to_dict() for c in self._history if c.accepted_at is not None],
                 "flows": flows,
                 "peers": {k.hex(): {"no_grace": p.no_grace, "paid_contracts": p.paid_contracts}
                           for k, p in self._peers.items()}}
 
     def restore(self, snap: dict, now: float) -> None:
-        """Resume from ``snapshot()``; contracts whose time ran out meanwhile end at the next
-        poll/packet.  Bytes metered after the last snapshot are lost (in the client's favour)."""
+        """Resume from ``snapshot()`` (or the records snapshot_changes wrote); contracts whose
+        time ran out meanwhile end at the next poll/packet.  Bytes metered after the last save
+        of the counters are lost (in the client's favour); state changes were written through,
+        so an ended contract stays ended, a proposal can still be accepted, and an ended one
+        still owing its payment takes it within its grace."""
         self._seq = snap["seq"]
         for k, d in snap["peers"].items():
             p = self._peer(bytes.fromhex(k))
             p.no_grace, p.paid_contracts = d["no_grace"], d["paid_contracts"]
         byid = {}
+        ended = []
         for d in snap["contracts"]:
             c = Contract.from_dict(d)
             c.saved_used = c.used
+            self._persisted.add(c.contract_id)
+            if c.state in TERMINAL:
+                ended.append(c)
+                continue
             byid[c.contract_id] = c
             self._contracts[c.contract_id] = c
-            self._persisted.add(c.contract_id)
+        ended.sort(key=lambda c: c.ended_at or 0.0)
+        for c in ended[-HISTORY_KEPT:]:
+            self._history.append(c)
+            if not c.paid and c.state is not State.REVOKED and c.grace_until is not None:
+                self._unpaid[c.contract_id] = c
+                self._at(c.grace_until, T_GRACE, c)
+        for c in byid.values():
+            if c.state is State.PROPOSED:
+                f = self._flow(c.peer, c.key, now)
+                if f.proposal is None or f.proposal.created_at < c.created_at:
+                    f.proposal = c
+                self._at(c.created_at + self.pricing.proposal_timeout_s, T_PROPOSAL, c)
         for d in snap["flows"]:
             peer, key = bytes.fromhex(d["peer"]), bytes.fromhex(d["key"])
             f = self._flow(peer, key, now)
@@ -1110,6 +1154,26 @@ class GatewayEngine:
                 cur.arm(not self._peers[peer].no_grace or cur.state is State.PAID)
             if cur is not None:
                 self._sched(f, cur, now)
+        placed = set()
+        for flows in self.meter.peers.values():
+            for f in flows.values():
+                placed.update(id(c) for c in f.queue)
+                if f.current is not None:
+                    placed.add(id(f.current))
+        for c in sorted(byid.values(), key=lambda c: c.accepted_at or 0.0):
+            if c.accepted_at is None or id(c) in placed:
+                continue
+            # accepted but in no flow (a record older than its flow's): queue it, so every
+            # contract paid for is served
+            f = self._flow(c.peer, c.key, now)
+            if f.current is None and c.activated_at is not None:
+                f.current = c
+                if c.state in FORWARDING:
+                    c.arm(not self._peers[c.peer].no_grace or c.state is State.PAID)
+                self._sched(f, c, now)
+            else:
+                f.queue.append(c)
+            self._dirty_flows.add(f)
         for c in byid.values():
             if c.grace_until is not None and not c.paid:
                 self._at(c.grace_until, T_GRACE, c)

@@ -1,5 +1,5 @@
 """kill -9 of the gateway during fast contract rollover (issue 17, item 2): real daemons in
-namespaces, the dummy backend, small contracts and a download running. After three kills
+namespaces, the dummy backend, small contracts and downloads running. After three kills
 and restarts through the CLI the client's and the gateway's histories agree contract by
 contract, no contract is paid twice, none is served after its end, and traffic resumes.
 """
@@ -20,8 +20,11 @@ from tunnelgate.protocol.gateway import MAX_QUEUED
 pytestmark = pytest.mark.root
 
 MTU = 1420
-SIZE = 100_000_000
-RATE = "2M"                 # curl --limit-rate: the download lasts ~50 s, through all the kills
+SIZE = 100_000_000         # never fetched whole: FETCH_S ends each download first
+CHECK_SIZE = 5_000_000     # fetched after the kills, checked by sha256
+RATE = "2M"                 # curl --limit-rate: a contract (200 KB) every ~0.1 s
+FETCH_S = 6
+LOAD_S = 90                 # upper bound; the load is stopped after the last kill's rollover
 KILLS = 3
 ROLL_S = 4                  # seconds of rollover (a contract every ~0.1 s) before each kill
 ENDED = ("exhausted", "expired", "revoked")
@@ -72,45 +75,50 @@ def env(lab):
 
 
 def test_gateway_kill9_three_times_during_rollover_keeps_every_payment_and_ending(lab, env):
-    files = lab.start_upstream({"big.bin": SIZE})
+    files = lab.start_upstream({"big.bin": SIZE, "check.bin": CHECK_SIZE})
     env.serve()
     env.up()
     assert wait_until(lambda: lab.run(lab.client, "ping", "-n", "-c", "1", "-W", "1", UPSTREAM,
                                       check=False).returncode == 0, 15)
-    curl = lab.popen(lab.client, "bash", "-c",
-                     f"set -o pipefail; curl -sS --max-time 200 --limit-rate {RATE} "
-                     f"http://{UPSTREAM}:8080/big.bin | sha256sum",
+    # Rollover is driven by fresh short downloads in turn, so one TCP connection stuck in
+    # retransmission backoff across a kill cannot end it; bounded by LOAD_S and curl's --max-time.
+    load = lab.popen(lab.client, "bash", "-c",
+                     f"end=$((SECONDS+{LOAD_S})); n=0; while [ $SECONDS -lt $end ]; do "
+                     f"curl -s -o /dev/null --max-time {FETCH_S} --limit-rate {RATE} "
+                     f"http://{UPSTREAM}:8080/big.bin; n=$((n+1)); done; echo $n",
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
     gaps = []
-    for _ in range(KILLS):
-        time.sleep(ROLL_S)                         # contracts roll over meanwhile
-        assert curl.poll() is None, "the download ended before the kills: make it longer"
-        killed = time.time()
-        env.kill9("gw")
-        time.sleep(0.3)
-        env.serve()
-        # traffic resumes once the client has a session with the new gateway process
-        gap = wait_until(lambda: (env.status("client").get("last_handshake") or 0) > killed, 40, 0.2)
-        assert gap is not None, f"no new session after the restart\n{env.logs()}"
-        gaps.append(round(time.time() - killed, 1))
     try:
-        out, err = curl.communicate(timeout=60)
-    except subprocess.TimeoutExpired:        # for the failure message: where it stands
-        st = env.status("gw")
-        print("download still running; gateway:", st["stats"], json.dumps(st["market"])[:3000])
-        print("client:", json.dumps(env.status("client")["market"])[:2000])
-        out, err = curl.communicate(timeout=200)
+        for _ in range(KILLS):
+            time.sleep(ROLL_S)                         # contracts roll over meanwhile
+            assert load.poll() is None, "the load ended before the kills: make LOAD_S longer"
+            killed = time.time()
+            env.kill9("gw")
+            time.sleep(0.3)
+            env.serve()
+            # traffic resumes once the client has a session with the new gateway process
+            gap = wait_until(lambda: (env.status("client").get("last_handshake") or 0) > killed, 40, 0.2)
+            assert gap is not None, f"no new session after the restart\n{env.logs()}"
+            gaps.append(round(time.time() - killed, 1))
+        time.sleep(ROLL_S)                             # and once more after the last restart
+    finally:
+        load.terminate()
+        load.communicate(timeout=FETCH_S + 10)
     took = time.monotonic() - t0
-    assert curl.returncode == 0 and out.split()[0] == files["big.bin"], \
-        f"download failed after {took:.1f} s: {err}\n{env.logs()}"
+
+    def fetch_ok() -> bool:
+        r = lab.run(lab.client, "bash", "-c", f"set -o pipefail; curl -sS --max-time 20 "
+                    f"http://{UPSTREAM}:8080/check.bin | sha256sum", check=False)
+        return r.returncode == 0 and r.stdout.split()[0] == files["check.bin"]
+    assert wait_until(fetch_ok, 45, 1), f"no intact download after the kills\n{env.logs()}"
     time.sleep(3)                        # last USAGE / PAID exchanged, events flushed
     env.down_all()                       # both stopped: their databases are final
     cl, gw = history(env, "client"), history(env, "gw")
     records = gateway_records(env)
     paid = gateway_payments(env)
     print(f"unapplied payments at the end: {[p for p in paid if not p[2]]}")
-    print(f"{SIZE / 1e6:.0f} MB in {took:.1f} s through 3 kills; {len(cl)} client contracts, "
+    print(f"load for {took:.1f} s through 3 kills; {len(cl)} client contracts, "
           f"{len(gw)} gateway contracts, {len(paid)} payments; kill to new session: {gaps} s")
 
     # every contract the client accepted, the gateway has, and they agree on its payment

@@ -399,12 +399,6 @@ def test_e2e_tunnelgate_client_killed_after_paying_never_pays_twice(lab, make_en
 
 
 @pytest.mark.root
-@pytest.mark.xfail(strict=False, reason=(
-    "daemon gap, not the backend: a Lightning payment settles within ~1 ms of PAY, so a gateway "
-    "killed right after it has the journal row confirmed and applied but not yet the contract in its "
-    "engine snapshot (saved every few seconds); after the restart the contract is gone and the "
-    "payment is neither the contract's nor credit (GatewayDaemon._recover_payments only credits "
-    "unapplied payments)"))
 def test_e2e_tunnelgate_gateway_killed_after_payment_keeps_it_once(lab, make_env, world):
     lab.start_upstream({})
     env = electrum_env(make_env, world, gateway_payment="invoice_msat = 2000")

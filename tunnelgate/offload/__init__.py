@@ -27,57 +27,15 @@ from __future__ import annotations
 
 import os
 
-from .chunks import (
-    CHUNKS_MAX,
-    DATA_CHUNK,
-    FEATURE_CHUNKS,
-    OPENABLE_KINDS,
-    ChunkRun,
-    chunk_kind,
-    chunk_run,
-    chunks_as_segments,
-    tcp_chunks,
-)
+from .chunks import (CHUNKS_MAX, DATA_CHUNK, FEATURE_CHUNKS, OPENABLE_KINDS, ChunkRun,
+                     chunk_kind, chunk_run, chunks_as_segments, tcp_chunks)
 from .coalesce import COALESCE_MAX, CONTINUED, NEW, Arrivals, coalesce, gso_frame
-from .headers import (
-    ACK,
-    CSUM_OFFSET,
-    CWR,
-    ECE,
-    F_NEEDS_CSUM,
-    FIN,
-    GSO_ECN,
-    GSO_NONE,
-    GSO_TCPV4,
-    GSO_TCPV6,
-    GSO_UDP,
-    GSO_UDP_L4,
-    PSH,
-    RST,
-    SYN,
-    TCP,
-    TUN_F_CSUM,
-    TUN_F_TSO4,
-    TUN_F_TSO6,
-    TUNSETOFFLOAD,
-    TUNSETVNETHDRSZ,
-    UDP,
-    URG,
-    VNET,
-    VNET_LEN,
-    VNET_PLAIN,
-    complete_checksum,
-    complete_partial,
-    fold,
-    ip_header_checksum,
-    l4_start,
-    partial_ok,
-    partial_vnet,
-    pseudo6_sum,
-    pseudo_sum,
-    reseed_partial,
-    sum16,
-)
+from .headers import (ACK, CSUM_OFFSET, CWR, ECE, F_NEEDS_CSUM, FIN, GSO_ECN, GSO_NONE,
+                      GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4, PSH, RST, SYN, TCP, TUN_F_CSUM,
+                      TUN_F_TSO4, TUN_F_TSO6, TUNSETOFFLOAD, TUNSETVNETHDRSZ, UDP, URG, VNET,
+                      VNET_LEN, VNET_PLAIN, complete_checksum, complete_partial, fold,
+                      ip_header_checksum, l4_start, partial_ok, partial_vnet, pseudo6_sum,
+                      pseudo_sum, reseed_partial, sum16)
 from .tso import frame_payloads, split_frame, tcp4_segments, tcp6_segments
 
 

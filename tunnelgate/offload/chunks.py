@@ -36,21 +36,8 @@ there a call would cost more than the decoding.
 from __future__ import annotations
 
 from ..wire import TRANSPORT_KINDS
-from .headers import (
-    CWR,
-    F_NEEDS_CSUM,
-    FIN,
-    GSO_NONE,
-    GSO_TCPV4,
-    GSO_TCPV6,
-    PSH,
-    TCP,
-    VNET,
-    fold,
-    ip_header_checksum,
-    pseudo6_sum,
-    pseudo_sum,
-)
+from .headers import (CWR, F_NEEDS_CSUM, FIN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, PSH, TCP, VNET,
+                      fold, ip_header_checksum, pseudo6_sum, pseudo_sum)
 
 DATA_CHUNK = 7
 CHUNKS_MAX = 255

@@ -13,19 +13,8 @@ per burst rather than per packet.
 from __future__ import annotations
 
 from .chunks import ChunkRun, chunk_run
-from .headers import (
-    ACK,
-    F_NEEDS_CSUM,
-    GSO_TCPV4,
-    GSO_TCPV6,
-    PSH,
-    TCP,
-    VNET,
-    fold,
-    ip_header_checksum,
-    pseudo6_sum,
-    pseudo_sum,
-)
+from .headers import (ACK, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, PSH, TCP, VNET, fold,
+                      ip_header_checksum, pseudo6_sum, pseudo_sum)
 
 COALESCE_MAX = 65535 - 60             # IP total length of a coalesced burst
 

@@ -15,28 +15,9 @@ import struct
 
 from ..wire import DATA, DATA_PARTIAL
 from .chunks import DATA_CHUNK, tcp_chunks
-from .headers import (
-    CSUM_OFFSET,
-    CWR,
-    F_NEEDS_CSUM,
-    FIN,
-    GSO_ECN,
-    GSO_NONE,
-    GSO_TCPV4,
-    GSO_TCPV6,
-    H10,
-    PSH,
-    TCP,
-    VNET,
-    VNET_LEN,
-    complete_checksum,
-    fold,
-    l4_start,
-    partial_ok,
-    pseudo6_sum,
-    pseudo_sum,
-    sum16,
-)
+from .headers import (CSUM_OFFSET, CWR, F_NEEDS_CSUM, FIN, GSO_ECN, GSO_NONE, GSO_TCPV4,
+                      GSO_TCPV6, H10, PSH, TCP, VNET, VNET_LEN, complete_checksum, fold,
+                      l4_start, partial_ok, pseudo6_sum, pseudo_sum, sum16)
 
 _IP_FIXED = struct.Struct("!2sHH4sH8s")        # ver/ihl+tos, len, id, frag+ttl+proto, csum, src+dst
 _TCP_FIXED = struct.Struct("!4sI5sB2sH")       # ports, seq, ack+doff, flags, window, csum

@@ -171,6 +171,7 @@ class Arrivals:
         it extends the run before it (same owner, same headers: whatever was
         checked of the run's first chunk holds for it), NEW when it starts a run
         (self.run; see drop_run), 0 (nothing added) when it is malformed."""
+        # type word (chunks.py): kind >> 8 & 0xFF the index, kind >> 16 the count
         run = self.run
         if (run is not None and kind == run.next_kind and owner is run.owner
                 and payload.startswith(run.template)

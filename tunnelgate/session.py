@@ -27,11 +27,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from noise.connection import Keypair, NoiseConnection
 
+from .offload.chunks import CHUNKS_MAX, DATA_CHUNK, OPENABLE_KINDS, chunk_kind
 from .replay import ReplayWindow
 from .wire import (
     CONTROL,
     DATA,
-    DATA_CHUNK,
     DATA_PARTIAL,
     INDEX,
     INIT,
@@ -45,11 +45,9 @@ from .wire import (
     RESP_MIN,
     TIMESTAMP,
     TRANSPORT_HDR,
-    OPENABLE_KINDS,
     TRANSPORT_KINDS,
     TRANSPORT_MIN,
     TYPE,
-    chunk_kind,
 )
 
 __all__ = [
@@ -207,8 +205,8 @@ class Transport:
         (this runs per TSO segment). kind DATA_CHUNK: the payloads are the
         chunks of one burst, in order; each gets its index/count type word."""
         if kind == DATA_CHUNK:
-            if not 1 <= len(payloads) <= 255:
-                raise SessionError(f"a burst has 1..255 chunks, not {len(payloads)}")
+            if not 1 <= len(payloads) <= CHUNKS_MAX:
+                raise SessionError(f"a burst has 1..{CHUNKS_MAX} chunks, not {len(payloads)}")
         elif kind not in TRANSPORT_KINDS:
             raise SessionError(f"not a transport kind: {kind}")
         if not payloads:
@@ -279,7 +277,8 @@ def _extend_run(buf, view, o: int, n: int, seg: int, kind: int, index: int, open
     caller; one that fails the AEAD or the replay window is counted, skipped
     and ends the run. The batch receivers' hot loop: most datagrams of a bulk
     transfer pass only here."""
-    last = (kind & 0xFF00FF) | ((kind >> 16) - 1) << 8      # the burst's last chunk's type word
+    # the burst's last chunk's type word (layout: offload/chunks.py)
+    last = (kind & 0xFF00FF) | ((kind >> 16) - 1) << 8
     if kind == last:
         return o
     decrypt, seen, stats = opener

@@ -12,9 +12,11 @@ malformed.
   transport  type   | receiver_index u32 | counter u64 | AEAD(payload)
              (type DATA, KEEPALIVE, CONTROL or DATA_PARTIAL)
              (the 16-byte header is the AEAD's associated data)
-  chunk      DATA_CHUNK | index u8 | count u8 | 0 | receiver_index u32 | counter u64 | AEAD(payload)
+  chunk      DATA_CHUNK=7 | index u8 | count u8 | 0 | receiver_index u32 | counter u64 | AEAD(payload)
              the one transport type whose high bytes are not zero: chunk
-             `index` of `count` cut from one TCP TSO burst (see DATA_CHUNK)
+             `index` of `count` cut from one TCP TSO burst; its type word,
+             payload and handshake feature: tunnelgate/offload/chunks.py
+             (which builds on this module, not the other way round)
 """
 
 from __future__ import annotations
@@ -29,34 +31,13 @@ CONTROL = 5  # payload: one opaque control-channel frame
 # payload: one IPv4 TCP or UDP packet whose transport checksum field holds only
 # the pseudo-header sum (Linux CHECKSUM_PARTIAL): the sender skips summing the
 # payload in Python, the receiver hands it to its kernel to finish (virtio-net
-# NEEDS_CSUM) or completes it itself. See tunnelgate/offload.py.
+# NEEDS_CSUM) or completes it itself. See tunnelgate/offload/headers.py.
 DATA_PARTIAL = 6
-# payload: IPv4+TCP headers of a whole TSO burst (the template) + chunk `index`
-# of the burst's payload, cut at the burst's segment size. The template's IP
-# checksum field carries that segment size (the receiver recomputes the
-# checksum anyway). Template + chunk is exactly as long as the segment the
-# kernel would have cut, so the wire carries what DATA_PARTIAL would; the
-# sender builds no per-segment headers and a receiver holding consecutive
-# chunks of one burst hands them to its kernel as one GSO frame, rebuilding
-# headers only around a lost chunk. Sent only to a peer that announced
-# FEATURE_CHUNKS in its handshake payload. See tunnelgate/offload.py.
-DATA_CHUNK = 7
-CHUNKS_MAX = 255
-FEATURE_CHUNKS = "chunks"
+# 7 is DATA_CHUNK, with its handshake feature FEATURE_CHUNKS: tunnelgate/offload/chunks.py
 # handshake feature: this gateway takes REQUEST limit_kb (protocol/messages.py)
 FEATURE_SIZED = "sized"
 TRANSPORT_KINDS = frozenset((DATA, KEEPALIVE, CONTROL, DATA_PARTIAL))
 
-
-def chunk_kind(index: int, count: int) -> int:
-    return DATA_CHUNK | index << 8 | count << 16
-
-
-# every type word a transport record may carry, chunks included (index < count <=
-# CHUNKS_MAX, top byte zero): one set lookup per datagram on the receive path
-# (32,640 chunk words, ~1 MB)
-OPENABLE_KINDS = TRANSPORT_KINDS | frozenset(chunk_kind(i, n) for n in range(1, CHUNKS_MAX + 1)
-                                             for i in range(n))
 
 TYPE = struct.Struct("<I")
 INDEX = struct.Struct("<I")

@@ -37,6 +37,7 @@ import types
 from tunnelgate import offload as off
 from tunnelgate import session as sess
 from tunnelgate import wire
+from tunnelgate.offload.chunks import CHUNKS_MAX, chunk_kind
 from tunnelgate.daemon import datapath
 from tunnelgate.meter import DROP, FORWARD, HELD
 
@@ -413,14 +414,14 @@ class Harness:
             chunks = off.tcp_chunks(pkt, mss) or [pkt]
             chunks = chunks[:rng.randint(1, min(len(chunks), 24))]
             count = len(chunks)
-            words = [wire.chunk_kind(i, count) for i in range(count)]
+            words = [chunk_kind(i, count) for i in range(count)]
             for _ in range(rng.randint(1, 2)):
                 i = rng.randrange(count)
                 if rng.random() < 0.6:
                     chunks[i] = mutate(rng, chunks[i], chunks)
                 else:                               # any index/count an authenticated peer may send
-                    n = rng.randint(1, wire.CHUNKS_MAX)
-                    words[i] = wire.chunk_kind(rng.randrange(n), n)
+                    n = rng.randint(1, CHUNKS_MAX)
+                    words[i] = chunk_kind(rng.randrange(n), n)
             return [seal_as(transport, k, c) for k, c in zip(words, chunks)]
         kind = rng.choice((wire.CONTROL, wire.KEEPALIVE))
         return [seal_as(transport, kind, rng.randbytes(rng.randrange(64)))]

@@ -127,7 +127,7 @@ def test_random_bytes_never_raise():
 def test_receive_groups_with_mutated_chunk_runs_never_raise_nor_accept_a_forgery():
     """GRO buffers of chunk runs with mutated, replayed, spliced datagrams and
     any segment size: no exception, only sealed payloads come out, each once."""
-    from tunnelgate import wire
+    from tunnelgate.offload.chunks import DATA_CHUNK
     rng = random.Random(7)
     rand = Rand(5)
     now, wall = 50.0, 10**18
@@ -141,8 +141,8 @@ def test_receive_groups_with_mutated_chunk_runs_never_raise_nor_accept_a_forgery
     for _ in range(300):
         size = rng.choice([40, 300])
         chunks = [rng.randbytes(size) for _ in range(rng.randint(1, 40))]
-        up = client.seal_batch(wire.DATA_CHUNK, chunks, now)
-        down = gw.seal_batch(peer, wire.DATA_CHUNK, chunks, now)
+        up = client.seal_batch(DATA_CHUNK, chunks, now)
+        down = gw.seal_batch(peer, DATA_CHUNK, chunks, now)
         sealed_up.update(chunks)
         sealed_down.update(chunks)
         history += up
@@ -163,7 +163,7 @@ def test_receive_groups_with_mutated_chunk_runs_never_raise_nor_accept_a_forgery
             buf = b"".join(dgs)
             seg = size + 32 if rng.random() < 0.7 else rng.choice([rng.randint(1, 400), len(buf) + 5])
             for res in receive([(as_buffer(rng, buf), seg, "c")]):
-                if isinstance(res, tuple) and res[at] & 0xFF == wire.DATA_CHUNK:
+                if isinstance(res, tuple) and res[at] & 0xFF == DATA_CHUNK:
                     assert type(res[at + 1]) is list
                     got += res[at + 1]
         now += 0.001

@@ -1,4 +1,4 @@
-"""Chunk records (wire.DATA_CHUNK): a TSO burst cut into template + payload
+"""Chunk records (DATA_CHUNK): a TSO burst cut into template + payload
 chunks, and the receiver's rebuilding. The reference is the segment path
 (tcp4_segments): whatever arrives, the segments the kernel ends up with must be
 exactly the segments the burst stands for, lost ones missing, order kept."""
@@ -13,6 +13,7 @@ import pytest
 from tunnelgate import offload as off
 from tunnelgate import session as sess
 from tunnelgate import wire
+from tunnelgate.offload.chunks import CHUNKS_MAX, DATA_CHUNK, OPENABLE_KINDS, chunk_kind
 from tunnelgate.daemon.base import features
 from tunnelgate.replay import ReplayWindow
 
@@ -68,12 +69,12 @@ def finished(pkts):
 def test_all_chunks_make_one_gso_frame_equal_to_the_segments(size, mss, flags, v6):
     frame, segs = burst(size, mss, flags=flags, v6=v6)
     chunks, kind = off.frame_payloads(frame, chunks=True)
-    assert kind == wire.DATA_CHUNK and len(chunks) == len(segs)
+    assert kind == DATA_CHUNK and len(chunks) == len(segs)
     # a chunk is exactly as long as its segment: the wire carries what DATA_PARTIAL would
     assert [len(c) for c in chunks] == [len(s) for s in segs]
     arr = off.Arrivals()
     for i, c in enumerate(chunks):
-        assert arr.chunk(c, wire.chunk_kind(i, len(chunks)))
+        assert arr.chunk(c, chunk_kind(i, len(chunks)))
     items = arr.done()
     assert len(items) == 1 and type(items[0]) is off.ChunkRun
     assert items[0].wire_len() == sum(map(len, segs))
@@ -100,7 +101,7 @@ def test_lost_and_split_chunks_rebuild_exactly_the_rest(seed):
     for j, i in enumerate(kept):
         if j == cut:
             got += expand(arr.done())
-        assert arr.chunk(chunks[i], wire.chunk_kind(i, n))
+        assert arr.chunk(chunks[i], chunk_kind(i, n))
     got += expand(arr.done())
     assert got == finished([segs[i] for i in kept])
 
@@ -114,9 +115,9 @@ def test_order_kept_between_packets_and_chunks_and_bursts():
     arr = off.Arrivals()
     arr.packet(ack, False)
     for i, c in enumerate(c1):
-        arr.chunk(c, wire.chunk_kind(i, 4))
+        arr.chunk(c, chunk_kind(i, 4))
     for i, c in enumerate(c2):
-        arr.chunk(c, wire.chunk_kind(i, 4))
+        arr.chunk(c, chunk_kind(i, 4))
     arr.packet(ack, False)
     items = arr.done()
     # two bursts stay two runs (their templates differ): each is one GSO frame
@@ -130,7 +131,7 @@ def test_without_gso_the_receiver_gets_plain_segments(v6):
     chunks, _ = off.frame_payloads(frame, True)
     arr = off.Arrivals(gso=False)
     for i, c in enumerate(chunks):
-        arr.chunk(c, wire.chunk_kind(i, len(chunks)))
+        arr.chunk(c, chunk_kind(i, len(chunks)))
     assert arr.done() == [(s, True) for s in segs]
 
 
@@ -180,20 +181,20 @@ def test_malformed_chunks_are_refused_not_raised():
     frame, _ = burst(1368 * 4, 1368)
     chunks, _ = off.frame_payloads(frame, True)
     arr = off.Arrivals()
-    assert not arr.chunk(chunks[0][:30], wire.chunk_kind(0, 4))           # too short
-    assert not arr.chunk(chunks[0] + b"x", wire.chunk_kind(0, 4))         # longer than mss
-    assert not arr.chunk(chunks[3][:-1], wire.chunk_kind(1, 4))           # short, not last
-    assert not arr.chunk(b"\x46" + chunks[0][1:], wire.chunk_kind(0, 4))  # IP options
-    assert not arr.chunk(chunks[0][:9] + b"\x11" + chunks[0][10:], wire.chunk_kind(0, 4))  # UDP
+    assert not arr.chunk(chunks[0][:30], chunk_kind(0, 4))           # too short
+    assert not arr.chunk(chunks[0] + b"x", chunk_kind(0, 4))         # longer than mss
+    assert not arr.chunk(chunks[3][:-1], chunk_kind(1, 4))           # short, not last
+    assert not arr.chunk(b"\x46" + chunks[0][1:], chunk_kind(0, 4))  # IP options
+    assert not arr.chunk(chunks[0][:9] + b"\x11" + chunks[0][10:], chunk_kind(0, 4))  # UDP
     assert arr.done() == []
     # a last chunk with no payload bytes does not extend a run (it stands for no segment)
-    assert arr.chunk(chunks[0], wire.chunk_kind(0, 2)) and not arr.chunk(chunks[0][:52], wire.chunk_kind(1, 2))
+    assert arr.chunk(chunks[0], chunk_kind(0, 2)) and not arr.chunk(chunks[0][:52], chunk_kind(1, 2))
     assert [len(x.chunks) for x in arr.done()] == [1]
     frame6, _ = burst(1368 * 4, 1368, v6=True)
     chunks6, _ = off.frame_payloads(frame6, True)
-    assert not arr.chunk(chunks6[0][:60], wire.chunk_kind(0, 4))                        # too short
-    assert not arr.chunk(chunks6[0][:6] + b"\x11" + chunks6[0][7:], wire.chunk_kind(0, 4))  # UDP
-    assert not arr.chunk(chunks6[0][:4] + b"\x00\x20" + chunks6[0][6:], wire.chunk_kind(0, 4))  # mss 0
+    assert not arr.chunk(chunks6[0][:60], chunk_kind(0, 4))                        # too short
+    assert not arr.chunk(chunks6[0][:6] + b"\x11" + chunks6[0][7:], chunk_kind(0, 4))  # UDP
+    assert not arr.chunk(chunks6[0][:4] + b"\x00\x20" + chunks6[0][6:], chunk_kind(0, 4))  # mss 0
     assert arr.done() == []
     chunks = chunks + chunks6
     rnd = random.Random(7)
@@ -201,20 +202,20 @@ def test_malformed_chunks_are_refused_not_raised():
         c = bytearray(rnd.choice(chunks))
         for _ in range(rnd.randrange(1, 4)):
             c[rnd.randrange(len(c))] = rnd.randrange(256)
-        arr.chunk(bytes(c[:rnd.randrange(len(c) + 1)]), wire.chunk_kind(rnd.randrange(4), 4))
+        arr.chunk(bytes(c[:rnd.randrange(len(c) + 1)]), chunk_kind(rnd.randrange(4), 4))
         if rnd.random() < 0.1:
             for item in arr.done():          # whatever was accepted builds frames without raising
                 item.frame_parts() if type(item) is off.ChunkRun else None
 
 
 def test_chunk_type_words():
-    ok = wire.OPENABLE_KINDS
-    assert wire.chunk_kind(0, 2) in ok and wire.chunk_kind(254, 255) in ok
-    assert wire.chunk_kind(2, 2) not in ok                               # index >= count
-    assert wire.DATA_CHUNK not in ok                                     # count 0
-    assert wire.chunk_kind(0, 2) | 1 << 24 not in ok                     # top byte set
-    assert wire.chunk_kind(0, 2) ^ wire.DATA_CHUNK ^ wire.DATA not in ok
-    assert wire.chunk_kind(0, wire.CHUNKS_MAX + 1) not in ok
+    ok = OPENABLE_KINDS
+    assert chunk_kind(0, 2) in ok and chunk_kind(254, 255) in ok
+    assert chunk_kind(2, 2) not in ok                               # index >= count
+    assert DATA_CHUNK not in ok                                     # count 0
+    assert chunk_kind(0, 2) | 1 << 24 not in ok                     # top byte set
+    assert chunk_kind(0, 2) ^ DATA_CHUNK ^ wire.DATA not in ok
+    assert chunk_kind(0, CHUNKS_MAX + 1) not in ok
 
 
 def pair():
@@ -232,7 +233,7 @@ def test_sealed_chunks_open_one_by_one_with_their_index():
     arr = off.Arrivals()
     for i in (0, 1, 3, 4, 5):                 # datagram 2 lost: each still opens on its own
         k, payload = b.open(datagrams[i])
-        assert k == wire.chunk_kind(i, 6) and payload == chunks[i]
+        assert k == chunk_kind(i, 6) and payload == chunks[i]
         assert arr.chunk(payload, k)
     assert expand(arr.done()) == finished(segs[:2] + segs[3:])
     # the type word is authenticated: another index is a forgery
@@ -243,7 +244,7 @@ def test_sealed_chunks_open_one_by_one_with_their_index():
     bad[2] = 0                                # count 0: not a chunk, malformed before the AEAD
     assert b.open(bytes(bad)) is None and b.stats["malformed"] == 1
     with pytest.raises(sess.SessionError):
-        a.seal_batch(wire.DATA_CHUNK, [chunks[0]] * 256)
+        a.seal_batch(DATA_CHUNK, [chunks[0]] * 256)
 
 
 def test_features_from_handshake_payloads():
@@ -257,22 +258,22 @@ def test_only_the_same_owner_extends_a_run_and_a_refused_run_is_taken_back():
     chunks, _ = off.frame_payloads(frame, True)
     a, b = object(), object()
     arr = off.Arrivals()
-    assert arr.chunk(chunks[0], wire.chunk_kind(0, 3), a) == off.NEW
+    assert arr.chunk(chunks[0], chunk_kind(0, 3), a) == off.NEW
     # identical bytes from another sender start a run of their own (its source is checked again)
-    assert arr.chunk(chunks[1], wire.chunk_kind(1, 3), b) == off.NEW
+    assert arr.chunk(chunks[1], chunk_kind(1, 3), b) == off.NEW
     arr.drop_run()                              # ...and the caller refused it
-    assert arr.chunk(chunks[2], wire.chunk_kind(2, 3), a) == off.NEW   # the run of a was broken by b
+    assert arr.chunk(chunks[2], chunk_kind(2, 3), a) == off.NEW   # the run of a was broken by b
     items = arr.done()
     assert [len(x.chunks) for x in items] == [1, 1] and all(x.owner is a for x in items)
     assert expand(items) == finished([segs[0], segs[2]])
-    arr.chunk(chunks[0], wire.chunk_kind(0, 3), a)
-    assert arr.chunk(chunks[1], wire.chunk_kind(1, 3), a) == off.CONTINUED
+    arr.chunk(chunks[0], chunk_kind(0, 3), a)
+    assert arr.chunk(chunks[1], chunk_kind(1, 3), a) == off.CONTINUED
 
 
 def test_a_run_of_chunks_extends_as_one_and_stops_at_the_first_that_does_not_continue():
     frame, segs = burst(1368 * 5 + 700, 1368)           # 6 chunks, the last short
     chunks, _ = off.frame_payloads(frame, True)
-    k = wire.chunk_kind
+    k = chunk_kind
     arr = off.Arrivals()
     assert arr.chunks(chunks[:2], k(0, 6)) == off.NEW
     assert arr.chunks(chunks[2:], k(2, 6)) == off.CONTINUED        # the short last one included

@@ -14,7 +14,7 @@ import time
 from types import SimpleNamespace
 
 from tunnelgate import offload as off
-from tunnelgate import wire
+from tunnelgate.offload.chunks import DATA_CHUNK
 from tunnelgate.daemon import datapath
 from tunnelgate.daemon.gateway import GatewayDaemon
 from tunnelgate.meter import FORWARD
@@ -99,7 +99,7 @@ def sealed_burst(lab, src: bytes, seq: int) -> list[bytes]:
     pkt = bytearray(frame[off.VNET_LEN:])
     pkt[12:16] = src                      # the burst's source (its IP checksum is redone per chunk)
     chunks, kind = off.frame_payloads(frame[:off.VNET_LEN] + bytes(pkt), True)
-    assert kind == wire.DATA_CHUNK
+    assert kind == DATA_CHUNK
     return lab.client.seal_batch(kind, chunks, lab.now)
 
 

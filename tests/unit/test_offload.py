@@ -286,3 +286,20 @@ def test_segments_with_a_data_offset_below_5_are_not_coalesced_nor_cut():
     assert off.split_frame(frame) == ([], True)
     assert off.tcp_chunks(bytes(burst), 1000) is None
     assert off.split_frame(b"\x01\x04\x00") == ([], False)
+
+
+def test_the_session_loads_no_socket_code_through_the_offload_package():
+    """session.py imports offload.chunks, which runs the package's __init__;
+    udp.py (socket, select) must load only when its names are asked for,
+    and then under the package's name as before."""
+    import subprocess
+    import sys
+    code = ("import sys, tunnelgate.session\n"
+            "loaded = {'socket', 'select', 'tunnelgate.offload.udp'} & set(sys.modules)\n"
+            "assert not loaded, f'importing the session loaded {sorted(loaded)}'\n"
+            "from tunnelgate.offload import UdpReceiver, UdpSender\n"
+            "from tunnelgate.offload import udp\n"
+            "assert UdpSender is udp.UdpSender and UdpReceiver is udp.UdpReceiver\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    with pytest.raises(AttributeError, match="no attribute 'UdpSenders'"):
+        off.UdpSenders

@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from tunnelgate import wire
+from tunnelgate.offload.chunks import DATA_CHUNK, chunk_kind
 from tunnelgate.session import CONTROL, DATA, Handshake
 
 from test_session import CL_PUB, Lab
@@ -23,7 +23,7 @@ def _seal_burst(seal, rnd) -> list[bytes]:
     count = rnd.randrange(1, 60)
     size = rnd.choice([200, 1200])
     chunks = [os.urandom(size) for _ in range(count - 1)] + [os.urandom(rnd.randrange(20, size + 1))]
-    return seal(wire.DATA_CHUNK, chunks)
+    return seal(DATA_CHUNK, chunks)
 
 
 def _stream(seal, rnd, n_bursts=40, other=0.02) -> list[tuple[bytes, str]]:
@@ -77,7 +77,7 @@ def flat(results, chunk_at):
     """receive_groups results with each run expanded to one result per chunk."""
     out = []
     for r in results:
-        if isinstance(r, Handshake) or not r[chunk_at] & 0xFF == wire.DATA_CHUNK:
+        if isinstance(r, Handshake) or not r[chunk_at] & 0xFF == DATA_CHUNK:
             out.append(r)
             continue
         kind, payloads = r[chunk_at], r[chunk_at + 1]
@@ -99,7 +99,7 @@ def test_gateway_receive_groups_equals_receive_one_by_one(seed):
     assert one.gw.stats["bad_mac"] and one.gw.stats["replay"] and one.gw.stats["malformed"]
     assert many.gw.endpoint(CL_PUB) == one.gw.endpoint(CL_PUB)
     # runs were folded: the inline path ran
-    assert max(len(r[2]) for r in got if r[1] & 0xFF == wire.DATA_CHUNK) > 10
+    assert max(len(r[2]) for r in got if r[1] & 0xFF == DATA_CHUNK) > 10
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -111,21 +111,21 @@ def test_client_receive_groups_equals_receive_one_by_one(seed):
     got = many.client.receive_groups(gro(stream, rnd), many.now)
     assert flat(got, 0) == want                         # each with the address it came from
     assert many.client.stats == one.client.stats
-    assert max(len(r[1]) for r in got if r[0] & 0xFF == wire.DATA_CHUNK) > 10
+    assert max(len(r[1]) for r in got if r[0] & 0xFF == DATA_CHUNK) > 10
 
 
 def test_a_run_ends_at_its_buffer_and_at_anything_between_its_chunks():
     lab = Lab().connect()
     chunks = [bytes([i]) * 100 for i in range(6)]
-    dgs = lab.client.seal_batch(wire.DATA_CHUNK, chunks, lab.now)
+    dgs = lab.client.seal_batch(DATA_CHUNK, chunks, lab.now)
     data = lab.client.seal(DATA, b"x" * 100, lab.now)          # the same length as a chunk datagram
     assert len(data) == len(dgs[0])
     seg = len(dgs[0])
     groups = [(b"".join(dgs[:2] + [data] + dgs[2:4]), seg, "c1"), (b"".join(dgs[4:]), seg, "c9")]
     got = lab.gw.receive_groups(groups, lab.now)
     assert [(r[1], r[2]) for r in got] == [
-        (wire.chunk_kind(0, 6), chunks[:2]), (DATA, b"x" * 100),
-        (wire.chunk_kind(2, 6), chunks[2:4]), (wire.chunk_kind(4, 6), chunks[4:])]
+        (chunk_kind(0, 6), chunks[:2]), (DATA, b"x" * 100),
+        (chunk_kind(2, 6), chunks[2:4]), (chunk_kind(4, 6), chunks[4:])]
     # the second buffer came from another address: the peer's endpoint follows it
     assert lab.gw.endpoint(CL_PUB) == "c9"
 
@@ -133,11 +133,11 @@ def test_a_run_ends_at_its_buffer_and_at_anything_between_its_chunks():
 def test_the_client_ends_a_run_at_anything_between_its_chunks_too():
     lab = Lab().connect()
     chunks = [bytes([i]) * 100 for i in range(4)]
-    dgs = lab.gw.seal_batch(CL_PUB, wire.DATA_CHUNK, chunks, lab.now)
+    dgs = lab.gw.seal_batch(CL_PUB, DATA_CHUNK, chunks, lab.now)
     data = lab.gw.seal(CL_PUB, CONTROL, b"y" * 100, lab.now)
     got = lab.client.receive_groups([(b"".join(dgs[:2] + [data] + dgs[2:]), len(data), "gw")], lab.now)
-    assert got == [(wire.chunk_kind(0, 4), chunks[:2], "gw"), (CONTROL, b"y" * 100, "gw"),
-                   (wire.chunk_kind(2, 4), chunks[2:], "gw")]
+    assert got == [(chunk_kind(0, 4), chunks[:2], "gw"), (CONTROL, b"y" * 100, "gw"),
+                   (chunk_kind(2, 4), chunks[2:], "gw")]
 
 
 def test_the_key_remembered_between_calls_is_dropped_with_its_peer_and_expires():

@@ -20,7 +20,8 @@ from ..payments import PaymentError, Terms, load_backend
 from ..protocol import client as clp
 from ..tun import Tun
 from . import datapath
-from ..wire import FEATURE_CHUNKS, FEATURE_SIZED
+from ..offload.chunks import FEATURE_CHUNKS
+from ..wire import FEATURE_SIZED
 from .base import Daemon, features, udp_socket
 from .control import ControlError
 from .market import Channels, EventLog, Saver

@@ -24,7 +24,8 @@ from ..tun import Tun
 from . import datapath
 from ..config import peer_address6
 from ..money import format_price, parse_price
-from ..wire import FEATURE_CHUNKS, FEATURE_SIZED
+from ..offload.chunks import FEATURE_CHUNKS
+from ..wire import FEATURE_SIZED
 from .base import Daemon, features as _features, udp_socket
 from .control import ControlError
 from .market import Channels, EventLog, Saver, peer_text
@@ -120,7 +121,7 @@ class GatewayDaemon(Daemon):
         self.addr_of: dict[bytes, bytes] = {}
         self.addr6_of: dict[bytes, bytes] = {}
         self.peer_of: dict[bytes, bytes] = {}
-        # peers whose handshake announced wire.FEATURE_CHUNKS (they get TSO bursts as chunks)
+        # peers whose handshake announced FEATURE_CHUNKS (they get TSO bursts as chunks)
         self.chunk_peers: set[bytes] = set()
         for key_b64, addr in self.store.peer_addresses().items():
             self._remember(base64.b64decode(key_b64), addr)

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tunnelgate.lab import CLIENT_LINK, GW_LINK, HTTP_PORT, MARK_DIR, UPSTREAM, Lab, LabError
+from tglab.lab import CLIENT_LINK, GW_LINK, HTTP_PORT, MARK_DIR, UPSTREAM, Lab, LabError
 
 
 

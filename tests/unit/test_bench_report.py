@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tunnelgate.lab import bench
-from tunnelgate.lab import bench_report as report
+from tglab import bench
+from tglab import bench_report as report
 
 
 def _result(single, multi, down, ping, cpu, cpu_down):

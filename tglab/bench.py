@@ -1,7 +1,7 @@
 """Data-path benchmark: tunnelgate against wireguard-go, same machine, same lab.
 
     scripts/bench [--quick] [--runs N] [--time S] [--json FILE] [--only ROW,...] [--ipv6]
-    scripts/bench --peers N [--contracts M] ...   (scale: tunnelgate/lab/scale.py)
+    scripts/bench --peers N [--contracts M] ...   (scale: tglab/scale.py)
 
 Rows (paths), all up at once, each in a freshly built lab `tgB<hex>-{client,gw,up}`
 of its own, removed after:
@@ -274,7 +274,7 @@ def measure_in_turns(paths: dict[str, PathUp], runs: int, seconds: float, fam: F
 
 def new_lab():
     """A freshly built lab tgB<hex>; one retry with a new prefix if building fails."""
-    from tunnelgate.lab import Lab
+    from tglab.lab import Lab
     for attempt in (1, 2):
         lab = Lab("tgB" + os.urandom(3).hex())
         try:
@@ -411,7 +411,7 @@ def idle_rounds(paths: dict[str, PathUp], fam: Family = IPV4, rounds: int = IDLE
 def tg_version() -> str:
     from tunnelgate import __version__ as v  # noqa: F401
     try:
-        rev = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[2]), "describe", "--always",
+        rev = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "describe", "--always",
                               "--dirty"], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         rev = ""
@@ -470,10 +470,10 @@ def run_all(ups: dict, runs: int, seconds: float, fam: Family = IPV4,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tunnelgate.lab import exit_on_sigterm
+    from tglab.lab import exit_on_sigterm
     exit_on_sigterm()
     if any(a == "--peers" or a.startswith("--peers=") for a in (sys.argv[1:] if argv is None else argv)):
-        from . import scale   # one gateway, many peers and contracts: see tunnelgate/lab/scale.py
+        from . import scale   # one gateway, many peers and contracts: see tglab/scale.py
         return scale.main(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="scripts/bench", description="tunnelgate vs wireguard-go, same lab")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 run of iperf3 -t 2 per column")

@@ -66,7 +66,7 @@ UP_IF = "veth0"            # in up
 STRANGER_IF = "veth0"      # in stranger (a macvlan on the client's veth0)
 
 MARK_DIR = Path("/run/tunnelgate-lab")   # owner markers: who may clean which lab
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_]{1,24}$")
 
 
@@ -383,10 +383,10 @@ class Lab:
         httpd_log = open(os.path.join(logs, "httpd.log"), "wb")
         iperf_log = open(os.path.join(logs, "iperf3.log"), "wb")
         try:
-            httpd = self.popen(self.up, sys.executable, "-m", "tunnelgate.lab.httpd", "--bind", UPSTREAM,
+            httpd = self.popen(self.up, sys.executable, "-m", "tglab.httpd", "--bind", UPSTREAM,
                                "--port", HTTP_PORT, "--dir", d, stdin=subprocess.DEVNULL,
                                stdout=httpd_log, stderr=subprocess.STDOUT, env=env)
-            httpd6 = self.popen(self.up, sys.executable, "-m", "tunnelgate.lab.httpd", "--bind", UPSTREAM6,
+            httpd6 = self.popen(self.up, sys.executable, "-m", "tglab.httpd", "--bind", UPSTREAM6,
                                 "--port", HTTP_PORT, "--dir", d, stdin=subprocess.DEVNULL,
                                 stdout=httpd_log, stderr=subprocess.STDOUT, env=env)
             iperf = self.popen(self.up, "iperf3", "-s", "-B", UPSTREAM, "-p", IPERF_PORT,

@@ -467,10 +467,10 @@ def worker_main() -> int:
 class Worker:
     def __init__(self, lab, cfg: dict, log_path: Path):
         env = dict(os.environ)
-        from tunnelgate.lab import REPO_ROOT
+        from tglab.lab import REPO_ROOT
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.errlog = open(log_path, "wb")
-        self.p = lab.popen(lab.client, sys.executable, "-m", "tunnelgate.lab.scale", "--worker",
+        self.p = lab.popen(lab.client, sys.executable, "-m", "tglab.scale", "--worker",
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errlog, env=env)
         self.log_path = log_path
         self.sel = selectors.DefaultSelector()
@@ -620,7 +620,7 @@ def _load(lab, worker: Worker, gw_pid: int, seconds: float, size: int, batch: in
 
 def lab_run(peers: int, contracts: int, seconds: float, size: int, pay: bool, batch: int,
             work: Path, idle_s: float = 2.5) -> dict:
-    from tunnelgate.lab import Lab
+    from tglab.lab import Lab
     res: dict = {"peers": peers, "contracts_requested": contracts, "pay": pay}
     lab = None
     gw_pid = None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunnelgate import keys
-from .lab import GW_LINK
+from .topology import GW_LINK
 
 PORT = 51900
 TUNNEL6 = "fd64:7467::1/64"     # the IPv6 side of 100.64.0.1/24: the same host number

@@ -1,4 +1,4 @@
-"""Integration fixtures: a three-namespace lab per test (see tunnelgate.lab).
+"""Integration fixtures: a three-namespace lab per test (see tglab/lab.py).
 
 Tests here need root, network namespaces and /dev/net/tun; mark them
 ``@pytest.mark.root`` (or ``pytestmark = pytest.mark.root``). Without root
@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from tunnelgate.lab import Lab
+from tglab.lab import Lab
 
 LAB_PREFIX = "tgt"      # every test lab is tgt + 5 hex: tgtXXXXX-client/-gw/-up
 

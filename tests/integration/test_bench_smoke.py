@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from tunnelgate.lab import Lab
-from tunnelgate.lab import bench, wggo
+from tglab.lab import Lab
+from tglab import bench, wggo
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 
@@ -71,8 +71,8 @@ def test_idle_pings_with_every_path_up_at_once():
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 @pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 not installed")
 @pytest.mark.parametrize("script, prefix", [
-    (["tunnelgate.lab.bench", "--only", "raw", "--quick"], "tgB"),
-    (["tunnelgate.lab.demo", "--dummy", "--no-tui"], "tgdemo"),
+    (["tglab.bench", "--only", "raw", "--quick"], "tgB"),
+    (["tglab.demo", "--dummy", "--no-tui"], "tgdemo"),
 ], ids=["bench", "demo"])
 def test_a_terminated_script_deletes_its_lab(script, prefix):
     # SIGTERM (timeout(1), a CI job ending) unwinds like Ctrl-C: no lab is left

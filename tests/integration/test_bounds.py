@@ -6,7 +6,7 @@ import pytest
 
 from tgenv import TunnelEnv, ping, wait_until
 from tunnelgate.daemon.store import EVENTS_MAX
-from tunnelgate.lab import spray
+from tglab import spray
 from tunnelgate.protocol.gateway import Pricing
 
 pytestmark = pytest.mark.root

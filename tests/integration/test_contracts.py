@@ -16,7 +16,7 @@ import pytest
 
 from tgenv import TunnelEnv, ping, wait_until
 from tunnelgate.daemon.control import request
-from tunnelgate.lab import UPSTREAM
+from tglab.lab import UPSTREAM
 from tunnelgate.money import parse_price
 from tunnelgate.net import nft
 

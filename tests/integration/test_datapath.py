@@ -14,8 +14,8 @@ import pytest
 
 from tgenv import TunnelEnv
 from tunnelgate.daemon.control import request
-from tunnelgate.lab import UPSTREAM, UPSTREAM6
-from tunnelgate.lab.configs import TUNNEL6
+from tglab.lab import UPSTREAM, UPSTREAM6
+from tglab.configs import TUNNEL6
 
 pytestmark = pytest.mark.root
 

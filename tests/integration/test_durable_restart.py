@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tgenv import TunnelEnv, wait_until
-from tunnelgate.lab import UPSTREAM
+from tglab.lab import UPSTREAM
 from tunnelgate.protocol.gateway import MAX_QUEUED
 
 pytestmark = pytest.mark.root

@@ -10,7 +10,7 @@ import pytest
 
 from test_tunnel import capture_datagrams
 from tgenv import PORT, TunnelEnv, ping
-from tunnelgate.lab import GW_LINK
+from tglab.lab import GW_LINK
 from tunnelgate.wire import INIT
 
 pytestmark = pytest.mark.root

@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from tunnelgate.lab import CLIENT_LINK, GW_LINK, HTTP_PORT, MARK_DIR, UPSTREAM, Lab, LabError
+from tglab.lab import CLIENT_LINK, GW_LINK, HTTP_PORT, MARK_DIR, UPSTREAM, Lab, LabError
+from tglab.topology import Link, Node, Port, Route, Topology
 
 
 
@@ -53,6 +54,28 @@ def test_lab_topology_and_destroy():
     assert not {lab.client, lab.gw, lab.up} & netns_names()
     assert not (MARK_DIR / f"{lab.prefix}.json").exists()
     lab.destroy()                                     # idempotent, never raises
+
+
+def test_lab_builds_any_topology_it_is_given():
+    # two nodes on one link, IPv4 only, a route to a prefix beyond: nothing of the
+    # three-namespace shape is left in Lab (roles of the default topology, so that
+    # cleanup_stale would know them if this run died)
+    two = Topology(nodes=(Node("client", routes=(Route("198.18.9.0/24", "198.18.7.1"),)), Node("gw")),
+                   links=(Link((Port("client", "c0", "198.18.7.2"), Port("gw", "g0", "198.18.7.1"))),))
+    lab = Lab(new_prefix(), two)
+    try:
+        lab.build()
+        assert lab.namespaces == [lab.client, lab.gw] and {lab.client, lab.gw} <= netns_names()
+        assert ping(lab, lab.client, "198.18.7.1")
+        assert "198.18.9.0/24 via 198.18.7.1 dev c0" in lab.run(lab.client, "ip", "route").stdout
+        assert "inet6" not in lab.run(lab.gw, "ip", "-6", "addr", "show", "g0", "scope", "global").stdout
+        with pytest.raises(AttributeError):
+            lab.up
+        with pytest.raises(KeyError, match="no optional node 'stranger'"):
+            lab.add("stranger")
+    finally:
+        lab.destroy()
+    assert not {lab.client, lab.gw} & netns_names()
 
 
 def test_lab_context_manager_destroys_on_error():

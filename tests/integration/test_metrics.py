@@ -6,7 +6,7 @@ import time
 import pytest
 
 from tgenv import TunnelEnv, ping
-from tunnelgate.lab import GW_LINK, UPSTREAM
+from tglab.lab import GW_LINK, UPSTREAM
 
 pytestmark = pytest.mark.root
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tunnelgate.lab import GW_LINK, REPO_ROOT, UPSTREAM
+from tglab.lab import GW_LINK, REPO_ROOT, UPSTREAM
 
 pytestmark = pytest.mark.root
 

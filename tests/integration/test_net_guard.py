@@ -12,7 +12,7 @@ import json
 import pytest
 
 from tgenv import PORT, TunnelEnv, ping, wait_until
-from tunnelgate.lab import GW_LINK, UPSTREAM
+from tglab.lab import GW_LINK, UPSTREAM
 
 pytestmark = pytest.mark.root
 

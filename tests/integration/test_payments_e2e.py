@@ -30,7 +30,7 @@ from tgenv import PORT, TunnelEnv, ping, wait_until
 from tunnelgate import keys
 from tunnelgate import session as sess
 from tunnelgate.daemon.control import request
-from tunnelgate.lab import GW_LINK, GW_UP, UPSTREAM
+from tglab.lab import GW_LINK, GW_UP, UPSTREAM
 from tunnelgate.money import cost_msat, format_msat
 from tunnelgate.protocol import messages as m
 from tunnelgate.protocol.channel import Channel

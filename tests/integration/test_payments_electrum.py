@@ -1,5 +1,5 @@
 """The electrum backend against a real regtest world on 127.0.0.1, started once for this module
-(tunnelgate.lab.electrum_world): Bitcoin Knots, ElectrumX, two Electrum 4.3.4 daemons with a
+(tglab.electrum_world): Bitcoin Knots, ElectrumX, two Electrum 4.3.4 daemons with a
 Lightning channel client -> gateway. First the backend alone (payer and payee objects talking to
 the real daemons), then end to end through a real tunnel in namespaces.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tunnelgate.lab.electrum_world import ElectrumWorld
+from tglab.electrum_world import ElectrumWorld
 from tunnelgate.payments import PaymentError, Terms, load_backend
 
 REPO = Path(__file__).resolve().parents[2]
@@ -245,7 +245,7 @@ def test_rpc_config_read_from_the_electrum_data_dir_and_errors_name_no_password(
 # --- end to end: a real tunnel in namespaces, the world's daemons reached through forwarders ---
 
 from tgenv import ping, wait_until                                    # noqa: E402
-from tunnelgate.lab import GW_UP, UPSTREAM                            # noqa: E402
+from tglab.lab import GW_UP, UPSTREAM                            # noqa: E402
 from tunnelgate.money import cost_msat                                # noqa: E402
 from tunnelgate.protocol import messages as m                         # noqa: E402
 from test_payments_e2e import (COST, POLICY, PRICING, FakeClient, client_payments,  # noqa: E402,F401
@@ -464,7 +464,7 @@ def test_e2e_onchain_topup_at_zero_and_one_confirmation(lab, make_env, world, co
 @pytest.mark.root
 def test_e2e_gateway_status_says_its_electrum_daemon_is_not_running(lab, make_env, world):
     lab.start_upstream({})
-    from tunnelgate.lab.electrum_world import free_port
+    from tglab.electrum_world import free_port
     dead = free_port()                      # nothing listens there
     env = electrum_env(make_env, world)
     env.gw_conf.write_text(env.gw_conf.read_text().replace(

@@ -1,4 +1,4 @@
-"""The scale benchmark's machinery works (tunnelgate/lab/scale.py): a real gateway
+"""The scale benchmark's machinery works (tglab/scale.py): a real gateway
 daemon in a lab, 5 fake peers handshake, open 50 contracts (PROPOSE, ACCEPT, PAY,
 PAID over their control channels), send load that the up host receives. Only
 sanity is asserted, never speed."""
@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from tunnelgate.lab import scale
+from tglab import scale
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 

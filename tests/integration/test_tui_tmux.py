@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tgenv import TunnelEnv, ping, wait_until
-from tunnelgate.lab import UPSTREAM
+from tglab.lab import UPSTREAM
 
 pytestmark = pytest.mark.root
 

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from tgenv import PORT, TunnelEnv, ping, wait_until
-from tunnelgate.lab import GW_LINK, UPSTREAM, UPSTREAM6
-from tunnelgate.lab.configs import TUNNEL6
+from tglab.lab import GW_LINK, UPSTREAM, UPSTREAM6
+from tglab.configs import TUNNEL6
 
 pytestmark = pytest.mark.root
 

@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tunnelgate.lab import UPSTREAM
-from tunnelgate.lab.configs import PORT, write_pair
+from tglab.lab import UPSTREAM
+from tglab.configs import PORT, write_pair
 
 TG = [sys.executable, "-m", "tunnelgate.cli"]
 __all__ = ["PORT", "TG", "TunnelEnv", "ping", "wait_until"]

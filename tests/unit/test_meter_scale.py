@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-from tunnelgate.lab.scale import EngineBuilder, dest
+from tglab.engines import EngineBuilder, dest
 from tunnelgate.meter import FORWARD, HELD
 
 SIZES = (10, 1_000, 10_000)

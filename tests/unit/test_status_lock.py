@@ -16,7 +16,7 @@ from tunnelgate.daemon.base import Daemon
 from tunnelgate.daemon.client import ClientDaemon
 from tunnelgate.daemon.gateway import GatewayDaemon
 from tunnelgate.daemon.metrics import GatewayCollector
-from tunnelgate.lab.scale import EngineBuilder
+from tglab.engines import EngineBuilder
 from tunnelgate.protocol.contract import Contract
 
 NOW = 1000.5

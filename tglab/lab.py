@@ -1,19 +1,6 @@
-"""A lab of three network namespaces for integration tests, demos and benchmarks.
-
-    client "veth0" 198.18.1.2/24 ── gw "veth-c" 198.18.1.1/24
-           2001:2:0:1::2/64 ──          2001:2:0:1::1/64
-                                    gw "veth-up" 198.18.2.1/24 ── up "veth0" 198.18.2.2/24
-                                             2001:2:0:2::1/64 ──         2001:2:0:2::2/64
-
-- client: default route via 198.18.1.1.
-- gw: ip_forward OFF (the gateway daemon turns it on), default route via 198.18.2.2.
-- up: only its connected 198.18.2.0/24; NO route to 198.18.1.0/24 nor
-  100.64.0.0/10, so it answers only traffic masqueraded by the gateway: a
-  client reaching UPSTREAM proves its traffic went through the tunnel.
-- IPv6 (2001:2::/48, the benchmarking range like 198.18.0.0/15): connected
-  prefixes only, the gw's default via up. The client has no IPv6 route but a
-  dual-stack tunnel's, so a client reaching UPSTREAM6 went through the tunnel
-  too (or through a route the bench's raw row adds via GW_LINK6).
+"""A lab of network namespaces for integration tests, demos and benchmarks,
+built from a Topology (topology.py; by default THREE_NAMESPACES: client ──
+gw ── up, and the optional stranger on the client's link).
 
 The veth pairs are created directly inside the namespaces, so nothing ever
 appears in the root namespace. ``destroy()`` kills what the lab started (by
@@ -41,32 +28,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from .topology import (CLIENT_LINK, CLIENT_LINK6, GW_LINK, GW_LINK6, GW_UP, GW_UP6, STRANGER_LINK,
+                       THREE_NAMESPACES, UPSTREAM, UPSTREAM6, Link, Node, Topology)
+
 __all__ = ["Lab", "LabError", "CLIENT_LINK", "STRANGER_LINK", "GW_LINK", "GW_UP", "UPSTREAM", "CLIENT_LINK6", "GW_LINK6",
            "GW_UP6", "UPSTREAM6",
            "HTTP_PORT", "IPERF_PORT", "main"]
 
-CLIENT_LINK = "198.18.1.2"
-STRANGER_LINK = "198.18.1.3"   # Lab.add_stranger(): a neighbour on the client-gateway link
-GW_LINK = "198.18.1.1"
-GW_UP = "198.18.2.1"
-UPSTREAM = "198.18.2.2"
-PREFIXLEN = 24
-CLIENT_LINK6 = "2001:2:0:1::2"
-GW_LINK6 = "2001:2:0:1::1"
-GW_UP6 = "2001:2:0:2::1"
-UPSTREAM6 = "2001:2:0:2::2"
-PREFIXLEN6 = 64
 HTTP_PORT = 8080
 IPERF_PORT = 5201
-# interface names inside the namespaces
-CLIENT_IF = "veth0"        # in client
-GW_CLIENT_IF = "veth-c"    # in gw, towards the client
-GW_UP_IF = "veth-up"       # in gw, towards upstream
-UP_IF = "veth0"            # in up
-STRANGER_IF = "veth0"      # in stranger (a macvlan on the client's veth0)
 
 MARK_DIR = Path("/run/tunnelgate-lab")   # owner markers: who may clean which lab
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_]{1,24}$")
 
 
@@ -154,31 +127,36 @@ def _is_zombie(pid: int) -> bool:
 
 
 class Lab:
-    ROLES = ("client", "gw", "up", "stranger")
+    ROLES = THREE_NAMESPACES.roles()     # the roles cleanup_stale() and `scripts/lab list` know a lab by
 
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, topology: Topology = THREE_NAMESPACES):
         if not _PREFIX_RE.match(prefix):
             raise LabError(f"bad lab prefix {prefix!r}: 1-24 characters of [A-Za-z0-9_]")
         self.prefix = prefix
-        self.client = f"{prefix}-client"
-        self.gw = f"{prefix}-gw"
-        self.up = f"{prefix}-up"
-        self.stranger = f"{prefix}-stranger"      # only after add_stranger()
-        self.namespaces = [self.client, self.gw, self.up]
+        self.topology = topology
+        self.names = {role: f"{prefix}-{role}" for role in topology.roles()}   # extras' before add()
+        self.namespaces = [self.names[n.role] for n in topology.nodes]       # those that exist (or will)
         self.procs: list[subprocess.Popen] = []
         self.tmpdirs: list[str] = []
         self.files_dir: str | None = None
         self.built = False
 
+    def __getattr__(self, role: str) -> str:
+        """lab.client, lab.gw, ...: the namespace of each role of the topology."""
+        names = self.__dict__.get("names") or {}
+        if role in names:
+            return names[role]
+        raise AttributeError(f"{type(self).__name__} has no attribute or role {role!r}")
+
     # -- helpers -------------------------------------------------------------
     def ns(self, name: str) -> str:
-        """'client'/'gw'/'up' or a full namespace name of this lab -> the namespace name."""
-        if name in self.ROLES:
-            return getattr(self, name)
+        """A role ('client', 'gw', ...) or a full namespace name of this lab -> the namespace name."""
+        if name in self.names:
+            return self.names[name]
         if name in self.namespaces:
             return name
         raise LabError(f"{name!r} is not a namespace of lab {self.prefix} "
-                       f"(use client, gw, up or {', '.join(self.namespaces)})")
+                       f"(use {', '.join(self.names)} or {', '.join(self.namespaces)})")
 
     def _marker(self) -> Path:
         return MARK_DIR / f"{self.prefix}.json"
@@ -192,7 +170,7 @@ class Lab:
 
     # -- build / destroy -----------------------------------------------------
     def build(self, manual: bool = False) -> "Lab":
-        """Create the namespaces and links. ``manual`` marks a CLI lab that
+        """Create the topology's namespaces and links. ``manual`` marks a CLI lab that
         cleanup_stale() must leave alone (its creator exits)."""
         existing = set(_netns_list())
         clash = [n for n in self.namespaces if n in existing]
@@ -202,54 +180,69 @@ class Lab:
         self._write_marker(manual)   # before the namespaces, so a concurrent cleanup sees an owner
         self.built = True
         try:
-            for n in self.namespaces:
-                _ip("netns", "add", n)
-                # no IPv6 DAD: link-local addresses (and their routes) appear at once,
-                # so tests comparing route/address snapshots see a settled namespace
-                self.run(n, "sh", "-c", "for c in all default; do "
-                         "echo 0 > /proc/sys/net/ipv6/conf/$c/accept_dad; done")
-            _ip("link", "add", CLIENT_IF, "netns", self.client, "type", "veth",
-                "peer", "name", GW_CLIENT_IF, "netns", self.gw)
-            _ip("link", "add", GW_UP_IF, "netns", self.gw, "type", "veth",
-                "peer", "name", UP_IF, "netns", self.up)
-            for ns, dev, addr in ((self.client, CLIENT_IF, CLIENT_LINK), (self.gw, GW_CLIENT_IF, GW_LINK),
-                                  (self.gw, GW_UP_IF, GW_UP), (self.up, UP_IF, UPSTREAM)):
-                _ip("-n", ns, "addr", "add", f"{addr}/{PREFIXLEN}", "dev", dev)
-                _ip("-n", ns, "link", "set", dev, "up")
-            for ns, dev, addr in ((self.client, CLIENT_IF, CLIENT_LINK6), (self.gw, GW_CLIENT_IF, GW_LINK6),
-                                  (self.gw, GW_UP_IF, GW_UP6), (self.up, UP_IF, UPSTREAM6)):
-                _ip("-n", ns, "addr", "add", f"{addr}/{PREFIXLEN6}", "dev", dev)
-            for ns in self.namespaces:
-                _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("-n", self.client, "route", "add", "default", "via", GW_LINK)
-            _ip("-n", self.gw, "route", "add", "default", "via", UPSTREAM)
-            _ip("-n", self.gw, "-6", "route", "add", "default", "via", UPSTREAM6)
-            self.run(self.gw, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward; "
-                     "echo 0 > /proc/sys/net/ipv6/conf/all/forwarding")
+            self._make(self.topology.nodes, self.topology.links)
             self._wait_settled()
         except BaseException:
             self.destroy()
             raise
         return self
 
+    def add(self, role: str) -> str:
+        """Build the topology's optional node ``role`` and its links, once.
+        Returns its namespace; destroy() deletes it."""
+        extra = self.topology.extra(role)
+        ns = self.names[role]
+        if ns in self.namespaces:
+            return ns
+        self.namespaces.append(ns)
+        self._write_marker()
+        self._make((extra.node,), extra.links)
+        return ns
+
     def add_stranger(self) -> str:
         """A fourth namespace on the client-gateway link (a macvlan on the client's
         veth, so the gateway sees it on the same interface): STRANGER_LINK, default
         route via the gateway, no tunnel. Returns its name; destroy() deletes it."""
-        if self.stranger in self.namespaces:
-            return self.stranger
-        self.namespaces.append(self.stranger)
-        self._write_marker()
-        _ip("netns", "add", self.stranger)
-        _ip("-n", self.client, "link", "add", "link", CLIENT_IF, "name", "mv-stranger", "type", "macvlan",
-            "mode", "bridge")
-        _ip("-n", self.client, "link", "set", "mv-stranger", "netns", self.stranger)
-        _ip("-n", self.stranger, "link", "set", "mv-stranger", "name", STRANGER_IF)
-        _ip("-n", self.stranger, "addr", "add", f"{STRANGER_LINK}/{PREFIXLEN}", "dev", STRANGER_IF)
-        for dev in (STRANGER_IF, "lo"):
-            _ip("-n", self.stranger, "link", "set", dev, "up")
-        _ip("-n", self.stranger, "route", "add", "default", "via", GW_LINK)
-        return self.stranger
+        return self.add("stranger")
+
+    def _make(self, nodes: tuple[Node, ...], links: tuple[Link, ...]) -> None:
+        for node in nodes:
+            ns = self.names[node.role]
+            _ip("netns", "add", ns)
+            # no IPv6 DAD: link-local addresses (and their routes) appear at once,
+            # so tests comparing route/address snapshots see a settled namespace.
+            # No forwarding: a gateway daemon turns it on itself.
+            self.run(ns, "sh", "-c", "for c in all default; do "
+                     "echo 0 > /proc/sys/net/ipv6/conf/$c/accept_dad; done; "
+                     "echo 0 > /proc/sys/net/ipv4/ip_forward; "
+                     "echo 0 > /proc/sys/net/ipv6/conf/all/forwarding")
+        for link in links:
+            a = link.ports[0]
+            if link.kind == "veth":
+                b = link.ports[1]
+                _ip("link", "add", a.dev, "netns", self.names[a.node], "type", "veth",
+                    "peer", "name", b.dev, "netns", self.names[b.node])
+                new = link.ports
+            else:   # macvlan on a's interface, made where a is, then moved and renamed
+                new = link.ports[1:]
+                for p in new:
+                    tmp = f"mv-{p.node}"[:15]
+                    _ip("-n", self.names[a.node], "link", "add", "link", a.dev, "name", tmp,
+                        "type", "macvlan", "mode", "bridge")
+                    _ip("-n", self.names[a.node], "link", "set", tmp, "netns", self.names[p.node])
+                    _ip("-n", self.names[p.node], "link", "set", tmp, "name", p.dev)
+            for p in new:
+                ns = self.names[p.node]
+                if p.addr:
+                    _ip("-n", ns, "addr", "add", f"{p.addr}/{link.prefixlen}", "dev", p.dev)
+                if p.addr6:
+                    _ip("-n", ns, "addr", "add", f"{p.addr6}/{link.prefixlen6}", "dev", p.dev)
+                _ip("-n", ns, "link", "set", p.dev, "up")
+        for node in nodes:
+            ns = self.names[node.role]
+            _ip("-n", ns, "link", "set", "lo", "up")
+            for r in node.routes:
+                _ip("-n", ns, *(("-6",) if ":" in r.via else ()), "route", "add", r.dst, "via", r.via)
 
     def _wait_settled(self, timeout: float = 10) -> None:
         """Wait until every veth is up with carrier and has its IPv6 link-local address."""
@@ -258,8 +251,9 @@ class Lab:
             pending = []
             for ns in self.namespaces:
                 links = self.run(ns, "ip", "-br", "link", "show", "type", "veth").stdout.splitlines()
+                devs = {line.split()[0].split("@")[0] for line in links if line.strip()}
                 addrs = "".join(l + "\n" for l in self.run(ns, "ip", "-6", "-br", "addr").stdout.splitlines()
-                                if l.startswith("veth"))
+                                if l.split() and l.split()[0].split("@")[0] in devs)
                 for line in links:
                     f = line.split()
                     if len(f) < 2 or f[1] != "UP":
@@ -383,10 +377,10 @@ class Lab:
         httpd_log = open(os.path.join(logs, "httpd.log"), "wb")
         iperf_log = open(os.path.join(logs, "iperf3.log"), "wb")
         try:
-            httpd = self.popen(self.up, sys.executable, "-m", "tunnelgate.lab.httpd", "--bind", UPSTREAM,
+            httpd = self.popen(self.up, sys.executable, "-m", "tglab.httpd", "--bind", UPSTREAM,
                                "--port", HTTP_PORT, "--dir", d, stdin=subprocess.DEVNULL,
                                stdout=httpd_log, stderr=subprocess.STDOUT, env=env)
-            httpd6 = self.popen(self.up, sys.executable, "-m", "tunnelgate.lab.httpd", "--bind", UPSTREAM6,
+            httpd6 = self.popen(self.up, sys.executable, "-m", "tglab.httpd", "--bind", UPSTREAM6,
                                 "--port", HTTP_PORT, "--dir", d, stdin=subprocess.DEVNULL,
                                 stdout=httpd_log, stderr=subprocess.STDOUT, env=env)
             iperf = self.popen(self.up, "iperf3", "-s", "-B", UPSTREAM, "-p", IPERF_PORT,

@@ -12,7 +12,7 @@ Rows: dummy, cashu (a local nutshell mint, FakeWallet), bitcoind (Knots regtest,
 electrum Lightning (one channel client → gateway), electrum on-chain at 0 and at 1
 confirmation (regtest: the block is mined at once; on mainnet add ~10 minutes).
 
-    python -m tunnelgate.lab.bench_payments [--n 20] [--only dummy,cashu,...] [--json FILE]
+    python -m tglab.bench_payments [--n 20] [--only dummy,cashu,...] [--json FILE]
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tunnelgate.payments import Terms, load_backend
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 ROWS = ("dummy", "cashu", "bitcoind", "electrum-ln", "electrum-chain-0", "electrum-chain-1")
 
 
@@ -152,7 +152,7 @@ async def bench(only: list[str], n: int) -> list[dict]:
         await row(bitcoind_row, "bitcoind")
 
         if any(r.startswith("electrum") for r in only):
-            from tunnelgate.lab.electrum_world import ElectrumWorld
+            from tglab.electrum_world import ElectrumWorld
             why = ElectrumWorld.check_installed()
             if why:
                 for name in [r for r in only if r.startswith("electrum")]:

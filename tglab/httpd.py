@@ -4,7 +4,7 @@ GET /NAME serves NAME from --dir (streamed); PUT or POST reads the body
 (Content-Length, in chunks, never buffered whole) and answers
 ``{"bytes": N, "sha256": "..."}``.
 
-    python -m tunnelgate.lab.httpd --bind 198.18.2.2 --port 8080 --dir /tmp/files
+    python -m tglab.httpd --bind 198.18.2.2 --port 8080 --dir /tmp/files
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ give a runnable `usr/bin/wireguard-go` on Debian 12.
 Nothing on the system changes: apt runs with its own sources list, state
 dir and cache under the cache dir (default `<repo>/.cache/wireguard-go-sid`).
 
-    python -m tunnelgate.lab.wggo_fetch [--cache DIR]   prints the binary's path
+    python -m tglab.wggo_fetch [--cache DIR]   prints the binary's path
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 SUITE = "sid"
 PACKAGE = "wireguard-go"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-DEFAULT_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "wireguard-go-sid"
+DEFAULT_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "wireguard-go-sid"
 
 
 class FetchError(Exception):

@@ -1,7 +1,7 @@
 """scripts/bench's report: the table of every path's figures and tunnelgate's
 ratios to each reference path, each with its rounds' range and a verdict
 on whether the range is narrow enough to conclude from. Pure: numbers in,
-text and dicts out (tunnelgate/lab/bench.py measures)."""
+text and dicts out (tglab/bench.py measures)."""
 
 from __future__ import annotations
 

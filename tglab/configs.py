@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import keys
-from . import GW_LINK
+from tunnelgate import keys
+from .topology import GW_LINK
 
 PORT = 51900
 TUNNEL6 = "fd64:7467::1/64"     # the IPv6 side of 100.64.0.1/24: the same host number

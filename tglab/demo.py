@@ -3,7 +3,7 @@ a local Cashu mint as the payment rail, real traffic through the tunnel so
 contracts are proposed, paid in ecash and renewed, the daemons' own status
 (and the TUI when run in a terminal), then clean-up.
 
-Run as root: `python -m tunnelgate.lab.demo [--dummy] [--no-tui]`.
+Run as root: `python -m tglab.demo [--dummy] [--no-tui]`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import GW_LINK, UPSTREAM, UPSTREAM6, Lab, exit_on_sigterm
+from .lab import GW_LINK, UPSTREAM, UPSTREAM6, Lab, exit_on_sigterm
 from .configs import TUNNEL6, write_pair
 
 TG = [sys.executable, "-m", "tunnelgate.cli"]
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MINT_PORT = 3338
 FUND_SAT = 2000
 

@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import base64
 import gc
-import hashlib
 import json
 import os
 import platform
@@ -69,19 +68,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from .bench import tg_down
+from .daemons import TG_PORT, tg, tg_down, tg_version
+from .engines import EngineBuilder, dest
+from .topology import CLIENT_LINK, GW_LINK
 
-GW_LINK = "198.18.1.1"
-CLIENT_LINK = "198.18.1.2"
-TG_PORT = 51900
 TUN_ADDRESS = "100.64.0.1/16"
 DEST_NET = "198.19.0.0/16"          # routed by the gw via the up host, which drops it
-TG = [sys.executable, "-m", "tunnelgate.cli"]
 NFT_TABLE = "tgscale"
 SERVICE_S = 0.02                     # worker: session/channel timers at least this often
 CONTRACT_SIZE = 60                   # inner IP length of the packet that opens a contract
 MICRO_SIZES = (10, 1_000, 10_000, 100_000)
-MICRO_PER_PEER = 100
 MICRO_CALLS = 100_000
 
 
@@ -103,11 +99,6 @@ def ip_udp(src: bytes, dst: bytes, total_len: int, sport: int = 40000, dport: in
         s = (s & 0xFFFF) + (s >> 16)
     struct.pack_into("!H", hdr, 10, ~s & 0xFFFF)
     return bytes(hdr) + _UDPH.pack(sport, dport, total_len - 20, 0) + bytes(total_len - 28)
-
-
-def dest(j: int) -> bytes:
-    """The j-th destination of a peer, in 198.19.0.0/16 (j < 65536)."""
-    return bytes((198, 19, (j >> 8) & 255, j & 255))
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -467,10 +458,10 @@ def worker_main() -> int:
 class Worker:
     def __init__(self, lab, cfg: dict, log_path: Path):
         env = dict(os.environ)
-        from tunnelgate.lab import REPO_ROOT
+        from tglab.lab import REPO_ROOT
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.errlog = open(log_path, "wb")
-        self.p = lab.popen(lab.client, sys.executable, "-m", "tunnelgate.lab.scale", "--worker",
+        self.p = lab.popen(lab.client, sys.executable, "-m", "tglab.scale", "--worker",
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errlog, env=env)
         self.log_path = log_path
         self.sel = selectors.DefaultSelector()
@@ -543,14 +534,6 @@ backend = "dummy"
     return pair.gateway, pair.gateway_public
 
 
-def _tg(lab, ns, *args, timeout=60) -> subprocess.CompletedProcess:
-    r = lab.run(ns, *TG, *args, check=False, timeout=timeout)
-    if r.returncode:
-        raise RuntimeError(f"tunnelgate {args[0]} failed (exit {r.returncode}): "
-                           f"{(r.stderr or r.stdout).strip()[-400:]}")
-    return r
-
-
 def _nft_setup(lab) -> None:
     rules = (f"table inet {NFT_TABLE} {{\n"
              f"  chain pre {{ type filter hook prerouting priority -300; policy accept;\n"
@@ -586,7 +569,7 @@ def _contracts(lab, conf: Path, worker: Worker, gw_pid: int, counts: list[int], 
     ct["gateway_cpu_s"] = cpu_s(gw_pid) - c0
     ct["per_s"] = ct["new_settled"] / ct["elapsed_s"] if ct["elapsed_s"] else None
     time.sleep(0.5)
-    listed = json.loads(_tg(lab, lab.gw, "contracts", "-c", str(conf), "--json", timeout=60).stdout)
+    listed = json.loads(tg(lab, lab.gw, "contracts", "-c", str(conf), "--json", timeout=60).stdout)
     by_state: dict[str, int] = {}
     for c in listed:
         by_state[c["state"]] = by_state.get(c["state"], 0) + 1
@@ -620,7 +603,7 @@ def _load(lab, worker: Worker, gw_pid: int, seconds: float, size: int, batch: in
 
 def lab_run(peers: int, contracts: int, seconds: float, size: int, pay: bool, batch: int,
             work: Path, idle_s: float = 2.5) -> dict:
-    from tunnelgate.lab import Lab
+    from tglab.lab import Lab
     res: dict = {"peers": peers, "contracts_requested": contracts, "pay": pay}
     lab = None
     gw_pid = None
@@ -641,7 +624,7 @@ def lab_run(peers: int, contracts: int, seconds: float, size: int, pay: bool, ba
         res["lab"] = lab.prefix
         _nft_setup(lab)
         conf, gw_public = _gateway_config(work, 600)
-        _tg(lab, lab.gw, "serve", "-c", str(conf))
+        tg(lab, lab.gw, "serve", "-c", str(conf))
         gw_pid = int((work / "gw" / "tunnelgate.pid").read_text())
         log(f"gateway pid {gw_pid} in {lab.gw}; starting {peers} fake peers in {lab.client}")
         worker = Worker(lab, {"peers": peers, "gw_host": GW_LINK, "gw_port": TG_PORT,
@@ -694,53 +677,6 @@ def lab_run(peers: int, contracts: int, seconds: float, size: int, pay: bool, ba
 
 
 # ================================================================ micro-benchmark (no network)
-
-def _micro_key(i: int) -> bytes:
-    return hashlib.blake2s(i.to_bytes(8, "big"), digest_size=32).digest()
-
-
-class EngineBuilder:
-    """A GatewayEngine grown to N live contracts (GRACE), per_peer per peer, the way the
-    daemon builds them: first packet (held, PROPOSE), ACCEPT from the client."""
-
-    def __init__(self, per_peer: int = MICRO_PER_PEER, now: float = 1000.0, scope: str | int = "host"):
-        from tunnelgate.protocol.gateway import GatewayEngine, Pricing
-        big = 10**8
-        self.engine = GatewayEngine(Pricing(default_price=500_000, floor_price=500_000, contract_kb=big,
-                                            contract_time_s=10**6, grace_time_s=10**6, grace_kb=big,
-                                            scope=scope,
-                                            # its contracts stay in grace, never paid
-                                            max_unpaid_contracts=big))
-        # with a prefix scope, one destination per /24 (j.1) so each is its own contract
-        self.dst_of = dest if scope == "host" else (lambda j: bytes((198, 19, j & 255, 1)))
-        if scope != "host" and per_peer > 256:
-            raise ValueError("at most 256 contracts per peer with a prefix scope")
-        self.per_peer, self.now = per_peer, now
-        self.flows: list[tuple[bytes, bytes]] = []      # (peer, destination), creation order
-
-    def grow(self, total: int) -> "EngineBuilder":
-        from tunnelgate.protocol import messages as m
-        engine, pkt = self.engine, bytes(60)
-        for i in range(len(self.flows), total):
-            peer, dst = _micro_key(i // self.per_peer), self.dst_of(i % self.per_peer)
-            engine.outbound(peer, dst, len(pkt), pkt, self.now)
-            self.flows.append((peer, dst))
-            # answered in batches no larger than a peer's open-proposal limit
-            if len(engine._out) >= engine.pricing.max_pending_proposals or i == total - 1:
-                for p, msg in engine.take_outgoing():
-                    if isinstance(msg, m.Propose):
-                        engine.on_message(p, m.Accept(msg.contract_id), self.now)
-                engine.take_outgoing()
-                engine.take_released()
-                engine.take_events()
-        return self
-
-
-def build_engine(contracts: int, per_peer: int = MICRO_PER_PEER):
-    """(engine, [(peer, destination)]) with `contracts` live contracts."""
-    b = EngineBuilder(per_peer).grow(contracts)
-    return b.engine, b.flows
-
 
 def _time_calls(engine, seq, now: float, repeats: int) -> tuple[float, float]:
     """Best-of ns per outbound and per inbound call over seq."""
@@ -933,7 +869,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench: {tool} missing; run scripts/setup", file=sys.stderr)
                 return 1
     started = time.monotonic()
-    from .bench import tg_version
     cmd = command_line(a)
     res: dict = {"command": cmd, "version": tg_version(),
                  "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),

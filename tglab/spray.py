@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tunnelgate.lab import UPSTREAM, Lab
-from tunnelgate.lab.configs import write_pair
+from tglab.lab import UPSTREAM, Lab
+from tglab.configs import write_pair
 
 MAX_COUNT = 110_000         # the destination ranges hold 126,976 addresses
 TG = [sys.executable, "-m", "tunnelgate.cli"]

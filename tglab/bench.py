@@ -1,7 +1,7 @@
 """Data-path benchmark: tunnelgate against wireguard-go, same machine, same lab.
 
     scripts/bench [--quick] [--runs N] [--time S] [--json FILE] [--only ROW,...] [--ipv6]
-    scripts/bench --peers N [--contracts M] ...   (scale: tunnelgate/lab/scale.py)
+    scripts/bench --peers N [--contracts M] ...   (scale: tglab/scale.py)
 
 Rows (paths), all up at once, each in a freshly built lab `tgB<hex>-{client,gw,up}`
 of its own, removed after:
@@ -52,7 +52,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -63,12 +62,10 @@ from pathlib import Path
 
 from . import wggo, wggo_fetch
 from .bench_report import COLUMN_NAMES, SPREAD, Row, inconclusive, ratio_text, ratios, table
+from .daemons import TG_PORT, tg, tg_down, tg_version
+from .topology import GW_LINK, GW_LINK6, UPSTREAM, UPSTREAM6
 
-UPSTREAM = "198.18.2.2"
-GW_LINK = "198.18.1.1"
 UPSTREAM_NET = "198.18.2.0/24"
-TG = [sys.executable, "-m", "tunnelgate.cli"]
-TG_PORT = 51900
 PATH_NOTE = ("all rows: iperf3 client in the client ns -> iperf3 -s on the upstream host 198.18.2.2:5201, "
              "through the tunnel (raw: plain routing) and the gateway's forwarding + masquerade")
 
@@ -158,7 +155,7 @@ class Family:
 
 
 IPV4 = Family(4, UPSTREAM, UPSTREAM_NET, "198.18.1.0/24", GW_LINK)
-IPV6 = Family(6, "2001:2:0:2::2", "2001:2:0:2::/64", "2001:2:0:1::/64", "2001:2:0:1::1")
+IPV6 = Family(6, UPSTREAM6, "2001:2:0:2::/64", "2001:2:0:1::/64", GW_LINK6)
 
 
 # Columns measured in turns: key in the result -> (iperf3 streams, reverse = a download)
@@ -274,7 +271,7 @@ def measure_in_turns(paths: dict[str, PathUp], runs: int, seconds: float, fam: F
 
 def new_lab():
     """A freshly built lab tgB<hex>; one retry with a new prefix if building fails."""
-    from tunnelgate.lab import Lab
+    from tglab.lab import Lab
     for attempt in (1, 2):
         lab = Lab("tgB" + os.urandom(3).hex())
         try:
@@ -326,14 +323,6 @@ def _tg_configs(work: Path, contract_kb: int = CONTRACT_KB, fam: Family = IPV4) 
     return pair.gateway, pair.client
 
 
-def _tg(lab, ns, *args, timeout=60):
-    r = lab.run(ns, *TG, *args, check=False, timeout=timeout)
-    if r.returncode:
-        raise RuntimeError(f"tunnelgate {args[0]} failed (exit {r.returncode}): "
-                           f"{(r.stderr or r.stdout).strip()[-300:]}")
-    return r
-
-
 def _tail(p: Path, n: int = 15) -> str:
     try:
         return "\n".join(p.read_text(errors="replace").splitlines()[-n:])
@@ -347,9 +336,9 @@ def tg_up(contract_kb: int = CONTRACT_KB):
         gw_conf, cl_conf = _tg_configs(work, contract_kb, fam)
         pids: dict[str, int] = {}
         try:
-            _tg(lab, lab.gw, "serve", "-c", str(gw_conf))
+            tg(lab, lab.gw, "serve", "-c", str(gw_conf))
             pids["gw"] = int((work / "gw" / "tunnelgate.pid").read_text())
-            _tg(lab, lab.client, "up", "-c", str(cl_conf))
+            tg(lab, lab.client, "up", "-c", str(cl_conf))
             pids["client"] = int((work / "cl" / "tunnelgate.pid").read_text())
             yield {"client": pids["client"], "gw": pids["gw"]}
         except Exception as e:
@@ -361,26 +350,12 @@ def tg_up(contract_kb: int = CONTRACT_KB):
     return up
 
 
-def tg_down(lab, ns: str, conf: Path, pid: int | None) -> None:
-    """`tunnelgate down` for the daemon of `conf` in `ns`; SIGKILL for its
-    process `pid` if it is still there 5 s later."""
-    lab.run(ns, *TG, "down", "-c", str(conf), check=False, timeout=30)
-    if pid:
-        deadline = time.monotonic() + 5
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def tg_contracts(lab, work: Path, contract_kb: int) -> dict:
     """How many contracts the tunnelgate path bought, and packets that waited
     for one in vain (the configs are those _tg_configs wrote into `work`)."""
     gw_conf, cl_conf = work / "gateway.toml", work / "client.toml"
-    gw = json.loads(_tg(lab, lab.gw, "status", "--json", "-c", str(gw_conf)).stdout)
-    bought = json.loads(_tg(lab, lab.client, "contracts", "--all", "--json", "-c", str(cl_conf)).stdout)
+    gw = json.loads(tg(lab, lab.gw, "status", "--json", "-c", str(gw_conf)).stdout)
+    bought = json.loads(tg(lab, lab.client, "contracts", "--all", "--json", "-c", str(cl_conf)).stdout)
     return {"contract_kb": contract_kb, "bought": len(bought),
             "dropped_waiting_for_contract": gw["stats"].get("drop_no_contract", 0)}
 
@@ -406,16 +381,6 @@ def idle_rounds(paths: dict[str, PathUp], fam: Family = IPV4, rounds: int = IDLE
         for key in order:
             got[key].append(pinger(paths[key].lab, count=count, dst=fam.dst)["avg_ms"])
     return {key: {"avg_ms": statistics.mean(v), "rounds": v, "count": count} for key, v in got.items()}
-
-
-def tg_version() -> str:
-    from tunnelgate import __version__ as v  # noqa: F401
-    try:
-        rev = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[2]), "describe", "--always",
-                              "--dirty"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        rev = ""
-    return f"tunnelgate {v}" + (f" ({rev})" if rev else "")
 
 
 # ---------------------------------------------------------------- a run
@@ -470,10 +435,10 @@ def run_all(ups: dict, runs: int, seconds: float, fam: Family = IPV4,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tunnelgate.lab import exit_on_sigterm
+    from tglab.lab import exit_on_sigterm
     exit_on_sigterm()
     if any(a == "--peers" or a.startswith("--peers=") for a in (sys.argv[1:] if argv is None else argv)):
-        from . import scale   # one gateway, many peers and contracts: see tunnelgate/lab/scale.py
+        from . import scale   # one gateway, many peers and contracts: see tglab/scale.py
         return scale.main(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="scripts/bench", description="tunnelgate vs wireguard-go, same lab")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 run of iperf3 -t 2 per column")

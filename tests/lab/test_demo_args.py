@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunnelgate.lab.demo import parse_args
+from tglab.demo import parse_args
 
 
 def test_options_parse():

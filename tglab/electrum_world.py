@@ -10,7 +10,7 @@ its own data directory with a JSON-RPC user/password; everything is started here
 process and stopped by its PID.
 
     world = ElectrumWorld(tmpdir); world.up(); ...; world.down()
-    python -m tunnelgate.lab.electrum_world up DIR     (prints the RPC URLs; ``down DIR``)
+    python -m tglab.electrum_world up DIR     (prints the RPC URLs; ``down DIR``)
 
 The steps follow Electrum's own tests/regtest/regtest.sh at tag 4.3.4 (setconfig for
 regtest, lightning_listen on the receiving side, open_channel, 3 blocks to confirm it).
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 ELECTRUM = "/usr/lib/python3/dist-packages/electrum/electrum"
 SYSTEM_PY = "/usr/bin/python3"     # run with -P: the script's own dir holds electrum/logging.py
 EXVENV = Path(os.environ.get("TUNNELGATE_ELECTRUMX_VENV", REPO / ".cache/electrumx"))
@@ -281,7 +281,7 @@ class ElectrumWorld:
 
 def _main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] not in ("up", "down"):
-        print("usage: python -m tunnelgate.lab.electrum_world up|down DIR", file=sys.stderr)
+        print("usage: python -m tglab.electrum_world up|down DIR", file=sys.stderr)
         return 2
     cmd, root = argv[0], Path(argv[1])
     if cmd == "up":
@@ -296,7 +296,7 @@ def _main(argv: list[str]) -> int:
             w.down()
             raise
         print(json.dumps(w.describe(), indent=2))
-        print(f"ready in {w.ready_s:.1f} s; stop with: python -m tunnelgate.lab.electrum_world down {root}")
+        print(f"ready in {w.ready_s:.1f} s; stop with: python -m tglab.electrum_world down {root}")
         return 0
     info = json.loads((root / "world.json").read_text())
     for name in ("gateway", "client"):

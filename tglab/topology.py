@@ -1,0 +1,144 @@
+"""Lab topologies as data: which namespaces, which links between them, which
+addresses and routes. Lab (lab.py) builds whatever a Topology describes, so a
+new shape (several gateways on one link, a chain of gateways) is a new
+instance here, not new code in Lab.
+
+Today's shape, THREE_NAMESPACES:
+
+    client "veth0" 198.18.1.2/24 ── gw "veth-c" 198.18.1.1/24
+           2001:2:0:1::2/64 ──          2001:2:0:1::1/64
+                                    gw "veth-up" 198.18.2.1/24 ── up "veth0" 198.18.2.2/24
+                                             2001:2:0:2::1/64 ──         2001:2:0:2::2/64
+
+plus STRANGER, an optional node on the client-gateway link (Lab.add_stranger()).
+Addresses are from the benchmarking ranges 198.18.0.0/15 and 2001:2::/48, so
+nothing here can reach a real network.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+CLIENT_LINK = "198.18.1.2"
+STRANGER_LINK = "198.18.1.3"   # Lab.add_stranger(): a neighbour on the client-gateway link
+GW_LINK = "198.18.1.1"
+GW_UP = "198.18.2.1"
+UPSTREAM = "198.18.2.2"
+PREFIXLEN = 24
+CLIENT_LINK6 = "2001:2:0:1::2"
+GW_LINK6 = "2001:2:0:1::1"
+GW_UP6 = "2001:2:0:2::1"
+UPSTREAM6 = "2001:2:0:2::2"
+PREFIXLEN6 = 64
+# interface names inside the namespaces
+CLIENT_IF = "veth0"        # in client
+GW_CLIENT_IF = "veth-c"    # in gw, towards the client
+GW_UP_IF = "veth-up"       # in gw, towards upstream
+UP_IF = "veth0"            # in up
+STRANGER_IF = "veth0"      # in stranger (a macvlan on the client's veth0)
+
+# a role names the namespace PREFIX-ROLE and the Lab attribute lab.ROLE
+_ROLE_RE = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
+
+
+@dataclass(frozen=True)
+class Port:
+    """One interface of a node on a link, with its addresses (None: none)."""
+    node: str
+    dev: str
+    addr: str | None = None
+    addr6: str | None = None
+
+
+@dataclass(frozen=True)
+class Link:
+    """kind "veth": a pair between ports[0] and ports[1], created directly in
+    their namespaces. kind "macvlan": ports[0] is an existing interface and
+    each further port a macvlan (bridge mode) on it, moved into its own node,
+    so the nodes share that link as on one switch."""
+    ports: tuple[Port, ...]
+    kind: str = "veth"
+    prefixlen: int = PREFIXLEN
+    prefixlen6: int = PREFIXLEN6
+
+    def __post_init__(self) -> None:
+        if self.kind == "veth" and len(self.ports) != 2:
+            raise ValueError(f"a veth link has two ports, not {len(self.ports)}")
+        if self.kind == "macvlan" and len(self.ports) < 2:
+            raise ValueError("a macvlan link needs its parent port and at least one more")
+        if self.kind not in ("veth", "macvlan"):
+            raise ValueError(f"link kind {self.kind!r}: veth or macvlan")
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: str            # "default" or a prefix
+    via: str            # an IPv4 or IPv6 next hop (the family follows it)
+
+
+@dataclass(frozen=True)
+class Node:
+    """A network namespace. forwarding stays off in every node: a gateway
+    daemon turns it on, and a test proving it does needs it off before."""
+    role: str
+    routes: tuple[Route, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _ROLE_RE.match(self.role):
+            raise ValueError(f"bad role {self.role!r}: 1-16 characters of [a-z0-9_], a letter first")
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A node a lab adds on demand (Lab.add()), with the links that join it."""
+    node: Node
+    links: tuple[Link, ...]
+
+
+@dataclass(frozen=True)
+class Topology:
+    nodes: tuple[Node, ...]
+    links: tuple[Link, ...]
+    extras: tuple[Extra, ...] = ()
+
+    def __post_init__(self) -> None:
+        roles = self.roles()
+        if len(set(roles)) != len(roles):
+            raise ValueError(f"roles repeat: {roles}")
+        for links, known in ((self.links, {n.role for n in self.nodes}),) + tuple(
+                (x.links, {n.role for n in self.nodes} | {x.node.role}) for x in self.extras):
+            for link in links:
+                for p in link.ports:
+                    if p.node not in known:
+                        raise ValueError(f"link port {p.dev} on {p.node!r}: no such node")
+
+    def roles(self) -> tuple[str, ...]:
+        """Every role, the extras' too."""
+        return tuple(n.role for n in self.nodes) + tuple(x.node.role for x in self.extras)
+
+    def extra(self, role: str) -> Extra:
+        for x in self.extras:
+            if x.node.role == role:
+                return x
+        raise KeyError(f"no optional node {role!r} (have {[x.node.role for x in self.extras]})")
+
+
+# client: default route via the gateway. gw: default route via up (IPv4 and
+# IPv6). up: only its connected prefixes, NO route to the client's link nor
+# 100.64.0.0/10, so it answers only traffic masqueraded by the gateway: a
+# client reaching UPSTREAM proves its traffic went through the tunnel. The
+# client has no IPv6 route but a dual-stack tunnel's, so a client reaching
+# UPSTREAM6 went through the tunnel too (or through a route the bench's raw
+# row adds via GW_LINK6).
+STRANGER = Extra(
+    Node("stranger", routes=(Route("default", GW_LINK),)),
+    (Link((Port("client", CLIENT_IF), Port("stranger", STRANGER_IF, STRANGER_LINK)), kind="macvlan"),))
+
+THREE_NAMESPACES = Topology(
+    nodes=(Node("client", routes=(Route("default", GW_LINK),)),
+           Node("gw", routes=(Route("default", UPSTREAM), Route("default", UPSTREAM6))),
+           Node("up")),
+    links=(Link((Port("client", CLIENT_IF, CLIENT_LINK, CLIENT_LINK6), Port("gw", GW_CLIENT_IF, GW_LINK, GW_LINK6))),
+           Link((Port("gw", GW_UP_IF, GW_UP, GW_UP6), Port("up", UP_IF, UPSTREAM, UPSTREAM6)))),
+    extras=(STRANGER,))

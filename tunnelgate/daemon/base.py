@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..net import setup as netsetup
 from ..wakeups import Wakeups, Warmth
-from .control import ControlError, ControlServer
+from .control import ControlServer
 from .store import Store
 from .supervise import supervise
 
@@ -306,17 +306,3 @@ class Daemon:
     def shutdown(self) -> None:
         pass
 
-
-def recv_batch(sock: socket.socket, bufsize: int, limit: int = 64) -> list[tuple[bytes, tuple]]:
-    out = []
-    try:
-        for _ in range(limit):
-            out.append(sock.recvfrom(bufsize, socket.MSG_DONTWAIT))
-    except BlockingIOError:
-        pass
-    return out
-
-
-def not_running_error(cfg) -> ControlError:
-    return ControlError("not_running", f"no tunnelgate daemon runs for {cfg.path}; "
-                                       f"start it with `tunnelgate {'serve' if cfg.role == 'gateway' else 'up'} -c {cfg.path}`")

@@ -176,7 +176,6 @@ class GatewayDaemon(Daemon):
             log.warning("payment backend %r: %s", payment.backend,
                         getattr(self.payee, "notice", "no real payment happens"))
         self.verifying: dict[str, asyncio.Task] = {}
-        self._pump_scheduled = False
         self._recover_payments()
 
     def _recover_payments(self) -> None:

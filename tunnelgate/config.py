@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunnelgate import money
+from tunnelgate.payment_backends import BACKENDS
 from tunnelgate.protocol.messages import MAX_U32
 from tunnelgate.protocol.client import ClientPolicy
 from tunnelgate.protocol.gateway import Pricing
@@ -620,7 +621,7 @@ def _policy(r: _Reader) -> ClientPolicy:
 
 # Backend settings known to config (per backend: key -> (kind, roles, required-for-roles)).
 # Kinds: "msat", "bool", "path", "url", "urls", "seconds", "count", "rate".
-# A backend not listed here (added to payments.BACKENDS later) gets its keys passed through
+# A backend not listed here (added to payment_backends.BACKENDS later) gets its keys passed through
 # unchecked.
 BOTH = ("payer", "payee")
 BACKEND_SETTINGS: dict[str, dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]] = {
@@ -714,7 +715,6 @@ def _setting(t: _Reader, key: str, kind: str) -> Any:
 
 def _payment(r: _Reader, role: str) -> Payment:
     """role: "payer" (client) or "payee" (gateway)."""
-    from tunnelgate.payments import BACKENDS   # light: base only; real backends load on demand
     t = r.table("payment", required=False)
     backend = t.get("backend", str, f"a payment backend name: {' | '.join(sorted(BACKENDS))}", "dummy")
     if backend not in BACKENDS:

@@ -41,7 +41,7 @@ class ClientDaemon(Daemon):
         # what our data path takes beyond the plain format, said in every handshake
         self.features = [FEATURE_CHUNKS] if offload.chunks_enabled() else []
         self.initiator = sess.Initiator(self.private_key, cfg.gateway_public_key, cfg.session.timing,
-                                        cipher=cfg.session.cipher)
+                                        cipher=cfg.session.cipher, lock=threading.Lock())
         self.endpoint = cfg.endpoint
         self.address: str | None = None       # assigned by the gateway in the handshake
         self.address6: str | None = None      # dual-stack gateways assign an IPv6 address too

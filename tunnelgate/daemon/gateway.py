@@ -111,7 +111,8 @@ class GatewayDaemon(Daemon):
         cfg = self.cfg
         # the INIT timestamps earlier runs answered: their INITs stay replays (see _handshake)
         known = {base64.b64decode(k): ts for k, ts in self.store.handshake_timestamps().items()}
-        self.responder = sess.Responder(self.private_key, cfg.session.timing, timestamps=known)
+        self.responder = sess.Responder(self.private_key, cfg.session.timing, timestamps=known,
+                                        lock=threading.Lock())
         # peer key -> its 4 (and 16) address bytes and back; plain dicts so the data path
         # needs no lock (peer_of holds both lengths: they cannot collide)
         self.addr_of: dict[bytes, bytes] = {}

@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..net import setup as netsetup
+from ..paths import running_pid, state_paths
 from ..wakeups import Wakeups, Warmth
 from .control import ControlServer
 from .store import Store
@@ -37,26 +38,6 @@ TICK_S = 0.05
 
 class DaemonError(Exception):
     pass
-
-
-def state_paths(state_dir: Path) -> dict[str, Path]:
-    return {
-        "pid": state_dir / "tunnelgate.pid",
-        "control": state_dir / "control.sock",
-        "log": state_dir / "tunnelgate.log",
-        "db": state_dir / "tunnelgate.db",
-        "net": state_dir / "net.json",
-    }
-
-
-def running_pid(pidfile: Path) -> int | None:
-    """The pid in pidfile if that process is alive and is a tunnelgate daemon."""
-    try:
-        pid = int(pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-        return None
-    return pid if b"tunnelgate" in cmdline else None
 
 
 def setup_logging(logfile: Path, verbose: bool) -> None:

@@ -85,7 +85,7 @@ def _run_daemon(ctx, config_path: str, role: str, foreground: bool, wait: float)
             fail(str(e), EXIT_CONFIG)
     if os.geteuid() != 0:
         fail("needs root (it creates a TUN device and changes routes); run it with sudo", EXIT_FAILED)
-    from .daemon.base import running_pid, state_paths
+    from .paths import running_pid, state_paths
     paths = state_paths(cfg.node.state_dir)
     pid = running_pid(paths["pid"])
     if pid:
@@ -193,7 +193,7 @@ def up(ctx, config_path, foreground, wait):
 def down(config_path, timeout):
     """Stop the daemon this config runs and restore routes and rules."""
     cfg = load_config(config_path)
-    from .daemon.base import running_pid, state_paths
+    from .paths import running_pid, state_paths
     from .daemon.control import ControlError, request
     from .net import setup as netsetup
     paths = state_paths(cfg.node.state_dir)
@@ -272,7 +272,7 @@ def peers(config_path, as_json):
 def history(config_path, as_json):
     """Past contracts and payments, with totals (from the database; the daemon may be stopped)."""
     cfg = load_config(config_path)
-    from .daemon.base import state_paths
+    from .paths import state_paths
     from . import history as hist
     try:
         items = hist.contracts(state_paths(cfg.node.state_dir)["db"])
@@ -309,7 +309,7 @@ def quote(config_path, destination, as_json):
 def events(config_path, follow, as_json):
     """Contract, payment and setting events: proposed, accepted, paid, renewed, revoked, ..."""
     cfg = load_config(config_path)
-    from .daemon.base import state_paths
+    from .paths import state_paths
     from .daemon.control import ControlError, stream
     from .status_text import event_line
     path = state_paths(cfg.node.state_dir)["control"]
@@ -355,7 +355,7 @@ def tui(config_path):
 
 
 def _ask(cfg, config_path, cmd, timeout: float = 5.0, **args):
-    from .daemon.base import state_paths
+    from .paths import state_paths
     from .daemon.control import ControlError, request
     try:
         return request(state_paths(cfg.node.state_dir)["control"], cmd, timeout=timeout, **args)

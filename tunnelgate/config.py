@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from tunnelgate import money
+from tunnelgate.payment_backends import BACKENDS
 from tunnelgate.protocol.messages import MAX_U32
 from tunnelgate.protocol.client import ClientPolicy
 from tunnelgate.protocol.gateway import Pricing
+from tunnelgate.session import CIPHERS, SessionError, Timing
 from tunnelgate.wakeups import KEEP_WARM_S
 
 
@@ -48,11 +50,10 @@ class Node:
 
 
 @dataclass(frozen=True)
-class SessionTiming:
-    keepalive_s: float = 10.0
-    rekey_after_s: float = 120.0
-    dead_after_s: float = 3.0
-    handshake_retry_s: float = 1.0
+class SessionSettings:
+    """``[session]``.  The timers are a ``session.Timing`` itself, so the session's own
+    definition (fields, defaults, invariants) is the only one and the daemons pass it on."""
+    timing: Timing = field(default_factory=Timing)
     cipher: str = "auto"    # client: transport AEAD; "auto" = AES-GCM where the CPU has AES
     keep_warm_s: float = KEEP_WARM_S    # data threads wake often this long after a packet (wakeups.Warmth)
 
@@ -100,7 +101,7 @@ class GatewayConfig:
     address: ipaddress.IPv4Interface
     upstream_interface: str
     mtu: int
-    session: SessionTiming = field(default_factory=SessionTiming)
+    session: SessionSettings = field(default_factory=SessionSettings)
     pricing: Pricing = field(default_factory=_default_pricing)
     payment: Payment = field(default_factory=Payment)
     metrics_listen: tuple[str, int] | None = None   # [metrics] listen: Prometheus text format
@@ -117,7 +118,7 @@ class ClientConfig:
     tun: str
     routes: tuple[str, ...]
     mtu: int
-    session: SessionTiming = field(default_factory=SessionTiming)
+    session: SessionSettings = field(default_factory=SessionSettings)
     policy: ClientPolicy = field(default_factory=_default_policy)
     payment: Payment = field(default_factory=Payment)
     role: str = "client"
@@ -308,24 +309,30 @@ def _node(r: _Reader) -> Node:
     return node
 
 
-def _session(r: _Reader) -> SessionTiming:
-    from .session import CIPHERS, Timing
+def _session(r: _Reader) -> SessionSettings:
     key_life, ack = Timing.reject_after_s, Timing.ack_after_s   # what the session requires
     t = r.table("session", required=False)
-    d = SessionTiming()
+    d, dt = SessionSettings(), Timing()
     life = f"a transport key lives {key_life:g} s, so a longer timer never fires"
-    s = SessionTiming(
-        keepalive_s=t.number("keepalive_s", d.keepalive_s, maximum=key_life, why=life),
+    timers = dict(
+        keepalive_s=t.number("keepalive_s", dt.keepalive_s, maximum=key_life, why=life),
         # below the key's lifetime, or the key dies before the client replaces it
-        rekey_after_s=t.number("rekey_after_s", d.rekey_after_s, maximum=key_life - 1,
+        rekey_after_s=t.number("rekey_after_s", dt.rekey_after_s, maximum=key_life - 1,
                                why=f"a new key must be agreed before the old one expires at "
                                    f"{key_life:g} s"),
         # above the gateway's ack delay, or a quiet but live gateway looks dead
-        dead_after_s=t.number("dead_after_s", d.dead_after_s, minimum=ack, maximum=key_life,
+        dead_after_s=t.number("dead_after_s", dt.dead_after_s, minimum=ack, maximum=key_life,
                               why=f"the gateway answers within {ack:g} s, so less would "
                                   f"take a live gateway for dead; {life}"),
-        handshake_retry_s=t.number("handshake_retry_s", d.handshake_retry_s, maximum=key_life,
+        handshake_retry_s=t.number("handshake_retry_s", dt.handshake_retry_s, maximum=key_life,
                                    why=life),
+    )
+    try:
+        timing = Timing(**timers)
+    except SessionError as e:   # the bounds above should make this unreachable; name the table if not
+        raise ConfigError(f"{t.path}: [session]: {e}; change these timers") from None
+    s = SessionSettings(
+        timing=timing,
         cipher=t.get("cipher", str, '"auto", "chacha" or "aesgcm"', d.cipher),
         keep_warm_s=t.number("keep_warm_s", d.keep_warm_s, min_inclusive=True,
                              why="0: the data threads never stay warm"),
@@ -614,7 +621,7 @@ def _policy(r: _Reader) -> ClientPolicy:
 
 # Backend settings known to config (per backend: key -> (kind, roles, required-for-roles)).
 # Kinds: "msat", "bool", "path", "url", "urls", "seconds", "count", "rate".
-# A backend not listed here (added to payments.BACKENDS later) gets its keys passed through
+# A backend not listed here (added to payment_backends.BACKENDS later) gets its keys passed through
 # unchecked.
 BOTH = ("payer", "payee")
 BACKEND_SETTINGS: dict[str, dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]] = {
@@ -708,7 +715,6 @@ def _setting(t: _Reader, key: str, kind: str) -> Any:
 
 def _payment(r: _Reader, role: str) -> Payment:
     """role: "payer" (client) or "payee" (gateway)."""
-    from tunnelgate.payments import BACKENDS   # light: base only; real backends load on demand
     t = r.table("payment", required=False)
     backend = t.get("backend", str, f"a payment backend name: {' | '.join(sorted(BACKENDS))}", "dummy")
     if backend not in BACKENDS:

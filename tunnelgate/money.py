@@ -84,16 +84,6 @@ def cost_msat(price: int, limit_kb: int) -> int:
     return -((-price * limit_kb) // PRICE_SCALE)
 
 
-def cost_of_bytes_exact(price: int, nbytes: int) -> tuple[int, int]:
-    """Exact cost of ``nbytes`` as a (numerator msat, denominator) pair, for display/accounting."""
-    return price * nbytes, PRICE_SCALE * BYTES_PER_KB
-
-
-def scale_price(price: int, num: int, den: int) -> int:
-    """price * num/den rounded down (a counter-offer never exceeds the fraction asked)."""
-    return (price * num) // den
-
-
 def parse_fraction(value: object, what: str = "fraction") -> tuple[int, int]:
     """"0.8" -> (8, 10): an exact ratio in [0, 1] for counter offers and tolerances."""
     d = _decimal(value, what)

@@ -122,6 +122,3 @@ def parse_prefix(text: str) -> tuple[bytes, int]:
         raise PacketError(f"not a network prefix (host bits must be zero): {text!r}") from None
     return net.network_address.packed, net.prefixlen
 
-
-def contains(prefix_key: bytes, plen: int, addr: bytes) -> bool:
-    return len(prefix_key) == len(addr) and mask(addr, plen) == prefix_key

@@ -10,14 +10,17 @@ stale is dropped, counted in `stats`, and never answered.
 Threads: seal/seal_batch may run concurrently from any thread (the per
 transport counter is an itertools.count, whose next() is atomic under the
 GIL, so a nonce never repeats). State changes (handshake completion, key
-switch, timers) take an internal lock; the transport receive path only takes
-it when a datagram confirms a new key.
+switch, timers) take the lock the caller passes as `lock=` (a threading.Lock
+from a daemon whose threads share the object; without one nothing is locked,
+for use from one thread); the transport receive path only takes it when a
+datagram confirms a new key.  The lock comes in from outside so that this
+module stays free of threads, like it is of clocks and sockets.
 """
 
 from __future__ import annotations
 
 import itertools
-import threading
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -327,7 +330,8 @@ class Initiator:
     """Client side of one gateway."""
 
     def __init__(self, static_private: bytes, responder_public: bytes,
-                 timing: Timing = Timing(), cipher: str = "auto") -> None:
+                 timing: Timing = Timing(), cipher: str = "auto",
+                 lock: AbstractContextManager | None = None) -> None:
         # The initiator chooses the cipher; the responder accepts either.
         self.cipher = cipher = resolve_cipher(cipher)
         if len(responder_public) != 32:
@@ -339,7 +343,7 @@ class Initiator:
         self.timing = timing
         self.stats = _new_stats()
         self.response_payload: bytes | None = None
-        self._lock = threading.Lock()
+        self._lock = lock if lock is not None else nullcontext()
         self._current: Transport | None = None
         self._previous: Transport | None = None
         self._previous_until = 0.0
@@ -642,7 +646,8 @@ class Responder:
     replay, answered by no run: replay protection survives restarts."""
 
     def __init__(self, static_private: bytes, timing: Timing = Timing(),
-                 cipher: str = "chacha", timestamps: dict[bytes, int] | None = None) -> None:
+                 cipher: str = "chacha", timestamps: dict[bytes, int] | None = None,
+                 lock: AbstractContextManager | None = None) -> None:
         cipher = resolve_cipher(cipher)
         self.public = public_key(static_private)
         # INITs of every protocol name are accepted (the initiator chooses the
@@ -652,7 +657,7 @@ class Responder:
         self._static = bytes(static_private)
         self.timing = timing
         self.stats = _new_stats()
-        self._lock = threading.Lock()
+        self._lock = lock if lock is not None else nullcontext()
         self._peers: dict[bytes, _Peer] = {}
         self._by_index: dict[int, tuple[_Peer, Transport]] = {}
         self._unaccepted_ts: dict[bytes, int] = {}

@@ -507,14 +507,22 @@ def test_client_values_that_cannot_work_are_refused_at_load(tmp_path, section, v
 
 def test_timer_bounds_are_the_sessions_own(tmp_path):
     """The largest values config lets through are ones session.Timing accepts."""
-    from tunnelgate import session
     cfg = config.load(write(tmp_path, CLIENT + "[session]\nkeepalive_s = 180\nrekey_after_s = 179\n"
                                       "dead_after_s = 180\nhandshake_retry_s = 180\nkeep_warm_s = 0\n"))
-    s = cfg.session
-    session.Timing(keepalive_s=s.keepalive_s, rekey_after_s=s.rekey_after_s, dead_after_s=s.dead_after_s,
-                   handshake_retry_s=s.handshake_retry_s)
+    assert cfg.session.timing.rekey_after_s == 179
     cfg = config.load(write(tmp_path, CLIENT + "[session]\ndead_after_s = 1.01\n"))
-    session.Timing(dead_after_s=cfg.session.dead_after_s)
+    assert cfg.session.timing.dead_after_s == 1.01
+
+
+def test_session_timers_are_one_session_timing(tmp_path):
+    """[session] yields the session's own Timing (its defaults where a key is omitted), which
+    the daemons pass on as is: no second definition of the timers to copy field by field."""
+    from tunnelgate import session
+    assert config.load(write(tmp_path, CLIENT)).session.timing == session.Timing()
+    cfg = config.load(write(tmp_path, GATEWAY + "[session]\nkeepalive_s = 4\nrekey_after_s = 60\n"
+                                       "dead_after_s = 5\nhandshake_retry_s = 2\n"))
+    assert cfg.session.timing == session.Timing(keepalive_s=4, rekey_after_s=60, dead_after_s=5,
+                                                handshake_retry_s=2)
 
 
 @pytest.mark.parametrize("key", [

@@ -169,6 +169,38 @@ def test_handshake_and_both_directions(cipher):
     assert total(lab.client.stats) == total(lab.gw.stats) == 0
 
 
+class CountingLock:
+    """A lock that counts how often state changes took it (and checks they never nest)."""
+
+    def __init__(self):
+        self.taken = 0
+        self.held = False
+
+    def __enter__(self):
+        assert not self.held, "the session took its lock twice (a threading.Lock would deadlock)"
+        self.held = True
+        self.taken += 1
+
+    def __exit__(self, *exc):
+        self.held = False
+
+
+def test_state_changes_take_the_lock_the_caller_passes():
+    """The session makes no lock of its own (the sans-IO core imports no threading): the
+    daemon passes one, and the handshake and timers on both sides run under it."""
+    lab = Lab()
+    lab.client = Initiator(CL_PRIV, GW_PUB, lab.timing, cipher="chacha", lock=(cl := CountingLock()))
+    lab.gw = Responder(GW_PRIV, lab.timing, cipher="chacha", lock=(gw := CountingLock()))
+    lab.begin()
+    assert cl.taken == 1                          # begin
+    lab.deliver()
+    assert lab.client.established and gw.taken >= 1 and cl.taken >= 2   # accept; completion
+    before = cl.taken, gw.taken
+    lab.poll()
+    assert cl.taken > before[0] and gw.taken > before[1]                 # both sides' timers
+    assert not cl.held and not gw.held
+
+
 def test_protocol_name_and_ephemeral_from_caller():
     assert PROTOCOL_NAME == b"Noise_IK_25519_ChaChaPoly_BLAKE2s"
     rand = h("e") + b"\x01\x02\x03\x04"

@@ -23,8 +23,9 @@ from collections import Counter
 from pathlib import Path
 
 from ..net import setup as netsetup
+from ..paths import running_pid, state_paths
 from ..wakeups import Wakeups, Warmth
-from .control import ControlError, ControlServer
+from .control import ControlServer
 from .store import Store
 from .supervise import supervise
 
@@ -37,26 +38,6 @@ TICK_S = 0.05
 
 class DaemonError(Exception):
     pass
-
-
-def state_paths(state_dir: Path) -> dict[str, Path]:
-    return {
-        "pid": state_dir / "tunnelgate.pid",
-        "control": state_dir / "control.sock",
-        "log": state_dir / "tunnelgate.log",
-        "db": state_dir / "tunnelgate.db",
-        "net": state_dir / "net.json",
-    }
-
-
-def running_pid(pidfile: Path) -> int | None:
-    """The pid in pidfile if that process is alive and is a tunnelgate daemon."""
-    try:
-        pid = int(pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-        return None
-    return pid if b"tunnelgate" in cmdline else None
 
 
 def setup_logging(logfile: Path, verbose: bool) -> None:
@@ -306,17 +287,3 @@ class Daemon:
     def shutdown(self) -> None:
         pass
 
-
-def recv_batch(sock: socket.socket, bufsize: int, limit: int = 64) -> list[tuple[bytes, tuple]]:
-    out = []
-    try:
-        for _ in range(limit):
-            out.append(sock.recvfrom(bufsize, socket.MSG_DONTWAIT))
-    except BlockingIOError:
-        pass
-    return out
-
-
-def not_running_error(cfg) -> ControlError:
-    return ControlError("not_running", f"no tunnelgate daemon runs for {cfg.path}; "
-                                       f"start it with `tunnelgate {'serve' if cfg.role == 'gateway' else 'up'} -c {cfg.path}`")

@@ -39,13 +39,10 @@ class ClientDaemon(Daemon):
 
     async def setup(self) -> None:
         cfg = self.cfg
-        timing = sess.Timing(keepalive_s=cfg.session.keepalive_s, rekey_after_s=cfg.session.rekey_after_s,
-                             dead_after_s=cfg.session.dead_after_s,
-                             handshake_retry_s=cfg.session.handshake_retry_s)
         # what our data path takes beyond the plain format, said in every handshake
         self.features = [FEATURE_CHUNKS] if offload.chunks_enabled() else []
-        self.initiator = sess.Initiator(self.private_key, cfg.gateway_public_key, timing,
-                                        cipher=cfg.session.cipher)
+        self.initiator = sess.Initiator(self.private_key, cfg.gateway_public_key, cfg.session.timing,
+                                        cipher=cfg.session.cipher, lock=threading.Lock())
         self.endpoint = cfg.endpoint
         self.address: str | None = None       # assigned by the gateway in the handshake
         self.address6: str | None = None      # dual-stack gateways assign an IPv6 address too

@@ -110,12 +110,10 @@ class GatewayDaemon(Daemon):
 
     async def setup(self) -> None:
         cfg = self.cfg
-        timing = sess.Timing(keepalive_s=cfg.session.keepalive_s, rekey_after_s=cfg.session.rekey_after_s,
-                             dead_after_s=cfg.session.dead_after_s,
-                             handshake_retry_s=cfg.session.handshake_retry_s)
         # the INIT timestamps earlier runs answered: their INITs stay replays (see _handshake)
         known = {base64.b64decode(k): ts for k, ts in self.store.handshake_timestamps().items()}
-        self.responder = sess.Responder(self.private_key, timing, timestamps=known)
+        self.responder = sess.Responder(self.private_key, cfg.session.timing, timestamps=known,
+                                        lock=threading.Lock())
         # peer key -> its 4 (and 16) address bytes and back; plain dicts so the data path
         # needs no lock (peer_of holds both lengths: they cannot collide)
         self.addr_of: dict[bytes, bytes] = {}
@@ -177,7 +175,6 @@ class GatewayDaemon(Daemon):
             log.warning("payment backend %r: %s", payment.backend,
                         getattr(self.payee, "notice", "no real payment happens"))
         self.verifying: dict[str, asyncio.Task] = {}
-        self._pump_scheduled = False
         self._recover_payments()
 
     def _recover_payments(self) -> None:

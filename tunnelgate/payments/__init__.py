@@ -18,18 +18,11 @@ import importlib
 import os
 from typing import Any, Mapping
 
+from ..payment_backends import BACKENDS
 from .base import Journal, PayeeBackend, PayerBackend, PaymentError, Record, Terms, Verdict
 
 __all__ = ["load_backend", "BACKENDS", "Journal", "PayeeBackend", "PayerBackend",
            "PaymentError", "Record", "Terms", "Verdict"]
-
-# name -> (module, payer class, payee class)
-BACKENDS: dict[str, tuple[str, str, str]] = {
-    "dummy": ("tunnelgate.payments.dummy", "DummyPayer", "DummyPayee"),
-    "cashu": ("tunnelgate.payments.cashu", "CashuPayer", "CashuPayee"),
-    "bitcoind": ("tunnelgate.payments.bitcoind", "BitcoindPayer", "BitcoindPayee"),
-    "electrum": ("tunnelgate.payments.electrum", "ElectrumPayer", "ElectrumPayee"),
-}
 
 
 def load_backend(name: str, settings: Mapping[str, Any] | None = None, *, role: str | None = None,

@@ -14,7 +14,7 @@ def run(cfg_path: str) -> int:
 
     Exit codes as the CLI's: 0 ok, 2 configuration error."""
     from .. import config as config_mod
-    from ..daemon.base import state_paths
+    from ..paths import state_paths
     from .app import TunnelgateApp
 
     try:

@@ -60,3 +60,16 @@ def lab():
         yield lab
     finally:
         lab.destroy()
+
+
+@pytest.fixture
+def env(lab):
+    """A gateway and a client on the lab with default configs (tgenv.TunnelEnv); a test
+    module that needs other configs defines its own `env`. The daemons' logs are printed
+    after the test, so a failure shows them."""
+    from tgenv import TunnelEnv
+    e = TunnelEnv(lab)
+    yield e
+    logs = e.logs()
+    e.close()
+    print(logs)

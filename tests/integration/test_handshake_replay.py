@@ -9,22 +9,13 @@ import sqlite3
 import pytest
 
 from test_tunnel import capture_datagrams
-from tgenv import PORT, TunnelEnv, ping
+from tgenv import PORT, ping
 from tglab.lab import GW_LINK
 from tunnelgate.wire import INIT
 
 pytestmark = pytest.mark.root
 
 WAIT_S = 3.0     # generous: the machine is loaded; a RESP comes back in milliseconds
-
-
-@pytest.fixture
-def env(lab):
-    e = TunnelEnv(lab)
-    yield e
-    logs = e.logs()
-    e.close()
-    print(logs)
 
 
 def capture_init(lab, env) -> bytes:

@@ -87,15 +87,6 @@ def counts(lab, ns) -> dict[str, int]:
     return {c["counter"]["name"][2:]: c["counter"]["packets"] for c in out["nftables"] if "counter" in c}
 
 
-@pytest.fixture
-def env(lab):
-    e = TunnelEnv(lab)
-    yield e
-    logs = e.logs()
-    e.close()
-    print(logs)
-
-
 def test_gateway_forwards_and_masquerades_only_its_tunnel(lab, env):
     env.serve()
     env.up()

@@ -16,15 +16,6 @@ from tglab.configs import TUNNEL6
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def env(lab):
-    e = TunnelEnv(lab)
-    yield e
-    logs = e.logs()
-    e.close()
-    print(logs)
-
-
 def routes(lab, ns):
     return [lab.run(ns, "ip", *fam, "route", "show", "table", "all").stdout for fam in ((), ("-6",))] + \
            [lab.run(ns, "ip", "rule", "show").stdout]

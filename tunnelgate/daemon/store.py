@@ -6,6 +6,7 @@ a lock keeps their statements from interleaving on one connection.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import sqlite3
@@ -120,11 +121,10 @@ class Store:
         rows = self.execute("SELECT data FROM snapshots WHERE name=?", (name,))
         return rows[0][0] if rows else None
 
-    def save_changes(self, name: str, ch: dict, drop_snapshot: bool = False,
-                     events: list[tuple] = ()) -> None:
-        """Write the engine's ``snapshot_changes()`` in one transaction (and, migrating, drop
-        the old whole-state snapshot row in the same one; ``events``: EventLog rows that go
-        with the changes, so the history never misses what the records say)."""
+    @contextlib.contextmanager
+    def _transaction(self, events: list[tuple] = ()):
+        """One write transaction under the store's lock, opened with the ``events`` rows
+        (trimmed to EVENTS_MAX), so the history never misses what the records say."""
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -132,30 +132,38 @@ class Store:
                 if events:
                     db.executemany(_EVENT_INSERT, events)
                     db.execute(_EVENT_TRIM, (EVENTS_MAX,))
-                if ch["contracts"]:
-                    db.executemany("INSERT OR REPLACE INTO contracts VALUES (?,?,?,?,?,?)",
-                                   [(d["contract_id"], d["peer"], json.dumps(d), d["used"], d["up"], d["down"])
-                                    for d in ch["contracts"]])
-                if ch["counters"]:
-                    db.executemany("UPDATE contracts SET used=?, up=?, down=? WHERE id=?",
-                                   [(u, up, down, cid) for cid, u, up, down in ch["counters"]])
-                if ch["removed"]:
-                    db.executemany("DELETE FROM contracts WHERE id=?", [(i,) for i in ch["removed"]])
-                if ch["flows"]:
-                    db.executemany("INSERT OR REPLACE INTO flows VALUES (?,?)",
-                                   [(fid, json.dumps(d)) for fid, d in ch["flows"]])
-                if ch["flows_removed"]:
-                    db.executemany("DELETE FROM flows WHERE id=?", [(i,) for i in ch["flows_removed"]])
-                if ch["peers"]:
-                    db.executemany("INSERT OR REPLACE INTO peers_standing VALUES (?,?)",
-                                   [(k, json.dumps(d)) for k, d in ch["peers"].items()])
-                db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (f"{name}.seq", str(ch["seq"])))
-                if drop_snapshot:
-                    db.execute("DELETE FROM snapshots WHERE name=?", (name,))
+                yield db
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+
+    def save_changes(self, name: str, ch: dict, drop_snapshot: bool = False,
+                     events: list[tuple] = ()) -> None:
+        """Write the engine's ``snapshot_changes()`` and ``events`` (EventLog rows that go
+        with the changes) in one transaction; migrating, drop the old whole-state snapshot
+        row in the same one."""
+        with self._transaction(events) as db:
+            if ch["contracts"]:
+                db.executemany("INSERT OR REPLACE INTO contracts VALUES (?,?,?,?,?,?)",
+                               [(d["contract_id"], d["peer"], json.dumps(d), d["used"], d["up"], d["down"])
+                                for d in ch["contracts"]])
+            if ch["counters"]:
+                db.executemany("UPDATE contracts SET used=?, up=?, down=? WHERE id=?",
+                               [(u, up, down, cid) for cid, u, up, down in ch["counters"]])
+            if ch["removed"]:
+                db.executemany("DELETE FROM contracts WHERE id=?", [(i,) for i in ch["removed"]])
+            if ch["flows"]:
+                db.executemany("INSERT OR REPLACE INTO flows VALUES (?,?)",
+                               [(fid, json.dumps(d)) for fid, d in ch["flows"]])
+            if ch["flows_removed"]:
+                db.executemany("DELETE FROM flows WHERE id=?", [(i,) for i in ch["flows_removed"]])
+            if ch["peers"]:
+                db.executemany("INSERT OR REPLACE INTO peers_standing VALUES (?,?)",
+                               [(k, json.dumps(d)) for k, d in ch["peers"].items()])
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (f"{name}.seq", str(ch["seq"])))
+            if drop_snapshot:
+                db.execute("DELETE FROM snapshots WHERE name=?", (name,))
 
     def load_records(self, name: str) -> dict | None:
         """The records save_changes wrote, as a whole snapshot (``engine.restore`` format);
@@ -188,18 +196,8 @@ class Store:
 
     def save_snapshot_with_events(self, name: str, data: str, events: list[tuple]) -> None:
         """A whole-state snapshot and the events that go with it, in one transaction."""
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if events:
-                    db.executemany(_EVENT_INSERT, events)
-                    db.execute(_EVENT_TRIM, (EVENTS_MAX,))
-                db.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", (name, data, time.time()))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._transaction(events) as db:
+            db.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", (name, data, time.time()))
 
     def events(self, limit: int = 200, kinds: tuple[str, ...] = ()) -> list[dict]:
         where = f"WHERE kind IN ({','.join('?' * len(kinds))})" if kinds else ""

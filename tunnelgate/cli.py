@@ -52,9 +52,12 @@ def main(ctx, verbose):
 
 
 @main.command()
-@click.option("--out", type=click.Path(dir_okay=False), help="Write the private key here (mode 0600).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Write the private key here (mode 0600) and print its public key.")
 def keygen(out):
-    """Create a private key; print the public key."""
+    """Create a private key. With --out: write it to that file and print its PUBLIC key.
+    Without: print the PRIVATE key itself (as `wg genkey`), for `... > FILE`;
+    `tunnelgate pubkey FILE` then prints its public key."""
     private = keys.generate()
     if out:
         try:
@@ -63,6 +66,10 @@ def keygen(out):
             fail(str(e))
         click.echo(keys.b64(keys.public_of(private)))
     else:
+        if sys.stdout.isatty():
+            # on a terminal the secret is easy to mistake for the key to hand out
+            click.echo("tunnelgate: this is a PRIVATE key: keep it secret; `tunnelgate keygen --out FILE` "
+                       "writes it to a file and prints the public key to give out", err=True)
         click.echo(keys.b64(private))
 
 

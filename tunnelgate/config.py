@@ -157,6 +157,9 @@ class _Reader:
                 raise self.error(key, f"missing; expected {expected}")
             return default
         value = self.data[key]
+        if isinstance(value, str) and value.lstrip("<").startswith("REPLACE"):
+            # the shipped examples and `config import` mark what a user must write in
+            raise self.error(key, f"fill in {expected}: this is still the example's placeholder {value!r}")
         if isinstance(value, bool) and kind is not bool:
             raise self.error(key, expected, value)
         if not isinstance(value, kind):

@@ -47,3 +47,20 @@ def test_status_of_config_with_no_daemon(tmp_path):
                  f'public_key="{key}"\n[network]\n')
     r = CliRunner().invoke(main, ["status", "-c", str(c)])
     assert r.exit_code == 3 and "not running" in r.output and "tunnelgate up" in r.output
+
+
+def test_keygen_without_out_prints_the_private_key_and_says_so():
+    r = CliRunner().invoke(main, ["keygen"])
+    assert r.exit_code == 0, r.output
+    private = keys.decode_key(r.stdout)
+    assert len(private) == 32
+    help_text = " ".join(CliRunner().invoke(main, ["keygen", "--help"]).output.split())
+    assert "PRIVATE key itself" in help_text and "PUBLIC key" in help_text
+
+
+def test_tui_without_a_terminal_refuses_with_a_clear_line(tmp_path):
+    conf = tmp_path / "client.toml"
+    conf.write_text("")        # never read: the terminal is checked first
+    r = CliRunner().invoke(main, ["tui", "-c", str(conf)])
+    assert r.exit_code == 2
+    assert "needs a terminal" in r.stderr and "status" in r.stderr

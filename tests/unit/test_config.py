@@ -599,3 +599,11 @@ def test_client_kill_switch_defaults_on_for_a_full_tunnel_only(tmp_path):
     assert config.load(write(tmp_path, CLIENT + "kill_switch = false\n")).kill_switch is False
     msg = load_err(tmp_path, CLIENT + 'kill_switch = "yes"\n')
     assert "network.kill_switch" in msg and "true or false" in msg
+
+
+def test_a_placeholder_left_in_the_shipped_example_says_fill_in(tmp_path):
+    import pathlib
+    example = (pathlib.Path(__file__).parents[2] / "conf" / "client.toml").read_text()
+    msg = load_err(tmp_path, example)
+    assert "key 'gateway." in msg and "fill in" in msg and "placeholder" in msg, msg
+    assert "not base64" not in msg

@@ -12,7 +12,13 @@ __all__ = ["run", "main", "Source", "SocketSource", "RecordedSource"]
 def run(cfg_path: str) -> int:
     """Loads the config, opens the view for its role on the daemon's control socket.
 
-    Exit codes as the CLI's: 0 ok, 2 configuration error."""
+    Exit codes as the CLI's: 0 ok, 2 configuration or usage error (no terminal)."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # textual would draw escape codes into a pipe or wait on a closed stdin
+        print("tunnelgate: the TUI needs a terminal (stdin and stdout); for scripts use "
+              f"`tunnelgate status -c {cfg_path} --json` or `tunnelgate events -c {cfg_path} --follow`",
+              file=sys.stderr)
+        return 2
     from .. import config as config_mod
     from ..paths import state_paths
     from .app import TunnelgateApp

@@ -357,7 +357,10 @@ def set_(config_path, settings):
 @config_option
 def tui(config_path):
     """Live view of the daemon: contracts, spend/budgets, throughput, events."""
-    from .tui import run
+    from .tui import run, without_terminal
+    problem = without_terminal(config_path)
+    if problem:
+        fail(problem, EXIT_CONFIG)
     sys.exit(run(config_path))
 
 

@@ -12,13 +12,7 @@ __all__ = ["run", "main", "Source", "SocketSource", "RecordedSource"]
 def run(cfg_path: str) -> int:
     """Loads the config, opens the view for its role on the daemon's control socket.
 
-    Exit codes as the CLI's: 0 ok, 2 configuration or usage error (no terminal)."""
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        # textual would draw escape codes into a pipe or wait on a closed stdin
-        print("tunnelgate: the TUI needs a terminal (stdin and stdout); for scripts use "
-              f"`tunnelgate status -c {cfg_path} --json` or `tunnelgate events -c {cfg_path} --follow`",
-              file=sys.stderr)
-        return 2
+    Exit codes as the CLI's: 0 ok, 2 configuration error."""
     from .. import config as config_mod
     from ..paths import state_paths
     from .app import TunnelgateApp
@@ -34,6 +28,15 @@ def run(cfg_path: str) -> int:
     return app.return_code or 0
 
 
+def without_terminal(cfg_path: str) -> str | None:
+    """What to tell a user who runs the TUI without a terminal (None: there is one):
+    textual would draw escape codes into a pipe or wait on a closed stdin."""
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        return None
+    return ("the TUI needs a terminal (stdin and stdout); for scripts use "
+            f"`tunnelgate status -c {cfg_path} --json` or `tunnelgate events -c {cfg_path} --follow`")
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -41,4 +44,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Live view of a tunnelgate daemon.")
     parser.add_argument("-c", "--config", required=True, help="the daemon's TOML config")
     args = parser.parse_args(argv)
+    problem = without_terminal(args.config)
+    if problem:
+        print(f"tunnelgate: {problem}", file=sys.stderr)
+        return 2
     return run(args.config)

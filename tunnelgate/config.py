@@ -123,6 +123,7 @@ class ClientConfig:
     payment: Payment = field(default_factory=Payment)
     role: str = "client"
     kill_switch: bool = False     # [network] kill_switch; default on for full-tunnel routes
+    metrics_listen: tuple[str, int] | None = None   # [metrics] listen: Prometheus text format
 
 
 class _Reader:
@@ -413,9 +414,7 @@ def _gateway(path: Path, data: dict) -> GatewayConfig:
     session = _session(r)
     payment = _payment(r, "payee")
     pricing = _pricing(r, (payment.backend,))
-    metrics = r.table("metrics", required=False)
-    metrics_listen = metrics.endpoint("listen") if "listen" in metrics.data else None
-    metrics.finish()
+    metrics_listen = _metrics(r)
     r.finish()
     return GatewayConfig(path=path, node=node, listen=listen, tun=tun, address=address,
                          upstream_interface=upstream, mtu=mtu, session=session,
@@ -468,6 +467,14 @@ def peer_address6(address: ipaddress.IPv4Interface, address6: ipaddress.IPv6Inte
     return address6.network.network_address + host
 
 
+def _metrics(r: _Reader) -> tuple[str, int] | None:
+    """[metrics] listen: where to serve Prometheus text (both roles)."""
+    metrics = r.table("metrics", required=False)
+    listen = metrics.endpoint("listen") if "listen" in metrics.data else None
+    metrics.finish()
+    return listen
+
+
 def _client(path: Path, data: dict) -> ClientConfig:
     r = _Reader(path, data)
     node = _node(r)
@@ -500,10 +507,12 @@ def _client(path: Path, data: dict) -> ClientConfig:
     session = _session(r)
     policy = _policy(r)
     payment = _payment(r, "payer")
+    metrics_listen = _metrics(r)
     r.finish()
     return ClientConfig(path=path, node=node, endpoint=endpoint, gateway_public_key=public_key,
                         tun=tun, routes=tuple(routes), mtu=mtu, session=session,
-                        policy=policy, payment=payment, kill_switch=kill_switch)
+                        policy=policy, payment=payment, kill_switch=kill_switch,
+                        metrics_listen=metrics_listen)
 
 
 # --- contracts and payments ------------------------------------------------------------------

@@ -7,13 +7,15 @@ import pytest
 
 from tgenv import TunnelEnv, ping
 from tglab.lab import GW_LINK, UPSTREAM
+from tglab.topology import CLIENT_LINK
 
 pytestmark = pytest.mark.root
 
 
 def test_metrics_endpoint(lab):
     lab.start_upstream({"1M.bin": 1_000_000})
-    env = TunnelEnv(lab, gateway_extra=f'[metrics]\nlisten = "{GW_LINK}:9108"\n')
+    env = TunnelEnv(lab, gateway_extra=f'[metrics]\nlisten = "{GW_LINK}:9108"\n',
+                    client_extra=f'\n[metrics]\nlisten = "{CLIENT_LINK}:9109"\n')
     try:
         env.serve()
         env.up()
@@ -34,5 +36,11 @@ def test_metrics_endpoint(lab):
                      + re.escape(key) + r'"\} (\S+)') > 1_000_000
         assert value(r'^tunnelgate_contracts\{state="PAID"\} (\S+)') >= 1
         assert value(r"^tunnelgate_peers (\S+)") == 1
+        # the client exports its side: traffic, what it paid, its contracts
+        text = lab.run(lab.client, "curl", "-sS", f"http://{CLIENT_LINK}:9109/metrics").stdout
+        assert value(r'^tunnelgate_client_bytes_total\{direction="received"\} (\S+)') > 1_000_000
+        assert value(r"^tunnelgate_paid_msat_total (\S+)") > 0
+        assert value(r'^tunnelgate_contracts\{state="PAID"\} (\S+)') >= 1
+        assert value(r'^tunnelgate_committed_msat\{window="total"\} (\S+)') > 0
     finally:
         env.close()

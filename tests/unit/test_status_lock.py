@@ -27,7 +27,7 @@ def _daemon(contracts: int = 30):
     responder = types.SimpleNamespace(stats={}, peers=lambda: [])
     return types.SimpleNamespace(elock=threading.Lock(), engine=engine, stats=collections.Counter(),
                                  responder=responder, addr_of={},
-                                 events=types.SimpleNamespace(recent=[]))
+                                 events=types.SimpleNamespace(recent=[], counts=collections.Counter()))
 
 
 def _views_watched(monkeypatch, lock):

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 
 from ..protocol import messages as msgs
 from ..protocol.channel import Channel, ChannelFull
@@ -38,6 +38,7 @@ class EventLog:
     def __init__(self, store: Store):
         self.store = store
         self.recent: deque[dict] = deque(maxlen=EVENTS_KEPT)
+        self.counts: Counter[str] = Counter()  # per kind since start: metrics' counters never go down
         # rows not yet written; if the store falls behind, the oldest go (the table keeps
         # only the newest EVENTS_MAX anyway)
         self._pending: deque[tuple] = deque(maxlen=EVENTS_MAX)
@@ -63,6 +64,7 @@ class EventLog:
 
     def note(self, rec: dict) -> None:
         self.recent.append(rec)
+        self.counts[rec["kind"]] += 1
         self._pending.append((rec["ts"], rec["kind"], rec["contract_id"], rec["peer"], rec["destination"],
                               rec["reason"], rec["amount_msat"], json.dumps(rec["data"])))
         level = logging.WARNING if rec["kind"] in ("revoked", "payment_failed", "usage_mismatch",

@@ -177,7 +177,8 @@ class ElectrumWorld:
 
     def create_wallet(self, name: str, listen: bool) -> Wallet:
         d = self.root / name
-        w = Wallet(name, d, free_port(), "tg-" + name, secrets.token_urlsafe(18))
+        # hex: a password that starts with "-" would be read as an option by `electrum setconfig`
+        w = Wallet(name, d, free_port(), "tg-" + name, secrets.token_hex(18))
         w.cli("create", "--offline")
         settings = {"rpcuser": w.user, "rpcpassword": w.password, "rpchost": "127.0.0.1",
                     "rpcport": str(w.port), "server": f"127.0.0.1:{self.ex_port}:t", "oneserver": "true",

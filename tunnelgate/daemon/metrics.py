@@ -43,6 +43,30 @@ def _add(acc: list[int], values) -> None:
         acc[i] += v
 
 
+_SESSION_DROPS = ("bad_mac", "replay", "malformed", "unknown_index", "stale_handshake")
+
+
+def _session_families(stats: dict, session_stats: dict):
+    """Drops by reason (the daemon's and its session's) and completed handshakes."""
+    drops = CounterMetricFamily("tunnelgate_dropped_packets", "Packets dropped, by reason", labels=["reason"])
+    for k, v in sorted({**stats, **session_stats}.items()):
+        if k.startswith("drop_") or k in _SESSION_DROPS:
+            drops.add_metric([k.removeprefix("drop_")], v)
+    yield drops
+    yield CounterMetricFamily("tunnelgate_handshakes", "Completed handshakes", value=stats.get("handshakes", 0))
+
+
+def _states(contracts: list[dict]) -> GaugeMetricFamily:
+    states = GaugeMetricFamily("tunnelgate_contracts", "Contracts by state (ended ones this run remembers)",
+                               labels=["state"])
+    by_state: dict[str, int] = {}
+    for c in contracts:
+        by_state[c["state"]] = by_state.get(c["state"], 0) + 1
+    for state, n in sorted(by_state.items()):
+        states.add_metric([state], n)
+    return states
+
+
 def _event_counter(d, name: str, doc: str, kinds: tuple[str, ...]) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=sum(d.events.counts[k] for k in kinds))
 
@@ -59,23 +83,11 @@ class GatewayCollector(Collector):
         fwd.add_metric(["to_upstream"], stats.get("rx_bytes", 0))
         fwd.add_metric(["to_peers"], stats.get("tx_bytes", 0))
         yield fwd
-        drops = CounterMetricFamily("tunnelgate_dropped_packets", "Packets dropped, by reason", labels=["reason"])
-        for k, v in sorted({**stats, **d.responder.stats}.items()):
-            if k.startswith("drop_") or k in ("bad_mac", "replay", "malformed", "unknown_index", "stale_handshake"):
-                drops.add_metric([k.removeprefix("drop_")], v)
-        yield drops
-        yield CounterMetricFamily("tunnelgate_handshakes", "Completed handshakes", value=stats.get("handshakes", 0))
+        yield from _session_families(stats, d.responder.stats)
         with d.elock:           # only the copy: the data path meters under this lock
             objects = d.engine.contract_list(history=True)
         contracts = [c.view(0.0) for c in objects]
-        states = GaugeMetricFamily("tunnelgate_contracts", "Contracts by state (ended ones this run remembers)",
-                                   labels=["state"])
-        by_state: dict[str, int] = {}
-        for c in contracts:
-            by_state[c["state"]] = by_state.get(c["state"], 0) + 1
-        for state, n in sorted(by_state.items()):
-            states.add_metric([state], n)
-        yield states
+        yield _states(contracts)
         revenue = CounterMetricFamily("tunnelgate_revenue_msat", "Paid contracts' value, per peer",
                                       labels=["peer", "address"])
         peer_bytes = CounterMetricFamily("tunnelgate_peer_bytes", "Metered bytes per peer and direction",
@@ -113,24 +125,12 @@ class ClientCollector(Collector):
         fwd.add_metric(["sent"], stats.get("tx_bytes", 0))
         fwd.add_metric(["received"], stats.get("rx_bytes", 0))
         yield fwd
-        drops = CounterMetricFamily("tunnelgate_dropped_packets", "Packets dropped, by reason", labels=["reason"])
-        for k, v in sorted({**stats, **d.initiator.stats}.items()):
-            if k.startswith("drop_") or k in ("bad_mac", "replay", "malformed", "unknown_index"):
-                drops.add_metric([k.removeprefix("drop_")], v)
-        yield drops
-        yield CounterMetricFamily("tunnelgate_handshakes", "Completed handshakes", value=stats.get("handshakes", 0))
+        yield from _session_families(stats, d.initiator.stats)
         with d.elock:           # only the copy: the data path meters under this lock
             objects = d.engine.contract_list(history=True)
             spend = d.engine.spend(time.time())
         contracts = [c.view(0.0) for c in objects]
-        states = GaugeMetricFamily("tunnelgate_contracts", "Contracts by state (ended ones this run remembers)",
-                                   labels=["state"])
-        by_state: dict[str, int] = {}
-        for c in contracts:
-            by_state[c["state"]] = by_state.get(c["state"], 0) + 1
-        for state, n in sorted(by_state.items()):
-            states.add_metric([state], n)
-        yield states
+        yield _states(contracts)
         paid = self.totals.update({c["contract_id"]: ("", (c["cost_msat"] if c["paid"] else 0,))
                                    for c in contracts}).get("", [0])[0]
         yield CounterMetricFamily("tunnelgate_paid_msat", "Value of the contracts paid", value=paid)

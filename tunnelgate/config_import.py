@@ -30,6 +30,9 @@ that only the user can know (the gateway's address and public key for a
 client, an upstream interface, wallet credentials) are written as ``REPLACE-…``
 placeholders that ``config.load`` rejects, naming the key, until they are filled;
 everything else is written valid. ``docs/config.md`` has the full mapping.
+
+Over 600 lines: one mapping per key of the original's several net.conf generations, each
+with the note it prints; they read best side by side.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ only), ``on_message`` per decoded control message, ``poll(now)`` every
 ``paid(contract_id, method, proof)`` (which emits PAY), or ``payment_error``.
 
 ``now`` is wall-clock seconds: budgets per hour/day are rolling windows over it.
+
+Over 600 lines: the buyer carries its own copy of the contract lifecycle until the shared
+book of issue 22 (item 1) takes it; then this keeps only policy, budgets and renewal.
 """
 
 from __future__ import annotations

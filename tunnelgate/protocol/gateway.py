@@ -11,6 +11,9 @@ verifies and calls ``payment_confirmed`` or ``payment_failed``.
 ``now`` is wall-clock seconds (time.time()) so that snapshots stay meaningful
 after a restart.  Ids come from ``new_id`` (the daemon passes a random one, e.g.
 ``lambda: secrets.token_hex(8)``); the default is a counter, deterministic for tests.
+
+Over 600 lines: the seller carries its own copy of the contract lifecycle, holding and the
+per-peer bounds until the shared book of issue 22 (item 1) takes the lifecycle.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .topology import (CLIENT_LINK, CLIENT_LINK6, GW_LINK, GW_LINK6, GW_UP, GW_UP6, STRANGER_LINK,
+from .topology import (market, CLIENT_LINK, CLIENT_LINK6, GW_LINK, GW_LINK6, GW_UP, GW_UP6, STRANGER_LINK,
                        THREE_NAMESPACES, UPSTREAM, UPSTREAM6, Link, Node, Topology)
 
 __all__ = ["Lab", "LabError", "CLIENT_LINK", "STRANGER_LINK", "GW_LINK", "GW_UP", "UPSTREAM", "CLIENT_LINK6", "GW_LINK6",
@@ -127,7 +127,8 @@ def _is_zombie(pid: int) -> bool:
 
 
 class Lab:
-    ROLES = THREE_NAMESPACES.roles()     # the roles cleanup_stale() and `scripts/lab list` know a lab by
+    # the roles cleanup_stale() and `scripts/lab list` know a lab by
+    ROLES = tuple(dict.fromkeys(THREE_NAMESPACES.roles() + market(9).roles()))
 
     def __init__(self, prefix: str, topology: Topology = THREE_NAMESPACES):
         if not _PREFIX_RE.match(prefix):
@@ -222,6 +223,17 @@ class Lab:
                 b = link.ports[1]
                 _ip("link", "add", a.dev, "netns", self.names[a.node], "type", "veth",
                     "peer", "name", b.dev, "netns", self.names[b.node])
+                new = link.ports
+            elif link.kind == "bridge":
+                hub = self.names[link.hub]
+                _ip("-n", hub, "link", "add", "br0", "type", "bridge")
+                _ip("-n", hub, "link", "set", "br0", "up")
+                for p in link.ports:
+                    side = f"b-{p.node}"[:15]
+                    _ip("link", "add", p.dev, "netns", self.names[p.node], "type", "veth",
+                        "peer", "name", side, "netns", hub)
+                    _ip("-n", hub, "link", "set", side, "master", "br0")
+                    _ip("-n", hub, "link", "set", side, "up")
                 new = link.ports
             else:   # macvlan on a's interface, made where a is, then moved and renamed
                 new = link.ports[1:]

@@ -56,19 +56,24 @@ class Link:
     """kind "veth": a pair between ports[0] and ports[1], created directly in
     their namespaces. kind "macvlan": ports[0] is an existing interface and
     each further port a macvlan (bridge mode) on it, moved into its own node,
-    so the nodes share that link as on one switch."""
+    so the nodes share that link as on one switch. kind "bridge": a Linux
+    bridge in node ``hub`` (a switch: no addresses, no routes) and one veth
+    from each port to it; multicast (mDNS) crosses it as on a real LAN."""
     ports: tuple[Port, ...]
     kind: str = "veth"
     prefixlen: int = PREFIXLEN
     prefixlen6: int = PREFIXLEN6
+    hub: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "veth" and len(self.ports) != 2:
             raise ValueError(f"a veth link has two ports, not {len(self.ports)}")
         if self.kind == "macvlan" and len(self.ports) < 2:
             raise ValueError("a macvlan link needs its parent port and at least one more")
-        if self.kind not in ("veth", "macvlan"):
-            raise ValueError(f"link kind {self.kind!r}: veth or macvlan")
+        if self.kind == "bridge" and (self.hub is None or len(self.ports) < 2):
+            raise ValueError("a bridge link needs a hub node and at least two ports")
+        if self.kind not in ("veth", "macvlan", "bridge"):
+            raise ValueError(f"link kind {self.kind!r}: veth, macvlan or bridge")
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,8 @@ class Topology:
                 for p in link.ports:
                     if p.node not in known:
                         raise ValueError(f"link port {p.dev} on {p.node!r}: no such node")
+                if link.hub is not None and link.hub not in known:
+                    raise ValueError(f"bridge hub {link.hub!r}: no such node")
 
     def roles(self) -> tuple[str, ...]:
         """Every role, the extras' too."""
@@ -142,3 +149,33 @@ THREE_NAMESPACES = Topology(
     links=(Link((Port("client", CLIENT_IF, CLIENT_LINK, CLIENT_LINK6), Port("gw", GW_CLIENT_IF, GW_LINK, GW_LINK6))),
            Link((Port("gw", GW_UP_IF, GW_UP, GW_UP6), Port("up", UP_IF, UPSTREAM, UPSTREAM6)))),
     extras=(STRANGER,))
+
+
+def market(gateways: int = 3) -> Topology:
+    """One client and N gateways on one LAN (a bridge in node "lan"), each gateway
+    with its own uplink to one upstream host:
+
+        client 198.18.1.2 ─┐            gwI "veth-up" 198.18.(20+I).1/24 ── up "vethI" 198.18.(20+I).2
+        gwI "veth-c" 198.18.1.(10+I) ─┴─ lan (bridge)       (I = 1..N; IPv6 2001:2:0:(20+I)::1/2)
+
+    (IPv6 on the LAN 2001:2:0:1::2 and 2001:2:0:1::(10+I)). up has only its connected
+    prefixes, like THREE_NAMESPACES: it answers only what a gateway masqueraded."""
+    if not 1 <= gateways <= 9:
+        raise ValueError("1 to 9 gateways")
+    gws = [f"gw{i}" for i in range(1, gateways + 1)]
+    lan = Link((Port("client", CLIENT_IF, CLIENT_LINK, CLIENT_LINK6),)
+               + tuple(Port(g, GW_CLIENT_IF, f"198.18.1.{10 + i}", f"2001:2:0:1::{10 + i:x}")
+                       for i, g in enumerate(gws, 1)), kind="bridge", hub="lan")
+    ups = tuple(Link((Port(g, GW_UP_IF, f"198.18.{20 + i}.1", f"2001:2:0:{20 + i:x}::1"),
+                      Port("up", f"veth{i}", f"198.18.{20 + i}.2", f"2001:2:0:{20 + i:x}::2")))
+                for i, g in enumerate(gws, 1))
+    nodes = (Node("client"), Node("lan")) + tuple(
+        Node(g, routes=(Route("default", f"198.18.{20 + i}.2"), Route("default", f"2001:2:0:{20 + i:x}::2")))
+        for i, g in enumerate(gws, 1)) + (Node("up"),)
+    return Topology(nodes=nodes, links=(lan,) + ups)
+
+
+def market_gateway(i: int) -> dict[str, str]:
+    """Addresses of gateway I (1-based) in market(): its LAN address and uplink."""
+    return {"link": f"198.18.1.{10 + i}", "link6": f"2001:2:0:1::{10 + i:x}",
+            "up": f"198.18.{20 + i}.1", "upstream": f"198.18.{20 + i}.2"}

@@ -63,6 +63,22 @@ def lab():
 
 
 @pytest.fixture
+def market_lab():
+    """tglab.topology.market(3): a client and three gateways on one bridged LAN, each
+    gateway with its own uplink to one upstream host."""
+    from tglab.topology import market
+    reason = root_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    lab = Lab(new_prefix(), market(3))
+    try:
+        lab.build()
+        yield lab
+    finally:
+        lab.destroy()
+
+
+@pytest.fixture
 def env(lab):
     """A gateway and a client on the lab with default configs (tgenv.TunnelEnv); a test
     module that needs other configs defines its own `env`. The daemons' logs are printed

@@ -26,7 +26,10 @@ def test_the_three_namespaces_and_the_stranger():
     (lambda: Link((Port("a", "x"),)), "two ports"),
     (lambda: Link((Port("a", "x"), Port("b", "y"), Port("c", "z"))), "two ports"),
     (lambda: Link((Port("a", "x"),), kind="macvlan"), "parent port"),
-    (lambda: Link((Port("a", "x"), Port("b", "y")), kind="bridge"), "veth or macvlan"),
+    (lambda: Link((Port("a", "x"), Port("b", "y")), kind="hub"), "veth, macvlan or bridge"),
+    (lambda: Link((Port("a", "x"), Port("b", "y")), kind="bridge"), "needs a hub"),
+    (lambda: Topology((Node("a"), Node("b")), (Link((Port("a", "x"), Port("b", "y")), kind="bridge", hub="h"),)),
+     "no such node"),
     (lambda: Node("Gw-1"), "bad role"),
     (lambda: Topology((Node("a"), Node("a")), ()), "roles repeat"),
     (lambda: Topology((Node("a"),), (Link((Port("a", "x"), Port("b", "y"))),)), "no such node"),
@@ -43,3 +46,14 @@ def test_an_extra_may_link_to_the_base_nodes_and_itself():
     assert t.roles() == ("a", "b")
     with pytest.raises(KeyError, match="no optional node 'c'"):
         t.extra("c")
+
+
+def test_market_topology_shape():
+    from tglab.topology import market, market_gateway
+    t = market(3)
+    assert t.roles() == ("client", "lan", "gw1", "gw2", "gw3", "up")
+    lan = t.links[0]
+    assert lan.kind == "bridge" and lan.hub == "lan" and len(lan.ports) == 4
+    addrs = [p.addr for link in t.links for p in link.ports]
+    assert len(addrs) == len(set(addrs))
+    assert market_gateway(2)["link"] == "198.18.1.12" and market_gateway(2)["upstream"] == "198.18.22.2"

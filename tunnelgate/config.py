@@ -273,6 +273,12 @@ class _Reader:
             out.append(_Reader(self.path, item, f"{self.prefix}{key}[{i}]."))
         return out
 
+    def element(self, key: str, index: int, value: Any) -> tuple["_Reader", str]:
+        """A reader over one element of a list (``key[index]``, 1-based in messages), to check
+        it with the same rules and messages as a single value."""
+        name = f"{key}[{index + 1}]"
+        return _Reader(self.path, {name: value}, self.prefix), name
+
     def finish(self) -> None:
         extra = sorted(set(self.data) - self.used)
         if extra:

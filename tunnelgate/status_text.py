@@ -123,6 +123,10 @@ def render(st: dict) -> str:
         contracts = market.get("contracts", [])
         peers = st.get("peers", [])
         lines.append(f"peers     {len(peers)}")
+        leases = st.get("leases")
+        if leases:
+            lines.append(f"addresses {leases['used']} of {leases['pool']} leased, {leases['reclaimed']} reclaimed "
+                         f"(idle after {leases['idle_s']:g} s)")
         by_peer: dict[str, list[dict]] = {}
         for c in contracts:
             by_peer.setdefault(c.get("peer") or "", []).append(c)

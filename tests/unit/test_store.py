@@ -1,8 +1,6 @@
 import ipaddress
 
-import pytest
-
-from tunnelgate.daemon.store import Store, StoreError
+from tunnelgate.daemon.store import Store
 
 
 def test_addresses_are_stable_per_key_and_skip_the_gateway(tmp_path):

@@ -29,6 +29,7 @@ from ..wire import FEATURE_SIZED
 from .base import Daemon, features as _features, udp_socket
 from .control import ControlError
 from .leases import Leases
+from .lograte import LogLimiter
 from .market import Channels, EventLog, Saver, peer_text
 from .recovery import reconcile
 
@@ -126,6 +127,7 @@ class GatewayDaemon(Daemon):
             self._remember(base64.b64decode(key_b64), addr)
         self.leases = Leases(self.store, cfg.address, cfg.lease_idle_s)
         self._leases_at = 0.0
+        self._lease_log = LogLimiter()      # a stream of strangers costs a few lines
         await self._setup_market()
         self.tun = Tun(cfg.tun, cfg.mtu)
         # held by the data-path thread that reads the TUN and sends (see datapath.gateway_tun_to_udp)
@@ -313,7 +315,8 @@ class GatewayDaemon(Daemon):
             packed = table.pop(peer, None)
             if packed is not None and self.peer_of.get(packed) == peer:
                 del self.peer_of[packed]
-        log.info("peer %s: address lease reclaimed (idle)", key_b64)
+        self._lease_log.log(log, logging.INFO, "reclaimed", time.monotonic(),
+                            "peer %s: address lease reclaimed (idle)", key_b64)
 
     def _protected(self) -> set[str]:
         """Keys whose lease is never reclaimed: a live paid contract (or one whose payment
@@ -394,9 +397,10 @@ class GatewayDaemon(Daemon):
         for key in reclaimed:
             self._forget(key)
         if addr is None:
-            log.warning("refusing peer %s: address pool %s is full (%d leases, all held by paying "
-                        "or active peers); use a larger [network] address prefix", key_b64,
-                        self.cfg.address.network, self.leases.pool_size)
+            self._lease_log.log(log, logging.WARNING, "full", time.monotonic(),
+                                "refusing peer %s: address pool %s is full (%d leases, all held by "
+                                "paying or active peers); use a larger [network] address prefix",
+                                key_b64, self.cfg.address.network, self.leases.pool_size)
             self.stats["handshake_refused"] += 1
             return
         chunks = offload.chunks_enabled()

@@ -85,6 +85,10 @@ def render(st: dict) -> str:
             f"gateway   pid {st['pid']}, up {_duration(int(st['uptime_s']))}, listening on {st.get('listen')}",
             f"tunnel    {st['tun']} {st.get('address')}  upstream {st.get('upstream_interface')}",
         ]
+    priv = st.get("privileges")
+    if priv:
+        caps = "all capabilities" if priv["uid"] == 0 else ", ".join(priv["capabilities"]) or "no capabilities"
+        lines.append(f"runs as   {priv['user']} (uid {priv['uid']}), {caps}")
     pay = st.get("payment")
     if pay:
         money = "" if pay.get("real_money", True) else f"  ({pay.get('notice') or 'no real money'})"

@@ -127,6 +127,7 @@ class GatewayDaemon(Daemon):
             self._remember(base64.b64decode(key_b64), addr)
         self.leases = Leases(self.store, cfg.address, cfg.lease_idle_s)
         self._leases_at = 0.0
+        self._protected_at: tuple[float, set[str]] = (-1e9, set())
         self._lease_log = LogLimiter()      # a stream of strangers costs a few lines
         await self._setup_market()
         self.tun = Tun(cfg.tun, cfg.mtu)
@@ -321,11 +322,16 @@ class GatewayDaemon(Daemon):
     def _protected(self) -> set[str]:
         """Keys whose lease is never reclaimed: a live paid contract (or one whose payment
         is being verified) or prepaid credit."""
+        now = time.monotonic()
+        if now - self._protected_at[0] < 1.0:      # a stream of handshakes asks for it often
+            return self._protected_at[1]
         with self.elock:
             cs = self.engine.contract_list()
         verifying = set(self.verifying)
         keys = {peer_text(c.peer) for c in cs if c.state is gwp.State.PAID or c.contract_id in verifying}
-        return keys | set(self.payee.journal.credit_balances())
+        keys |= set(self.payee.journal.credit_balances())
+        self._protected_at = (now, keys)
+        return keys
 
     def _lease_tick(self, wall: float) -> None:
         """Once a second: renew the leases of peers that sent something, reclaim idle ones."""
@@ -440,9 +446,13 @@ class GatewayDaemon(Daemon):
         self._pump(poll=wall)
         try:
             self.saver.maybe_save(wall)         # byte counters, batched
-            self._lease_tick(wall)
         except Exception as e:
             self._write_failed(e)
+        try:
+            self._lease_tick(wall)
+        except Exception as e:
+            self._lease_log.log(log, logging.ERROR, "tick", time.monotonic(), "cannot update the address "
+                                "leases in %s: %s; check the disk", self.paths["db"], e)
         self.events.flush()
 
     def persist(self) -> None:

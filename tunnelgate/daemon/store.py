@@ -258,9 +258,13 @@ class Store:
                                  "WHERE public_key=?", (now, ts, public_key))
                 return row[0]
             # Start after the newest assignment and probe the UNIQUE index, so a new peer
-            # costs O(1) however many there are (this runs on the receive thread).
+            # costs O(1) however many there are (this runs on the receive thread); a full
+            # pool is told by the count, not by probing every address (a stream of new
+            # keys meets a full pool at every handshake)
             net = network.network
             first, last = int(net.network_address) + 1, int(net.broadcast_address) - 1
+            if self._db.execute("SELECT COUNT(*) FROM peers").fetchone()[0] >= last - first:
+                return None
             row = self._db.execute("SELECT address FROM peers ORDER BY rowid DESC LIMIT 1").fetchone()
             start = int(ipaddress.IPv4Address(row[0])) + 1 if row else first
             size = last - first + 1

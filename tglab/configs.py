@@ -29,11 +29,13 @@ class Pair:
 def write_pair(directory: Path, gateway_extra: str = "", client_extra: str = "",
                routes: tuple[str, ...] = ("0.0.0.0/0",), tun: str = "tgs0", client_tun: str = "tg0",
                tunnel_address: str = "100.64.0.1/24", port: int = PORT,
-               tunnel_address6: str | None = None, listen: str | None = None) -> Pair:
+               tunnel_address6: str | None = None, listen: str | None = None, user: str = "root") -> Pair:
     """Keys (gw.key, cl.key) and configs with state in gw/ and cl/ under directory.
     *_extra: more TOML sections appended as they are ([pricing], [policy], [payment], ...).
     tunnel_address6: a dual-stack tunnel (e.g. TUNNEL6). listen: the gateway's listen
-    address (default GW_LINK, the client's endpoint either way)."""
+    address (default GW_LINK, the client's endpoint either way). user: [daemon] user, the
+    account the daemons drop to after set-up; the lab keeps root unless told (an
+    unprivileged user must be able to reach directory, see test_privilege.py)."""
     directory.mkdir(parents=True, exist_ok=True)
     gw_key, cl_key = keys.generate(), keys.generate()
     keys.write_private(directory / "gw.key", gw_key)
@@ -43,6 +45,8 @@ def write_pair(directory: Path, gateway_extra: str = "", client_extra: str = "",
     gateway.write_text(f"""[node]
 private_key_file = "gw.key"
 state_dir = "gw"
+[daemon]
+user = "{user}"
 [link]
 listen = "{listen or GW_LINK}:{port}"
 [network]
@@ -56,6 +60,8 @@ upstream_interface = "veth-up"
     client.write_text(f"""[node]
 private_key_file = "cl.key"
 state_dir = "cl"
+[daemon]
+user = "{user}"
 [gateway]
 endpoint = "{GW_LINK}:{port}"
 public_key = "{gw_public}"

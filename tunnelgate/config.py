@@ -82,6 +82,11 @@ class Payment:
         return self.settings_dict().get(key, default)
 
 
+DEFAULT_LEASE_IDLE_S = 600.0
+MIN_LEASE_IDLE_S = 30.0         # three client keepalives (session.Timing.keepalive_s)
+DEFAULT_USER = "tunnelgate"     # created by scripts/setup; "root" keeps root
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
 DEFAULT_PRICE = "0.5"        # msat per KB, when [pricing] default_price is omitted
 DEFAULT_MAX_PRICE = "1"      # msat per KB, when [policy] max_price is omitted
 
@@ -110,6 +115,8 @@ class GatewayConfig:
     metrics_listen: tuple[str, int] | None = None   # [metrics] listen: Prometheus text format
     role: str = "gateway"
     address6: ipaddress.IPv6Interface | None = None  # IPv6 in the tunnel as well (dual stack)
+    lease_idle_s: float = DEFAULT_LEASE_IDLE_S      # [network]: an idle peer's address is reclaimed
+    user: str = DEFAULT_USER                         # [daemon]: who the daemon runs as after set-up
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,7 @@ class ClientConfig:
     role: str = "client"
     kill_switch: bool = False     # [network] kill_switch; default on for full-tunnel routes
     metrics_listen: tuple[str, int] | None = None   # [metrics] listen: Prometheus text format
+    user: str = DEFAULT_USER                         # [daemon]: who the daemon runs as after set-up
 
 
 class _Reader:
@@ -419,16 +427,20 @@ def _gateway(path: Path, data: dict) -> GatewayConfig:
     address6 = _address6(net, address)
     upstream = net.ifname("upstream_interface")
     mtu = _mtu(net)
+    lease_idle_s = net.number("lease_idle_s", DEFAULT_LEASE_IDLE_S, minimum=MIN_LEASE_IDLE_S,
+                              min_inclusive=True, why="a connected client is silent at most 10 s "
+                              "between keepalives; shorter would take addresses from live clients")
     net.finish()
     session = _session(r)
     payment = _payment(r, "payee")
     pricing = _pricing(r, (payment.backend,))
     metrics_listen = _metrics(r)
+    user = _daemon(r)
     r.finish()
     return GatewayConfig(path=path, node=node, listen=listen, tun=tun, address=address,
                          upstream_interface=upstream, mtu=mtu, session=session,
                          pricing=pricing, payment=payment, metrics_listen=metrics_listen,
-                         address6=address6)
+                         address6=address6, lease_idle_s=lease_idle_s, user=user)
 
 
 def check_interfaces(cfg: GatewayConfig) -> None:
@@ -476,6 +488,18 @@ def peer_address6(address: ipaddress.IPv4Interface, address6: ipaddress.IPv6Inte
     return address6.network.network_address + host
 
 
+def _daemon(r: _Reader) -> str:
+    """[daemon] user: the account the daemon drops to once its TUN, routes and nft table
+    are set up (daemon/privilege.py); "root" keeps root."""
+    t = r.table("daemon", required=False)
+    user = t.get("user", str, 'a system user name (default "tunnelgate", made by scripts/setup; '
+                              '"root" keeps root)', DEFAULT_USER)
+    if not _USER_NAME.fullmatch(user):
+        raise t.error("user", 'a user name such as "tunnelgate" (lower case letters, digits, _ and -)', user)
+    t.finish()
+    return user
+
+
 def _metrics(r: _Reader) -> tuple[str, int] | None:
     """[metrics] listen: where to serve Prometheus text (both roles)."""
     metrics = r.table("metrics", required=False)
@@ -517,11 +541,12 @@ def _client(path: Path, data: dict) -> ClientConfig:
     policy = _policy(r)
     payment = _payment(r, "payer")
     metrics_listen = _metrics(r)
+    user = _daemon(r)
     r.finish()
     return ClientConfig(path=path, node=node, endpoint=endpoint, gateway_public_key=public_key,
                         tun=tun, routes=tuple(routes), mtu=mtu, session=session,
                         policy=policy, payment=payment, kill_switch=kill_switch,
-                        metrics_listen=metrics_listen)
+                        metrics_listen=metrics_listen, user=user)
 
 
 # --- contracts and payments ------------------------------------------------------------------

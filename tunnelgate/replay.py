@@ -26,6 +26,11 @@ class ReplayWindow:
         self._top = 0
         self._ring = [0] * RING_WORDS
 
+    @property
+    def top(self) -> int:
+        """The highest counter seen + 1 (0: none yet)."""
+        return self._top
+
     def update(self, counter: int) -> bool:
         """Mark `counter` seen; False (nothing changed) if it was not fresh. Call
         only after the datagram authenticated, or forged counters would slide

@@ -905,6 +905,14 @@ class Responder:
     def peers(self) -> list[bytes]:
         return list(self._peers)
 
+    def activity(self, peer_public: bytes) -> tuple[int, int] | None:
+        """(index, highest counter received) of the peer's current keys, None without:
+        it changes only when a datagram from the peer authenticates, so comparing it
+        between polls tells an active peer from an idle one at no per-packet cost."""
+        peer = self._peers.get(peer_public)
+        t = None if peer is None else peer.current
+        return None if t is None else (t.local_index, t._replay.top)
+
     def forget(self, peer_public: bytes) -> None:
         """Drop a peer's keys. Its handshake timestamp is kept so that its old
         INITs stay replays."""

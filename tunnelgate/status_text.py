@@ -85,6 +85,10 @@ def render(st: dict) -> str:
             f"gateway   pid {st['pid']}, up {_duration(int(st['uptime_s']))}, listening on {st.get('listen')}",
             f"tunnel    {st['tun']} {st.get('address')}  upstream {st.get('upstream_interface')}",
         ]
+    priv = st.get("privileges")
+    if priv:
+        caps = "all capabilities" if priv["uid"] == 0 else ", ".join(priv["capabilities"]) or "no capabilities"
+        lines.append(f"runs as   {priv['user']} (uid {priv['uid']}), {caps}")
     pay = st.get("payment")
     if pay:
         money = "" if pay.get("real_money", True) else f"  ({pay.get('notice') or 'no real money'})"
@@ -123,6 +127,10 @@ def render(st: dict) -> str:
         contracts = market.get("contracts", [])
         peers = st.get("peers", [])
         lines.append(f"peers     {len(peers)}")
+        leases = st.get("leases")
+        if leases:
+            lines.append(f"addresses {leases['used']} of {leases['pool']} leased, {leases['reclaimed']} reclaimed "
+                         f"(idle after {leases['idle_s']:g} s)")
         by_peer: dict[str, list[dict]] = {}
         for c in contracts:
             by_peer.setdefault(c.get("peer") or "", []).append(c)

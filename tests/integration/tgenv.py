@@ -22,11 +22,13 @@ __all__ = ["PORT", "TG", "TunnelEnv", "ping", "wait_until"]
 class TunnelEnv:
     def __init__(self, lab, gateway_extra: str = "", client_extra: str = "",
                  routes: tuple[str, ...] = ("0.0.0.0/0",), address6: str | None = None,
-                 listen: str | None = None):
+                 listen: str | None = None, user: str = "root"):
         self.lab = lab
         self.dir = Path(tempfile.mkdtemp(prefix="tg-", dir="/tmp"))
+        if user != "root":      # the daemons' own user must reach their state_dir
+            self.dir.chmod(0o711)
         pair = write_pair(self.dir, gateway_extra, client_extra, routes, tunnel_address6=address6,
-                          listen=listen)
+                          listen=listen, user=user)
         self.gw_conf, self.client_conf = pair.gateway, pair.client
         self.gw_public, self.client_public = pair.gateway_public, pair.client_public
 

@@ -607,3 +607,24 @@ def test_a_placeholder_left_in_the_shipped_example_says_fill_in(tmp_path):
     msg = load_err(tmp_path, example)
     assert "key 'gateway." in msg and "fill in" in msg and "placeholder" in msg, msg
     assert "not base64" not in msg
+
+
+def test_gateway_lease_idle(tmp_path):
+    assert config.load(write(tmp_path, GATEWAY)).lease_idle_s == 600.0
+    net = 'upstream_interface = "veth-up"'
+    cfg = config.load(write(tmp_path, GATEWAY.replace(net, net + "\nlease_idle_s = 45")))
+    assert cfg.lease_idle_s == 45.0
+    for bad in ("10", '"600"', "1e9"):
+        with pytest.raises(config.ConfigError, match=r"network.lease_idle_s.*>= 30 .*keepalive"):
+            config.load(write(tmp_path, GATEWAY.replace(net, net + f"\nlease_idle_s = {bad}")))
+
+
+def test_daemon_user_in_both_roles(tmp_path):
+    for text in (GATEWAY, CLIENT):
+        assert config.load(write(tmp_path, text)).user == "tunnelgate"
+        assert config.load(write(tmp_path, text + '\n[daemon]\nuser = "root"\n')).user == "root"
+        for bad in ('"Bad User"', '""', "0", '"../x"'):
+            with pytest.raises(config.ConfigError, match="daemon.user"):
+                config.load(write(tmp_path, text + f"\n[daemon]\nuser = {bad}\n"))
+        with pytest.raises(config.ConfigError, match="daemon.group.*unknown key"):
+            config.load(write(tmp_path, text + '\n[daemon]\ngroup = "x"\n'))

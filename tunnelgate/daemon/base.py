@@ -20,11 +20,13 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..net import setup as netsetup
 from ..paths import running_pid, state_paths
 from ..wakeups import Wakeups, Warmth
+from . import privilege
 from .control import ControlServer
 from .store import Store
 from .supervise import supervise
@@ -162,6 +164,7 @@ class Daemon:
                 except OSError as e:
                     raise DaemonError(f"cannot serve metrics on {self.cfg.metrics_listen[0]}:"
                                       f"{self.cfg.metrics_listen[1]}: {e.strerror}; change [metrics] listen") from None
+            self._drop_privileges()
             self.udp_wakeups = Wakeups(self.sock.fileno())
             for name, target in self.workers():
                 t = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
@@ -189,6 +192,16 @@ class Daemon:
             await self.net(netsetup.teardown, self.paths["net"])
             self.store.close()
             log.info("%s stopped", self.role)
+
+    def _drop_privileges(self) -> None:
+        """The TUN, routes and nft table are set up: become [daemon] user (privilege.py).
+        Only this thread keeps CAP_NET_ADMIN, so later network changes (asyncio.to_thread)
+        get a fresh executor whose threads inherit it."""
+        try:
+            privilege.drop(self.cfg.user, self.cfg.node.state_dir)
+        except (privilege.PrivilegeError, OSError) as e:
+            raise DaemonError(f"cannot drop privileges: {e}") from None
+        self.loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="net"))
 
     @staticmethod
     async def net(fn, *args):
@@ -266,6 +279,7 @@ class Daemon:
             "uptime_s": round(time.time() - self.started_at, 1),
             "config": str(self.cfg.path),
             "tun": self.cfg.tun,
+            "privileges": privilege.current(),      # user, uid, capabilities kept
             "stats": dict(self.stats),
             **self.status(),
         }

@@ -28,6 +28,8 @@ from ..offload.chunks import FEATURE_CHUNKS
 from ..wire import FEATURE_SIZED
 from .base import Daemon, features as _features, udp_socket
 from .control import ControlError
+from .leases import Leases
+from .lograte import LogLimiter
 from .market import Channels, EventLog, Saver, peer_text
 from .recovery import reconcile
 
@@ -123,6 +125,10 @@ class GatewayDaemon(Daemon):
         self.chunk_peers: set[bytes] = set()
         for key_b64, addr in self.store.peer_addresses().items():
             self._remember(base64.b64decode(key_b64), addr)
+        self.leases = Leases(self.store, cfg.address, cfg.lease_idle_s)
+        self._leases_at = 0.0
+        self._protected_at: tuple[float, set[str]] = (-1e9, set())
+        self._lease_log = LogLimiter()      # a stream of strangers costs a few lines
         await self._setup_market()
         self.tun = Tun(cfg.tun, cfg.mtu)
         # held by the data-path thread that reads the TUN and sends (see datapath.gateway_tun_to_udp)
@@ -300,6 +306,42 @@ class GatewayDaemon(Daemon):
             self.addr6_of[peer] = packed6
             self.peer_of[packed6] = peer
 
+    def _forget(self, key_b64: str) -> None:
+        """A reclaimed lease: the old key's session and address mapping go, so its traffic
+        cannot use the address's next holder (it may handshake again for a new lease)."""
+        peer = base64.b64decode(key_b64)
+        self.responder.forget(peer)
+        self.chunk_peers.discard(peer)
+        for table in (self.addr_of, self.addr6_of):
+            packed = table.pop(peer, None)
+            if packed is not None and self.peer_of.get(packed) == peer:
+                del self.peer_of[packed]
+        self._lease_log.log(log, logging.INFO, "reclaimed", time.monotonic(),
+                            "peer %s: address lease reclaimed (idle)", key_b64)
+
+    def _protected(self) -> set[str]:
+        """Keys whose lease is never reclaimed: a live paid contract (or one whose payment
+        is being verified) or prepaid credit."""
+        now = time.monotonic()
+        if now - self._protected_at[0] < 1.0:      # a stream of handshakes asks for it often
+            return self._protected_at[1]
+        with self.elock:
+            cs = self.engine.contract_list()
+        verifying = set(self.verifying)
+        keys = {peer_text(c.peer) for c in cs if c.state is gwp.State.PAID or c.contract_id in verifying}
+        keys |= set(self.payee.journal.credit_balances())
+        self._protected_at = (now, keys)
+        return keys
+
+    def _lease_tick(self, wall: float) -> None:
+        """Once a second: renew the leases of peers that sent something, reclaim idle ones."""
+        if wall - self._leases_at < 1.0:
+            return
+        self._leases_at = wall
+        signatures = {peer_text(p): self.responder.activity(p) for p in self.responder.peers()}
+        for key in self.leases.tick(wall, signatures, self._protected):
+            self._forget(key)
+
     def _address6(self, addr: str) -> ipaddress.IPv6Address:
         return peer_address6(self.cfg.address, self.cfg.address6, addr)
 
@@ -353,9 +395,18 @@ class GatewayDaemon(Daemon):
         try:
             # the timestamp rides on the write the handshake makes anyway, before the answer:
             # a restart, even kill -9 right after, never answers this INIT again
-            addr = self.store.assign_address(key_b64, self.cfg.address, hs.timestamp)
+            addr, reclaimed = self.leases.acquire(key_b64, time.time(), hs.timestamp, self._protected)
         except Exception as e:
             log.warning("refusing peer %s: %s", key_b64, e)
+            self.stats["handshake_refused"] += 1
+            return
+        for key in reclaimed:
+            self._forget(key)
+        if addr is None:
+            self._lease_log.log(log, logging.WARNING, "full", time.monotonic(),
+                                "refusing peer %s: address pool %s is full (%d leases, all held by "
+                                "paying or active peers); use a larger [network] address prefix",
+                                key_b64, self.cfg.address.network, self.leases.pool_size)
             self.stats["handshake_refused"] += 1
             return
         chunks = offload.chunks_enabled()
@@ -397,6 +448,11 @@ class GatewayDaemon(Daemon):
             self.saver.maybe_save(wall)         # byte counters, batched
         except Exception as e:
             self._write_failed(e)
+        try:
+            self._lease_tick(wall)
+        except Exception as e:
+            self._lease_log.log(log, logging.ERROR, "tick", time.monotonic(), "cannot update the address "
+                                "leases in %s: %s; check the disk", self.paths["db"], e)
         self.events.flush()
 
     def persist(self) -> None:
@@ -416,6 +472,7 @@ class GatewayDaemon(Daemon):
 
     def shutdown_market(self) -> None:
         self.saver.maybe_save(time.time(), force=True)
+        self.leases.save(time.time())
         self.events.flush()
 
     # --- contracts: control messages, payments ------------------------------------------
@@ -513,6 +570,7 @@ class GatewayDaemon(Daemon):
             "address6": str(self.cfg.address6) if self.cfg.address6 else None,
             "upstream_interface": self.cfg.upstream_interface,
             "peers": peers,
+            "leases": self.leases.status(),     # address pool: size, used, reclaimed
             "session_stats": dict(self.responder.stats),
             "tun_stats": dict(self.tun.stats),
             "payment": {"backend": self.cfg.payment.backend,

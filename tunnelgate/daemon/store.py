@@ -22,6 +22,11 @@ CREATE TABLE IF NOT EXISTS peers (
     last_seen  REAL NOT NULL,
     handshake_ts TEXT       -- the latest INIT timestamp accepted (u64 as decimal text); see _migrate
 );
+-- keys whose lease was reclaimed (leases.py): their latest INIT timestamp stays a replay
+CREATE TABLE IF NOT EXISTS retired_peers (
+    public_key   TEXT PRIMARY KEY,
+    handshake_ts TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -224,23 +229,27 @@ class Store:
         return self.execute("SELECT contract_id, method, amount_msat, created_at, state FROM client_payments "
                             "ORDER BY created_at")
 
-    # --- gateway: stable tunnel address per client key ---------------------------------
+    # --- gateway: address leases per client key (the policy is leases.py) ---------------
 
     def peer_addresses(self) -> dict[str, str]:
         return dict(self.execute("SELECT public_key, address FROM peers"))
 
     def handshake_timestamps(self) -> dict[str, int]:
-        """Peer key -> the latest INIT timestamp assign_address recorded for it."""
-        return {k: int(ts) for k, ts in self.execute(
-            "SELECT public_key, handshake_ts FROM peers WHERE handshake_ts IS NOT NULL")}
+        """Peer key -> the latest INIT timestamp recorded for it, leased or retired."""
+        out: dict[str, int] = {}
+        for k, ts in self.execute("SELECT public_key, handshake_ts FROM retired_peers UNION ALL "
+                                  "SELECT public_key, handshake_ts FROM peers WHERE handshake_ts IS NOT NULL"):
+            out[k] = max(out.get(k, 0), int(ts))
+        return out
 
     def assign_address(self, public_key: str, network: ipaddress.IPv4Interface,
-                       handshake_ts: int | None = None) -> str:
-        """The peer's address, allocating the lowest free one in the prefix on first contact.
+                       handshake_ts: int | None = None, now: float | None = None) -> str | None:
+        """The peer's address, leasing the next free one in the prefix on first contact;
+        None when the pool is full (leases.Leases then reclaims one and asks again).
         ``handshake_ts``: the INIT being answered; written in the same statement as
         last_seen, so replay protection costs the receive thread no write of its own and is
         on disk before the answer leaves."""
-        now = time.time()
+        now = time.time() if now is None else now
         ts = None if handshake_ts is None else str(handshake_ts)
         with self._lock:
             row = self._db.execute("SELECT address FROM peers WHERE public_key=?", (public_key,)).fetchone()
@@ -249,9 +258,13 @@ class Store:
                                  "WHERE public_key=?", (now, ts, public_key))
                 return row[0]
             # Start after the newest assignment and probe the UNIQUE index, so a new peer
-            # costs O(1) however many there are (this runs on the receive thread).
+            # costs O(1) however many there are (this runs on the receive thread); a full
+            # pool is told by the count, not by probing every address (a stream of new
+            # keys meets a full pool at every handshake)
             net = network.network
             first, last = int(net.network_address) + 1, int(net.broadcast_address) - 1
+            if self._db.execute("SELECT COUNT(*) FROM peers").fetchone()[0] >= last - first:
+                return None
             row = self._db.execute("SELECT address FROM peers ORDER BY rowid DESC LIMIT 1").fetchone()
             start = int(ipaddress.IPv4Address(row[0])) + 1 if row else first
             size = last - first + 1
@@ -263,6 +276,42 @@ class Store:
                 self._db.execute("INSERT INTO peers (public_key, address, first_seen, last_seen, handshake_ts) "
                                  "VALUES (?,?,?,?,?)", (public_key, str(host), now, now, ts))
                 return str(host)
-            count = self._db.execute("SELECT COUNT(*) FROM peers").fetchone()[0]
-        raise StoreError(f"address pool {network.network} is full ({count} peers); "
-                         "use a larger [network] address prefix")
+        return None
+
+    def lease_count(self) -> int:
+        return self.execute("SELECT COUNT(*) FROM peers")[0][0]
+
+    def leases_by_age(self, seen_before: float, limit: int) -> list[tuple[str, str, float]]:
+        """(key, address, last_seen) of the leases last seen before ``seen_before``, the
+        longest idle first (as stored: the caller knows newer in-memory times)."""
+        return self.execute("SELECT public_key, address, last_seen FROM peers WHERE last_seen < ? "
+                            "ORDER BY last_seen LIMIT ?", (seen_before, limit))
+
+    def touch_leases(self, seen: dict[str, float]) -> None:
+        """Newer last-seen times, one transaction (a lease reclaimed meanwhile stays gone)."""
+        if seen:
+            with self._transaction() as db:
+                db.executemany("UPDATE peers SET last_seen=MAX(last_seen, ?) WHERE public_key=?",
+                               [(t, k) for k, t in seen.items()])
+
+    def release_leases(self, keys: list[str]) -> int:
+        """Frees the leases of ``keys`` (their INIT timestamps kept as replays) and counts
+        them in meta ``leases.reclaimed``; returns how many existed."""
+        with self._transaction() as db:
+            n = 0
+            for key in keys:
+                row = db.execute("SELECT handshake_ts FROM peers WHERE public_key=?", (key,)).fetchone()
+                if row is None:
+                    continue
+                n += 1
+                if row[0] is not None:
+                    db.execute("INSERT OR REPLACE INTO retired_peers VALUES (?,?)", (key, row[0]))
+                db.execute("DELETE FROM peers WHERE public_key=?", (key,))
+            if n:
+                db.execute("INSERT INTO meta VALUES ('leases.reclaimed', ?) ON CONFLICT(key) DO UPDATE "
+                           "SET value = CAST(value AS INTEGER) + ?", (str(n), n))
+        return n
+
+    def leases_reclaimed(self) -> int:
+        rows = self.execute("SELECT value FROM meta WHERE key='leases.reclaimed'")
+        return int(rows[0][0]) if rows else 0

@@ -28,6 +28,7 @@ from ..offload.chunks import FEATURE_CHUNKS
 from ..wire import FEATURE_SIZED
 from .base import Daemon, features as _features, udp_socket
 from .control import ControlError
+from .handshakes import Handshakes
 from .market import Channels, EventLog, Saver, peer_text
 from .recovery import reconcile
 
@@ -130,6 +131,8 @@ class GatewayDaemon(Daemon):
         await self.net(netsetup.setup_gateway, self.paths["net"], cfg.tun, str(cfg.address),
                        cfg.upstream_interface, cfg.mtu, str(cfg.address6) if cfg.address6 else None)
         self.sock = udp_socket(cfg.listen)
+        # key exchanges run on their own thread, behind MAC1, cookies and rate limits
+        self.handshakes = Handshakes(self.responder, self._handshake, self.sock.sendto)
         self.ready = True
         log.info("listening on %s:%d, tunnel %s %s%s, upstream %s", *cfg.listen, cfg.tun, cfg.address,
                  f" {cfg.address6}" if cfg.address6 else "", cfg.upstream_interface)
@@ -337,7 +340,8 @@ class GatewayDaemon(Daemon):
 
     def workers(self):
         return [("udp-to-tun", lambda: datapath.gateway_udp_to_tun(self)),
-                ("tun-to-udp", lambda: datapath.gateway_tun_to_udp(self))]
+                ("tun-to-udp", lambda: datapath.gateway_tun_to_udp(self)),
+                ("handshakes", lambda: self.handshakes.run(lambda: self.running))]
 
     def shutdown(self) -> None:
         if hasattr(self, "saver"):
@@ -514,6 +518,7 @@ class GatewayDaemon(Daemon):
             "upstream_interface": self.cfg.upstream_interface,
             "peers": peers,
             "session_stats": dict(self.responder.stats),
+            "flood": self.handshakes.status(),      # handshakes dropped by reason
             "tun_stats": dict(self.tun.stats),
             "payment": {"backend": self.cfg.payment.backend,
                         "real_money": getattr(self.payee, "real_money", True),

@@ -129,7 +129,8 @@ class GatewayDaemon(Daemon):
         # held by the data-path thread that reads the TUN and sends (see datapath.gateway_tun_to_udp)
         self.tun_lock = threading.Lock()
         await self.net(netsetup.setup_gateway, self.paths["net"], cfg.tun, str(cfg.address),
-                       cfg.upstream_interface, cfg.mtu, str(cfg.address6) if cfg.address6 else None)
+                       cfg.upstream_interface, cfg.mtu, str(cfg.address6) if cfg.address6 else None,
+                       cfg.listen[1])
         self.sock = udp_socket(cfg.listen)
         # key exchanges run on their own thread, behind MAC1, cookies and rate limits
         self.handshakes = Handshakes(self.responder, self._handshake, self.sock.sendto)

@@ -204,8 +204,18 @@ def flood_up(up, port: int):
                 init = captured()
                 stranger = lab.add_stranger()
                 count_back(lab, stranger, port)
-                yield {"pids": pids, "init": init, "stranger": stranger, "port": port}
+                gw_conf = work / "gateway.toml"
+                flood_stats = (lambda: _tg_flood_stats(lab, gw_conf)) if gw_conf.exists() else None
+                yield {"pids": pids, "init": init, "stranger": stranger, "port": port,
+                       "flood_stats": flood_stats}
     return wrapped
+
+
+def _tg_flood_stats(lab, gw_conf: Path) -> dict:
+    from .daemons import tg
+    st = json.loads(tg(lab, lab.gw, "status", "--json", "-c", str(gw_conf)).stdout)
+    return {k: v for k, v in st.get("flood", {}).items() if isinstance(v, int) and not isinstance(v, bool)
+            and k != "worker_tid"}
 
 
 def start_flood(lab, ns: str, mode: str, port: int, seconds: float, init: bytes) -> subprocess.Popen:
@@ -220,6 +230,7 @@ def one_turn(p, mode: str, flood_s: float, iperf_s: int, run_iperf) -> dict:
     lab, info = p.lab, p.pids
     gw = info["pids"]["gw"]
     back0, cpu0, hs0 = back(lab, info["stranger"]), process_cpu(gw), thread_cpu(gw, HANDSHAKE_THREAD)
+    stats0 = info["flood_stats"]() if info["flood_stats"] else None
     flooder = None
     if mode != "none":
         flooder = start_flood(lab, info["stranger"], mode, info["port"], flood_s, info["init"])
@@ -244,6 +255,9 @@ def one_turn(p, mode: str, flood_s: float, iperf_s: int, run_iperf) -> dict:
     res["back"] = back(lab, info["stranger"]) - back0
     res["gw_cpu_s"] = process_cpu(gw) - cpu0
     res["hs_cpu_s"] = hs1 - hs0 if hs0 is not None and hs1 is not None else None
+    if stats0 is not None:      # tunnelgate's `status` flood counts during this run
+        stats1 = info["flood_stats"]()
+        res["gw_flood"] = {k: v - stats0.get(k, 0) for k, v in stats1.items()}
     return res
 
 
@@ -261,7 +275,8 @@ def measure(paths: dict, runs: int, flood_s: float, run_iperf=None) -> dict[str,
                 r["round"] = i
                 out[key].append(r)
                 log(f"round {i + 1} {key} {mode}: up {r['up_bps'] / 1e6:.0f} down {r['down_bps'] / 1e6:.0f} "
-                    f"Mbit/s, sent {r.get('sent')}, back {r['back']}")
+                    f"Mbit/s, sent {r.get('sent')}, back {r['back']}"
+                    + (f", gateway {r['gw_flood']}" if r.get("gw_flood") else ""))
     return out
 
 

@@ -441,10 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(a == "--peers" or a.startswith("--peers=") for a in (sys.argv[1:] if argv is None else argv)):
         from . import scale   # one gateway, many peers and contracts: see tglab/scale.py
         return scale.main(sys.argv[1:] if argv is None else argv)
-    args = sys.argv[1:] if argv is None else argv
-    if "--flood" in args:
-        from . import flood   # the gateway's port flooded while a client transfers: see tglab/flood.py
-        return flood.main([x for x in args if x != "--flood"])
+    if "--flood" in (sys.argv[1:] if argv is None else argv):
+        print("bench: --flood runs tglab/flood.py (scripts/bench --flood, or python -m tglab.flood)",
+              file=sys.stderr)
+        return 2
     ap = argparse.ArgumentParser(prog="scripts/bench", description="tunnelgate vs wireguard-go, same lab")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 run of iperf3 -t 2 per column")
     ap.add_argument("--runs", type=int, default=None, help="iperf3 runs per column (default 3)")

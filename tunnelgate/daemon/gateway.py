@@ -130,10 +130,11 @@ class GatewayDaemon(Daemon):
         self.tun_lock = threading.Lock()
         await self.net(netsetup.setup_gateway, self.paths["net"], cfg.tun, str(cfg.address),
                        cfg.upstream_interface, cfg.mtu, str(cfg.address6) if cfg.address6 else None,
-                       cfg.listen[1])
+                       cfg.listen[1], cfg.session.handshakes_per_source_s)
         self.sock = udp_socket(cfg.listen)
         # key exchanges run on their own thread, behind MAC1, cookies and rate limits
-        self.handshakes = Handshakes(self.responder, self._handshake, self.sock.sendto)
+        self.handshakes = Handshakes(self.responder, self._handshake, self.sock.sendto,
+                                     per_source=cfg.session.handshakes_per_source_s)
         self.ready = True
         log.info("listening on %s:%d, tunnel %s %s%s, upstream %s", *cfg.listen, cfg.tun, cfg.address,
                  f" {cfg.address6}" if cfg.address6 else "", cfg.upstream_interface)

@@ -35,8 +35,8 @@ QUEUE_MAX = 1024        # initiations waiting for the worker (WireGuard: 1024 to
 LOAD_QUEUE = 32         # under load from this many waiting ...
 LOAD_RATE = 50          # ... or this many arriving per second (each costs ~0.3 ms of DH + a write)
 LOAD_HOLD_S = 1.0       # ... and for this long after
-RATE_PER_SOURCE = 20.0  # key exchanges per second and source address, in bursts of
-BURST_PER_SOURCE = 5
+RATE_PER_SOURCE = 10    # key exchanges per second and source address ([session] handshakes_per_source_s),
+BURST_PER_SOURCE = 5    # in bursts of this many (or a quarter of a higher rate)
 SOURCES_MAX = 4096
 THREAD_NAME = "tg-handshakes"   # the OS name of the thread (/proc/PID/task/TID/comm), for per-thread CPU
 
@@ -55,10 +55,10 @@ class Handshakes:
     (run under daemon/supervise.py like the data threads). accept(hs, now): the
     daemon's handling of a Handshake; send(datagram, addr): the socket's sendto."""
 
-    def __init__(self, responder, accept, send, clock=time.monotonic) -> None:
+    def __init__(self, responder, accept, send, clock=time.monotonic, per_source: int = RATE_PER_SOURCE) -> None:
         self.responder, self.accept, self.send, self.clock = responder, accept, send, clock
         self.queue: queue.Queue = queue.Queue(QUEUE_MAX)
-        self.limiter = TokenBuckets(RATE_PER_SOURCE, BURST_PER_SOURCE, SOURCES_MAX)
+        self.limiter = TokenBuckets(per_source, max(BURST_PER_SOURCE, per_source // 4), SOURCES_MAX)
         self.counts: Counter[str] = Counter()
         self.arrived = 0
         self._window_at = clock()

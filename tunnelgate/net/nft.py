@@ -104,14 +104,17 @@ def _prefixes(tunnel_prefixes: str | list[str]) -> list:
 # ever travel to clients.
 GUARD_TYPES = tuple(sorted({INIT, DATA_CHUNK, *TRANSPORT_KINDS}))
 UDP_HDR = 8
-INIT_RATE = "10/second burst 20 packets"    # per source address; a client retries once a second
 INIT_SOURCES = 65535                         # tracked sources; past it, INITs pass to the daemon's limits
 
 
-def _port_guard(port: int) -> tuple[str, str]:
-    """(sets, chain) of the gateway port's guard."""
+def _port_guard(port: int, inits_per_source_s: int) -> tuple[str, str]:
+    """(sets, chain) of the gateway port's guard: INITs per source address beyond
+    `inits_per_source_s` (bursts of twice that) are dropped; a client retries once a second."""
     if not isinstance(port, int) or not 0 < port < 65536:
         raise NetError(f"bad gateway listen port {port!r}")
+    if not isinstance(inits_per_source_s, int) or inits_per_source_s < 1:
+        raise NetError(f"bad handshake rate {inits_per_source_s!r}: a whole number per second, at least 1")
+    rate = f"{inits_per_source_s}/second burst {2 * inits_per_source_s} packets"
     types = ", ".join(map(str, GUARD_TYPES))
     sets = "\n".join(
         f"    set {name} {{ type {kind}; size {INIT_SOURCES}; flags dynamic,timeout; timeout 60s; }}"
@@ -121,14 +124,15 @@ def _port_guard(port: int) -> tuple[str, str]:
         @th,64,8 != {{ {types} }} counter drop
         @th,88,8 != 0 counter drop
         @th,64,8 {INIT} udp length < {INIT_MIN + UDP_HDR} counter drop
-        meta nfproto ipv4 @th,64,8 {INIT} update @inits4 {{ ip saddr limit rate over {INIT_RATE} }} counter drop
-        meta nfproto ipv6 @th,64,8 {INIT} update @inits6 {{ ip6 saddr limit rate over {INIT_RATE} }} counter drop
+        meta nfproto ipv4 @th,64,8 {INIT} update @inits4 {{ ip saddr limit rate over {rate} }} counter drop
+        meta nfproto ipv6 @th,64,8 {INIT} update @inits6 {{ ip6 saddr limit rate over {rate} }} counter drop
     }}"""
     return sets, chain
 
 
 def gateway_ruleset(tun: str, tunnel_prefixes: str | list[str], upstream_interface: str,
-                    exclusive: tuple[str, ...] = (), listen_port: int | None = None) -> str:
+                    exclusive: tuple[str, ...] = (), listen_port: int | None = None,
+                    inits_per_source_s: int = 10) -> str:
     """The table definition (without the delete-then-add wrapper).
 
     - prerouting: a packet with a tunnel source address arriving on any interface
@@ -159,7 +163,7 @@ def gateway_ruleset(tun: str, tunnel_prefixes: str | list[str], upstream_interfa
     others = [f'        meta nfproto {fam} oifname "{upstream_interface}" drop' for fam in exclusive]
     guard_sets = guard_chain = ""
     if listen_port is not None:
-        guard_sets, guard_chain = _port_guard(listen_port)
+        guard_sets, guard_chain = _port_guard(listen_port, inits_per_source_s)
         spoof.append(f'        iifname != "{tun}" udp dport {listen_port} fib daddr type local jump port_guard')
         guard_sets, guard_chain = guard_sets + "\n", guard_chain + "\n"
     t = table_name(tun)
@@ -192,9 +196,10 @@ def _replace_script(family: str, name: str, definition: str) -> str:
 
 def apply_gateway(tun: str, tunnel_prefixes: str | list[str], upstream_interface: str,
                   netns: str | None = None, exclusive: tuple[str, ...] = (),
-                  listen_port: int | None = None) -> str:
+                  listen_port: int | None = None, inits_per_source_s: int = 10) -> str:
     """Create or replace the gateway table; returns its name."""
-    definition = gateway_ruleset(tun, tunnel_prefixes, upstream_interface, exclusive, listen_port)
+    definition = gateway_ruleset(tun, tunnel_prefixes, upstream_interface, exclusive, listen_port,
+                                 inits_per_source_s)
     name = table_name(tun)
     nft(script=_replace_script(FAMILY, name, definition), netns=netns,
         what=f"applying nft table {FAMILY} {name}")

@@ -2,6 +2,7 @@
 
     scripts/bench [--quick] [--runs N] [--time S] [--json FILE] [--only ROW,...] [--ipv6]
     scripts/bench --peers N [--contracts M] ...   (scale: tglab/scale.py)
+    scripts/bench --flood [--flood-seconds S] ...  (floods of the gateway's port: tglab/flood.py)
 
 Rows (paths), all up at once, each in a freshly built lab `tgB<hex>-{client,gw,up}`
 of its own, removed after:
@@ -440,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(a == "--peers" or a.startswith("--peers=") for a in (sys.argv[1:] if argv is None else argv)):
         from . import scale   # one gateway, many peers and contracts: see tglab/scale.py
         return scale.main(sys.argv[1:] if argv is None else argv)
+    if "--flood" in (sys.argv[1:] if argv is None else argv):
+        print("bench: --flood runs tglab/flood.py (scripts/bench --flood, or python -m tglab.flood)",
+              file=sys.stderr)
+        return 2
     ap = argparse.ArgumentParser(prog="scripts/bench", description="tunnelgate vs wireguard-go, same lab")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 run of iperf3 -t 2 per column")
     ap.add_argument("--runs", type=int, default=None, help="iperf3 runs per column (default 3)")

@@ -530,6 +530,10 @@ grace_time_s = {pay_grace_s}
 grace_kb = 100000000
 [payment]
 backend = "dummy"
+[session]
+# every fake peer sends from the client namespace's one address: the per-source
+# limits of a gateway (10 per second) would measure themselves, not the gateway
+handshakes_per_source_s = 100000
 """)
     return pair.gateway, pair.gateway_public
 

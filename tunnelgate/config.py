@@ -59,6 +59,8 @@ class SessionSettings:
     timing: Timing = field(default_factory=Timing)
     cipher: str = "auto"    # client: transport AEAD; "auto" = AES-GCM where the CPU has AES
     keep_warm_s: float = KEEP_WARM_S    # data threads wake often this long after a packet (wakeups.Warmth)
+    # gateway: INITs one source address may send per second (nft) and key exchanges it may ask for
+    handshakes_per_source_s: int = 10
 
 
 @dataclass(frozen=True)
@@ -357,6 +359,9 @@ def _session(r: _Reader) -> SessionSettings:
         cipher=t.get("cipher", str, '"auto", "chacha" or "aesgcm"', d.cipher),
         keep_warm_s=t.number("keep_warm_s", d.keep_warm_s, min_inclusive=True,
                              why="0: the data threads never stay warm"),
+        handshakes_per_source_s=int(t.number("handshakes_per_source_s", d.handshakes_per_source_s,
+                                             minimum=1, maximum=1_000_000,
+                                             why="a client retries its handshake once a second")),
     )
     if s.cipher not in CIPHERS:
         raise t.error("cipher", f"one of {', '.join(repr(c) for c in CIPHERS)}", s.cipher)

@@ -33,17 +33,21 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from noise.connection import Keypair, NoiseConnection
 
+from .cookie import CookieChecker, CookieJar
 from .offload.chunks import CHUNKS_MAX, DATA_CHUNK, OPENABLE_KINDS, chunk_kind
 from .replay import ReplayWindow
 from .wire import (
     CONTROL,
+    COOKIE,
     DATA,
     DATA_PARTIAL,
     INDEX,
     INIT,
     INIT_HDR,
+    INIT_MAX,
     INIT_MIN,
     KEEPALIVE,
+    MAC_LEN,
     NONCE,
     REJECT_AFTER_MESSAGES,
     RESP,
@@ -60,7 +64,7 @@ __all__ = [
     "PROTOCOL_NAME", "PROTOCOL_NAME_AESGCM", "PROTOCOLS", "CIPHERS", "DATA",
     "DATA_PARTIAL", "DATA_CHUNK", "KEEPALIVE", "CONTROL", "resolve_cipher", "HANDSHAKE_DONE", "RAND_BYTES", "REJECT_AFTER_MESSAGES",
     "public_key", "SessionError", "Timing", "Transport", "Initiator",
-    "Handshake", "Responder",
+    "Handshake", "Initiation", "Responder",
 ]
 
 PROTOCOL_NAME = b"Noise_IK_25519_ChaChaPoly_BLAKE2s"
@@ -101,8 +105,8 @@ _INDEX_MASK = 0xFFFFFFFF
 # (any key may send an INIT).
 _MAX_UNACCEPTED = 4096
 
-_STAT_KEYS = ("malformed", "bad_mac", "replay", "unknown_index",
-              "stale_handshake", "expired", "handshakes")
+_STAT_KEYS = ("malformed", "bad_mac", "bad_mac1", "replay", "unknown_index",
+              "stale_handshake", "expired", "handshakes", "cookies")
 
 
 class SessionError(Exception):
@@ -343,6 +347,7 @@ class Initiator:
         self._protocol, self._aead = PROTOCOLS[cipher]
         self._static = bytes(static_private)
         self._remote = bytes(responder_public)
+        self._cookies = CookieJar(self._remote)
         self.timing = timing
         self.stats = _new_stats()
         self.response_payload: bytes | None = None
@@ -395,6 +400,10 @@ class Initiator:
             conn, datagram = self._write_init(index, eph, ts, bytes(payload))
         except Exception as e:  # noise raises assorted types for local misuse
             raise SessionError(f"cannot write handshake: {e}") from None
+        datagram = self._cookies.add_macs(datagram, now)
+        if len(datagram) > INIT_MAX:
+            raise SessionError(f"handshake payload too long: {len(payload)} bytes make a "
+                               f"{len(datagram)}-byte INIT, the limit is {INIT_MAX}")
         self._last_ts = ts
         self._payload = bytes(payload)
         self._pending = _Pending(conn, index, eph, ts, self._payload, now)
@@ -475,7 +484,7 @@ class Initiator:
                         continue
                 datagram = bytes(view[o:end])
                 o = end
-                if resp_lock is not None and datagram[:1] == b"\x02":
+                if resp_lock is not None and datagram[:1] in (b"\x02", b"\x08"):
                     with resp_lock:
                         res = self.receive(datagram, now)
                 else:
@@ -494,6 +503,14 @@ class Initiator:
         kind = TYPE.unpack_from(datagram)[0]
         if kind == RESP:
             return self._complete(datagram, now)
+        if kind == COOKIE:
+            # the gateway is under load: the cookie goes into the MAC2 of our next
+            # INIT (the usual retry), as in WireGuard; nothing to hand up
+            if self._pending is not None and self._cookies.consume(datagram, now):
+                self.stats["cookies"] += 1
+            else:
+                self.stats["malformed"] += 1
+            return None
         if kind not in OPENABLE_KINDS:
             self.stats["malformed"] += 1
             return None
@@ -596,6 +613,15 @@ class Initiator:
         return min(times) if times else None
 
 
+class Initiation(NamedTuple):
+    """An INIT whose type, length and MAC1 are right: the key exchange is still to
+    do (Responder.handshake). The data path hands these to the daemon's
+    handshake worker, which applies its rate limits and cookies first."""
+
+    datagram: bytes
+    addr: object
+
+
 class Handshake(NamedTuple):
     """A valid, authenticated INIT awaiting the daemon's decision. `token` is
     the responder's private handshake state: pass the tuple back unchanged."""
@@ -658,6 +684,8 @@ class Responder:
         # one DH before the first AEAD fails, like any forged INIT.
         self._protocols = [PROTOCOLS[cipher]] + [v for k, v in PROTOCOLS.items() if k != cipher]
         self._static = bytes(static_private)
+        # MAC1 is checked here, on the receive path; MAC2 and cookie replies by the daemon's worker
+        self.cookies = CookieChecker(self.public)
         self.timing = timing
         self.stats = _new_stats()
         self._lock = lock if lock is not None else nullcontext()
@@ -726,7 +754,7 @@ class Responder:
                         continue
                 datagram = bytes(view[o:end])
                 o = end
-                res = self.receive(datagram, now, addr)
+                res = self.receive(datagram, now, addr, defer=True)
                 if res is None:
                     continue
                 if type(res) is not tuple:
@@ -748,14 +776,19 @@ class Responder:
                     cached = -1
         return out
 
-    def receive(self, datagram: bytes, now: float, addr) -> Handshake | tuple[bytes, int, bytes] | None:
+    def receive(self, datagram: bytes, now: float, addr,
+                defer: bool = False) -> Handshake | Initiation | tuple[bytes, int, bytes] | None:
+        """An opened transport datagram as (peer, kind, payload); an INIT as the
+        Handshake to accept (after the key exchange), or with `defer` as the
+        Initiation to pass to handshake() later (receive_groups defers)."""
         stats = self.stats
         if len(datagram) < 8:
             stats["malformed"] += 1
             return None
         kind = TYPE.unpack_from(datagram)[0]
         if kind == INIT:
-            return self._init(datagram, addr)
+            init = self.initiation(datagram, addr)
+            return init if init is None or defer else self.handshake(init)
         if kind not in OPENABLE_KINDS:
             stats["malformed"] += 1
             return None
@@ -783,11 +816,22 @@ class Responder:
             peer.unacked_since = now
         return peer.public, result[0], result[1]
 
-    def _init(self, datagram, addr) -> Handshake | None:
-        stats = self.stats
-        if len(datagram) < INIT_MIN:
-            stats["malformed"] += 1
+    def initiation(self, datagram: bytes, addr) -> Initiation | None:
+        """Cheap checks on an INIT (length, MAC1: one BLAKE2s, no key exchange);
+        what fails them is dropped, counted and never answered."""
+        if not INIT_MIN <= len(datagram) <= INIT_MAX:
+            self.stats["malformed"] += 1
             return None
+        if not self.cookies.check_mac1(datagram):
+            self.stats["bad_mac1"] += 1
+            return None
+        return Initiation(datagram, addr)
+
+    def handshake(self, init: Initiation) -> Handshake | None:
+        """The key exchange on an Initiation: the Handshake to accept(), or None
+        (not for us, stale or replayed: counted)."""
+        datagram, addr = init
+        stats = self.stats
         sender = INIT_HDR.unpack_from(datagram)[1]
         for protocol, aead in self._protocols:
             conn = _new_conn(protocol, self._static)
@@ -795,7 +839,7 @@ class Responder:
             conn.set_as_responder()
             conn.start_handshake()
             try:
-                payload = conn.read_message(bytes(datagram[INIT_HDR.size:]))
+                payload = conn.read_message(bytes(datagram[INIT_HDR.size:len(datagram) - 2 * MAC_LEN]))
                 peer_public = conn.noise_protocol.handshake_state.rs.public_bytes
                 break
             except Exception:  # noise raises InvalidTag, ValueError, its own...

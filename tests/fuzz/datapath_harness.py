@@ -147,10 +147,10 @@ class GatewayStub:
         self.elock, self.tun_lock, self.udp_lock = threading.Lock(), threading.Lock(), threading.Lock()
         self.engine = Verdicts(rng)
         self.saver = types.SimpleNamespace(written_seq=0)
-        self.handshakes = 0
+        self.handshakes = types.SimpleNamespace(submit=self._submit, count=0)
 
-    def _handshake(self, hs, now):
-        self.handshakes += 1
+    def _submit(self, init):
+        self.handshakes.count += 1
 
     def _control_in(self, frames):
         pass

@@ -89,8 +89,9 @@ class Gateway:
         self.engine = ForwardAll()
         self.saver = SimpleNamespace(written_seq=0)
         self.running = True
+        self.handshakes = SimpleNamespace(submit=self._submit)
 
-    def _handshake(self, hs, now):
+    def _submit(self, init):
         raise AssertionError("no handshake expected")
 
 

@@ -129,7 +129,7 @@ def _gateway_udp_handler(d):
         peer_of_src = {}
         for res in receive_groups(groups, now):
             if type(res) is not tuple:
-                d._handshake(res, now)
+                d.handshakes.submit(res)    # an INIT past MAC1: to the handshake worker (daemon/handshakes.py)
                 continue
             peer, kind, payload = res
             if kind & 0xFF == DATA_CHUNK:

@@ -28,6 +28,7 @@ from ..offload.chunks import FEATURE_CHUNKS
 from ..wire import FEATURE_SIZED
 from .base import Daemon, features as _features, udp_socket
 from .control import ControlError
+from .handshakes import Handshakes
 from .leases import Leases
 from .lograte import LogLimiter
 from .market import Channels, EventLog, Saver, peer_text
@@ -134,8 +135,12 @@ class GatewayDaemon(Daemon):
         # held by the data-path thread that reads the TUN and sends (see datapath.gateway_tun_to_udp)
         self.tun_lock = threading.Lock()
         await self.net(netsetup.setup_gateway, self.paths["net"], cfg.tun, str(cfg.address),
-                       cfg.upstream_interface, cfg.mtu, str(cfg.address6) if cfg.address6 else None)
+                       cfg.upstream_interface, cfg.mtu, str(cfg.address6) if cfg.address6 else None,
+                       cfg.listen[1], cfg.session.handshakes_per_source_s)
         self.sock = udp_socket(cfg.listen)
+        # key exchanges run on their own thread, behind MAC1, cookies and rate limits
+        self.handshakes = Handshakes(self.responder, self._handshake, self.sock.sendto,
+                                     per_source=cfg.session.handshakes_per_source_s)
         self.ready = True
         log.info("listening on %s:%d, tunnel %s %s%s, upstream %s", *cfg.listen, cfg.tun, cfg.address,
                  f" {cfg.address6}" if cfg.address6 else "", cfg.upstream_interface)
@@ -379,7 +384,8 @@ class GatewayDaemon(Daemon):
 
     def workers(self):
         return [("udp-to-tun", lambda: datapath.gateway_udp_to_tun(self)),
-                ("tun-to-udp", lambda: datapath.gateway_tun_to_udp(self))]
+                ("tun-to-udp", lambda: datapath.gateway_tun_to_udp(self)),
+                ("handshakes", lambda: self.handshakes.run(lambda: self.running))]
 
     def shutdown(self) -> None:
         if hasattr(self, "saver"):
@@ -572,6 +578,7 @@ class GatewayDaemon(Daemon):
             "peers": peers,
             "leases": self.leases.status(),     # address pool: size, used, reclaimed
             "session_stats": dict(self.responder.stats),
+            "flood": self.handshakes.status(),      # handshakes dropped by reason
             "tun_stats": dict(self.tun.stats),
             "payment": {"backend": self.cfg.payment.backend,
                         "real_money": getattr(self.payee, "real_money", True),

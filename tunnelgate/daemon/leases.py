@@ -23,6 +23,7 @@ the keys that may not be reclaimed, and the activity signatures of its sessions.
 from __future__ import annotations
 
 import ipaddress
+import threading
 from typing import Callable
 
 RECLAIM_IDLE_S = 15.0           # on demand: a confirmed key silent this long
@@ -43,13 +44,15 @@ class Leases:
         self._expired_at: float | None = None
         # this run's on-demand reclaims (the total since the pool began is in the store)
         self.on_demand = 0
+        # acquire() runs on the handshake worker, tick()/save() on the control loop
+        self._lock = threading.RLock()
 
     @property
     def pool_size(self) -> int:
         net = self.network.network
         return net.num_addresses - 3         # network, broadcast and the gateway's own
 
-    def acquire(self, key: str, now: float, handshake_ts: int | None,
+    def _acquire_locked(self, key: str, now: float, handshake_ts: int | None,
                 protected: Callable[[], set[str]]) -> tuple[str | None, list[str]]:
         """A handshake from ``key``: its address (None when every lease is held by a
         protected or active key) and the keys whose leases were reclaimed for it."""
@@ -83,7 +86,7 @@ class Leases:
                 best, best_last = key, last
         return best
 
-    def tick(self, now: float, signatures: dict[str, object],
+    def _tick_locked(self, now: float, signatures: dict[str, object],
              protected: Callable[[], set[str]]) -> list[str]:
         """Once a second or so: ``signatures`` is key -> a value that changes whenever the
         key's session opens a datagram (None: no usable session). Renews the leases of keys
@@ -102,7 +105,7 @@ class Leases:
         self._expired_at = now
         return self.expire(now, protected)
 
-    def expire(self, now: float, protected: Callable[[], set[str]]) -> list[str]:
+    def _expire_locked(self, now: float, protected: Callable[[], set[str]]) -> list[str]:
         """Reclaims the leases idle beyond idle_s (of unprotected keys)."""
         rows = self.store.leases_by_age(now - self.idle_s, CANDIDATES)
         if not rows:
@@ -123,7 +126,7 @@ class Leases:
             self.unconfirmed.discard(key)
             self._signatures.pop(key, None)
 
-    def save(self, now: float) -> None:
+    def _save_locked(self, now: float) -> None:
         """Writes the last-seen times that changed since the last save."""
         self._saved_at = now
         if self._dirty:
@@ -134,3 +137,20 @@ class Leases:
         return {"pool": self.pool_size, "used": self.store.lease_count(),
                 "reclaimed": self.store.leases_reclaimed(), "reclaimed_on_demand": self.on_demand,
                 "idle_s": self.idle_s}
+
+    def acquire(self, key: str, now: float, handshake_ts: int | None,
+                protected: Callable[[], set[str]]) -> tuple[str | None, list[str]]:
+        with self._lock:
+            return self._acquire_locked(key, now, handshake_ts, protected)
+
+    def tick(self, now: float, signatures: dict[str, object], protected: Callable[[], set[str]]) -> list[str]:
+        with self._lock:
+            return self._tick_locked(now, signatures, protected)
+
+    def expire(self, now: float, protected: Callable[[], set[str]]) -> list[str]:
+        with self._lock:
+            return self._expire_locked(now, protected)
+
+    def save(self, now: float) -> None:
+        with self._lock:
+            self._save_locked(now)

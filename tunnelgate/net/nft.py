@@ -17,6 +17,9 @@ import re
 import shutil
 import subprocess
 
+from ..wire import INIT, INIT_MIN, TRANSPORT_KINDS, TRANSPORT_MIN
+from ..offload.chunks import DATA_CHUNK
+
 __all__ = [
     "NetError", "FAMILY", "MASQ_MARK", "table_name", "gateway_ruleset", "apply_gateway", "remove_table",
     "killswitch_table_name", "killswitch_ruleset", "apply_killswitch",
@@ -92,8 +95,44 @@ def _prefixes(tunnel_prefixes: str | list[str]) -> list:
     return nets
 
 
+# The gateway port's guard (chain `port_guard`): what cannot be a datagram a client
+# sends is dropped before the daemon (or conntrack) sees it, and one source's INITs
+# are limited. Only lower bounds on length: a UDP GRO receive hands netfilter one
+# packet for many back-to-back datagrams of a flow, so an upper bound could drop
+# legitimate transport bursts; the type byte and the reserved top byte are the
+# first datagram's, which the daemon checks anyway. RESP (2) and COOKIE (8) only
+# ever travel to clients.
+GUARD_TYPES = tuple(sorted({INIT, DATA_CHUNK, *TRANSPORT_KINDS}))
+UDP_HDR = 8
+INIT_SOURCES = 65535                         # tracked sources; past it, INITs pass to the daemon's limits
+
+
+def _port_guard(port: int, inits_per_source_s: int) -> tuple[str, str]:
+    """(sets, chain) of the gateway port's guard: INITs per source address beyond
+    `inits_per_source_s` (bursts of twice that) are dropped; a client retries once a second."""
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise NetError(f"bad gateway listen port {port!r}")
+    if not isinstance(inits_per_source_s, int) or inits_per_source_s < 1:
+        raise NetError(f"bad handshake rate {inits_per_source_s!r}: a whole number per second, at least 1")
+    rate = f"{inits_per_source_s}/second burst {2 * inits_per_source_s} packets"
+    types = ", ".join(map(str, GUARD_TYPES))
+    sets = "\n".join(
+        f"    set {name} {{ type {kind}; size {INIT_SOURCES}; flags dynamic,timeout; timeout 60s; }}"
+        for name, kind in (("inits4", "ipv4_addr"), ("inits6", "ipv6_addr")))
+    chain = f"""    chain port_guard {{
+        udp length < {TRANSPORT_MIN + UDP_HDR} counter drop
+        @th,64,8 != {{ {types} }} counter drop
+        @th,88,8 != 0 counter drop
+        @th,64,8 {INIT} udp length < {INIT_MIN + UDP_HDR} counter drop
+        meta nfproto ipv4 @th,64,8 {INIT} update @inits4 {{ ip saddr limit rate over {rate} }} counter drop
+        meta nfproto ipv6 @th,64,8 {INIT} update @inits6 {{ ip6 saddr limit rate over {rate} }} counter drop
+    }}"""
+    return sets, chain
+
+
 def gateway_ruleset(tun: str, tunnel_prefixes: str | list[str], upstream_interface: str,
-                    exclusive: tuple[str, ...] = ()) -> str:
+                    exclusive: tuple[str, ...] = (), listen_port: int | None = None,
+                    inits_per_source_s: int = 10) -> str:
     """The table definition (without the delete-then-add wrapper).
 
     - prerouting: a packet with a tunnel source address arriving on any interface
@@ -104,7 +143,9 @@ def gateway_ruleset(tun: str, tunnel_prefixes: str | list[str], upstream_interfa
     - ``exclusive``: the families ("ipv4", "ipv6") whose forwarding the gateway
       itself switched on: there nothing but the TUN may be forwarded out of the
       upstream interface (a host that already forwarded keeps its other forwarding);
-    - postrouting: masquerade only marked packets from the tunnel prefixes.
+    - postrouting: masquerade only marked packets from the tunnel prefixes;
+    - ``listen_port``: UDP to the gateway's own port goes through ``port_guard``
+      first (see _port_guard), at raw priority, before conntrack.
     """
     _check_ifname(tun, "tun")
     _check_ifname(upstream_interface, "upstream")
@@ -120,13 +161,19 @@ def gateway_ruleset(tun: str, tunnel_prefixes: str | list[str], upstream_interfa
         masq.append(f'        meta mark & {mark} == {mark} {proto} saddr {net} oifname "{upstream_interface}" '
                     f'masquerade')
     others = [f'        meta nfproto {fam} oifname "{upstream_interface}" drop' for fam in exclusive]
+    guard_sets = guard_chain = ""
+    if listen_port is not None:
+        guard_sets, guard_chain = _port_guard(listen_port, inits_per_source_s)
+        spoof.append(f'        iifname != "{tun}" udp dport {listen_port} fib daddr type local jump port_guard')
+        guard_sets, guard_chain = guard_sets + "\n", guard_chain + "\n"
     t = table_name(tun)
     nl = "\n"
     return f"""table {FAMILY} {t} {{
-    chain prerouting {{
+{guard_sets}    chain prerouting {{
         type filter hook prerouting priority raw; policy accept;
 {nl.join(spoof)}
     }}
+{guard_chain}
     chain forward {{
         type filter hook forward priority filter; policy accept;
         iifname "{tun}" oifname "{upstream_interface}" meta mark set meta mark | {mark} accept
@@ -148,9 +195,11 @@ def _replace_script(family: str, name: str, definition: str) -> str:
 
 
 def apply_gateway(tun: str, tunnel_prefixes: str | list[str], upstream_interface: str,
-                  netns: str | None = None, exclusive: tuple[str, ...] = ()) -> str:
+                  netns: str | None = None, exclusive: tuple[str, ...] = (),
+                  listen_port: int | None = None, inits_per_source_s: int = 10) -> str:
     """Create or replace the gateway table; returns its name."""
-    definition = gateway_ruleset(tun, tunnel_prefixes, upstream_interface, exclusive)
+    definition = gateway_ruleset(tun, tunnel_prefixes, upstream_interface, exclusive, listen_port,
+                                 inits_per_source_s)
     name = table_name(tun)
     nft(script=_replace_script(FAMILY, name, definition), netns=netns,
         what=f"applying nft table {FAMILY} {name}")

@@ -158,7 +158,8 @@ def _check_cidr(address_cidr: str) -> ipaddress.IPv4Interface | ipaddress.IPv6In
 
 
 def setup_gateway(record_path, tun: str, address_cidr: str, upstream_interface: str, mtu: int,
-                  address6_cidr: str | None = None) -> None:
+                  address6_cidr: str | None = None, listen_port: int | None = None,
+                  inits_per_source_s: int = 10) -> None:
     """Address(es) + MTU + up on ``tun``, forwarding on (previous value restored by
     teardown), and the nft table ``inet tunnelgate_<tun>`` (masquerade of the
     tunnel prefixes out of ``upstream_interface``, forward accept rules).
@@ -186,7 +187,8 @@ def setup_gateway(record_path, tun: str, address_cidr: str, upstream_interface: 
                     upstream_interface)
     table = nft.table_name(tun)
     rec.add({"kind": "nft_table", "family": nft.FAMILY, "name": table})
-    nft.apply_gateway(tun, [str(i.network) for i in ifaces], upstream_interface, exclusive=tuple(exclusive))
+    nft.apply_gateway(tun, [str(i.network) for i in ifaces], upstream_interface, exclusive=tuple(exclusive),
+                      listen_port=listen_port, inits_per_source_s=inits_per_source_s)
 
 
 def setup_client_tun(record_path, tun: str, address_cidr: str, mtu: int,

@@ -39,7 +39,7 @@ ACCOUNT_WAIT_S = 10       # at start: how long to wait for the first ones
 
 
 class JournalCredit:
-    """The engine's credit book (see protocol.gateway.MemoryCredit), kept in the payment
+    """The engine's credit book (see protocol.seller.MemoryCredit), kept in the payment
     journal: durable, so a restart keeps every peer's prepaid credit."""
 
     def __init__(self, journal):

@@ -14,7 +14,8 @@ from tunnelgate.protocol import events as E
 from tunnelgate.protocol import messages as m
 from tunnelgate.protocol.book import Book, Tombstones
 from tunnelgate.protocol.buyer import Buyer, ClientPolicy
-from tunnelgate.protocol.seller import MemoryCredit, Pricing, Seller
+from tunnelgate.protocol.credit import MemoryCredit
+from tunnelgate.protocol.seller import Pricing, Seller
 from tunnelgate.protocol.terms import Terms
 
 NOW = 1_000_000.0
@@ -227,3 +228,22 @@ def test_events_are_typed_frozen_and_say_side_and_counterpart():
     kinds = [cls.kind for cls in vars(E).values()
              if isinstance(cls, type) and issubclass(cls, E.ContractEvent) and cls.kind]
     assert len(kinds) == len(set(kinds)) == 24
+
+
+def test_seller_prices_through_its_pricer():
+    """A relay's pricer (an upstream quote plus a margin) in place of the static table."""
+    class Margin:
+        def __init__(self, upstream: dict[bytes, int], margin: int):
+            self.upstream, self.margin = upstream, margin
+
+        def price(self, key: bytes) -> int:
+            return self.upstream.get(key, 0) and self.upstream[key] + self.margin
+
+    dst = "198.18.2.2"
+    s = Seller(pricing("0.5"), pricer=Margin({pk.addr_bytes(dst): 400_000}, 50_000))
+    assert s.outbound(BUYER, dst, 100, ip4(dst, 100), NOW) != FORWARD
+    [(_, prop)] = s.take_outgoing()
+    assert isinstance(prop, m.Propose) and prop.price == 450_000
+    assert s.outbound(BUYER, "198.18.9.9", 100, ip4("198.18.9.9", 100), NOW) == FORWARD   # 0: free
+    s.set_prices(default_price=parse_price("0.9"))          # the configured price is not the pricer's
+    assert s.books[BUYER].flows[pk.addr_bytes(dst)].list_price == 450_000

@@ -4,7 +4,8 @@ from tunnelgate.protocol import events as E
 from tunnelgate.meter import FORWARD, HELD
 from tunnelgate.protocol import buyer as ce
 from tunnelgate.protocol import seller as ge
-from tunnelgate.protocol.seller import Seller, MemoryCredit
+from tunnelgate.protocol.credit import MemoryCredit
+from tunnelgate.protocol.seller import Seller
 from tunnelgate.protocol.messages import encode
 
 from test_contract_engines import PEER, World, policy, pricing

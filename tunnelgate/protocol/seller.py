@@ -30,6 +30,7 @@ from tunnelgate.protocol import events as E
 from tunnelgate.protocol import messages as m
 from tunnelgate.protocol.book import Book
 from tunnelgate.protocol.contract import FORWARDING, Contract, Ev, State, allowed
+from tunnelgate.protocol.credit import MemoryCredit
 from tunnelgate.protocol.lifecycle import Lifecycle
 from tunnelgate.protocol.pricer import Pricer, StaticPricer
 from tunnelgate.protocol.seller_hold import Holding
@@ -113,35 +114,6 @@ class SellerBook(Book):
         self.drops_proposals = 0    # packets dropped: too many open proposals
         self.suppressed = 0         # of those, not yet reported in an event
         self.suppress_timer = False
-
-
-class MemoryCredit:
-    """Prepaid credit per peer, in memory (tests; the daemon keeps it in the payment journal).
-
-    The engine calls ``balance(peer)`` (status) and ``spend(peer, msat, contract_id)`` at an
-    ACCEPT that asks to be paid from credit: the remaining balance, or None (not enough; nothing
-    taken).  Spending twice for the same contract takes once."""
-
-    def __init__(self, balances: dict[bytes, int] | None = None):
-        self.balances: dict[bytes, int] = dict(balances or {})
-        self.spent: dict[str, int] = {}
-
-    def balance(self, peer: bytes) -> int:
-        return self.balances.get(peer, 0)
-
-    def spend(self, peer: bytes, msat: int, contract_id: str) -> int | None:
-        if contract_id in self.spent:
-            return self.balance(peer)
-        have = self.balance(peer)
-        if have < msat:
-            return None
-        self.balances[peer] = have - msat
-        self.spent[contract_id] = msat
-        return self.balances[peer]
-
-    def add(self, peer: bytes, msat: int) -> int:
-        self.balances[peer] = self.balance(peer) + msat
-        return self.balances[peer]
 
 
 class Seller(Holding, SellerTimers, SellerStore, SellerView, Lifecycle):

@@ -247,3 +247,22 @@ def test_seller_prices_through_its_pricer():
     assert s.outbound(BUYER, "198.18.9.9", 100, ip4("198.18.9.9", 100), NOW) == FORWARD   # 0: free
     s.set_prices(default_price=parse_price("0.9"))          # the configured price is not the pricer's
     assert s.books[BUYER].flows[pk.addr_bytes(dst)].list_price == 450_000
+
+
+def test_buyer_reads_a_snapshot_from_before_books_as_its_one_gateways():
+    gw = b"\x07" * 32
+    b = Buyer(ClientPolicy(max_price=parse_price("1"), data_renewal_kb=0, time_renewal_s=0))
+    b.on_message(gw, m.Propose("k1", "198.18.2.2/32", parse_price("0.5"), 100, 600, ("dummy",), "a", 1, 5, 50),
+                 NOW)
+    snap = b.snapshot()
+    # version 1: no books, no peer on contracts or flows, one credit
+    old = {"version": 1, "spent_total": snap["spent_total"], "spend": snap["spend"], "credit_msat": 70,
+           "contracts": [{**d, "peer": ""} for d in snap["contracts"]], "owing": [],
+           "flows": [{k: v for k, v in d.items() if k not in ("peer", "key", "plen")} for d in snap["flows"]]}
+    again = Buyer(b.policy, legacy_counterpart=gw)
+    again.restore(old, NOW + 1)
+    assert set(again.books) == {gw} and again.book(gw).credit_msat == 70
+    [c] = again.book(gw).live.values()
+    assert c.peer == gw and again.books[gw].flows["198.18.2.2/32"].current is c
+    [due] = [e for e in again.take_events() if type(e) is E.PaymentDue]
+    assert due.counterpart == gw and again.unpaid() == [(gw, "k1")]

@@ -1,4 +1,4 @@
-"""A GatewayEngine holding many contracts, built without a network: for the
+"""A Seller holding many contracts, built without a network: for the
 scale benchmark's micro rows (scale.py) and the unit tests of the engine at
 scale. Imports tunnelgate only, nothing of the lab or the benchmarks."""
 
@@ -19,13 +19,13 @@ def _micro_key(i: int) -> bytes:
 
 
 class EngineBuilder:
-    """A GatewayEngine grown to N live contracts (GRACE), per_peer per peer, the way the
+    """A Seller grown to N live contracts (GRACE), per_peer per peer, the way the
     daemon builds them: first packet (held, PROPOSE), ACCEPT from the client."""
 
     def __init__(self, per_peer: int = PER_PEER, now: float = 1000.0, scope: str | int = "host"):
-        from tunnelgate.protocol.gateway import GatewayEngine, Pricing
+        from tunnelgate.protocol.seller import Seller, Pricing
         big = 10**8
-        self.engine = GatewayEngine(Pricing(default_price=500_000, floor_price=500_000, contract_kb=big,
+        self.engine = Seller(Pricing(default_price=500_000, floor_price=500_000, contract_kb=big,
                                             contract_time_s=10**6, grace_time_s=10**6, grace_kb=big,
                                             scope=scope,
                                             # its contracts stay in grace, never paid

@@ -37,7 +37,7 @@ socket with its own control `Channel` (no TUN). Phases, in order:
               veth-up via the up host, which has forwarding off and drops them
               without answering, so nothing leaves the lab. Mbit/s of inner IP bytes.
 
-Then, without any network, GatewayEngine.outbound/.inbound per call with 10 ...
+Then, without any network, Seller.outbound/.inbound per call with 10 ...
 100,000 live contracts (100 per peer, one engine grown through the sizes with the
 engine API: first packet, PROPOSE, ACCEPT): over the same 10 flows (the lookup and
 metering cost: must stay flat) and over all flows at random (adds the cache/TLB
@@ -727,7 +727,7 @@ def micro(sizes=MICRO_SIZES, calls: int = MICRO_CALLS, repeats: int = 3) -> dict
         hot_out, hot_in = _time_calls(engine, hot_seq, now, repeats)
         all_out, all_in = _time_calls(engine, all_seq, now, repeats)
         forwarded = all(engine.outbound(p, d, 1, b"", now) == FORWARD for p, d in all_seq[:1000])
-        rows.append({"contracts": n, "live": len(engine._contracts), "peers": len(engine.meter.peers),
+        rows.append({"contracts": n, "live": sum(len(b.live) for b in engine.books.values()), "peers": len(engine.meter.peers),
                      "hot_outbound_ns": hot_out, "hot_inbound_ns": hot_in,
                      "all_outbound_ns": all_out, "all_inbound_ns": all_in, "all_forwarded": forwarded})
         del hot_seq, all_seq
@@ -812,7 +812,7 @@ def table(res: dict) -> str:
     mi = res.get("micro")
     if mi:
         lines.append("")
-        lines.append(f"GatewayEngine.outbound/inbound per packet, no network (best of {mi['repeats']} x "
+        lines.append(f"Seller.outbound/inbound per packet, no network (best of {mi['repeats']} x "
                      f"{mi['calls']:,} calls; one engine grown to each size, 100 contracts per peer):")
         lines.append("| contracts | peers | same 10 flows out/in ns | all flows at random out/in ns |")
         lines.append("|----------:|------:|------------------------:|------------------------------:|")

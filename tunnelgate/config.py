@@ -24,8 +24,8 @@ from typing import Any
 from tunnelgate import money
 from tunnelgate.payment_backends import BACKENDS
 from tunnelgate.protocol.messages import MAX_U32
-from tunnelgate.protocol.client import ClientPolicy
-from tunnelgate.protocol.gateway import Pricing
+from tunnelgate.protocol.buyer import ClientPolicy
+from tunnelgate.protocol.seller import Pricing
 from tunnelgate.session import CIPHERS, SessionError, Timing
 from tunnelgate.wakeups import KEEP_WARM_S
 

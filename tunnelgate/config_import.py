@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
 from tunnelgate import config, money
-from tunnelgate.protocol.client import ClientPolicy
-from tunnelgate.protocol.gateway import Pricing
+from tunnelgate.protocol.buyer import ClientPolicy
+from tunnelgate.protocol.seller import Pricing
 
 SEED_KEYS = ("LINK_INTERFACE", "NETWORK_INTERFACE", "PAYMENT_INTERFACE", "NGP_INTERFACE", "ACCOUNT_ID",
              "DEFAULT_PRICE", "GRACE_PERIOD_PRICE", "GRACE_PERIOD_TIME", "CONTRACT_DATA", "CONTRACT_TIME",

@@ -7,7 +7,7 @@ import pytest
 from tgenv import TunnelEnv, ping, wait_until
 from tunnelgate.daemon.store import EVENTS_MAX
 from tglab import spray
-from tunnelgate.protocol.gateway import Pricing
+from tunnelgate.protocol.seller import Pricing
 
 pytestmark = pytest.mark.root
 

@@ -15,7 +15,7 @@ import pytest
 
 from tgenv import TunnelEnv, wait_until
 from tglab.lab import UPSTREAM
-from tunnelgate.protocol.gateway import MAX_QUEUED
+from tunnelgate.protocol.seller import MAX_QUEUED
 
 pytestmark = pytest.mark.root
 

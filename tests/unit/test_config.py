@@ -109,8 +109,8 @@ def test_shipped_examples_load():
 # --- [pricing], [policy], [payment] -----------------------------------------------------------
 
 from tunnelgate.money import parse_price  # noqa: E402
-from tunnelgate.protocol.client import ClientPolicy  # noqa: E402
-from tunnelgate.protocol.gateway import Pricing  # noqa: E402
+from tunnelgate.protocol.buyer import ClientPolicy  # noqa: E402
+from tunnelgate.protocol.seller import Pricing  # noqa: E402
 
 
 def load_err(tmp_path: Path, text: str) -> str:

@@ -1,9 +1,11 @@
 """Payments in the engines (issue 4): a fresh account per contract, prepaid credit, and a
 client that stops buying when its wallet cannot pay (and resumes when funded)."""
+from tunnelgate.protocol import events as E
 from tunnelgate.meter import FORWARD, HELD
-from tunnelgate.protocol import client as ce
-from tunnelgate.protocol import gateway as ge
-from tunnelgate.protocol.gateway import GatewayEngine, MemoryCredit
+from tunnelgate.protocol import buyer as ce
+from tunnelgate.protocol import seller as ge
+from tunnelgate.protocol.credit import MemoryCredit
+from tunnelgate.protocol.seller import Seller
 from tunnelgate.protocol.messages import encode
 
 from test_contract_engines import PEER, World, policy, pricing
@@ -16,25 +18,26 @@ class CreditWorld(World):
 
     def __init__(self, prepay=0, funds=None, **kw):
         super().__init__(loss=0, reorder=0, autopay=False, confirm=False, **kw)
-        self.gw = GatewayEngine(self.gw.pricing, credit=MemoryCredit())
+        self.gw = Seller(self.gw.pricing, credit=MemoryCredit())
         self.cl.prepay_msat = prepay
         self.cl.funds_msat = funds
         self.pays = []
+        self.received = set()
         self.wallet_ok = True               # False: the daemon's wallet cannot pay
 
     def _pump(self):
         super()._pump()
-        for e in [e for e in self.cev if e.kind == ce.EV_PAYMENT_DUE and e.contract_id not in self.pays
+        for e in [e for e in self.cev if e.kind == E.PaymentDue.kind and e.contract_id not in self.pays
                   and self.wallet_ok]:
             self.pays.append(e.contract_id)
-            self.cl.paid(e.contract_id, "dummy", "proof-" + e.contract_id, e.data["pay_msat"])
-        for e in [e for e in self.gev if e.kind == ge.EV_PAYMENT_RECEIVED and not e.data.get("done")]:
-            e.data["done"] = True
-            left = self.gw.credit.add(PEER, e.amount_msat - e.data["cost_msat"])
+            self.cl.paid(PEER, e.contract_id, "dummy", "proof-" + e.contract_id, e.pay_msat)
+        for e in [e for e in self.gev if e.kind == E.PaymentReceived.kind and id(e) not in self.received]:
+            self.received.add(id(e))
+            left = self.gw.credit.add(PEER, e.amount_msat - e.cost_msat)
             self.gw.payment_confirmed(e.contract_id, self.now, credit_msat=left)
         for peer, msg in self.gw.take_outgoing():
             self.gch.send(encode(msg))
-        for msg in self.cl.take_outgoing():
+        for _, msg in self.cl.take_outgoing():
             self.cch.send(encode(msg))
 
 
@@ -48,7 +51,7 @@ def test_account_hook_gives_each_proposal_its_own_account():
         given.append(f"addr-{cid}")
         return given[-1]
     w = World(loss=0, reorder=0)
-    w.gw = GatewayEngine(pricing(contract_kb=2), account_for=account_for)
+    w.gw = Seller(pricing(contract_kb=2), account_for=account_for)
     w.cl.policy = policy(data_renewal_kb=0)
     assert w.send() == HELD
     w.run(0.5)
@@ -58,7 +61,7 @@ def test_account_hook_gives_each_proposal_its_own_account():
     w.run(0.5)
     w.send()
     w.run(0.5)
-    accounts = [e.data.get("account") for e in w.gev if e.kind == ge.EV_PAYMENT_RECEIVED]
+    accounts = [e.account for e in w.gev if e.kind == E.PaymentReceived.kind]
     assert accounts[0] == f"addr-{c1['contract_id']}"
     assert None in given and len(set(a for a in accounts)) == len(accounts) >= 2
     assert w.gw.status(w.now)["peers"][PEER.hex()]["no_account"] == 1
@@ -70,36 +73,36 @@ def test_prepaid_credit_pays_later_contracts_without_a_payment():
     assert w.send() == HELD
     w.run(0.5)
     # one payment of 200 msat: 50 for the contract, 150 credit
-    [pay] = [e for e in w.cev if e.kind == ce.EV_PAYMENT_DUE]
-    assert pay.data["pay_msat"] == 200
-    assert w.gw.credit.balance(PEER) == 150 and w.cl.credit_msat == 150
+    [pay] = [e for e in w.cev if e.kind == E.PaymentDue.kind]
+    assert pay.pay_msat == 200
+    assert w.gw.credit.balance(PEER) == 150 and w.cl.book(PEER).credit_msat == 150
     for n in range(3):                      # three more contracts, each used up, paid from credit
         for _ in range(100):
             if w.send() != FORWARD:
                 break
         w.run(0.5)
-    paid = [e for e in w.gev if e.kind == ge.EV_PAID]
-    assert len(paid) == 4 and [e.data["from_credit"] for e in paid] == [False, True, True, True]
-    assert len([e for e in w.cev if e.kind == ce.EV_PAYMENT_DUE]) == 1
-    assert w.gw.credit.balance(PEER) == 0 and w.cl.credit_msat == 0
+    paid = [e for e in w.gev if e.kind == E.Paid.kind]
+    assert len(paid) == 4 and [e.from_credit for e in paid] == [False, True, True, True]
+    assert len([e for e in w.cev if e.kind == E.PaymentDue.kind]) == 1
+    assert w.gw.credit.balance(PEER) == 0 and w.cl.book(PEER).credit_msat == 0
     assert w.gw.status(w.now)["peers"][PEER.hex()]["credit_contracts"] == 3
     # credit gone: the next contract is paid with a new prepayment
     for _ in range(100):
         if w.send() != FORWARD:
             break
     w.run(0.5)
-    assert len([e for e in w.cev if e.kind == ce.EV_PAYMENT_DUE]) == 2
+    assert len([e for e in w.cev if e.kind == E.PaymentDue.kind]) == 2
 
 
 def test_credit_that_falls_short_is_refused_and_the_client_pays():
     w = CreditWorld()
-    w.cl.credit_msat = 500                  # the client believes it has credit; the gateway has none
+    w.cl.book(PEER).credit_msat = 500                  # the client believes it has credit; the gateway has none
     assert w.send() == HELD
     w.run(0.5)
-    fails = [e for e in w.gev if e.kind == ge.EV_PAYMENT_FAILED]
+    fails = [e for e in w.gev if e.kind == E.PaymentFailed.kind]
     assert fails and "not enough prepaid credit" in fails[0].reason
-    assert [e.kind for e in w.cev].count(ce.EV_PAYMENT_DUE) == 1
-    assert w.gw_contract()[0]["state"] == "PAID" and w.cl.credit_msat == 0
+    assert [e.kind for e in w.cev].count(E.PaymentDue.kind) == 1
+    assert w.gw_contract()[0]["state"] == "PAID" and w.cl.book(PEER).credit_msat == 0
 
 
 def test_no_funds_stops_buying_says_so_once_and_resumes_when_funded():
@@ -107,23 +110,23 @@ def test_no_funds_stops_buying_says_so_once_and_resumes_when_funded():
     w.wallet_ok = False
     assert w.send() == HELD
     w.run(0.5)
-    [due] = [e for e in w.cev if e.kind == ce.EV_PAYMENT_DUE]
-    w.cl.payment_impossible(due.contract_id, "cashu: insufficient funds", 10)   # the daemon's wallet
+    [due] = [e for e in w.cev if e.kind == E.PaymentDue.kind]
+    w.cl.payment_impossible(PEER, due.contract_id, "cashu: insufficient funds", 10)   # the daemon's wallet
     w.step()
-    assert w.kinds("cl").count(ce.EV_NO_FUNDS) == 1
+    assert w.kinds("cl").count(E.NoFunds.kind) == 1
     assert "insufficient funds" in w.cl.status(w.now)["no_funds_reason"]
     w.run(6)                                 # grace ends unpaid: revoked
     assert w.gw_contract()[0]["state"] == "REVOKED"
     w.run(11)
     assert w.send() == HELD                  # a new offer: declined without an answer
     w.run(0.5)
-    w.cl.payment_impossible("x", "again", 10)
-    assert w.kinds("cl").count(ce.EV_NO_FUNDS) == 1 and w.kinds("cl").count(ce.EV_DECLINED) == 1
-    assert ce.EV_ACCEPTED not in w.kinds("cl")[w.kinds("cl").index(ce.EV_NO_FUNDS):]
+    w.cl.payment_impossible(PEER, "x", "again", 10)
+    assert w.kinds("cl").count(E.NoFunds.kind) == 1 and w.kinds("cl").count(E.Declined.kind) == 1
+    assert E.Accepted.kind not in w.kinds("cl")[w.kinds("cl").index(E.NoFunds.kind):]
     w.cl.set_funds(10_000, w.now)
     w.wallet_ok = True
     w.step()
-    assert ce.EV_FUNDS_OK in w.kinds("cl") and w.cl.status(w.now)["no_funds_reason"] == ""
+    assert E.FundsRestored.kind in w.kinds("cl") and w.cl.status(w.now)["no_funds_reason"] == ""
     w.run(11)
     assert w.send() == HELD
     w.run(0.5)
@@ -135,8 +138,8 @@ def test_prepay_falls_back_to_the_cost_when_the_wallet_cannot_prepay():
     w = CreditWorld(prepay=1000, funds=60)
     w.send()
     w.run(0.5)
-    [pay] = [e for e in w.cev if e.kind == ce.EV_PAYMENT_DUE]
-    assert pay.data["pay_msat"] == COST and w.gw.credit.balance(PEER) == 0
+    [pay] = [e for e in w.cev if e.kind == E.PaymentDue.kind]
+    assert pay.pay_msat == COST and w.gw.credit.balance(PEER) == 0
 
 
 def test_memory_credit_spends_once_per_contract():
@@ -151,19 +154,19 @@ def test_client_credit_survives_a_snapshot():
     w.send()
     w.run(0.5)
     snap = w.cl.snapshot()
-    from tunnelgate.protocol.client import ClientEngine
-    cl = ClientEngine(policy())
+    from tunnelgate.protocol.buyer import Buyer
+    cl = Buyer(policy())
     cl.restore(snap, w.now)
-    assert cl.credit_msat == 150
+    assert cl.book(PEER).credit_msat == 150
 
 
 def test_pay_for_a_contract_the_gateway_lost_is_taken_as_credit_and_revoked():
     from tunnelgate.protocol import messages as m
-    gw = GatewayEngine(pricing())
+    gw = Seller(pricing())
     gw.on_message(PEER, m.Pay("lost1", 500, "dummy", "proof"), 1000.0)
     [(peer, rev)] = gw.take_outgoing()
     assert isinstance(rev, m.Revoke) and rev.contract_id == "lost1" and "credit" in rev.reason
     [ev] = gw.take_events()
-    assert ev.kind == ge.EV_PAYMENT_RECEIVED and ev.data["unknown"] and ev.data["cost_msat"] == 0
+    assert ev.kind == E.PaymentReceived.kind and ev.unknown and ev.cost_msat == 0
     gw.payment_confirmed("lost1", 1001.0)       # the daemon credits it; the engine has nothing to do
     assert gw.take_outgoing() == []

@@ -1,4 +1,4 @@
-"""Two in-memory peers: GatewayEngine + ClientEngine over two control channels and a
+"""Two in-memory peers: Seller + Buyer over two control channels and a
 lossy, reordering in-memory link, driven by a fake clock."""
 import json
 import random
@@ -6,14 +6,17 @@ import struct
 
 import pytest
 
+from tunnelgate.protocol import events as E
 from tunnelgate import packet as pk
 from tunnelgate.meter import DROP, FORWARD, HELD
 from tunnelgate.money import parse_price
-from tunnelgate.protocol import client as ce
-from tunnelgate.protocol import gateway as ge
+from tunnelgate.protocol import buyer as ce
+from tunnelgate.protocol import buyer_budget as budget
+from tunnelgate.protocol import seller as ge
 from tunnelgate.protocol.channel import Channel
-from tunnelgate.protocol.client import ClientEngine, ClientPolicy
-from tunnelgate.protocol.gateway import GatewayEngine, Pricing
+from tunnelgate.protocol.buyer import Buyer, ClientPolicy
+from tunnelgate.protocol.seller import Seller, Pricing
+from tunnelgate.protocol.seller_timers import T_USAGE
 from tunnelgate.protocol.messages import Propose, Request, Usage, decode, encode
 
 PEER = b"\x01" * 32
@@ -40,8 +43,8 @@ def policy(**kw):
 
 class World:
     def __init__(self, pr=None, po=None, loss=0.1, reorder=0.3, seed=1, autopay=True, confirm=True):
-        self.gw = GatewayEngine(pr or pricing())
-        self.cl = ClientEngine(po or policy())
+        self.gw = Seller(pr or pricing())
+        self.cl = Buyer(po or policy())
         self.gch, self.cch = Channel(epoch=1), Channel(epoch=2)
         self.rng = random.Random(seed)
         self.loss, self.reorder = loss, reorder
@@ -72,7 +75,7 @@ class World:
                 if dst is self.gch:
                     self.gw.on_message(PEER, msg, now)
                 else:
-                    self.cl.on_message(msg, now)
+                    self.cl.on_message(PEER, msg, now)
         self._pump()
 
     def _pump(self):
@@ -80,16 +83,16 @@ class World:
         for peer, msg in self.gw.take_outgoing():
             assert peer == PEER
             self.gch.send(encode(msg))
-        for msg in self.cl.take_outgoing():
+        for _, msg in self.cl.take_outgoing():
             self.cch.send(encode(msg))
         for e in self.cl.take_events():
             self.cev.append(e)
-            if e.kind == ce.EV_PAYMENT_DUE and self.autopay:
-                self.cl.paid(e.contract_id, "dummy", "proof-" + e.contract_id)
-                self.cch.send(encode(self.cl.take_outgoing()[-1]))
+            if e.kind == E.PaymentDue.kind and self.autopay:
+                self.cl.paid(PEER, e.contract_id, "dummy", "proof-" + e.contract_id)
+                self.cch.send(encode(self.cl.take_outgoing()[-1][1]))
         for e in self.gw.take_events():
             self.gev.append(e)
-            if e.kind == ge.EV_PAYMENT_RECEIVED and self.confirm:
+            if e.kind == E.PaymentReceived.kind and self.confirm:
                 self.gw.payment_confirmed(e.contract_id, now)
         for peer, p in self.gw.take_released():
             self.released.append(p)
@@ -141,7 +144,7 @@ def test_accept_at_asked_price():
     assert c["price"] == parse_price("0.5") and c["state"] == "PAID"
     assert w.cl.contracts(w.now)[0]["state"] == "PAID"
     assert w.send() == FORWARD and w.reply() == FORWARD
-    assert ce.EV_PAYMENT_DUE in w.kinds("cl")
+    assert E.PaymentDue.kind in w.kinds("cl")
     assert w.cl.spend(w.now)["total"] == 50       # 100 KB * 0.5 msat/KB
 
 
@@ -161,20 +164,20 @@ def test_counter_below_floor_no_deal_backoff_and_status():
     assert w.send() == HELD
     w.run(2)
     assert w.released == [] and w.delivered == 0
-    assert ge.EV_NO_DEAL in w.kinds("gw") and ce.EV_NO_DEAL in w.kinds("cl")
-    prices = [e.data["price"] for e in w.gev if e.kind == ge.EV_PROPOSED]
+    assert E.NoDeal.kind in w.kinds("gw") and E.NoDeal.kind in w.kinds("cl")
+    prices = [e.price for e in w.gev if e.kind == E.Proposed.kind]
     assert prices == [parse_price("1"), parse_price("0.8")]          # then floor, then no deal
     st = w.gw.status(w.now)["peers"][PEER.hex()]
     assert "below the floor" in st["no_deal"]["198.18.2.7/32"]["reason"]
     assert "below the floor" in w.cl.status(w.now)["destinations"]["198.18.2.7/32"]["no_deal_reason"]
     assert "no deal" in w.gw.why(PEER, DST, w.now)
     assert w.send() == DROP and st["drops_held"] == 1     # the held packet, dropped at no-deal
-    n = len([e for e in w.gev if e.kind == ge.EV_PROPOSED])
+    n = len([e for e in w.gev if e.kind == E.Proposed.kind])
     w.run(10)
     assert w.send() == DROP
-    assert len([e for e in w.gev if e.kind == ge.EV_PROPOSED]) == n     # not re-proposed
+    assert len([e for e in w.gev if e.kind == E.Proposed.kind]) == n     # not re-proposed
     w.run(25)
-    assert ge.EV_NO_DEAL_EXPIRED in w.kinds("gw")
+    assert E.NoDealExpired.kind in w.kinds("gw")
     assert w.send() == HELD                                              # negotiates again
 
 
@@ -183,7 +186,7 @@ def test_budget_exceeded_not_accepted_with_reason():
     w.send()
     w.run(2)
     assert w.released == [] and w.gw.contracts(PEER, w.now) == []
-    ev = [e for e in w.cev if e.kind == ce.EV_BUDGET_EXCEEDED]
+    ev = [e for e in w.cev if e.kind == E.BudgetExceeded.kind]
     assert ev and "total budget" in ev[0].reason
     assert "total budget" in w.cl.status(w.now)["budget_reason"]
     assert "budget" in w.gw.status(w.now)["peers"][PEER.hex()]["no_deal"]["198.18.2.7/32"]["reason"]
@@ -237,17 +240,17 @@ def test_client_that_stops_paying_loses_service_and_grace():
     w.run(4.5)
     assert w.send() != FORWARD                 # grace over: revoked
     assert w.gw_contract(c["contract_id"])["state"] == "REVOKED"
-    assert ce.EV_REVOKED in w.kinds("cl")
+    assert E.Revoked.kind in w.kinds("cl")
     assert not w.gw.status(w.now)["peers"][PEER.hex()]["grace"]
     w.run(1)
     # the next contract: no grace; accepted but nothing flows until it is paid
-    props = [e for e in w.gev if e.kind == ge.EV_PROPOSED]
+    props = [e for e in w.gev if e.kind == E.Proposed.kind]
     assert len(props) == 2
     c2 = w.gw.contracts(PEER, w.now)[0]
     assert c2["state"] == "ACCEPTED"
     assert w.send() == HELD
     w.autopay = True
-    w.cl.paid(c2["contract_id"], "dummy", "late-proof")
+    w.cl.paid(PEER, c2["contract_id"], "dummy", "late-proof")
     w.run(1)
     assert w.gw_contract(c2["contract_id"])["state"] == "PAID"
     assert w.send() == FORWARD
@@ -267,13 +270,13 @@ def test_grace_bytes_bound_traffic_until_paid():
 
 
 def test_held_packet_bounds_and_drop_counters():
-    gw = GatewayEngine(pricing(max_pending_proposals=1000))   # the held bound alone
+    gw = Seller(pricing(max_pending_proposals=1000))   # the held bound alone
     rs = [gw.outbound(PEER, pk.addr_bytes(f"198.18.3.{i}"), 1000, ip4(f"198.18.3.{i}"), 0.0)
           for i in range(100)]
     assert rs.count(HELD) == 64 and rs.count(DROP) == 36
     st = gw.status(0.0)["peers"][PEER.hex()]
     assert st["held_packets"] == 64 and st["drops_held"] == 36
-    gw2 = GatewayEngine(pricing(held_max_flow_packets=64))   # the per-peer byte bound alone
+    gw2 = Seller(pricing(held_max_flow_packets=64))   # the per-peer byte bound alone
     big = [gw2.outbound(PEER, pk.addr_bytes(DST), 5000, ip4(total=5000), 0.0) for _ in range(60)]
     assert big.count(HELD) == 51                     # 51 * 5000 <= 256 000
     assert gw2.status(0.0)["peers"][PEER.hex()]["held_bytes"] == 255_000
@@ -291,14 +294,14 @@ def test_usage_reports_and_disagreement_event():
         w.send()
         w.reply()
     w.run(1.5)
-    assert ce.EV_USAGE_MISMATCH not in w.kinds("cl")
+    assert E.UsageMismatch.kind not in w.kinds("cl")
     c = w.cl.contracts(w.now)[0]
     for _ in range(40):       # gateway meters replies the client never saw
         w.gw.inbound(PEER, pk.addr_bytes(DST), 1000, w.now)
     w.run(1.5)
-    ev = [e for e in w.cev if e.kind == ce.EV_USAGE_MISMATCH]
+    ev = [e for e in w.cev if e.kind == E.UsageMismatch.kind]
     # 40 unseen replies + the first packet, held by the gateway before the client had a contract
-    assert ev and ev[0].data["gateway"] - ev[0].data["own"] == 41_000
+    assert ev and ev[0].gateway - ev[0].own == 41_000
     assert ev[0].contract_id == c["contract_id"]
 
 
@@ -360,9 +363,9 @@ def test_snapshot_restore_mid_contract_keeps_quota():
         assert w.send() == FORWARD
     gsnap = json.loads(json.dumps(w.gw.snapshot()))
     csnap = json.loads(json.dumps(w.cl.snapshot()))
-    gw2 = GatewayEngine(pricing(contract_kb=10))
+    gw2 = Seller(pricing(contract_kb=10))
     gw2.restore(gsnap, w.now)
-    cl2 = ClientEngine(policy())
+    cl2 = Buyer(policy())
     cl2.restore(csnap, w.now)
     [c] = gw2.contracts(PEER, w.now)
     assert c["used"] == 6000 and c["state"] == "PAID"
@@ -374,7 +377,7 @@ def test_snapshot_restore_mid_contract_keeps_quota():
 
 
 def test_inbound_without_contract_dropped():
-    gw = GatewayEngine(pricing())
+    gw = Seller(pricing())
     assert gw.inbound(PEER, DST, 100, 0.0) == DROP
     assert gw.status(0.0)["peers"][PEER.hex()]["drops_inbound_no_contract"] == 1
 
@@ -399,41 +402,41 @@ def test_zero_renewal_settings_never_renew():
     for _ in range(12):
         w.send(size=1000)
     w.run(6)
-    assert ce.EV_RENEWAL_REQUESTED not in w.kinds("cl")
-    assert [e for e in w.gev if e.kind == ge.EV_PROPOSED].__len__() == 2   # the 2nd: on new traffic
-    c = ClientEngine(policy(data_renewal_kb=0, time_renewal_s=0))
-    c.on_message(Propose("x1", DST + "/32", parse_price("0.5"), 10, 5, ("dummy",), "", 1, 5, 50), 0.0)
+    assert E.RenewalRequested.kind not in w.kinds("cl")
+    assert [e for e in w.gev if e.kind == E.Proposed.kind].__len__() == 2   # the 2nd: on new traffic
+    c = Buyer(policy(data_renewal_kb=0, time_renewal_s=0))
+    c.on_message(PEER, Propose("x1", DST + "/32", parse_price("0.5"), 10, 5, ("dummy",), "", 1, 5, 50), 0.0)
     c.take_outgoing()
     d = pk.addr_bytes(DST)
     for i in range(10):
         c.outbound(d, 1000, 0.1 * i)
     c.poll(4.9)
-    assert not [m for m in c.take_outgoing() if isinstance(m, Request)]
+    assert not [m for _, m in c.take_outgoing() if isinstance(m, Request)]
 
 
 def test_client_final_usage_ends_contract_and_compares_after_settling():
-    cl = ClientEngine(policy(usage_tolerance="0", usage_slack_bytes=0))
-    cl.on_message(Propose("k1", DST + "/32", parse_price("0.5"), 10, 60, ("dummy",), "", 1, 5, 50), 0.0)
+    cl = Buyer(policy(usage_tolerance="0", usage_slack_bytes=0))
+    cl.on_message(PEER, Propose("k1", DST + "/32", parse_price("0.5"), 10, 60, ("dummy",), "", 1, 5, 50), 0.0)
     cl.take_outgoing()
     cl.take_events()
     d = pk.addr_bytes(DST)
     for _ in range(3):
         cl.outbound(d, 1000, 1.0)
     # the gateway ended it (e.g. its own count reached the limit first): final USAGE
-    cl.on_message(Usage.one("k1", 3000, 7000, True), 2.0)
+    cl.on_message(PEER, Usage.one("k1", 3000, 7000, True), 2.0)
     [c] = cl.contracts(2.0, history=True)
     assert c["state"] == "EXHAUSTED" and c["reason"] == "data limit reached (gateway)"
     assert cl.status(2.0)["destinations"][DST + "/32"]["contract"] is None
     kinds = [e.kind for e in cl.take_events()]
-    assert ce.EV_EXHAUSTED in kinds and ce.EV_USAGE_MISMATCH not in kinds
+    assert E.Exhausted.kind in kinds and E.UsageMismatch.kind not in kinds
     cl.poll(2.0 + ce.USAGE_SETTLE_S - 0.1)
     assert not cl.take_events()
     cl.poll(2.0 + ce.USAGE_SETTLE_S)              # settled: 3000 here vs 10000 there
     [ev] = cl.take_events()
-    assert ev.kind == ce.EV_USAGE_MISMATCH and ev.data["gateway"] == 10_000 and ev.data["own"] == 3000
+    assert ev.kind == E.UsageMismatch.kind and ev.gateway == 10_000 and ev.own == 3000
     # a final USAGE below the limit: ended by the gateway (expired there)
-    cl.on_message(Propose("k2", DST + "/32", parse_price("0.5"), 10, 60, ("dummy",), "", 1, 5, 50), 3.0)
-    cl.on_message(Usage.one("k2", 0, 0, True), 3.5)
+    cl.on_message(PEER, Propose("k2", DST + "/32", parse_price("0.5"), 10, 60, ("dummy",), "", 1, 5, 50), 3.0)
+    cl.on_message(PEER, Usage.one("k2", 0, 0, True), 3.5)
     assert [c for c in cl.contracts(3.5, history=True) if c["contract_id"] == "k2"][0]["state"] == "EXPIRED"
 
 
@@ -449,12 +452,12 @@ def test_contract_that_runs_out_before_its_payment_is_still_paid():
         w.send(size=1000)
     w.run(0.3)
     assert w.gw_contract(cid)["state"] == "EXHAUSTED" and not w.gw_contract(cid)["paid"]
-    w.cl.paid(cid, "dummy", "proof-late")          # used to raise KeyError: no live contract
+    w.cl.paid(PEER, cid, "dummy", "proof-late")          # used to raise KeyError: no live contract
     w.run(0.5)
     assert w.gw_contract(cid)["paid"]
     st = w.gw.status(w.now)["peers"][PEER.hex()]
     assert st["grace"] and st["paid_contracts"] == 1
-    assert ce.EV_PAID in w.kinds("cl")
+    assert E.Paid.kind in w.kinds("cl")
 
 
 def test_contract_that_ran_out_unpaid_costs_the_peer_its_grace():
@@ -467,7 +470,7 @@ def test_contract_that_ran_out_unpaid_costs_the_peer_its_grace():
     w.run(2.5)
     assert w.gw_contract(cid)["state"] == "EXHAUSTED"
     assert not w.gw.status(w.now)["peers"][PEER.hex()]["grace"]
-    assert any(e.kind == ge.EV_PAYMENT_FAILED and e.contract_id == cid for e in w.gev)
+    assert any(e.kind == E.PaymentFailed.kind and e.contract_id == cid for e in w.gev)
 
 
 def test_client_restored_with_an_unpaid_contract_pays_it_again():
@@ -475,19 +478,19 @@ def test_client_restored_with_an_unpaid_contract_pays_it_again():
     w.send()
     w.run(0.3)
     snap = json.loads(json.dumps(w.cl.snapshot()))
-    cl2 = ClientEngine(policy())
+    cl2 = Buyer(policy())
     cl2.restore(snap, w.now)
-    [ev] = [e for e in cl2.take_events() if e.kind == ce.EV_PAYMENT_DUE]
+    [ev] = [e for e in cl2.take_events() if e.kind == E.PaymentDue.kind]
     [c] = w.cl.contracts(w.now)
     assert ev.contract_id == c["contract_id"] and ev.amount_msat == c["cost_msat"]
-    assert ev.data["methods"] == ["dummy"]
+    assert ev.methods == ("dummy",)
     # a paid one is not paid again
     w.autopay = True
-    w.cl.paid(c["contract_id"], "dummy", "p")
+    w.cl.paid(PEER, c["contract_id"], "dummy", "p")
     w.run(0.5)
-    cl3 = ClientEngine(policy())
+    cl3 = Buyer(policy())
     cl3.restore(json.loads(json.dumps(w.cl.snapshot())), w.now)
-    assert not [e for e in cl3.take_events() if e.kind == ce.EV_PAYMENT_DUE]
+    assert not [e for e in cl3.take_events() if e.kind == E.PaymentDue.kind]
 
 
 def test_fast_consumption_keeps_two_contracts_queued():
@@ -513,11 +516,11 @@ def test_timers_stay_bounded_one_usage_report_chain_per_peer():
     for i in range(300):
         w.send(size=1000 if i % 7 else 2000)
         w.step(0.04)
-        usage = [e for e in w.gw._timers if e[2] == ge.T_USAGE]
+        usage = [e for e in w.gw.books[PEER]._timers if e[2] == T_USAGE]
         assert len(usage) <= 2, usage                 # the chain (+ one just set by a new contract)
     w.run(3)
-    assert len([e for e in w.gw._timers if e[2] == ge.T_USAGE]) <= 1
-    assert len(w.gw._timers) < 40
+    assert len([e for e in w.gw.books[PEER]._timers if e[2] == T_USAGE]) <= 1
+    assert len(w.gw.books[PEER]._timers) < 40 and len(w.gw._filed) <= 2
     ended = [c for c in w.gw_contract() if c["state"] == "EXHAUSTED"]
     assert len(ended) >= 10
 
@@ -532,7 +535,7 @@ def test_renewal_margin_follows_the_rate_not_just_data_renewal_kb():
     results = w.stream(400, 0.1)            # 40 s, 400 KB: four contracts
     # the first contract too: poll sees it running out at the rate it is being used at
     assert results.count(FORWARD) == len(results), results.count(HELD)
-    asks = [e for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED]
+    asks = [e for e in w.cev if e.kind == E.RenewalRequested.kind]
     assert len(asks) >= 3
     ended = [c for c in w.gw_contract() if c["state"] == "EXHAUSTED"]
     assert len(ended) >= 3
@@ -547,12 +550,12 @@ def test_a_burst_early_in_a_contract_buys_nothing_ahead():
     for _ in range(200):
         assert w.send() == FORWARD
     w.run(3)
-    assert not [e for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED]
+    assert not [e for e in w.cev if e.kind == E.RenewalRequested.kind]
     for _ in range(450):                      # past half, still fast: now it renews
         w.send()
     w.step(0.1)
     w.run(0.5)
-    assert [e for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED]
+    assert [e for e in w.cev if e.kind == E.RenewalRequested.kind]
 
 
 def test_a_fast_flow_asks_for_bigger_contracts_growing_step_by_step():
@@ -561,16 +564,16 @@ def test_a_fast_flow_asks_for_bigger_contracts_growing_step_by_step():
     # the gateway gives at most max_contract_kb
     w = World(pr=pricing(contract_kb=100, max_contract_kb=600), po=policy(data_renewal_kb=15, time_renewal_s=5),
               loss=0, reorder=0)
-    w.cl.sized_requests = True
+    w.cl.book(PEER).sized_requests = True
     w.send()
     w.run(0.5)
     results = w.stream(1000, 0.01, size=10_000)     # 10 s at 1 MB/s
     assert results.count(FORWARD) == len(results)
-    sizes = [w.gw_contract(e.contract_id)["limit_kb"] for e in w.gev if e.kind == ge.EV_PROPOSED]
+    sizes = [w.gw_contract(e.contract_id)["limit_kb"] for e in w.gev if e.kind == E.Proposed.kind]
     assert sizes[0] == 100 and max(sizes) == 600
-    assert all(b <= ce.GROWTH * a for a, b in zip(sizes, sizes[1:])), sizes
+    assert all(b <= budget.GROWTH * a for a, b in zip(sizes, sizes[1:])), sizes
     assert len(sizes) < 25, sizes             # 100 KB contracts would have been 100
-    asks = [e.data["limit_kb"] for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED and e.data]
+    asks = [e.limit_kb for e in w.cev if e.kind == E.RenewalRequested.kind and e.limit_kb]
     assert asks and max(asks) <= 1000 * CONTRACT_FOR_S_TOLERANCE   # ~CONTRACT_FOR_S at 1 MB/s
     # when the transfer stops, what is left unused is about one contract, not a queue of them
     w.run(3)
@@ -578,7 +581,7 @@ def test_a_fast_flow_asks_for_bigger_contracts_growing_step_by_step():
     assert len(queued) <= 1
 
 
-CONTRACT_FOR_S_TOLERANCE = 1.3 * ce.CONTRACT_FOR_S      # the rate is measured over a quarter contract
+CONTRACT_FOR_S_TOLERANCE = 1.3 * budget.CONTRACT_FOR_S      # the rate is measured over a quarter contract
 
 
 def test_without_the_sized_feature_requests_carry_no_size():
@@ -586,7 +589,7 @@ def test_without_the_sized_feature_requests_carry_no_size():
               loss=0, reorder=0)
     sent = []
     take = w.cl.take_outgoing
-    w.cl.take_outgoing = lambda: [sent.append(x) or x for x in take()]
+    w.cl.take_outgoing = lambda: [sent.append(x[1]) or x for x in take()]
     w.send()
     w.run(0.5)
     w.stream(300, 0.01)
@@ -601,19 +604,19 @@ def test_sized_asks_stay_within_the_budget_and_the_wallet_at_the_last_price(limi
     # whatever the rate
     w = World(pr=pricing(contract_kb=20, max_contract_kb=10_000),
               po=policy(data_renewal_kb=15, time_renewal_s=5, max_spend_total=limit), loss=0, reorder=0)
-    w.cl.sized_requests = True
+    w.cl.book(PEER).sized_requests = True
     w.cl.funds_msat = funds
     w.send()
     w.run(0.5)
     w.stream(300, 0.01, size=1400)
-    asks = [e.data["limit_kb"] for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED and e.data]
+    asks = [e.limit_kb for e in w.cev if e.kind == E.RenewalRequested.kind and e.limit_kb]
     assert asks and all(a <= most_kb for a in asks), asks
     if limit:
         assert w.cl.spent_total <= limit
 
 
 def test_gateway_bounds_a_requested_size():
-    gw = GatewayEngine(pricing(contract_kb=20, max_contract_kb=600))
+    gw = Seller(pricing(contract_kb=20, max_contract_kb=600))
     now = 1000.0
     for i, (asked, got) in enumerate(((None, 20), (1, 20), (300, 300), (10**9, 600))):
         gw.on_message(PEER, Request(f"198.18.2.{i + 1}/32", asked), now)
@@ -632,5 +635,5 @@ def test_a_flow_that_speeds_up_long_after_its_contract_began_renews_at_half():
     w.run(300, dt=1.0)
     results = w.stream(600, 0.001, size=5000)
     assert results.count(FORWARD) == len(results), results.count(HELD)
-    asks = [e for e in w.cev if e.kind == ce.EV_RENEWAL_REQUESTED]
+    asks = [e for e in w.cev if e.kind == E.RenewalRequested.kind]
     assert asks

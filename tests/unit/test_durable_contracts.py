@@ -14,6 +14,7 @@ import threading
 import pytest
 from test_contract_engines import DST, PEER, World, policy, pricing
 
+from tunnelgate.protocol import events as E
 from tunnelgate import packet as pk
 from tunnelgate.daemon.market import EventLog, Saver
 from tunnelgate.daemon.recovery import reconcile
@@ -21,12 +22,12 @@ from tunnelgate.daemon.store import Store
 from tunnelgate.history import contracts as history
 from tunnelgate.meter import FORWARD
 from tunnelgate.payments.base import Journal
-from tunnelgate.protocol import client as ce
-from tunnelgate.protocol import gateway as ge
+from tunnelgate.protocol import buyer as ce
+from tunnelgate.protocol import seller as ge
 from tunnelgate.protocol.channel import Channel
-from tunnelgate.protocol.client import ClientEngine
+from tunnelgate.protocol.buyer import Buyer
 from tunnelgate.protocol.contract import State
-from tunnelgate.protocol.gateway import GatewayEngine
+from tunnelgate.protocol.seller import Seller
 
 PEER_TEXT = "peer"
 
@@ -72,26 +73,26 @@ class Durable(World):
                 self.gch.send(_enc(msg))
             for peer, p in released:
                 self.released.append(p)
-        for msg in cout:
+        for _, msg in cout:
             self.cch.send(_enc(msg))
         for e in cevs:
             self.cev.append(e)
-            if e.kind == ce.EV_PAYMENT_DUE and self.autopay:
-                self.cl.paid(e.contract_id, "dummy", "proof-" + e.contract_id)
-                self.cch.send(_enc(self.cl.take_outgoing()[-1]))
+            if e.kind == E.PaymentDue.kind and self.autopay:
+                self.cl.paid(PEER, e.contract_id, "dummy", "proof-" + e.contract_id)
+                self.cch.send(_enc(self.cl.take_outgoing()[-1][1]))
         for e in gevs:
             self.gev.append(e)
-            if e.kind == ge.EV_PAYMENT_RECEIVED and not self.gw_down:
+            if e.kind == E.PaymentReceived.kind and not self.gw_down:
                 self._journal_payment(e)
 
     def _journal_payment(self, e):
         cid = e.contract_id
-        self.journal.insert(f"dummy:{e.data['proof']}", cid, PEER_TEXT, "dummy", e.amount_msat, "confirmed")
+        self.journal.insert(f"dummy:{e.proof}", cid, PEER_TEXT, "dummy", e.amount_msat, "confirmed")
         if self.pay_hold:
             return
         c = self.gw.find(cid)
         usable = c is not None and c.state is not State.REVOKED
-        cost = e.data["cost_msat"]
+        cost = e.cost_msat
         surplus = max(0, e.amount_msat - cost) if usable else e.amount_msat
         left = self.journal.settle(cid, PEER_TEXT, surplus, f"{'surplus' if usable else 'recovered'}:{cid}",
                                    "test")
@@ -111,7 +112,7 @@ class Durable(World):
             self.link = [x for x in self.link if x[0] > self.now]
             for _, dst, fr in due:             # what the gateway sent before it died arrives
                 for raw in dst.receive(fr, self.now):
-                    self.cl.on_message(_dec(raw), self.now)
+                    self.cl.on_message(PEER, _dec(raw), self.now)
             self._pump()
             return
         super().step(dt)
@@ -133,7 +134,7 @@ class Durable(World):
 
     def crash_gateway(self):
         """kill -9: nothing more is saved; the link loses what was in flight."""
-        self.gw = GatewayEngine(self.pr)
+        self.gw = Seller(self.pr)
         self.gw_down = True
         self.link = [x for x in self.link if x[1] is not self.gch]
 
@@ -147,7 +148,7 @@ class Durable(World):
         self.gw_down = False
 
     def crash_and_restart_client(self):
-        self.cl = ClientEngine(self.po)
+        self.cl = Buyer(self.po)
         self.clock = threading.Lock()
         self.csaver = Saver(self.cstore, self.cl, self.clock)
         self.csaver.restore(self.now)
@@ -257,7 +258,7 @@ def test_an_accepted_contract_in_grace_survives_and_is_paid_after_restart(tmp_pa
     assert c2["contract_id"] == c["contract_id"] and c2["state"] == "GRACE"
     assert w.send() == FORWARD                # served in its grace, not proposed anew
     # the client re-sends its proof on the new session (the daemon does this on a handshake)
-    w.cl.paid(c["contract_id"], "dummy", "proof-" + c["contract_id"])
+    w.cl.paid(PEER, c["contract_id"], "dummy", "proof-" + c["contract_id"])
     w.run(1)
     assert w.gw_records()[c["contract_id"]]["paid"]
     assert len(w.journal.records("confirmed")) == 1

@@ -2,12 +2,13 @@
 open proposals, flows, held packets (per flow, per peer, all peers), events."""
 import struct
 
+from tunnelgate.protocol import events as E
 from tunnelgate import packet as pk
 from tunnelgate.meter import DROP, FORWARD, HELD
 from tunnelgate.money import parse_price
-from tunnelgate.protocol import gateway as ge
+from tunnelgate.protocol.seller_hold import SUPPRESSED_REPORT_S
 from tunnelgate.protocol import messages as m
-from tunnelgate.protocol.gateway import GatewayEngine, Pricing
+from tunnelgate.protocol.seller import Seller, Pricing
 
 PEER = b"\x01" * 32
 NOW = 1_000_000.0
@@ -38,29 +39,29 @@ def spray(gw, n, now=NOW, peer=PEER):
 
 
 def test_spray_of_new_destinations_is_bounded():
-    gw = GatewayEngine(pricing())
+    gw = Seller(pricing())
     limit = gw.pricing.max_pending_proposals
     rs = spray(gw, 100_000)
     assert rs.count(HELD) == limit and rs.count(DROP) == 100_000 - limit
-    assert open_proposals(gw) == limit == len(gw._contracts)
+    assert open_proposals(gw) == limit == sum(len(b.live) for b in gw.books.values())
     assert len(gw.meter.peers[PEER]) == limit          # no flow for a dropped destination
     proposes = [msg for _, msg in gw.take_outgoing() if isinstance(msg, m.Propose)]
     assert len(proposes) == limit
     events = gw.take_events()
     kinds = [e.kind for e in events]
-    assert kinds.count(ge.EV_PROPOSED) == limit
-    assert kinds.count(ge.EV_PROPOSALS_SUPPRESSED) == 1     # the first drop, told at once
+    assert kinds.count(E.Proposed.kind) == limit
+    assert kinds.count(E.ProposalsSuppressed.kind) == 1     # the first drop, told at once
     st = gw.status(NOW)["peers"][PEER.hex()]
     assert st["open_proposals"] == limit and st["drops_proposal_limit"] == 100_000 - limit
     assert st["held_packets"] == limit
 
     # the rest of the burst is reported in one event when the report interval ends
-    gw.poll(NOW + ge.SUPPRESSED_REPORT_S)
-    sup = [e for e in gw.take_events() if e.kind == ge.EV_PROPOSALS_SUPPRESSED]
-    assert len(sup) == 1 and sup[0].data["dropped"] == 100_000 - limit - 1
+    gw.poll(NOW + SUPPRESSED_REPORT_S)
+    sup = [e for e in gw.take_events() if e.kind == E.ProposalsSuppressed.kind]
+    assert len(sup) == 1 and sup[0].dropped == 100_000 - limit - 1
 
     # unanswered proposals expire: the peer may negotiate again
-    t = NOW + gw.pricing.proposal_timeout_s + ge.SUPPRESSED_REPORT_S + 1
+    t = NOW + gw.pricing.proposal_timeout_s + SUPPRESSED_REPORT_S + 1
     gw.poll(t)
     assert open_proposals(gw) == 0 and gw.status(t)["peers"][PEER.hex()]["open_proposals"] == 0
     assert gw.held_total_bytes == 0
@@ -68,7 +69,7 @@ def test_spray_of_new_destinations_is_bounded():
 
 
 def test_proposal_count_follows_accept_reject_and_no_deal():
-    gw = GatewayEngine(pricing(max_pending_proposals=4))
+    gw = Seller(pricing(max_pending_proposals=4))
     spray(gw, 4)
     ids = [msg.contract_id for _, msg in gw.take_outgoing() if isinstance(msg, m.Propose)]
     assert spray(gw, 5)[4] == DROP                      # a fifth destination: over the limit
@@ -81,13 +82,13 @@ def test_proposal_count_follows_accept_reject_and_no_deal():
 
 
 def test_free_destinations_pass_over_the_limit():
-    gw = GatewayEngine(pricing(max_pending_proposals=2, prefix_prices=(("198.19.0.0/16", 0),)))
+    gw = Seller(pricing(max_pending_proposals=2, prefix_prices=(("198.19.0.0/16", 0),)))
     spray(gw, 10)
     assert gw.outbound(PEER, dst(65536 + 5), 60, ip4(dst(65536 + 5)), NOW) == FORWARD
 
 
 def test_request_over_the_limit_gets_no_proposal():
-    gw = GatewayEngine(pricing(max_pending_proposals=3))
+    gw = Seller(pricing(max_pending_proposals=3))
     spray(gw, 3)
     gw.take_outgoing()
     gw.on_message(PEER, m.Request("198.18.200.1"), NOW)
@@ -96,12 +97,12 @@ def test_request_over_the_limit_gets_no_proposal():
 
 
 def test_held_packets_per_flow_and_gateway_wide():
-    gw = GatewayEngine(pricing())
+    gw = Seller(pricing())
     d = dst(7)
     rs = [gw.outbound(PEER, d, 60, ip4(d), NOW) for _ in range(100)]
     assert rs.count(HELD) == gw.pricing.held_max_flow_packets == 16
 
-    gw = GatewayEngine(pricing(held_total_max_bytes=10 * 1000))
+    gw = Seller(pricing(held_total_max_bytes=10 * 1000))
     for k in range(3):
         peer = bytes([k + 2]) * 32
         for i in range(5):
@@ -113,7 +114,7 @@ def test_held_packets_per_flow_and_gateway_wide():
 
 
 def test_unpaid_contracts_bound_new_proposals():
-    gw = GatewayEngine(pricing(max_unpaid_contracts=3, grace_time_s=30))
+    gw = Seller(pricing(max_unpaid_contracts=3, grace_time_s=30))
     for i in range(5):                   # each proposal accepted at once, never paid
         assert gw.outbound(PEER, dst(i), 60, ip4(dst(i)), NOW) == (HELD if i < 3 else DROP)
         for _, msg in gw.take_outgoing():
@@ -121,7 +122,7 @@ def test_unpaid_contracts_bound_new_proposals():
                 gw.on_message(PEER, m.Accept(msg.contract_id), NOW)
     st = gw.status(NOW)["peers"][PEER.hex()]
     assert st["unpaid_contracts"] == 3 and st["open_proposals"] == 0 and st["drops_proposal_limit"] == 2
-    again = GatewayEngine(pricing(max_unpaid_contracts=3, grace_time_s=30))
+    again = Seller(pricing(max_unpaid_contracts=3, grace_time_s=30))
     again.restore(gw.snapshot(), NOW)           # a restart remembers who owes what
     assert again.status(NOW)["peers"][PEER.hex()]["unpaid_contracts"] == 3
     paid = next(c["contract_id"] for c in gw.contracts(PEER, NOW))

@@ -10,7 +10,7 @@ from tunnelgate import packet as pk
 from tunnelgate.daemon.market import Saver
 from tunnelgate.daemon.store import Store
 from tunnelgate.meter import FORWARD
-from tunnelgate.protocol.gateway import GatewayEngine
+from tunnelgate.protocol.seller import Seller
 
 
 def _norm(snap):
@@ -21,7 +21,7 @@ def _norm(snap):
 
 
 def _restored(store, now):
-    gw = GatewayEngine(pricing(contract_kb=10))
+    gw = Seller(pricing(contract_kb=10))
     assert Saver(store, gw, threading.Lock()).restore(now)
     return gw
 
@@ -68,7 +68,7 @@ def test_old_blob_is_migrated_to_rows(tmp_path):
     w.send()
     store = Store(tmp_path / "db")
     store.save_snapshot("engine", json.dumps(w.gw.snapshot()))   # what older versions wrote
-    gw2 = GatewayEngine(pricing(contract_kb=10))
+    gw2 = Seller(pricing(contract_kb=10))
     saver = Saver(store, gw2, threading.Lock())
     assert saver.restore(w.now)
     saver.maybe_save(w.now)

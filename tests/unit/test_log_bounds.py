@@ -8,7 +8,7 @@ import sys
 from tunnelgate.daemon import market
 from tunnelgate.daemon.lograte import LogLimiter
 from tunnelgate.daemon.store import EVENTS_MAX, Store
-from tunnelgate.protocol.contract import Event
+from tunnelgate.protocol import events as E
 from tunnelgate.protocol.messages import Propose
 
 
@@ -38,7 +38,7 @@ def test_event_log_lines_are_bounded(tmp_path, caplog):
     ev = market.EventLog(Store(tmp_path / "db.sqlite"))
     caplog.set_level(logging.INFO, logger="tunnelgate.contracts")
     for i in range(5000):
-        ev.add(Event("proposed", f"c{i}", b"\x01" * 32, f"198.18.{i >> 8}.{i & 255}"))
+        ev.add(E.Proposed(E.SELLER, b"\x01" * 32, f"c{i}", f"198.18.{i >> 8}.{i & 255}"))
     ev.flush()
     lines = [r for r in caplog.records if r.name == "tunnelgate.contracts"]
     assert len(lines) <= 2 * ev.limiter.burst

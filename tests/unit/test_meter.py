@@ -1,12 +1,13 @@
 from tunnelgate import packet as pk
 from tunnelgate.meter import FORWARD, MISS, ClientMeter, Flow, GatewayMeter, usage_disagrees
 from tunnelgate.protocol.contract import Contract, State
+from tunnelgate.protocol.terms import Terms
 
 PEER = b"p" * 32
 
 
 def _contract(limit_kb=2, stop_at=100.0):
-    c = Contract("c1", PEER, b"", 32, "x", 1, limit_kb, 100)
+    c = Contract(Terms("c1", "x", b"", 32, 1, limit_kb, 100), PEER)
     c.state, c.expires_at, c.grace_until = State.PAID, stop_at, stop_at
     c.arm(True)
     return c

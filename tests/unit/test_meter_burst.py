@@ -38,9 +38,9 @@ def test_expired_contract_passes_nothing():
 
 
 def test_client_burst_fits_only_within_its_contract():
-    from tunnelgate.protocol.client import ClientEngine, ClientPolicy
-    cl = ClientEngine(ClientPolicy(max_price=1_000_000))
+    from tunnelgate.protocol.buyer import Buyer, ClientPolicy
+    cl = Buyer(ClientPolicy(max_price=1_000_000))
     assert cl.fits(DST, 10**9, 0.0)          # no contract for it: nothing to split
-    f = cl._flow("198.18.2.2/32")
+    f = cl._flow(b"gateway key", "198.18.2.2/32")
     f.current = SimpleNamespace(used=1000, stop_bytes=4000, stop_at=100.0)
     assert cl.fits(DST, 3000, 1.0) and not cl.fits(DST, 3001, 1.0) and not cl.fits(DST, 1, 100.0)

@@ -2,7 +2,7 @@
 contracts and peers -- checked by counting work, never by timing:
 
 - dict lookups and iterations, through counting dicts swapped in for every dict
-  the engine and its meter keep (peers, flows per peer, contracts, mask cache);
+  the engine and its meter keep (books, flows per peer, contracts, mask cache);
 - every Python and C function call made during one packet (sys.setprofile) and
   every line of Python executed (sys.settrace).
 
@@ -60,9 +60,11 @@ class CountingDict(dict):
 def instrument(engine) -> None:
     meter = engine.meter
     meter.peers = CountingDict({p: CountingDict(f) for p, f in meter.peers.items()})
-    engine._contracts = CountingDict(engine._contracts)
-    engine._peers = CountingDict(engine._peers)
-    engine._unpaid = CountingDict(engine._unpaid)
+    engine.books = CountingDict(engine.books)
+    for peer, book in dict.items(engine.books):
+        book.flows = meter.peers[peer]            # the book and the meter share one table
+        book.live, book.ended, book.unpaid = (CountingDict(book.live), CountingDict(book.ended),
+                                              CountingDict(book.unpaid))
     for m in (meter.m4, meter.m6):
         m.cache = CountingDict(m.cache)
 
@@ -71,7 +73,7 @@ def engine_with(n: int, scope="host", per_peer: int | None = 100):
     """n live contracts, per_peer per peer (None: all on one peer)."""
     b = EngineBuilder(per_peer=per_peer or n, scope=scope)
     b.grow(n)
-    assert len(b.engine._contracts) == n
+    assert sum(len(book.live) for book in b.engine.books.values()) == n
     return b
 
 

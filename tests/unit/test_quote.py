@@ -1,9 +1,10 @@
 """QUOTE: the gateway's terms for a destination, with no contract and no state."""
 
+from tunnelgate.protocol import events as E
 from tunnelgate import packet as pk
 from tunnelgate.protocol import messages as m
-from tunnelgate.protocol.client import EV_QUOTE, ClientEngine, ClientPolicy
-from tunnelgate.protocol.gateway import GatewayEngine, Pricing
+from tunnelgate.protocol.buyer import Buyer, ClientPolicy
+from tunnelgate.protocol.seller import Seller, Pricing
 
 PEER = b"\x01" * 32
 
@@ -15,7 +16,7 @@ def test_quote_roundtrip_and_strictness():
 
 
 def test_gateway_quotes_scope_price_and_grace_without_creating_state():
-    gw = GatewayEngine(Pricing(default_price=500_000, floor_price=200_000, scope=24, contract_kb=1000,
+    gw = Seller(Pricing(default_price=500_000, floor_price=200_000, scope=24, contract_kb=1000,
                                prefix_prices=(("198.18.9.0/24", 0),)))
     gw.on_message(PEER, m.QuoteRequest("198.18.2.2/32"), 0.0)
     [(peer, q)] = gw.take_outgoing()
@@ -28,11 +29,11 @@ def test_gateway_quotes_scope_price_and_grace_without_creating_state():
 
 
 def test_client_turns_a_quote_into_an_event_with_its_verdict():
-    cl = ClientEngine(ClientPolicy(max_price=400_000))
-    cl.request_quote("198.18.2.2/32")
-    assert cl.take_outgoing() == [m.QuoteRequest("198.18.2.2/32")]
-    cl.on_message(m.Quote("198.18.2.2/32", 500_000, 1000, 60, ("dummy",), 30, 100), 0.0)
-    [ev] = [e for e in cl.take_events() if e.kind == EV_QUOTE]
-    assert ev.data["acceptable"] is False and ev.amount_msat == 500 and ev.destination == "198.18.2.2/32"
+    cl = Buyer(ClientPolicy(max_price=400_000))
+    cl.request_quote(PEER, "198.18.2.2/32")
+    assert cl.take_outgoing() == [(PEER, m.QuoteRequest("198.18.2.2/32"))]
+    cl.on_message(PEER, m.Quote("198.18.2.2/32", 500_000, 1000, 60, ("dummy",), 30, 100), 0.0)
+    [ev] = [e for e in cl.take_events() if e.kind == E.Quote.kind]
+    assert ev.acceptable is False and ev.amount_msat == 500 and ev.destination == "198.18.2.2/32"
     assert cl.contracts() == []
     assert pk.parse_prefix(ev.destination)[1] == 32

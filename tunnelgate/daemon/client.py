@@ -17,7 +17,8 @@ from .. import offload, session as sess
 from ..net import setup as netsetup
 from ..money import format_price, parse_msat, parse_price
 from ..payments import PaymentError, Terms, load_backend
-from ..protocol import client as clp
+from ..protocol import buyer as clp
+from ..protocol import events as E
 from ..tun import Tun
 from . import datapath
 from ..offload.chunks import FEATURE_CHUNKS
@@ -26,7 +27,6 @@ from .base import Daemon, features, udp_socket
 from .control import ControlError
 from .market import Channels, EventLog, Saver
 
-GATEWAY = b"gateway"  # the client's one control channel
 BALANCE_EVERY_S = 5.0
 QUOTE_TIMEOUT_S = 5.0
 
@@ -65,7 +65,9 @@ class ClientDaemon(Daemon):
     def _setup_market(self) -> None:
         cfg = self.cfg
         self.payer = load_backend(cfg.payment.backend, cfg.payment.settings_dict(), role="payer")
-        self.engine = clp.ClientEngine(cfg.policy)
+        # one seller today: the gateway, by its public key (its book, its control channel)
+        self.gateway_key = cfg.gateway_public_key
+        self.engine = clp.Buyer(cfg.policy, legacy_counterpart=self.gateway_key)
         self.engine.prepay_msat = cfg.payment.prepay_msat
         self.elock = threading.Lock()
         # held by the data-path thread that reads the TUN and sends (see datapath.client_tun_to_udp)
@@ -184,7 +186,7 @@ class ClientDaemon(Daemon):
         self.gateway_features = sorted(offered & {FEATURE_CHUNKS, FEATURE_SIZED})
         self.gateway_chunks = FEATURE_CHUNKS in self.features and FEATURE_CHUNKS in offered
         with self.elock:
-            self.engine.sized_requests = FEATURE_SIZED in offered
+            self.engine.book(self.gateway_key).sized_requests = FEATURE_SIZED in offered
         if (address, address6) != (self.address, self.address6):
             if self.address is not None:
                 log.warning("gateway changed our address %s -> %s", self.address, address)
@@ -206,12 +208,12 @@ class ClientDaemon(Daemon):
         yet confirmed paid again. The gateway answers from its journal (the same proof is one
         payment), so a payment it took just before a crash is honoured, never taken twice."""
         with self.elock:
-            for cid in self.engine.unpaid():
+            for gw, cid in self.engine.unpaid():
                 known = self.store.client_payment(cid)
                 if known and cid not in self.paying:
                     method, proof, amount, _ = known
                     try:
-                        self.engine.paid(cid, method, proof, amount)
+                        self.engine.paid(gw, cid, method, proof, amount)
                     except KeyError:
                         pass
         self._pump()
@@ -287,9 +289,9 @@ class ClientDaemon(Daemon):
     def _control_in(self, frames: list[bytes]) -> None:
         now, wall = time.monotonic(), time.time()
         for frame in frames:
-            for message in self.channels.receive(GATEWAY, frame, now):
+            for message in self.channels.receive(self.gateway_key, frame, now):
                 with self.elock:
-                    self.engine.on_message(message, wall)
+                    self.engine.on_message(self.gateway_key, message, wall)
         self._pump()
 
     def wake(self) -> None:
@@ -314,14 +316,14 @@ class ClientDaemon(Daemon):
                     self.saver.write(taken, self.events)
                 except Exception as e:
                     log.error("cannot save the contracts to %s: %s; check the disk", self.paths["db"], e)
-        for message in outgoing:
-            self.channels.send(GATEWAY, message)
+        for peer, message in outgoing:
+            self.channels.send(peer, message)
         for ev in events:
-            if ev.kind == clp.EV_PAYMENT_DUE and ev.contract_id not in self.paying:
+            if type(ev) is E.PaymentDue and ev.contract_id not in self.paying:
                 self.paying[ev.contract_id] = self.loop.create_task(self._pay(ev))
-            elif ev.kind == clp.EV_PAID:
+            elif type(ev) is E.Paid:
                 self.store.set_client_payment_state(ev.contract_id, "confirmed")
-            elif ev.kind == clp.EV_QUOTE and self.quotes:
+            elif type(ev) is E.Quote and self.quotes:
                 # the gateway answers quote requests one each, in order
                 fut = self.quotes.popleft()
                 if not fut.done():
@@ -340,47 +342,46 @@ class ClientDaemon(Daemon):
         fut = self.loop.create_future()
         self.quotes.append(fut)
         with self.elock:
-            self.engine.request_quote(str(net))
+            self.engine.request_quote(self.gateway_key, str(net))
         self._pump()
         try:
             ev = await asyncio.wait_for(fut, QUOTE_TIMEOUT_S)
         except asyncio.TimeoutError:
             raise ControlError("timeout", f"the gateway did not quote within {QUOTE_TIMEOUT_S:g} s") from None
-        d = ev.data
         # per payment method: the amount paid, the expected fee and the time to settle
         per_method = getattr(self.payer, "quote", None)
         payment = (per_method(ev.amount_msat) if per_method else
                    [{"method": self.cfg.payment.backend, "amount_msat": ev.amount_msat,
                      "fee_msat": self.payer.fee_msat(ev.amount_msat)}])
-        return {"destination": ev.destination, "price": d["price"], "price_text": format_price(d["price"]),
-                "limit_kb": d["limit_kb"], "time_s": d["time_s"], "cost_msat": ev.amount_msat,
-                "methods": d["methods"], "grace_s": d["grace_s"], "grace_kb": d["grace_kb"],
-                "max_price": format_price(d["max_price"]), "acceptable": d["acceptable"],
+        return {"destination": ev.destination, "price": ev.price, "price_text": format_price(ev.price),
+                "limit_kb": ev.limit_kb, "time_s": ev.time_s, "cost_msat": ev.amount_msat,
+                "methods": list(ev.methods), "grace_s": ev.grace_s, "grace_kb": ev.grace_kb,
+                "max_price": format_price(ev.max_price), "acceptable": ev.acceptable,
                 "reason": ev.reason, "payment": payment}
 
     async def _pay(self, ev) -> None:
         cid = ev.contract_id
         try:
             method = self.cfg.payment.backend
-            if method not in ev.data.get("methods", []):
-                raise PaymentError(f"the gateway accepts {', '.join(ev.data.get('methods', [])) or 'nothing'}, "
+            if method not in ev.methods:
+                raise PaymentError(f"the gateway accepts {', '.join(ev.methods) or 'nothing'}, "
                                    f"this client pays with {method}; change [payment] backend")
             known = self.store.client_payment(cid)
             if known:  # paid before a restart: send the same proof again, never pay twice
                 method, proof, amount, _ = known
             else:
                 # at least the cost; with [payment] prepay_msat more, kept as credit at the gateway
-                amount = max(ev.amount_msat, int(ev.data.get("pay_msat", ev.amount_msat)))
+                amount = max(ev.amount_msat, ev.pay_msat)
                 try:
-                    proof = await self.payer.pay(Terms(cid, amount, account=ev.data.get("account", "")))
+                    proof = await self.payer.pay(Terms(cid, amount, account=ev.account))
                 except PaymentError:
                     if amount == ev.amount_msat:
                         raise
                     amount = ev.amount_msat      # could not prepay: pay this contract only
-                    proof = await self.payer.pay(Terms(cid, amount, account=ev.data.get("account", "")))
+                    proof = await self.payer.pay(Terms(cid, amount, account=ev.account))
                 self.store.record_client_payment(cid, method, proof, amount)
             with self.elock:
-                self.engine.paid(cid, method, proof, amount)
+                self.engine.paid(ev.counterpart, cid, method, proof, amount)
             self._pump()
         except (PaymentError, KeyError) as e:
             self.events.say("payment_failed", str(e), contract_id=cid, destination=ev.destination,
@@ -391,7 +392,7 @@ class ClientDaemon(Daemon):
                 except Exception:
                     funds = self.balance_msat
                 with self.elock:
-                    self.engine.payment_impossible(cid, str(e), funds)
+                    self.engine.payment_impossible(ev.counterpart, cid, str(e), funds)
                 self._pump()
         finally:
             self.paying.pop(cid, None)

@@ -19,7 +19,8 @@ from collections import deque
 from .. import offload, session as sess
 from ..net import setup as netsetup
 from ..payments import Terms, Verdict, load_backend
-from ..protocol import gateway as gwp
+from ..protocol import events as E
+from ..protocol import seller as gwp
 from ..tun import Tun
 from . import datapath
 from ..config import peer_address6
@@ -41,7 +42,7 @@ ACCOUNT_WAIT_S = 10       # at start: how long to wait for the first ones
 
 
 class JournalCredit:
-    """The engine's credit book (see protocol.gateway.MemoryCredit), kept in the payment
+    """The engine's credit book (see protocol.seller.MemoryCredit), kept in the payment
     journal: durable, so a restart keeps every peer's prepaid credit."""
 
     def __init__(self, journal):
@@ -172,7 +173,7 @@ class GatewayDaemon(Daemon):
                 routes = (*routes, (own, 0))
         pricing = dataclasses.replace(cfg.pricing, payment_methods=(payment.backend,), account=account,
                                       prefix_prices=routes)
-        self.engine = gwp.GatewayEngine(pricing, new_id=lambda: secrets.token_hex(8),
+        self.engine = gwp.Seller(pricing, new_id=lambda: secrets.token_hex(8),
                                         account_for=self.accounts.take if self.accounts else None,
                                         credit=JournalCredit(self.payee.journal))
         self.elock = threading.Lock()
@@ -537,23 +538,23 @@ class GatewayDaemon(Daemon):
             self.tun.write_batch([pkt for _, pkt in released])
             self.stats["released"] += len(released)
         for ev in events:
-            if ev.kind == gwp.EV_PAYMENT_RECEIVED and ev.contract_id not in self.verifying:
+            if type(ev) is E.PaymentReceived and ev.contract_id not in self.verifying:
                 self.verifying[ev.contract_id] = self.loop.create_task(self._verify(ev))
         self.channels.flush(time.monotonic())
 
     async def _verify(self, ev) -> None:
         cid = ev.contract_id
-        peer = peer_text(ev.peer)
-        account = ev.data.get("account") or self.engine.pricing.account
-        terms = Terms(cid, ev.data["cost_msat"], peer=peer, account=account)
+        peer = peer_text(ev.counterpart)
+        account = ev.account or self.engine.pricing.account
+        terms = Terms(cid, ev.cost_msat, peer=peer, account=account)
         try:
             try:
-                verdict = await self.payee.verify(ev.data["proof"], terms)
+                verdict = await self.payee.verify(ev.proof, terms)
             except Exception as e:  # a backend failure must not take the daemon down
                 log.warning("verifying payment for %s failed: %s", cid, e)
                 verdict = Verdict("invalid", f"verification failed: {e}")
             verdict = await self._poll_until_final(cid, verdict)
-            await self._finish(cid, peer, verdict, cost=ev.data["cost_msat"])
+            await self._finish(cid, peer, verdict, cost=ev.cost_msat)
         finally:
             self.verifying.pop(cid, None)
 

@@ -18,7 +18,7 @@ from collections import Counter, deque
 
 from ..protocol import messages as msgs
 from ..protocol.channel import Channel, ChannelFull
-from ..protocol.contract import Event
+from ..protocol.events import SELLER, ContractEvent
 from .lograte import LogLimiter
 from .store import EVENTS_MAX, Store
 
@@ -45,11 +45,17 @@ class EventLog:
         self.subscribers: set = set()
         self.limiter = LogLimiter()        # log lines per (kind, peer)
 
-    def add(self, ev: Event, extra: dict | None = None) -> dict:
-        data = {k: v for k, v in (ev.data or {}).items() if k != "proof"}  # proofs are bearer secrets
+    def add(self, ev: ContractEvent, extra: dict | None = None) -> dict:
+        """The one place a typed engine event becomes the record the log, `status --json`,
+        `events` and the TUI show, as before events were typed: the kind's own fields are its
+        ``data`` (lists for tuples, as JSON has them); ``peer`` is the counterpart of a seller's
+        event (a buyer's named none while it had one gateway)."""
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in ev.extras().items()
+                if k != "proof"}                           # proofs are bearer secrets
         if extra:
             data.update(extra)
-        rec = {"ts": time.time(), "kind": ev.kind, "contract_id": ev.contract_id, "peer": peer_text(ev.peer),
+        rec = {"ts": time.time(), "kind": ev.kind, "contract_id": ev.contract_id,
+               "peer": peer_text(ev.counterpart) if ev.side == SELLER else None,
                "destination": ev.destination, "reason": ev.reason, "amount_msat": ev.amount_msat,
                "data": data}
         self.note(rec)

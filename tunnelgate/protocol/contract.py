@@ -24,24 +24,9 @@ payment attempt during grace) have explicit "stay" entries.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 
-from tunnelgate.money import BYTES_PER_KB, cost_msat
-
-
-@dataclass(frozen=True)
-class Event:
-    """Something the daemon logs, streams to the control socket or persists.
-
-    kind: see the EV_* names in gateway.py / client.py; ``data`` holds kind-specific
-    extras (e.g. payment method and proof, counters)."""
-    kind: str
-    contract_id: str | None = None
-    peer: bytes | None = None
-    destination: str | None = None
-    reason: str = ""
-    amount_msat: int = 0
-    data: dict = field(default_factory=dict)
+from tunnelgate.money import BYTES_PER_KB
+from tunnelgate.protocol.terms import Terms
 
 
 class State(enum.Enum):
@@ -127,51 +112,51 @@ def allowed(state: State, event: Ev) -> bool:
 
 
 class Contract:
-    """One contract as both engines keep it.  Hot-path fields: stop_at, stop_bytes,
-    used, up, down (mutated by the meter)."""
+    """One side's view of one contract: the agreed ``terms`` (shared, frozen) and this side's
+    mutable state.  Hot-path fields: stop_at, stop_bytes, used, up, down (mutated by the
+    meter).  Each side adds its own bookkeeping in a subclass (SellerContract, BuyerContract),
+    all in slots: tens of thousands of these live at a gateway."""
 
-    __slots__ = ("contract_id", "peer", "key", "plen", "destination", "price", "limit_kb",
-                 "time_s", "methods", "account", "round", "grace_s", "grace_kb", "state",
-                 "created_at", "accepted_at", "activated_at", "expires_at", "grace_until",
-                 "paid", "stop_at", "stop_bytes", "used", "up", "down", "reason",
-                 "gw_up", "gw_down", "last_usage_sent", "last_usage_at", "renew_asked", "renew_at",
-                 "renew_final", "quarter_at", "mismatch", "ended_at", "credit", "saved_used")
+    __slots__ = ("terms", "peer", "state", "created_at", "accepted_at", "activated_at", "expires_at",
+                 "grace_until", "ended_at", "paid", "credit", "stop_at", "stop_bytes", "used", "up",
+                 "down", "reason")
 
-    def __init__(self, contract_id: str, peer: bytes, key: bytes, plen: int, destination: str,
-                 price: int, limit_kb: int, time_s: int, methods: tuple[str, ...] = (),
-                 account: str = "", round: int = 1, grace_s: int = 0, grace_kb: int = 0,
-                 created_at: float = 0.0):
-        self.contract_id, self.peer, self.key, self.plen = contract_id, peer, key, plen
-        self.destination, self.price, self.limit_kb, self.time_s = destination, price, limit_kb, time_s
-        self.methods, self.account, self.round = tuple(methods), account, round
-        self.grace_s, self.grace_kb = grace_s, grace_kb
+    _SIDE: tuple[str, ...] = ()        # a subclass's persisted fields (optional on load)
+
+    def __init__(self, terms: Terms, peer: bytes, created_at: float = 0.0):
+        self.terms, self.peer = terms, peer
         self.state = State.PROPOSED
         self.created_at = created_at
         self.accepted_at = self.activated_at = self.expires_at = self.grace_until = None
         self.ended_at = None
         self.paid = False
+        self.credit = False             # paid (seller) / to be paid (buyer) from prepaid credit
         self.stop_at = 0.0
         self.stop_bytes = 0
         self.used = self.up = self.down = 0
-        self.gw_up = self.gw_down = 0
-        self.last_usage_sent = -1
         self.reason = ""
-        self.renew_asked = False
-        self.renew_at = 0               # client: used bytes at which to renew, or to look again
-        self.renew_final = 0            # client: the renewal point by margin (see ClientEngine._arm)
-        self.quarter_at = None          # client: when a quarter of the contract was used
-        self.mismatch = False
-        self.last_usage_at = 0.0
-        self.credit = False             # paid (gateway) / to be paid (client) from prepaid credit
-        self.saved_used = -1            # gateway: ``used`` as last persisted (incremental saves)
+
+    # the terms, read through (not on the per-packet path)
+    contract_id = property(lambda self: self.terms.contract_id)
+    destination = property(lambda self: self.terms.destination)
+    key = property(lambda self: self.terms.key)
+    plen = property(lambda self: self.terms.plen)
+    price = property(lambda self: self.terms.price)
+    limit_kb = property(lambda self: self.terms.limit_kb)
+    time_s = property(lambda self: self.terms.time_s)
+    methods = property(lambda self: self.terms.methods)
+    account = property(lambda self: self.terms.account)
+    round = property(lambda self: self.terms.round)
+    grace_s = property(lambda self: self.terms.grace_s)
+    grace_kb = property(lambda self: self.terms.grace_kb)
 
     @property
     def limit_bytes(self) -> int:
-        return self.limit_kb * BYTES_PER_KB
+        return self.terms.limit_kb * BYTES_PER_KB
 
     @property
     def cost_msat(self) -> int:
-        return cost_msat(self.price, self.limit_kb)
+        return self.terms.cost_msat
 
     def apply(self, event: Ev) -> State:
         self.state = next_state(self.state, event)
@@ -182,7 +167,7 @@ class Contract:
         if self.state is State.PAID and self.expires_at is not None:
             self.stop_at, self.stop_bytes = self.expires_at, self.limit_bytes
         elif self.state is State.GRACE and self.expires_at is not None:
-            gb = self.grace_kb * BYTES_PER_KB if grace else 0
+            gb = self.terms.grace_kb * BYTES_PER_KB if grace else 0
             self.stop_at = min(self.expires_at, self.grace_until)
             self.stop_bytes = min(self.limit_bytes, gb)
         else:
@@ -192,41 +177,48 @@ class Contract:
         self.stop_at, self.stop_bytes = 0.0, 0
 
     def view(self, now: float) -> dict:
+        t = self.terms
         left_s = None
         if self.expires_at is not None and self.state in FORWARDING:
             left_s = max(0, int(self.expires_at - now))
-        return {"contract_id": self.contract_id, "peer": self.peer.hex() if self.peer else "",
-                "destination": self.destination, "state": self.state.value, "price": self.price,
-                "limit_kb": self.limit_kb, "time_s": self.time_s, "cost_msat": self.cost_msat,
+        return {"contract_id": t.contract_id, "peer": self.peer.hex() if self.peer else "",
+                "destination": t.destination, "state": self.state.value, "price": t.price,
+                "limit_kb": t.limit_kb, "time_s": t.time_s, "cost_msat": t.cost_msat,
                 "used": self.used, "up": self.up, "down": self.down,
                 "data_left": max(0, self.limit_bytes - self.used), "time_left_s": left_s,
-                "paid": self.paid, "reason": self.reason, "round": self.round,
+                "paid": self.paid, "reason": self.reason, "round": t.round,
                 "credit": self.credit}
 
-    # --- persistence -----------------------------------------------------------------------
+    # --- persistence (the same JSON record as before the terms were split out) -----------
 
-    _PERSIST = ("contract_id", "plen", "destination", "price", "limit_kb", "time_s", "account",
-                "round", "grace_s", "grace_kb", "created_at", "accepted_at", "activated_at",
-                "expires_at", "grace_until", "paid", "used", "up", "down", "gw_up", "gw_down",
-                "reason", "ended_at", "credit")
-
+    _TERMS = ("contract_id", "plen", "destination", "price", "limit_kb", "time_s", "account",
+              "round", "grace_s", "grace_kb")
+    _STATE = ("created_at", "accepted_at", "activated_at", "expires_at", "grace_until", "paid",
+              "used", "up", "down", "reason", "ended_at", "credit")
     _ADDED = frozenset({"credit"})     # keys newer than the first snapshots: optional on load
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self._PERSIST}
+        t = self.terms
+        d = {k: getattr(t, k) for k in self._TERMS}
+        for k in self._STATE + self._SIDE:
+            d[k] = getattr(self, k)
         d["peer"] = self.peer.hex()
-        d["key"] = self.key.hex()
-        d["methods"] = list(self.methods)
+        d["key"] = t.key.hex()
+        d["methods"] = list(t.methods)
         d["state"] = self.state.value
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Contract":
-        c = cls(d["contract_id"], bytes.fromhex(d["peer"]), bytes.fromhex(d["key"]), d["plen"],
-                d["destination"], d["price"], d["limit_kb"], d["time_s"], tuple(d["methods"]),
-                d["account"], d["round"], d["grace_s"], d["grace_kb"], d["created_at"])
-        for k in cls._PERSIST:
+        terms = Terms(d["contract_id"], d["destination"], bytes.fromhex(d["key"]), d["plen"], d["price"],
+                      d["limit_kb"], d["time_s"], tuple(d["methods"]), d["account"], d["round"],
+                      d["grace_s"], d["grace_kb"])
+        c = cls(terms, bytes.fromhex(d["peer"]), d["created_at"])
+        for k in cls._STATE:
             if k in d or k not in cls._ADDED:
+                setattr(c, k, d[k])
+        for k in cls._SIDE:
+            if k in d:
                 setattr(c, k, d[k])
         c.state = State(d["state"])
         return c

@@ -1,0 +1,110 @@
+"""A contract book: one counterpart's live, queued and ended contracts.
+
+Every lookup the engines do is an index here, never a walk of the history:
+
+- ``live``: proposals and accepted contracts not ended, by id;
+- ``flows``: the counterpart's flows (a destination's current contract, its queue, its
+  proposal, its no-deal back-off), by destination key (the seller's are the meter's own
+  per-peer dict, so the hot path and the book share one table);
+- ``ended``: tombstones by id (late payments, USAGE requests, a restart's "never again"),
+  bounded over all books of an engine by one shared ``Tombstones`` ring;
+- ``unpaid``: accepted contracts whose payment is still due, live or ended;
+- timers: a heap of (when, n, kind, object), invalidated lazily (an entry whose deadline no
+  longer matches its object's is skipped), so ``next_deadline()`` is the top of the heap and a
+  poll costs what is due.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Iterator
+
+from tunnelgate.protocol.contract import Contract
+
+
+class Tombstones:
+    """Ended contracts of all books of one engine, oldest first, at most ``cap`` (then the
+    oldest ``trim`` go at once): a bounded memory of what ended, indexed per book by id."""
+
+    def __init__(self, cap: int = 1024, trim: int = 256):
+        self.cap, self.trim = cap, trim
+        self._order: deque[tuple["Book", str]] = deque()
+
+    def add(self, book: "Book", c: Contract) -> None:
+        book.ended[c.contract_id] = c
+        self._order.append((book, c.contract_id))
+        if len(self._order) > self.cap:
+            for _ in range(self.trim):
+                b, cid = self._order.popleft()
+                b.ended.pop(cid, None)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def contracts(self) -> Iterator[Contract]:
+        """Oldest first (a contract retired twice, e.g. restored, shows once)."""
+        for b, cid in self._order:
+            c = b.ended.get(cid)
+            if c is not None:
+                yield c
+
+
+class Book:
+    __slots__ = ("counterpart", "live", "flows", "ended", "unpaid", "tombstones", "_timers", "filed")
+
+    def __init__(self, counterpart: bytes, tombstones: Tombstones | None = None, flows: dict | None = None):
+        self.counterpart = counterpart
+        self.live: dict[str, Contract] = {}
+        self.flows: dict = flows if flows is not None else {}
+        self.ended: dict[str, Contract] = {}
+        self.unpaid: dict[str, Contract] = {}
+        self.tombstones = tombstones if tombstones is not None else Tombstones()
+        self._timers: list[tuple[float, int, int, object]] = []
+        self.filed: float | None = None     # the deadline the engine filed this book under
+
+    def find(self, contract_id: str | None) -> Contract | None:
+        """A contract this book knows, live or ended."""
+        c = self.live.get(contract_id)
+        return c if c is not None else self.ended.get(contract_id)
+
+    def add(self, c: Contract) -> None:
+        self.live[c.contract_id] = c
+
+    def retire(self, c: Contract, now: float) -> None:
+        """The contract ended (or a proposal came to nothing): from live to the tombstones."""
+        c.ended_at = now
+        self.live.pop(c.contract_id, None)
+        self.tombstones.add(self, c)
+
+    def owe(self, c: Contract) -> None:
+        self.unpaid[c.contract_id] = c
+
+    def settle(self, c: Contract) -> None:
+        self.unpaid.pop(c.contract_id, None)
+
+    # --- timers ----------------------------------------------------------------------------
+
+    def at(self, when: float, n: int, kind: int, obj) -> bool:
+        """A timer; True when it is now the book's earliest (the engine re-files the book)."""
+        h = self._timers
+        earliest = not h or when < h[0][0]
+        heapq.heappush(h, (when, n, kind, obj))
+        return earliest
+
+    def next_deadline(self) -> float | None:
+        """When the next timer is due (maybe one since invalidated: a wake-up too many, never
+        one too few), or None."""
+        return self._timers[0][0] if self._timers else None
+
+    def due(self, now: float, first_new: int) -> Iterator[tuple[float, int, object]]:
+        """Pops what is due; timers set after ``first_new`` (while this runs) wait."""
+        h, later = self._timers, []
+        while h and h[0][0] <= now:
+            entry = heapq.heappop(h)
+            if entry[1] > first_new:
+                later.append(entry)
+                continue
+            yield entry[0], entry[2], entry[3]
+        for entry in later:
+            heapq.heappush(h, entry)

@@ -99,7 +99,7 @@ class Lab:
                         self.gw_got.append(r[1:])
             down, self.to_cl = self.to_cl, []
             if self.batch:
-                got = [r[:2] for r in self.client.receive_groups(groups((dg, "gw") for dg in down), self.now)]
+                got = [r[1:] for r in self.client.receive_groups(groups((dg, "gw") for dg in down), self.now)]
             else:
                 got = [self.client.receive(dg, self.now) for dg in down]
             for r in got:
@@ -722,5 +722,5 @@ def test_receive_groups_equals_receive_one_by_one(seed):
         if rnd.random() < 0.1:
             down.append(dg[:-1] + bytes([dg[-1] ^ 1]))
     want = [(k, p) for k, p in (r for r in (one.client.receive(dg, one.now) for dg in down) if r is not None)]
-    got = [(k, p) for k, p, _ in many.client.receive_groups(groups((dg, "gw") for dg in down), many.now)]
+    got = [(k, p) for _, k, p in many.client.receive_groups(groups((dg, "gw") for dg in down), many.now)]
     assert got == want and many.client.stats == one.client.stats

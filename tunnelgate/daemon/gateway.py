@@ -21,13 +21,15 @@ from ..net import setup as netsetup
 from ..payments import Terms, Verdict, load_backend
 from ..protocol import gateway as gwp
 from ..tun import Tun
-from . import datapath
+from . import datapath_gateway
 from ..config import peer_address6
 from ..money import format_price, parse_price
 from ..offload.chunks import FEATURE_CHUNKS
 from ..wire import FEATURE_SIZED
 from .base import Daemon, features as _features, udp_socket
 from .control import ControlError
+from .dataplane import DataPlane
+from .links import BuyerLink, Links
 from .market import Channels, EventLog, Saver, peer_text
 from .recovery import reconcile
 
@@ -108,28 +110,38 @@ class AccountPool:
 class GatewayDaemon(Daemon):
     role = "gateway"
 
+    def __init__(self, cfg, private_key: bytes, verbose: bool = False):
+        super().__init__(cfg, private_key, verbose)
+        self.responder: sess.Responder | None = None    # every peer's session (setup: needs the store)
+        # one BuyerLink per peer that has a tunnel address; the router holds the addresses
+        # (a packet from the TUN finds its peer by destination)
+        self.links = Links()
+        self.payee = None
+        self.accounts: AccountPool | None = None
+        self.verifying: dict[str, asyncio.Task] = {}
+        self.channels = Channels(self._send_control)
+        self._write_warned = 0.0
+
     async def setup(self) -> None:
         cfg = self.cfg
         # the INIT timestamps earlier runs answered: their INITs stay replays (see _handshake)
         known = {base64.b64decode(k): ts for k, ts in self.store.handshake_timestamps().items()}
         self.responder = sess.Responder(self.private_key, cfg.session.timing, timestamps=known,
                                         lock=threading.Lock())
-        # peer key -> its 4 (and 16) address bytes and back; plain dicts so the data path
-        # needs no lock (peer_of holds both lengths: they cannot collide)
-        self.addr_of: dict[bytes, bytes] = {}
-        self.addr6_of: dict[bytes, bytes] = {}
-        self.peer_of: dict[bytes, bytes] = {}
-        # peers whose handshake announced FEATURE_CHUNKS (they get TSO bursts as chunks)
-        self.chunk_peers: set[bytes] = set()
         for key_b64, addr in self.store.peer_addresses().items():
             self._remember(base64.b64decode(key_b64), addr)
         await self._setup_market()
         self.tun = Tun(cfg.tun, cfg.mtu)
-        # held by the data-path thread that reads the TUN and sends (see datapath.gateway_tun_to_udp)
-        self.tun_lock = threading.Lock()
         await self.net(netsetup.setup_gateway, self.paths["net"], cfg.tun, str(cfg.address),
                        cfg.upstream_interface, cfg.mtu, str(cfg.address6) if cfg.address6 else None)
         self.sock = udp_socket(cfg.listen)
+        loop = self.loop
+        self.plane = DataPlane(
+            sock=self.sock, tun=self.tun, receiver=self.responder, links=self.links,
+            engine=self.engine, elock=self.elock, saver=self.saver, stats=self.stats,
+            warmth=self.warmth, session_lock=self.lock,
+            on_control=lambda frames: loop.call_soon_threadsafe(self._control_in, frames),
+            on_handshake=self._handshake, persist=self.persist)
         self.ready = True
         log.info("listening on %s:%d, tunnel %s %s%s, upstream %s", *cfg.listen, cfg.tun, cfg.address,
                  f" {cfg.address6}" if cfg.address6 else "", cfg.upstream_interface)
@@ -139,7 +151,6 @@ class GatewayDaemon(Daemon):
         payment = cfg.payment
         self.payee = load_backend(payment.backend, {**payment.settings_dict(), "state_dir": str(cfg.node.state_dir)},
                                   role="payee")
-        self.accounts: AccountPool | None = None
         if getattr(self.payee, "per_contract_account", False):
             # a fresh account (bitcoin address) per contract, from a pool filled ahead
             account = ""
@@ -164,17 +175,13 @@ class GatewayDaemon(Daemon):
         self.engine = gwp.GatewayEngine(pricing, new_id=lambda: secrets.token_hex(8),
                                         account_for=self.accounts.take if self.accounts else None,
                                         credit=JournalCredit(self.payee.journal))
-        self.elock = threading.Lock()
         self.events = EventLog(self.store)
-        self.channels = Channels(self._send_control)
         self.saver = Saver(self.store, self.engine, self.elock)
-        self._write_warned = 0.0
         if self.saver.restore(time.time()):
             log.info("resumed %d contracts from %s", len(self.engine.contracts()), self.paths["db"])
         if not getattr(self.payee, "real_money", True):
             log.warning("payment backend %r: %s", payment.backend,
                         getattr(self.payee, "notice", "no real payment happens"))
-        self.verifying: dict[str, asyncio.Task] = {}
         self._recover_payments()
 
     def _recover_payments(self) -> None:
@@ -289,16 +296,20 @@ class GatewayDaemon(Daemon):
         return {"ts": time.time(), "kind": "credit", "contract_id": cid, "peer": peer, "destination": None,
                 "reason": why, "amount_msat": amount, "data": {"credit_msat": left}}
 
-    def _remember(self, peer: bytes, addr: str) -> None:
+    def _remember(self, peer: bytes, addr: str) -> BuyerLink:
+        """The link of a peer given tunnel address `addr` (made, or its addresses updated)."""
         ip = ipaddress.IPv4Address(addr)
-        packed = ip.packed
-        self.addr_of[peer] = packed
-        self.peer_of[packed] = peer
         # (an address stored under an earlier, different [network] address has no IPv6 twin)
-        if self.cfg.address6 and ip in self.cfg.address.network:
-            packed6 = self._address6(addr).packed
-            self.addr6_of[peer] = packed6
-            self.peer_of[packed6] = peer
+        packed6 = (self._address6(addr).packed if self.cfg.address6 and ip in self.cfg.address.network
+                   else None)
+        link = self.links.get(peer)
+        if link is None or (link.address, link.address6) != (ip.packed, packed6):
+            chunks = link is not None and link.chunks
+            channel = link.channel if link is not None else None
+            link = BuyerLink(peer, self.responder, ip.packed, packed6, channel)
+            link.chunks = chunks
+            self.links.add(link)
+        return link
 
     def _address6(self, addr: str) -> ipaddress.IPv6Address:
         return peer_address6(self.cfg.address, self.cfg.address6, addr)
@@ -336,19 +347,20 @@ class GatewayDaemon(Daemon):
                 "grace_time_s": p.grace_time_s, "grace_kb": p.grace_kb}
 
     def workers(self):
-        return [("udp-to-tun", lambda: datapath.gateway_udp_to_tun(self)),
-                ("tun-to-udp", lambda: datapath.gateway_tun_to_udp(self))]
+        return [("udp-to-tun", datapath_gateway.udp_to_tun),
+                ("tun-to-udp", datapath_gateway.tun_to_udp)]
 
     def shutdown(self) -> None:
-        if hasattr(self, "saver"):
+        if self.saver is not None:
             self.shutdown_market()
-        for obj in ("sock", "tun"):
-            if hasattr(self, obj):
-                getattr(self, obj).close()
+        for obj in (self.sock, self.tun):
+            if obj is not None:
+                obj.close()
 
     # --- data path ------------------------------------------------------------------
 
     def _handshake(self, hs, now: float) -> None:
+        """plane.on_handshake: a peer's handshake initiation, from the udp-to-tun thread."""
         key_b64 = base64.b64encode(hs.peer_public).decode()
         try:
             # the timestamp rides on the write the handshake makes anyway, before the answer:
@@ -359,10 +371,6 @@ class GatewayDaemon(Daemon):
             self.stats["handshake_refused"] += 1
             return
         chunks = offload.chunks_enabled()
-        if chunks and FEATURE_CHUNKS in _features(hs.payload):
-            self.chunk_peers.add(hs.peer_public)
-        else:
-            self.chunk_peers.discard(hs.peer_public)
         info = {"address": f"{addr}/{self.cfg.address.network.prefixlen}",
                 "gateway": str(self.cfg.address.ip),
                 "features": ([FEATURE_CHUNKS] if chunks else []) + [FEATURE_SIZED]}
@@ -372,7 +380,9 @@ class GatewayDaemon(Daemon):
         payload = json.dumps(info).encode()
         with self.lock:
             datagram = self.responder.accept(hs, now, os.urandom(sess.RAND_BYTES), payload)
-        self._remember(hs.peer_public, addr)
+        link = self._remember(hs.peer_public, addr)
+        self.links.set_chunks(link, chunks and FEATURE_CHUNKS in _features(hs.payload))
+        link.channel = self.channels.get(hs.peer_public)
         self.stats["handshakes"] += 1
         try:
             self.sock.sendto(datagram, hs.addr)
@@ -399,13 +409,20 @@ class GatewayDaemon(Daemon):
             self._write_failed(e)
         self.events.flush()
 
+    def next_deadline(self) -> float | None:
+        return min((t for t in (self.responder.next_deadline(), self.channels.next_deadline())
+                    if t is not None), default=None)
+
     def persist(self) -> None:
-        """Data path: a contract ended while metering; write that through before forwarding
-        more, so it cannot come back after a crash (a write per contract end, off the lock)."""
+        """plane.persist: a contract ended while metering; write that through before forwarding
+        more, so it cannot come back after a crash (a write per contract end, off the lock).
+        Then the control thread takes the engine's output (the next contract's start,
+        its events) now, not when it next wakes."""
         try:
             self.saver.write_through()
         except Exception as e:
             self._write_failed(e)
+        self.loop.call_soon_threadsafe(self._control_in, [])
 
     def _write_failed(self, e: Exception) -> None:
         now = time.monotonic()
@@ -477,6 +494,7 @@ class GatewayDaemon(Daemon):
             if ev.kind == gwp.EV_PAYMENT_RECEIVED and ev.contract_id not in self.verifying:
                 self.verifying[ev.contract_id] = self.loop.create_task(self._verify(ev))
         self.channels.flush(time.monotonic())
+        self.poke()             # a channel's retransmit or a session's timer may be due sooner
 
     async def _verify(self, ev) -> None:
         cid = ev.contract_id
@@ -498,13 +516,14 @@ class GatewayDaemon(Daemon):
         peers = []
         for peer in self.responder.peers():
             ep = self.responder.endpoint(peer)
-            addr = self.addr_of.get(peer)
-            addr6 = self.addr6_of.get(peer)
+            link = self.links.get(peer)
+            addr = link.address if link else None
+            addr6 = link.address6 if link else None
             peers.append({
                 "public_key": base64.b64encode(peer).decode(),
                 "address": str(ipaddress.IPv4Address(addr)) if addr else None,
                 "address6": str(ipaddress.IPv6Address(addr6)) if addr6 else None,
-                "chunks": peer in self.chunk_peers,      # gets TSO bursts as chunk records
+                "chunks": bool(link and link.chunks),    # gets TSO bursts as chunk records
                 "endpoint": f"{ep[0]}:{ep[1]}" if ep else None,
             })
         return {

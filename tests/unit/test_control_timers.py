@@ -1,18 +1,20 @@
 """The control thread's loop (daemon/base.py: Daemon._timers) sleeps until the earliest
-deadline its state knows, at most MAX_SLEEP_S after the last tick, and a poke() makes it
-look again at once. Driven by a clock of its own: each wait advances the clock by what
-was asked (or, woken early, by less), so the ticks' instants are exact."""
+deadline its state knows, at most MAX_SLEEP_S after the last tick (BUSY_TICK_S while
+packets flow), and a poke() makes it look again at once. Driven by a clock of its own:
+each wait advances the clock by what was asked (or, woken early, by less), so the
+ticks' instants are exact."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 import types
 
 import pytest
 
 from tunnelgate.daemon import base
-from tunnelgate.daemon.base import MAX_SLEEP_S, MIN_SLEEP_S, Daemon
+from tunnelgate.daemon.base import BUSY_TICK_S, MAX_SLEEP_S, MIN_SLEEP_S, Daemon
 
 T0 = 100.0
 
@@ -24,6 +26,7 @@ class Timers(Daemon):
         self.ticks: list[float] = []
         self.deadline: float | None = None
         self.on_tick = None
+        self.stats = collections.Counter()
 
     def tick(self, now: float) -> None:
         self.ticks.append(now)
@@ -96,3 +99,17 @@ def test_a_poke_with_nothing_due_ticks_no_sooner(monkeypatch):
     asked = run(monkeypatch, d, 4, early={2: (0.1, lambda d, now: None)})
     assert d.ticks == pytest.approx([T0, T0 + MAX_SLEEP_S])
     assert asked[2] == pytest.approx(MAX_SLEEP_S - MIN_SLEEP_S - 0.1)
+
+
+def test_while_packets_flow_it_ticks_every_busy_tick_then_slows_down(monkeypatch):
+    d = Timers()
+
+    def traffic(d, now):            # packets move until T0 + 0.12
+        if now < T0 + 0.12:
+            d.stats["rx_packets"] += 10
+
+    d.on_tick = traffic
+    run(monkeypatch, d, 9)
+    # the first tick counts what moved before it; the next ones see it move, until it stops
+    assert d.ticks == pytest.approx([T0, T0 + BUSY_TICK_S, T0 + 2 * BUSY_TICK_S, T0 + 3 * BUSY_TICK_S,
+                                     T0 + 3 * BUSY_TICK_S + MAX_SLEEP_S])

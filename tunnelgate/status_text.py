@@ -131,6 +131,12 @@ def render(st: dict) -> str:
         if leases:
             lines.append(f"addresses {leases['used']} of {leases['pool']} leased, {leases['reclaimed']} reclaimed "
                          f"(idle after {leases['idle_s']:g} s)")
+        fl = st.get("flood")
+        if fl:
+            # daemon/handshakes.py: what never reached a key exchange, by reason
+            lines.append(f"handshake {fl['key_exchanges']} key exchanges; refused: {fl['bad_mac1']} bad MAC1, "
+                         f"{fl['rate_limited']} rate-limited, {fl['queue_full']} queue full; "
+                         f"{fl['cookie_sent']} cookie replies" + (" (under load now)" if fl["under_load"] else ""))
         g = market.get("grace")
         if g:
             # protocol/grace.py: one grace per peer until it pays; strangers share a budget

@@ -83,3 +83,12 @@ def test_gateway_status_shows_the_grace_budgets_and_their_use():
     text = render(st)
     assert "200 KB / 10 s per peer" in text and "350 of 800 KB a minute" in text
     assert "3 peer(s) in grace" in text and "yes, 120 KB used" in text
+
+
+def test_gateway_status_shows_handshakes_refused_by_reason():
+    st = load("status_gateway.json")
+    st["flood"] = {"bad_mac1": 5000, "rate_limited": 40, "queue_full": 2, "cookie_sent": 900,
+                   "key_exchanges": 12, "queued": 0, "under_load": True, "worker_tid": 1}
+    text = render(st)
+    assert ("handshake 12 key exchanges; refused: 5000 bad MAC1, 40 rate-limited, 2 queue full; "
+            "900 cookie replies (under load now)") in text

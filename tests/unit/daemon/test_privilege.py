@@ -14,7 +14,7 @@ import pytest
 
 from tunnelgate.daemon import privilege
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 
 
 @pytest.fixture

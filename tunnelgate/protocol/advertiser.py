@@ -51,8 +51,8 @@ class AdvertTooLarge(ValueError):
 
 class Advertiser:
     """``template``: the advert without price, seq and expiry (those change at run time);
-    ``prices`` in it are every priced prefix the config has, most specific kept first
-    when they do not all fit."""
+    ``prices`` in it are every priced prefix the config has; when they do not all fit,
+    the most specific are kept (a client learns the others' prices from QUOTE)."""
 
     def __init__(self, private_key: bytes, template: A.Advert, lifetime_s: int, txt_budget: int,
                  rate: float = REQUEST_RATE_S, burst: int = REQUEST_BURST) -> None:
@@ -70,12 +70,15 @@ class Advertiser:
         if self.current is not None and seq <= self.current.seq:
             raise ValueError(f"advert sequence {seq} is not after {self.current.seq}")
         ad = replace(self.template, price=price, seq=seq, expires=int(now) + self.lifetime_s)
-        prices = tuple(sorted(ad.prices, key=lambda pv: -_prefix_len(pv[0])))[: A.MAX_PRICED]
+        prices = ad.prices
         while True:
             whole = replace(ad, prices=prices)
-            raw = _fits(whole, self.private_key)
+            raw = _fits(whole, self.private_key) if len(prices) <= A.MAX_PRICED else None
             if raw is not None:
                 break
+            if prices is ad.prices:     # not all fit: the most specific are kept, in that order
+                prices = tuple(sorted(ad.prices, key=lambda pv: -_prefix_len(pv[0])))[: A.MAX_PRICED]
+                continue
             if not prices:
                 raise AdvertTooLarge("the advert does not fit even without priced prefixes: "
                                      "name fewer [advertise] endpoints or payment mints")

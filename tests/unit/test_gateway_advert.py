@@ -253,3 +253,10 @@ def test_status_and_advert_command_text(tmp_path):
     out = advert_text(view)
     assert f"seq {seq}" in out and "2001:db8:27::/48" in out and "0.5 msat/KB (default)" in out
     assert "not announced" in out
+
+
+def test_a_missing_interface_stops_the_start_saying_which(tmp_path):
+    from tunnelgate.daemon.base import DaemonError
+    cfg, priv = gateway_config(tmp_path, '[advertise]\nmdns = true\ninterfaces = ["tg-nonesuch"]\n')
+    with pytest.raises(DaemonError, match=r"\[advertise\].*'tg-nonesuch'.*does not exist"):
+        advertising(cfg, priv, tmp_path)

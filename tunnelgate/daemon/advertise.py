@@ -18,9 +18,10 @@ import time
 
 from ..money import format_price
 from ..protocol import advert as A
-from ..protocol.advertiser import Advertiser, Published
+from ..protocol.advertiser import Advertiser, AdvertTooLarge, Published
 from ..session import public_key
 from . import discovery
+from .base import DaemonError
 
 log = logging.getLogger("tunnelgate.advertise")
 
@@ -76,8 +77,18 @@ class Advertising:
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        """Sign the first advert and, with mdns, start announcing it. A missing interface
-        is the operator's to fix: DiscoveryError, naming it, stops the start."""
+        """Sign the first advert and, with mdns, start announcing it. What the operator
+        must fix (a missing interface, an advert too large) stops the start, saying so."""
+        try:
+            await self._start()
+        except (discovery.DiscoveryError, AdvertTooLarge) as e:
+            raise DaemonError(f"{self.cfg.path}: [advertise]: {e}") from None
+        except OSError as e:
+            raise DaemonError(f"cannot announce on {', '.join(self.settings.interfaces)} over mDNS "
+                              f"(UDP 5353): {e}; is another mDNS responder bound without sharing the "
+                              "port? set [advertise] mdns = false to run without") from None
+
+    async def _start(self) -> None:
         addrs: list[str] = []
         if self.settings.mdns:
             addrs = await asyncio.to_thread(discovery.interface_addresses, list(self.settings.interfaces))

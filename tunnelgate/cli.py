@@ -331,6 +331,20 @@ def events(config_path, follow, as_json):
         pass
 
 
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def advert(config_path, as_json):
+    """Gateway: the signed advert it announces and serves now, decoded."""
+    cfg = load_config(config_path, "gateway")
+    a = _ask(cfg, config_path, "advert")
+    if as_json:
+        click.echo(json.dumps(a, indent=2, sort_keys=True))
+        return
+    from .status_text import advert_text
+    click.echo(advert_text(a))
+
+
 @main.command("set")
 @config_option
 @click.argument("settings", nargs=-1, required=True)

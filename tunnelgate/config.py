@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tunnelgate import money
+from tunnelgate.config_market import Advertise, advertise
 from tunnelgate.payment_backends import BACKENDS
 from tunnelgate.protocol.messages import MAX_U32
 from tunnelgate.protocol.buyer import ClientPolicy
@@ -119,6 +120,7 @@ class GatewayConfig:
     address6: ipaddress.IPv6Interface | None = None  # IPv6 in the tunnel as well (dual stack)
     lease_idle_s: float = DEFAULT_LEASE_IDLE_S      # [network]: an idle peer's address is reclaimed
     user: str = DEFAULT_USER                         # [daemon]: who the daemon runs as after set-up
+    advertise: Advertise = field(default_factory=Advertise)   # [advertise]: the signed advert, mDNS
 
 
 @dataclass(frozen=True)
@@ -441,11 +443,12 @@ def _gateway(path: Path, data: dict) -> GatewayConfig:
     pricing = _pricing(r, (payment.backend,))
     metrics_listen = _metrics(r)
     user = _daemon(r)
+    adv = advertise(r, listen)
     r.finish()
     return GatewayConfig(path=path, node=node, listen=listen, tun=tun, address=address,
                          upstream_interface=upstream, mtu=mtu, session=session,
                          pricing=pricing, payment=payment, metrics_listen=metrics_listen,
-                         address6=address6, lease_idle_s=lease_idle_s, user=user)
+                         address6=address6, lease_idle_s=lease_idle_s, user=user, advertise=adv)
 
 
 def check_interfaces(cfg: GatewayConfig) -> None:

@@ -22,7 +22,8 @@ Gateway:
     [advertise]
     mdns = true
     interfaces = ["veth-c"]
-    endpoints = ["198.18.1.11:51900"]     # default: the listen address
+    endpoints = ["198.18.1.11:51900"]     # default: the listen address (listening on 0.0.0.0
+                                          # or ::, the addresses of the interfaces above)
     label = "north"
     lifetime_s = 600
 """
@@ -137,9 +138,11 @@ def advertise(r, listen: tuple[str, int]) -> Advertise:
     t = r.table("advertise")
     mdns = t.boolean("mdns", False)
     host, port = listen
-    default_ep = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    # listening on every address: the default is the announcing interfaces' addresses,
+    # known at start (daemon/advertise.py), so nothing here
+    default_ep = [] if host in ("0.0.0.0", "::") else [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     eps = t.get("endpoints", list, 'a list of "ADDRESS:PORT" clients can reach', default_ep)
-    if not eps or len(eps) > MAX_ENDPOINTS:
+    if (not eps and "endpoints" in t.data) or len(eps) > MAX_ENDPOINTS:
         raise t.error("endpoints", f"1 to {MAX_ENDPOINTS} endpoints", eps)
     checked = []
     for i, ep in enumerate(eps):

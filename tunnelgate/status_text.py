@@ -158,6 +158,9 @@ def render(st: dict) -> str:
                          _grace_cell(standing), p["public_key"]])
         if rows:
             lines += _table(rows, ["address", "endpoint", "contracts", "bytes", "paid", "credit", "grace", "key"])
+        advert = st.get("advert")
+        if advert:
+            lines.append(advert_line(advert, time.time()))
         lines.append("contracts")
         lines += contracts_table(contracts, with_peer=True)
         for key, standing in sorted(market.get("peers", {}).items()):
@@ -182,6 +185,40 @@ def _grace_cell(standing: dict) -> str:
         return "no"
     used = standing.get("grace_used_kb", 0)
     return f"yes, {used} KB used" if used else "yes"
+
+
+def advert_line(a: dict, now: float) -> str:
+    """The gateway's advert in one line: where it is announced, seq, expiry, size, form."""
+    if "seq" not in a:
+        return "advert    none signed yet"
+    where = (f"announced on {', '.join(a['interfaces'])}" if a.get("announcing") else
+             "not announced ([advertise] mdns = false)")
+    form = (f"reduced to {a['announced_size']} bytes (the whole one over the control channel)"
+            if a.get("reduced") else "whole")
+    left = f", {a['priced_left_out']} priced prefixes left out" if a.get("priced_left_out") else ""
+    err = f"; {a['error']}" if a.get("error") else ""
+    return (f"advert    seq {a['seq']}, {a['size']} bytes, expires in {_duration(int(a['expires'] - now))}, "
+            f"{where}, {form}{left}; {a.get('requests_answered', 0)} fetched{err}")
+
+
+def advert_text(a: dict) -> str:
+    """`tunnelgate advert`: the decoded advert (daemon/advertise.describe), laid out."""
+    if not a:
+        return "no advert signed yet"
+    ann = a["announced"]
+    lines = [f"label     {a['label']}  seq {a['seq']}, expires in {_duration(int(a['expires'] - time.time()))}",
+             f"keys      noise {a['noise_key']}  sign {a['sign_key']}",
+             f"endpoints {', '.join(a['endpoints']) or '-'}",
+             f"price     {a['price_text']} (default)"]
+    lines += [f"          {p['price_text']} to {p['prefix']}" for p in a["prices"]]
+    lines += [f"contract  {a['contract_kb']} KB for up to {_duration(a['contract_s'])}, "
+              f"grace {a['grace_kb']} KB / {_duration(a['grace_s'])}",
+              f"pay with  {', '.join(a['methods'])}",
+              f"size      {a['size']} bytes; " + (
+                  (f"announced on {', '.join(ann['interfaces'])} as {ann['size']} bytes"
+                   + (", reduced (no priced prefixes)" if ann["reduced"] else ""))
+                  if ann["mdns"] else "not announced ([advertise] mdns = false)")]
+    return "\n".join(lines)
 
 
 def event_line(ev: dict) -> str:

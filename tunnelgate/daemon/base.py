@@ -211,6 +211,7 @@ class Daemon:
             if self.plane is not None:
                 self.plane.close()
             await control.close()
+            await self.stopping()
             self.shutdown()
             await self.net(netsetup.teardown, self.paths["net"])
             self.store.close()
@@ -344,6 +345,9 @@ class Daemon:
 
     def status(self) -> dict:
         return {}
+
+    async def stopping(self) -> None:
+        """What must be undone on the loop before shutdown (an mDNS announcer's goodbye)."""
 
     def shutdown(self) -> None:
         pass

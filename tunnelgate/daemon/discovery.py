@@ -105,7 +105,10 @@ class Announcer:
     async def update(self, raw: bytes) -> None:
         if self._zc is None or self._info is None:
             return
-        self._info = self._service(raw, list(self._info.parsed_addresses()))
+        # the registered name (allow_name_change may have changed it) and host name stay
+        old = self._info
+        self._info = AsyncServiceInfo(SERVICE, old.name, port=self.port, properties=to_txt(raw),
+                                      parsed_addresses=list(old.parsed_addresses()), server=old.server)
         await self._zc.async_update_service(self._info)
 
     async def close(self) -> None:

@@ -20,6 +20,8 @@ from .. import offload, session as sess
 from ..net import setup as netsetup
 from ..payments import Terms, Verdict, load_backend
 from ..protocol import events as E
+from ..protocol import messages as msgs
+from ..protocol.advert import sign_public
 from ..protocol import seller as gwp
 from ..tun import Tun
 from . import datapath_gateway
@@ -27,6 +29,7 @@ from ..config import peer_address6
 from ..money import format_price, parse_price
 from ..offload.chunks import FEATURE_CHUNKS
 from ..wire import FEATURE_SIZED
+from .advertise import Advertising
 from .base import Daemon, features as _features, udp_socket
 from .control import ControlError
 from .dataplane import DataPlane
@@ -125,6 +128,10 @@ class GatewayDaemon(Daemon):
         self.verifying: dict[str, asyncio.Task] = {}
         self.channels = Channels(self._send_control)
         self._write_warned = 0.0
+        self.adverts: Advertising | None = None
+        # in every handshake response: the key the gateway's adverts are signed with, bound
+        # to this Noise key by the handshake itself (protocol/advert.py)
+        self.sign_key = base64.b64encode(sign_public(private_key)).decode()
 
     async def setup(self) -> None:
         cfg = self.cfg
@@ -144,6 +151,8 @@ class GatewayDaemon(Daemon):
                        cfg.upstream_interface, cfg.mtu, str(cfg.address6) if cfg.address6 else None,
                        cfg.listen[1], cfg.session.handshakes_per_source_s)
         self.sock = udp_socket(cfg.listen)
+        self.adverts = Advertising(cfg, self.private_key, self.store, lambda: self.engine.pricing.default_price)
+        await self.adverts.start()
         # key exchanges run on their own thread, behind MAC1, cookies and rate limits
         self.handshakes = Handshakes(self.responder, self._handshake, self.sock.sendto,
                                      per_source=cfg.session.handshakes_per_source_s)
@@ -360,7 +369,7 @@ class GatewayDaemon(Daemon):
 
     def handlers(self) -> dict:
         return {**super().handlers(),
-                "set": self.cmd_set}
+                "set": self.cmd_set, "advert": lambda req: self.adverts.view()}
 
     def cmd_set(self, req: dict) -> dict:
         """Live prices (msat/KB as decimal strings): default_price, floor_price."""
@@ -382,6 +391,8 @@ class GatewayDaemon(Daemon):
             self.engine.set_prices(**changes)
         for key, value in changes.items():
             self.events.say("setting", f"{key} = {format_price(value)}")
+        if "default_price" in changes:
+            self.adverts.refresh()
         return self._pricing()
 
     def _pricing(self) -> dict:
@@ -394,6 +405,10 @@ class GatewayDaemon(Daemon):
         return [("udp-to-tun", datapath_gateway.udp_to_tun),
                 ("tun-to-udp", datapath_gateway.tun_to_udp),
                 ("handshakes", lambda plane: self.handshakes.run(lambda: plane.running))]
+
+    async def stopping(self) -> None:
+        if self.adverts is not None:
+            await self.adverts.close()
 
     def shutdown(self) -> None:
         if self.saver is not None:
@@ -428,7 +443,8 @@ class GatewayDaemon(Daemon):
         chunks = offload.chunks_enabled()
         info = {"address": f"{addr}/{self.cfg.address.network.prefixlen}",
                 "gateway": str(self.cfg.address.ip),
-                "features": ([FEATURE_CHUNKS] if chunks else []) + [FEATURE_SIZED]}
+                "features": ([FEATURE_CHUNKS] if chunks else []) + [FEATURE_SIZED],
+                "sign_key": self.sign_key}
         if self.cfg.address6:
             info["address6"] = f"{self._address6(addr)}/{self.cfg.address6.network.prefixlen}"
             info["gateway6"] = str(self.cfg.address6.ip)
@@ -462,6 +478,7 @@ class GatewayDaemon(Daemon):
             self.saver.maybe_save(wall)         # byte counters, batched
         except Exception as e:
             self._write_failed(e)
+        self.adverts.tick(wall)
         try:
             self._lease_tick(wall)
         except Exception as e:
@@ -510,8 +527,15 @@ class GatewayDaemon(Daemon):
 
     def _control_in(self, frames: list[tuple[bytes, bytes]]) -> None:
         now = time.monotonic()
-        messages = [(peer, message) for peer, frame in frames
-                    for message in self.channels.receive(peer, frame, now)]
+        messages = []
+        for peer, frame in frames:
+            for message in self.channels.receive(peer, frame, now):
+                if type(message) is msgs.AdvertRequest:     # not the engine's: no contract
+                    answer = self.adverts.on_request(peer, now)
+                    if answer is not None:
+                        self.channels.send(peer, answer)
+                else:
+                    messages.append((peer, message))
         self._pump(messages)
 
     def _pump(self, messages: list = (), poll: float | None = None) -> None:
@@ -608,6 +632,7 @@ class GatewayDaemon(Daemon):
             "market": self._market_status(),
             "pricing": self._pricing(),
             "control_stats": dict(self.channels.stats),
+            "advert": self.adverts.status(),
         }
 
     def _market_status(self) -> dict:

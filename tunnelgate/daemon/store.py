@@ -117,6 +117,13 @@ class Store:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
+    def meta(self, key: str) -> str | None:
+        rows = self.execute("SELECT value FROM meta WHERE key=?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
+
     # --- contract engine state and history ---------------------------------------------
 
     def save_snapshot(self, name: str, data: str) -> None:

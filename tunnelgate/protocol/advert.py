@@ -76,13 +76,19 @@ class Advert:
     seq: int = 0
     expires: int = 0                 # unix seconds
     label: str = ""
+    # a reduced advert (what fits an mDNS announcement): priced prefixes left out; the whole
+    # one, same seq, comes over the control channel (ADVERT_REQUEST) after the handshake
+    more: bool = False
 
     def body(self) -> dict:
-        return {"v": VERSION, "noise": _b64(self.noise_key), "sign": _b64(self.sign_key),
+        body = {"v": VERSION, "noise": _b64(self.noise_key), "sign": _b64(self.sign_key),
                 "ep": list(self.endpoints), "price": self.price,
                 "prices": [[p, v] for p, v in self.prices],
                 "ckb": self.contract_kb, "cs": self.contract_s, "gkb": self.grace_kb, "gs": self.grace_s,
                 "pay": list(self.methods), "seq": self.seq, "exp": self.expires, "label": self.label}
+        if self.more:       # only when set: a whole advert's encoding is as before the flag
+            body["more"] = True
+        return body
 
     def price_for(self, dest: str) -> int:
         """The advertised price for a destination address: the longest matching prefix wins."""
@@ -189,13 +195,29 @@ def decode(raw: bytes) -> Advert:
     label = body.get("label", "")
     if type(label) is not str or len(label) > 64:
         raise AdvertError("malformed", "label must be text of at most 64 characters")
+    more = body.get("more", False)
+    if type(more) is not bool:
+        raise AdvertError("malformed", "field 'more' must be true or false")
     return Advert(noise_key=_key(body, "noise"), sign_key=sign_key,
                   endpoints=tuple(_endpoint(e) for e in _strlist(body, "ep", MAX_ENDPOINTS, 64)),
                   price=_int(body, "price", MAX_PRICE), prices=tuple(priced),
                   contract_kb=_int(body, "ckb", 2**32 - 1), contract_s=_int(body, "cs", 2**32 - 1),
                   grace_kb=_int(body, "gkb", 2**32 - 1), grace_s=_int(body, "gs", 2**32 - 1),
                   methods=_strlist(body, "pay", MAX_METHODS, 256), seq=_int(body, "seq", 2**63 - 1),
-                  expires=_int(body, "exp", 2**63 - 1), label=label)
+                  expires=_int(body, "exp", 2**63 - 1), label=label, more=more)
+
+
+def received(text: str | bytes, noise_key: bytes, sign_key: bytes) -> Advert:
+    """The advert of an ADVERT control message (its ``advert`` text), from the gateway whose
+    Noise handshake was with ``noise_key`` and announced ``sign_key``: decoded, signature
+    checked, and both keys must be those (else ``wrong_key``). Sequence and expiry are the
+    book's to judge (``AdvertBook.fetched``). Raises AdvertError."""
+    raw = text.encode("ascii", "replace") if isinstance(text, str) else text
+    ad = decode(raw)
+    if ad.noise_key != noise_key or ad.sign_key != sign_key:
+        raise AdvertError("wrong_key", "advert over the control channel names other keys than the "
+                                       "gateway's handshake")
+    return ad
 
 
 @dataclass
@@ -255,6 +277,13 @@ class AdvertBook:
             return None
         try:
             ad = decode(raw)
+        except AdvertError as e:
+            self._count(e.reason)
+            return None
+        return self._take(ad, source, now)
+
+    def _take(self, ad: Advert, source: str, now: float) -> Candidate | None:
+        try:
             self._check(ad, now)
         except AdvertError as e:
             self._count(e.reason)
@@ -284,9 +313,16 @@ class AdvertBook:
         bound = self.bound.get(ad.noise_key)
         if bound is not None and bound != ad.sign_key:
             raise AdvertError("wrong_key", "advert signed by a key the gateway did not announce")
-        last = self.last_seq.get((ad.noise_key, ad.sign_key))
-        if last is not None and ad.seq <= last:
+        pair = (ad.noise_key, ad.sign_key)
+        last = self.last_seq.get(pair)
+        if last is not None and ad.seq <= last and not (ad.seq == last and self._completes(pair, ad)):
             raise AdvertError("stale_seq", f"advert sequence {ad.seq} is not after {last}")
+
+    def _completes(self, pair: tuple[bytes, bytes], ad: Advert) -> bool:
+        """The whole advert of the reduced one held (same keys, same seq): the gateway signed
+        both forms of one advert, the whole one only comes over the control channel."""
+        cand = self.candidates.get(pair)
+        return cand is not None and cand.advert.more and not ad.more and cand.advert.seq == ad.seq
 
     def _make_room(self, now: float) -> bool:
         expired = [k for k, c in self.candidates.items() if c.advert.expires <= now]
@@ -313,6 +349,21 @@ class AdvertBook:
             return False
         cand.verified = True
         return True
+
+    def fetched(self, raw: str | bytes, noise_key: bytes, sign_key: bytes, now: float) -> Candidate | None:
+        """An advert the gateway sent as ADVERT on the control channel of a completed
+        handshake with ``noise_key``, whose handshake announced ``sign_key``: it must name
+        both keys (else counted ``wrong_key``); the pair is bound, then the advert is taken
+        as ``offer`` takes one, without the per-source rate limit (the channel is
+        authenticated and the client asked). Returns the candidate, verified, or None."""
+        try:
+            ad = received(raw, noise_key, sign_key)
+        except AdvertError as e:
+            self._count(e.reason)
+            return None
+        self.bind(noise_key, sign_key)
+        cand = self.candidates.get((noise_key, sign_key))
+        return self._take(ad, cand.source if cand is not None else "control", now)
 
     def verified(self) -> list[Candidate]:
         return [c for c in self.candidates.values() if c.verified]

@@ -21,9 +21,12 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from tunnelgate.money import MAX_MSAT, MAX_PRICE
+from tunnelgate.protocol.advert import MAX_ADVERT
 from tunnelgate.packet import PacketError, parse_prefix
 
-MAX_MESSAGE = 4096
+# the control channel's payload bound (channel.MAX_PAYLOAD): an ADVERT carries a signed advert
+# of up to advert.MAX_ADVERT (4096) bytes as a JSON string, whose quotes are escaped on the way
+MAX_MESSAGE = 8192
 MAX_ID = 64
 MAX_TEXT = 256
 MAX_PROOF = 3000
@@ -54,6 +57,7 @@ _BOOL = ("bool", None)
 _METHODS = ("strlist", 16)
 MAX_USAGE_ITEMS = 32     # worst case (64-char ids, u64 counters) still fits MAX_MESSAGE
 _USAGE_ITEMS = ("usage", MAX_USAGE_ITEMS)
+_ADVERT = ("text", MAX_ADVERT)
 
 
 @dataclass(frozen=True)
@@ -221,9 +225,27 @@ class Quote(Message):
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class AdvertRequest(Message):
+    """Client -> gateway: send your whole signed advert (an mDNS announcement may carry a
+    reduced one). Answered by ADVERT, at most a few times per peer per minute."""
+    TYPE = "ADVERT_REQUEST"
+    SCHEMA = {}
+
+
+@dataclass(frozen=True)
+class AdvertMessage(Message):
+    """Gateway -> client: its signed advert (protocol/advert.py encoding, ASCII JSON, as
+    text); ``advert.AdvertBook.fetched`` takes it with the session's keys."""
+    TYPE = "ADVERT"
+    SCHEMA = {"advert": _ADVERT}
+    advert: str
+
+
 TYPES: dict[str, type[Message]] = {c.TYPE: c for c in
                                    (Propose, Accept, Reject, Request, Pay, Paid, PaymentFailed,
-                                    Revoke, Usage, UsageRequest, NoDeal, QuoteRequest, Quote)}
+                                    Revoke, Usage, UsageRequest, NoDeal, QuoteRequest, Quote,
+                                    AdvertRequest, AdvertMessage)}
 
 
 def _check(cls: type[Message], name: str, kind: tuple, value: object) -> object:

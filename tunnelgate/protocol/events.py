@@ -212,6 +212,8 @@ class Quote(ContractEvent):
     grace_kb: int = 0
     max_price: int = 0
     acceptable: bool = False
+    chain: tuple[tuple[str, int], ...] = ()     # (public key in base64, price) per hop, seller last
+    chain_problem: str = ""                       # why the chain does not add up ("" if it does)
 
 
 @_kind("declined")

@@ -45,6 +45,8 @@ class SellerUpstream:
         a = offer(self.pricer, f.key)
         if isinstance(a, Offer):
             f.list_price = a.price
+            if a.limit_kb is not None:      # never sell more than the upstream quota left
+                limit_kb = min(limit_kb, a.limit_kb)
             self._propose(f, now, 1, a.price, limit_kb, time_s, a.upstream)
         elif isinstance(a, Pending):
             self._waiting[f] = (limit_kb, time_s)

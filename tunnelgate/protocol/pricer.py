@@ -36,13 +36,12 @@ class PriceTable:
 
 @dataclass(frozen=True, slots=True)
 class Offer:
-    """What to propose for a destination: the price, the cost chain bought upstream (empty
-    for a seller with its own uplink; this seller's hop is added by the seller) and the least
-    this seller may take (a relay's upstream cost: counter-offers below it are met at it);
-    ``limit_kb``: the most it may sell now (a relay's upstream quota not yet sold; None: any)."""
+    """What to propose for a destination: the price, and the cost chain bought upstream (empty
+    for a seller with its own uplink; the seller adds its own hop; the hop before it is the
+    relay's cost, below which it meets no counter-offer); ``limit_kb``: the most it may sell
+    now (a relay's upstream quota not yet sold; None: any)."""
     price: int
     upstream: tuple[tuple[bytes, int], ...] = ()
-    cost: int = 0
     limit_kb: int | None = None
 
 

@@ -6,7 +6,8 @@ its whole cost chain, the upstream seller last), ``PENDING`` or ``Unavailable`` 
 ``Resale`` (protocol/resale.py) is one, over the relay's own ``Buyer``.  The downstream price
 is ``ceil(upstream × (1 + margin)) + fee``, never below the floor, never 0 (a relay pays for
 what it forwards, so nothing through it is free); the chain is the upstream's, to which the
-seller adds its own hop; the least the relay takes in a counter-offer is its upstream price.
+seller adds its own hop, and the hop before it is the least the relay takes in a counter-offer
+(its upstream price; protocol/seller_upstream.py).
 All integer: the margin is an exact fraction, rounded up once."""
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class RelayPricer:
 
     def _resell(self, a: Answer) -> Answer:
         if isinstance(a, Offer):
-            return Offer(self.mark_up(a.price), a.upstream, cost=a.price)
+            return Offer(self.mark_up(a.price), a.upstream, a.limit_kb)
         return a
 
     def offer(self, key: bytes) -> Answer:

@@ -612,6 +612,7 @@ def _pricing(r: _Reader, methods: tuple[str, ...]) -> Pricing:
     scope6 = _scope(t, "scope6", 128)
     wire = MAX_U32
     w = "the most a PROPOSE can carry"
+    grace_kb = t.integer("grace_kb", d.grace_kb, 0, wire, unit="KB (1 KB = 1000 bytes)", why=w)
     contract_kb = t.integer("contract_kb", d.contract_kb, 1, wire, unit="KB (1 KB = 1000 bytes)", why=w)
     pricing = Pricing(
         default_price=default_price,
@@ -622,7 +623,11 @@ def _pricing(r: _Reader, methods: tuple[str, ...]) -> Pricing:
                                   unit="KB (1 KB = 1000 bytes), at least contract_kb", why=w),
         contract_time_s=t.integer("contract_time_s", d.contract_time_s, 1, wire, unit="seconds", why=w),
         grace_time_s=t.integer("grace_time_s", d.grace_time_s, 0, wire, unit="seconds", why=w),
-        grace_kb=t.integer("grace_kb", d.grace_kb, 0, wire, unit="KB (1 KB = 1000 bytes)", why=w),
+        grace_kb=grace_kb,
+        # all strangers' (keys that never paid) grace together: 4 grace_kb a minute unless set
+        strangers_kb_per_min=t.integer("strangers_kb_per_min", 4 * grace_kb, 0, MAX_U32,
+                                       unit="KB a minute (1 KB = 1000 bytes) that all peers that never "
+                                            "paid may use unpaid together; 0: they pay first"),
         scope=scope,
         scope6=scope6,
         payment_methods=methods,

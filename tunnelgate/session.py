@@ -16,8 +16,10 @@ for use from one thread); the transport receive path only takes it when a
 datagram confirms a new key.  The lock comes in from outside so that this
 module stays free of threads, like it is of clocks and sockets.
 
-Over 600 lines: handshake, transport and the batched receive loops share the hot path's
-locals; a split by concern is due with the data plane of issue 22 (item 2), measured with scripts/bench.
+Over 600 lines: handshake, transport and the batched receive loop (one for both roles,
+_open_groups) share the hot path's locals. Moving Transport and that loop to a module of
+their own waits for the handshake hand-off of issue 22 to land, so the two changes do not
+collide in this file.
 """
 
 from __future__ import annotations
@@ -317,6 +319,84 @@ def _extend_run(buf, view, o: int, n: int, seg: int, kind: int, index: int, open
     return n
 
 
+_NO_KEY = (-1, None, None, None, None)     # _open_groups: no key to open inline
+
+
+def _open_groups(groups, now: float, fast, slow, seen) -> list:
+    """The batch receive loop of both roles (Initiator/Responder.receive_groups).
+
+    groups: (buffer, segment size, addr) as UDP GRO gives them (offload.udp.
+    UdpReceiver.recv_groups): datagrams of `segment size` bytes back to back,
+    the last may be shorter, all from addr. Returns (peer public, kind,
+    payload) per datagram that opened, with the chunks of one burst (type
+    words index, index + 1, ... on one key, in one buffer) as one result
+    (peer, kind of the first, [payloads]); anything else `slow` returns (a
+    Handshake) as it is.
+
+    fast: (index, open_body, opener, peer public, owner) of the one key opened
+    inline, or None. A transport datagram on it skips the peer lookup and the
+    timer checks (`now` is one instant for the whole batch); one that
+    continues a chunk run is decrypted and replay-checked in _extend_run with
+    no call or result of its own. This runs per datagram at line rate.
+    slow(datagram, addr) -> (result or None, fast or None): the role's
+    receive() for any other datagram, and the key to open inline from there on
+    (None: keep the one there is).
+    seen(owner, addr): once per buffer in which the inline key opened
+    something (where the peer is now, its timers), and before that key changes."""
+    out = []
+    append = out.append
+    unpack, kinds = TRANSPORT_HDR.unpack_from, OPENABLE_KINDS
+    if fast is not None:
+        cached, open_body, opener, public, owner = fast
+    else:
+        cached = -1
+    for buf, seg, addr in groups:
+        view = memoryview(buf)
+        n = len(buf)
+        whole = seg >= TRANSPORT_MIN
+        hit = False
+        o, stop = 0, n or 1
+        while o < stop:
+            end = o + seg
+            if whole and n - o >= TRANSPORT_MIN:
+                kind, index, ctr = unpack(buf, o)
+                if index == cached and kind in kinds:
+                    payload = open_body(view[o:end], ctr)
+                    o = end
+                    if payload is None:
+                        continue
+                    hit = True
+                    if kind & 0xFF == DATA_CHUNK:
+                        run = [payload]
+                        append((public, kind, run))
+                        o = _extend_run(buf, view, o, n, seg, kind, cached, opener, run)
+                    else:
+                        append((public, kind, payload))
+                    continue
+            datagram = bytes(view[o:end])
+            o = end
+            res, key = slow(datagram, addr)
+            if res is None:
+                continue
+            append(res)
+            if key is not None:
+                if hit:
+                    seen(owner, addr)
+                    hit = False
+                cached, open_body, opener, public, owner = key
+                if cached >= 0 and res[1] & 0xFF == DATA_CHUNK:
+                    o = _extend_run(buf, view, o, n, seg, res[1], cached, opener, res[2])
+        if hit:
+            seen(owner, addr)
+    return out
+
+
+def _answered(initiator, addr) -> None:
+    """Initiator's seen() for _open_groups: the gateway answered, from addr."""
+    initiator._unanswered_since = None
+    initiator.source = addr
+
+
 class _Pending:
     """An initiator handshake in flight. Keeps its inputs so the noise state
     can be rebuilt: a forged RESP that fails to decrypt has already consumed
@@ -361,6 +441,9 @@ class Initiator:
         self._last_sent = 0.0
         # First send after the latest authenticated receive; None = answered.
         self._unanswered_since: float | None = None
+        # where the latest authenticated datagram came from (receive_groups): the
+        # data path compares it with where it sends, to follow a gateway that moved
+        self.source = None
 
     @property
     def established(self) -> bool:
@@ -446,55 +529,33 @@ class Initiator:
 
     # -- receive -----------------------------------------------------------
 
-    def receive_groups(self, groups, now: float, resp_lock=None) -> list[tuple[int, object, object]]:
+    def receive_groups(self, groups, now: float, resp_lock=None) -> list:
         """receive() for each datagram of each (buffer, segment size, addr) in
-        order (see Responder.receive_groups) -> (kind, payload, addr) for each
-        that opened; a run of chunks comes back as (kind of the first,
-        [payloads], addr). `resp_lock`, if given, is held while a handshake
-        response is processed (the lock the caller holds around begin() and poll())."""
-        out = []
-        append = out.append
-        unpack, kinds = TRANSPORT_HDR.unpack_from, OPENABLE_KINDS
+        order (see _open_groups) -> (the gateway's public key, kind, payload)
+        for each that opened, a run of chunks as one result with [payloads];
+        `source` says where the latest came from. `resp_lock`, if given, is held
+        while a handshake response is processed (the lock the caller holds
+        around begin() and poll())."""
         t = self._current
         if t is not None and now - t.created_at < self.timing.reject_after_s:
-            cached, open_body, opener = t.local_index, t.open_body, t.opener()
+            fast = (t.local_index, t.open_body, t.opener(), self._remote, self)
         else:
-            cached = -1
-        opened = False
-        for buf, seg, addr in groups:
-            view = memoryview(buf)
-            n = len(buf)
-            whole = seg >= TRANSPORT_MIN
-            o, stop = 0, n or 1
-            while o < stop:
-                end = o + seg
-                if whole and n - o >= TRANSPORT_MIN:
-                    kind, index, ctr = unpack(buf, o)
-                    if index == cached and kind in kinds:
-                        payload = open_body(view[o:end], ctr)
-                        o = end
-                        if payload is not None:
-                            opened = True
-                            if kind & 0xFF == DATA_CHUNK:
-                                run = [payload]
-                                append((kind, run, addr))
-                                o = _extend_run(buf, view, o, n, seg, kind, cached, opener, run)
-                            else:
-                                append((kind, payload, addr))
-                        continue
-                datagram = bytes(view[o:end])
-                o = end
-                if resp_lock is not None and datagram[:1] in (b"\x02", b"\x08"):
-                    with resp_lock:
-                        res = self.receive(datagram, now)
-                else:
-                    res = self.receive(datagram, now)
-                if res is not None:
-                    kind = res[0]
-                    append((kind, [res[1]] if kind & 0xFF == DATA_CHUNK else res[1], addr))
-        if opened:
-            self._unanswered_since = None
-        return out
+            fast = None
+        remote, receive = self._remote, self.receive
+
+        def slow(datagram, addr):
+            if resp_lock is not None and datagram[:1] in (b"\x02", b"\x08"):
+                with resp_lock:
+                    res = receive(datagram, now)
+            else:
+                res = receive(datagram, now)
+            if res is None:
+                return None, None
+            self.source = addr
+            kind = res[0]
+            return (remote, kind, [res[1]] if kind & 0xFF == DATA_CHUNK else res[1]), None
+
+        return _open_groups(groups, now, fast, slow, _answered)
 
     def receive(self, datagram: bytes, now: float) -> tuple[int, bytes] | None:
         if len(datagram) < 8:
@@ -702,79 +763,42 @@ class Responder:
 
     def receive_groups(self, groups, now: float) -> list:
         """receive() for each datagram of each (buffer, segment size, addr), in
-        order: the buffer holds datagrams of `segment size` bytes back to back
-        (the last may be shorter), all from addr, as a UDP GRO receive gives
-        them (offload.UdpReceiver.recv_groups). Results as receive() returns
-        them with the Nones left out, except that consecutive chunks of one
-        burst (type words index, index + 1, ... on one key, in one buffer) come
-        back as one result (public, kind of the first, [payloads]). Buffers
-        may be memoryviews: nothing keeps a reference to them.
-
-        Why: this runs per datagram at line rate. A transport datagram for the
-        same current key as the one before skips the peer lookup and the
-        timer checks (`now` is one instant for the whole batch); one that
-        continues a chunk run is decrypted and replay-checked inline, with no
-        call or result of its own; anything else goes through receive()."""
-        out = []
-        append = out.append
-        unpack, kinds = TRANSPORT_HDR.unpack_from, OPENABLE_KINDS
-        cached = -1
-        peer = open_body = public = opener = None
-        # the key the last call opened with, if still a peer's current one: a
-        # lone datagram (an idle ping) then skips receive() too (-35 us cold)
+        order (see _open_groups): (peer public, kind, payload) per transport
+        datagram that opened, a run of chunks as one result with [payloads],
+        a Handshake as it is. Buffers may be memoryviews: nothing keeps a
+        reference to them. The key opened inline is the one the last call
+        opened with, if still a peer's current one: a lone datagram (an idle
+        ping) then skips receive() too (-35 us cold)."""
+        fast = None
         entry = self._by_index.get(self._hot)
         if entry is not None:
             peer, t = entry
             if t is peer.current and now - t.created_at < self.timing.reject_after_s:
-                cached, public, open_body, opener = t.local_index, peer.public, t.open_body, t.opener()
-        for buf, seg, addr in groups:
-            view = memoryview(buf)
-            n = len(buf)
-            whole = seg >= TRANSPORT_MIN
-            o, stop = 0, n or 1
-            while o < stop:
-                end = o + seg
-                if whole and n - o >= TRANSPORT_MIN:
-                    kind, index, ctr = unpack(buf, o)
-                    if index == cached and kind in kinds:
-                        payload = open_body(view[o:end], ctr)
-                        o = end
-                        if payload is None:
-                            continue
-                        if peer.endpoint != addr:
-                            peer.endpoint = addr
-                        if peer.unacked_since is None:
-                            peer.unacked_since = now
-                        if kind & 0xFF == DATA_CHUNK:
-                            run = [payload]
-                            append((public, kind, run))
-                            o = _extend_run(buf, view, o, n, seg, kind, cached, opener, run)
-                        else:
-                            append((public, kind, payload))
-                        continue
-                datagram = bytes(view[o:end])
-                o = end
-                res = self.receive(datagram, now, addr, defer=True)
-                if res is None:
-                    continue
-                if type(res) is not tuple:
-                    append(res)
-                    continue
-                # opened a transport datagram: cache its key
-                kind = res[1]
-                if kind & 0xFF == DATA_CHUNK:
-                    res = (res[0], kind, [res[2]])
-                append(res)
-                entry = self._by_index.get(INDEX.unpack_from(datagram, 4)[0])
-                if entry is not None and entry[1] is entry[0].current:
-                    peer, t = entry
-                    cached, public, open_body, opener = t.local_index, peer.public, t.open_body, t.opener()
-                    self._hot = cached
-                    if kind & 0xFF == DATA_CHUNK:
-                        o = _extend_run(buf, view, o, n, seg, kind, cached, opener, res[2])
-                else:
-                    cached = -1
-        return out
+                fast = (t.local_index, t.open_body, t.opener(), peer.public, peer)
+        by_index, receive = self._by_index, self.receive
+
+        def slow(datagram, addr):
+            res = receive(datagram, now, addr, defer=True)
+            if res is None or type(res) is not tuple:
+                return res, None
+            # opened a transport datagram: open its key's next ones inline
+            kind = res[1]
+            if kind & 0xFF == DATA_CHUNK:
+                res = (res[0], kind, [res[2]])
+            entry = by_index.get(INDEX.unpack_from(datagram, 4)[0])
+            if entry is not None and entry[1] is entry[0].current:
+                peer, t = entry
+                self._hot = t.local_index
+                return res, (t.local_index, t.open_body, t.opener(), peer.public, peer)
+            return res, _NO_KEY
+
+        def seen(peer, addr):
+            if peer.endpoint != addr:
+                peer.endpoint = addr
+            if peer.unacked_since is None:
+                peer.unacked_since = now
+
+        return _open_groups(groups, now, fast, slow, seen)
 
     def receive(self, datagram: bytes, now: float, addr,
                 defer: bool = False) -> Handshake | Initiation | tuple[bytes, int, bytes] | None:
@@ -969,6 +993,22 @@ class Responder:
             self._known_ts[peer_public] = peer.last_ts
 
     # -- timers ------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When poll() has something to do next: the earliest timer of any peer
+        (one pass over them). A datagram received later may start a peer's ack
+        timer (unacked_since) earlier than this said: the caller bounds its sleep."""
+        tm = self.timing
+        times = []
+        for peer in list(self._peers.values()):
+            if peer.previous is not None:
+                times.append(peer.previous_until)
+            for t in (peer.next, peer.current):
+                if t is not None:
+                    times.append(t.created_at + tm.reject_after_s)
+            if peer.unacked_since is not None and peer.endpoint is not None:
+                times.append(peer.unacked_since + tm.ack_after_s)
+        return min(times) if times else None
 
     def poll(self, now: float) -> list[tuple[object, bytes]]:
         out = []

@@ -131,6 +131,13 @@ def render(st: dict) -> str:
         if leases:
             lines.append(f"addresses {leases['used']} of {leases['pool']} leased, {leases['reclaimed']} reclaimed "
                          f"(idle after {leases['idle_s']:g} s)")
+        g = market.get("grace")
+        if g:
+            # protocol/grace.py: one grace per peer until it pays; strangers share a budget
+            lines.append(f"grace     {g['per_peer_kb']} KB / {g['per_peer_s']} s per peer until it pays; "
+                         f"strangers {g['strangers_used_kb_last_min']} of {g['strangers_kb_per_min']} KB a "
+                         f"minute used in the last minute ({g['strangers_left_kb']} KB left now), "
+                         f"{g['peers_in_grace']} peer(s) in grace")
         by_peer: dict[str, list[dict]] = {}
         for c in contracts:
             by_peer.setdefault(c.get("peer") or "", []).append(c)
@@ -142,7 +149,7 @@ def render(st: dict) -> str:
                          human_bytes(sum(c["used"] for c in mine)),
                          format_msat(sum(c["cost_msat"] for c in mine if c.get("paid"))),
                          format_msat(standing.get("credit_msat", 0)),
-                         "yes" if standing.get("grace", True) else "no", p["public_key"]])
+                         _grace_cell(standing), p["public_key"]])
         if rows:
             lines += _table(rows, ["address", "endpoint", "contracts", "bytes", "paid", "credit", "grace", "key"])
         lines.append("contracts")
@@ -161,6 +168,14 @@ def render(st: dict) -> str:
         lines.append(f"restarts  data-path threads restarted {stats['thread_restarts']} times ({per}); "
                      "the log has the tracebacks: please report them")
     return "\n".join(lines)
+
+
+def _grace_cell(standing: dict) -> str:
+    """A peer's grace: "no" (lost it by not paying), or "yes" with the KB of it used."""
+    if not standing.get("grace", True):
+        return "no"
+    used = standing.get("grace_used_kb", 0)
+    return f"yes, {used} KB used" if used else "yes"
 
 
 def event_line(ev: dict) -> str:

@@ -1,19 +1,20 @@
-"""Fuzz the data path's real handlers (tunnelgate.daemon.datapath) with mutated
-peer and TUN input; shared by tests/fuzz/test_datapath_fuzz.py and scripts/fuzz.
+"""Fuzz the data path's real handlers (tunnelgate.daemon.datapath_gateway,
+datapath_client) with mutated peer and TUN input; shared by
+tests/fuzz/test_datapath_fuzz.py and scripts/fuzz.
 
-Four handlers, built exactly as the daemons build them, over stand-ins for
-what is not the data path (a TUN that records writes, a socket that swallows
-sends, an engine whose verdicts the seed decides, an event loop that only
-counts what it was handed):
+Four handlers, built exactly as the daemons build them, over a DataPlane of
+stand-ins for what is not the data path (a TUN that records writes, a socket
+that swallows sends, an engine whose verdicts the seed decides, hooks that
+only count what they were handed):
 
-- the gateway's datagram handler (_gateway_udp_handler) gets datagrams from a
+- the gateway's datagram handler (datapath_gateway.udp_handler) gets datagrams from a
   client session: authenticated ones whose *plaintext* was mutated before
   sealing (IP/TCP/UDP headers, lengths, chunk records and their type words),
   so they pass the AEAD and reach the packet parsers, and unauthenticated
   ones (random bytes, mutated ciphertext, handshake-shaped junk);
-- the client's datagram handler (_client_udp_handler) the same, sealed by the
+- the client's datagram handler (datapath_client.udp_handler) the same, sealed by the
   gateway's session;
-- both TUN handlers (_gateway_tun_handler, _client_tun_handler) get mutated TUN
+- both TUN handlers (datapath_gateway.tun_handler, datapath_client.tun_handler) get mutated TUN
   reads: virtio-net header (flags, GSO type and size, checksum start/offset)
   and packet.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import random
+import socket
 import struct
 import threading
 import time
@@ -38,8 +40,12 @@ from tunnelgate import offload as off
 from tunnelgate import session as sess
 from tunnelgate import wire
 from tunnelgate.offload.chunks import CHUNKS_MAX, chunk_kind
-from tunnelgate.daemon import datapath
+from tunnelgate.daemon import datapath_client, datapath_gateway
+from tunnelgate.daemon.client import EVERYWHERE
+from tunnelgate.daemon.dataplane import DataPlane
+from tunnelgate.daemon.links import BuyerLink, Links, SellerLink
 from tunnelgate.meter import DROP, FORWARD, HELD
+from tunnelgate.wakeups import Warmth
 
 GW_PRIV = hashlib.sha256(b"datapath fuzz gateway").digest()
 CL_PRIV = hashlib.sha256(b"datapath fuzz client").digest()
@@ -80,10 +86,18 @@ class RecordingTun:
 
 
 class NullSocket:
-    """What offload.UdpSender calls on the daemon's socket."""
+    """What offload.UdpSender calls on the daemon's socket (and a file descriptor for
+    the plane's Wakeups, which the handlers never wait on)."""
 
     def __init__(self):
         self.sent = 0
+        self._fd = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def fileno(self):
+        return self._fd.fileno()
+
+    def close(self):
+        self._fd.close()
 
     def sendmsg(self, buffers, ancdata, flags, addr):
         n = sum(map(len, buffers))
@@ -93,14 +107,6 @@ class NullSocket:
     def sendto(self, data, addr):
         self.sent += len(data)
         return len(data)
-
-
-class Loop:
-    def __init__(self):
-        self.calls = 0
-
-    def call_soon_threadsafe(self, fn, *args):
-        self.calls += 1
 
 
 class Verdicts:
@@ -134,55 +140,44 @@ class Verdicts:
         return self.rng.random() < 0.8
 
 
-class GatewayStub:
-    """The attributes of a GatewayDaemon the data-path handlers read."""
+class Hooks(collections.Counter):
+    """The plane's hooks to the control side: each call counted by name."""
 
-    def __init__(self, responder, rng):
-        self.responder = responder
-        self.sock, self.tun, self.loop = NullSocket(), RecordingTun(), Loop()
-        self.stats = collections.Counter()
-        self.addr_of, self.addr6_of = {CL_PUB: OWN}, {CL_PUB: OWN6}
-        self.peer_of = {OWN: CL_PUB, OWN6: CL_PUB}
-        self.chunk_peers = {CL_PUB}
-        self.elock, self.tun_lock, self.udp_lock = threading.Lock(), threading.Lock(), threading.Lock()
-        self.engine = Verdicts(rng)
-        self.saver = types.SimpleNamespace(written_seq=0)
-        self.handshakes = types.SimpleNamespace(submit=self._submit, count=0)
-
-    def _submit(self, init):
-        self.handshakes.count += 1
-
-    def _control_in(self, frames):
-        pass
+    def hook(self, name):
+        def called(*args):
+            self[name] += 1
+        return called
 
 
-class ClientStub:
-    """The attributes of a ClientDaemon the data-path handlers read."""
+def gateway_plane(responder, rng) -> tuple[DataPlane, BuyerLink, Hooks]:
+    """A gateway's data plane with one peer (CL_PUB at OWN and OWN6)."""
+    links = Links()
+    link = BuyerLink(CL_PUB, responder, OWN, OWN6)
+    link.chunks = True
+    links.add(link)
+    stats, hooks = collections.Counter(), Hooks()
+    plane = DataPlane(sock=NullSocket(), tun=RecordingTun(), receiver=responder, links=links,
+                      engine=Verdicts(rng), elock=threading.Lock(),
+                      saver=types.SimpleNamespace(written_seq=0), stats=stats, warmth=Warmth(stats),
+                      on_control=hooks.hook("control"), on_handshake=hooks.hook("handshake"),
+                      persist=hooks.hook("persist"))
+    return plane, link, hooks
 
-    def __init__(self, initiator, rng):
-        self.initiator = initiator
-        self.sock, self.tun, self.loop = NullSocket(), RecordingTun(), Loop()
-        self.stats = collections.Counter()
-        self.elock, self.lock, self.tun_lock, self.udp_lock = (threading.Lock() for _ in range(4))
-        self.engine = Verdicts(rng)
-        self.endpoint = GW_ADDR
-        self.gateway_chunks, self.address6 = True, OWN6
-        self.wake_pending = False
 
-    def wake(self):
-        pass
-
-    def _spawn(self, coro):
-        pass
-
-    def _gateway_moved(self):
-        return None
-
-    def _handshake_done(self, payload):
-        return None
-
-    def _control_in(self, frames):
-        pass
+def client_plane(initiator, rng) -> tuple[DataPlane, SellerLink, Hooks]:
+    """A client's data plane with its one gateway (GW_PUB at GW_ADDR)."""
+    links = Links()
+    link = SellerLink(GW_PUB, initiator, GW_ADDR)
+    link.address6 = "fd64:7467::2/64"
+    link.chunks = True
+    links.add(link, EVERYWHERE)
+    stats, hooks = collections.Counter(), Hooks()
+    plane = DataPlane(sock=NullSocket(), tun=RecordingTun(), receiver=initiator, links=links,
+                      engine=Verdicts(rng), elock=threading.Lock(), saver=None, stats=stats,
+                      warmth=Warmth(stats), on_control=hooks.hook("control"),
+                      on_output=hooks.hook("output"), on_session=hooks.hook("session"),
+                      on_moved=hooks.hook("moved"))
+    return plane, link, hooks
 
 
 # --- packets --------------------------------------------------------------------------------
@@ -352,6 +347,7 @@ class Harness:
         self.first_traceback: dict[str, str] = {}
         self.stats: collections.Counter = collections.Counter()
         self._sessions = 0
+        self.g = self.c = None
         self._connect()
 
     def _connect(self) -> None:
@@ -362,14 +358,17 @@ class Harness:
 
     def _build(self) -> None:
         """Fresh daemons and handlers (after a handler raised, its state is suspect)."""
-        if getattr(self, "g", None) is not None:
+        if self.g is not None:
             self.stats.update(self.g.stats)
             self.stats.update(self.c.stats)
-        self.g, self.c = GatewayStub(self.gw, self.rng), ClientStub(self.client, self.rng)
-        self.g_udp = datapath._gateway_udp_handler(self.g)
-        self.g_tun = datapath._gateway_tun_handler(self.g)
-        self.c_udp = datapath._client_udp_handler(self.c)
-        self.c_tun, self.c_settle = datapath._client_tun_handler(self.c)
+            self.g.sock.close()
+            self.c.sock.close()
+        self.g, self.g_link, self.g_hooks = gateway_plane(self.gw, self.rng)
+        self.c, self.c_link, self.c_hooks = client_plane(self.client, self.rng)
+        self.g_udp = datapath_gateway.udp_handler(self.g)
+        self.g_tun = datapath_gateway.tun_handler(self.g)
+        self.c_udp = datapath_client.udp_handler(self.c)
+        self.c_tun, self.c_settle = datapath_client.tun_handler(self.c)
 
     # transports sealing toward each handler
     def _up(self):
@@ -521,9 +520,9 @@ class Harness:
             n = len(datagrams)
         else:
             gateway = which == 2
-            self.g.chunk_peers = {CL_PUB} if rng.random() < 0.7 else set()
-            self.c.gateway_chunks = rng.random() < 0.7
-            self.c.address6 = OWN6 if rng.random() < 0.8 else None
+            self.g.links.set_chunks(self.g_link, rng.random() < 0.7)
+            self.c.links.set_chunks(self.c_link, rng.random() < 0.7)
+            self.c_link.address6 = "fd64:7467::2/64" if rng.random() < 0.8 else None
             frames = self._tun_frames(not gateway)
             if gateway:
                 self._call("gateway tun", self.g_tun, frames)

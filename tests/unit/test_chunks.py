@@ -150,16 +150,16 @@ def test_bursts_chunks_cannot_carry_fall_back_to_segments(v6):
 def test_the_data_path_takes_a_plain_frame_as_frame_payloads_would(chunks):
     # daemon/datapath.py takes a frame with zero flags and GSO type itself (no
     # call on a lone packet's path): it must give what frame_payloads gives
-    from tunnelgate.daemon.datapath import _frames_to_bursts
+    from tunnelgate.daemon.datapath import frames_to_bursts
     pkt = ipv4_tcp(b"x" * 100)
     partial = off.reseed_partial(pkt)
     data_valid = off.VNET.pack(2, off.GSO_NONE, 0, 0, 0, 0) + pkt      # flags: DATA_VALID
     frames = [off.VNET_PLAIN + pkt, off.partial_vnet(partial) + partial, data_valid,
               burst(1368 * 3, 1368)[0], off.VNET_PLAIN + ipv6_tcp(b"y" * 10)]
-    got = _frames_to_bursts(frames, True, chunks)
+    got = frames_to_bursts(frames, True, chunks)
     assert got == [off.frame_payloads(f, chunks) for f in frames]
     assert got[0] == ([pkt], wire.DATA) and got[1] == ([partial], wire.DATA_PARTIAL)
-    assert _frames_to_bursts([pkt], False, chunks) == [([pkt], wire.DATA)]
+    assert frames_to_bursts([pkt], False, chunks) == [([pkt], wire.DATA)]
 
 
 @pytest.mark.parametrize("gso", [True, False], ids=["gso", "no-gso"])

@@ -173,7 +173,14 @@ def test_pricing_all_keys(tmp_path):
         default_price=500_000, floor_price=200_000,
         prefix_prices=(("198.18.2.0/24", 100_000), ("198.19.0.0/16", 0), ("2001:db8::/32", 2_000_000)),
         contract_kb=20000, contract_time_s=1800, grace_time_s=15, grace_kb=500, scope=24, scope6=64,
-        payment_methods=("dummy",), account="", max_rounds=5, no_deal_backoff_s=30, proposal_timeout_s=7)
+        payment_methods=("dummy",), account="", max_rounds=5, no_deal_backoff_s=30, proposal_timeout_s=7,
+        strangers_kb_per_min=2000)     # not set: 4 x grace_kb
+
+
+def test_strangers_budget_set(tmp_path):
+    cfg = config.load(write(tmp_path, GATEWAY + PRICING.replace("grace_kb = 500", "grace_kb = 500\n"
+                                                                "strangers_kb_per_min = 0")))
+    assert cfg.pricing.strangers_kb_per_min == 0        # strangers pay before anything flows
 
 
 def test_max_contract_kb_default_and_set(tmp_path):
@@ -213,6 +220,10 @@ def test_pricing_integer_price_and_floor_default(tmp_path):
     ('contract_time_s = 1800', 'contract_time_s = "1h"', ["pricing.contract_time_s", "seconds"]),
     ('grace_time_s = 15', 'grace_time_s = -1', ["pricing.grace_time_s", ">= 0"]),
     ('grace_kb = 500', 'grace_kb = -5', ["pricing.grace_kb", ">= 0"]),
+    ('grace_kb = 500', 'grace_kb = 500\nstrangers_kb_per_min = -1',
+     ["pricing.strangers_kb_per_min", ">= 0", "never paid"]),
+    ('grace_kb = 500', 'grace_kb = 500\nstrangers_kb_per_min = "lots"', ["pricing.strangers_kb_per_min",
+                                                                         "whole number of KB a minute"]),
     ('scope = 24', 'scope = 33', ["pricing.scope", '"host" or a prefix length from 0 to 32']),
     ('scope = 24', 'scope = "network"', ["pricing.scope", '"host"']),
     ('scope6 = 64', 'scope6 = 129', ["pricing.scope6", "0 to 128"]),

@@ -1,8 +1,8 @@
-"""The gateway's receive loop (datapath.gateway_udp_to_tun) with a real UDP socket on
-loopback, real sessions and a TUN stand-in: an authenticated peer's chunk records are
-forwarded only from the address the gateway gave it, each spoofed chunk is counted, and
-a reply the TUN write produced goes back from the same thread. Also the peer address
-table the loop reads."""
+"""The gateway's receive loop (datapath_gateway.udp_to_tun) over a DataPlane with a real
+UDP socket on loopback, real sessions and a TUN stand-in: an authenticated peer's chunk
+records are forwarded only from the address the gateway gave it, each spoofed chunk is
+counted, and a reply the TUN write produced goes back from the same thread. Also the
+peers' links the gateway keeps from their addresses."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from types import SimpleNamespace
 
 from tunnelgate import offload as off
 from tunnelgate.offload.chunks import DATA_CHUNK
-from tunnelgate.daemon import datapath
+from tunnelgate.daemon import datapath_gateway
+from tunnelgate.daemon.dataplane import DataPlane
 from tunnelgate.daemon.gateway import GatewayDaemon
+from tunnelgate.daemon.links import BuyerLink, Links
 from tunnelgate.meter import FORWARD
-from tunnelgate.wakeups import Wakeups, Warmth
+from tunnelgate.wakeups import Warmth
 
 from test_chunks import burst
 from test_offload import ipv4_tcp
@@ -70,29 +72,24 @@ class ForwardAll:
         return FORWARD
 
 
-class Gateway:
-    """The attributes of a GatewayDaemon the receive loop reads."""
+def no_handshake(hs, now):
+    raise AssertionError("no handshake expected")
 
-    def __init__(self, responder):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.responder = responder
-        self.tun = FakeTun()
-        self.stats = collections.Counter()
-        self.addr_of, self.addr6_of = {CL_PUB: OWN}, {}
-        self.peer_of = {OWN: CL_PUB}
-        self.chunk_peers = {CL_PUB}
-        self.elock, self.tun_lock, self.udp_lock = threading.Lock(), threading.Lock(), threading.Lock()
-        self.udp_wakeups = Wakeups(self.sock.fileno())
-        self.warmth = Warmth(self.stats)
-        self.engine = ForwardAll()
-        self.saver = SimpleNamespace(written_seq=0)
-        self.running = True
-        self.handshakes = SimpleNamespace(submit=self._submit)
 
-    def _submit(self, init):
-        raise AssertionError("no handshake expected")
+def gateway_plane(responder) -> DataPlane:
+    """A gateway's data plane: one peer (CL_PUB, tunnel address OWN, taking chunk
+    records), a UDP socket on loopback, a TUN stand-in, an engine forwarding all."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.1)
+    links = Links()
+    link = BuyerLink(CL_PUB, responder, OWN)
+    link.chunks = True
+    links.add(link)
+    stats = collections.Counter()
+    return DataPlane(sock=sock, tun=FakeTun(), receiver=responder, links=links, engine=ForwardAll(),
+                     elock=threading.Lock(), saver=SimpleNamespace(written_seq=0), stats=stats,
+                     warmth=Warmth(stats), on_handshake=no_handshake)
 
 
 def sealed_burst(lab, src: bytes, seq: int) -> list[bytes]:
@@ -108,14 +105,14 @@ def test_chunks_from_another_source_are_dropped_and_counted_own_ones_forwarded_r
     lab = Lab()
     lab.now = time.monotonic()          # the session's clock is the one the data path reads
     lab.connect()
-    gw = Gateway(lab.gw)
+    gw = gateway_plane(lab.gw)
     spoofed, own = sealed_burst(lab, OTHER, 1000), sealed_burst(lab, OWN, 9000)
     ack = bytearray(ipv4_tcp(b"", seq=1, flags=off.ACK))
     ack[12:16], ack[16:20] = ack[16:20], OWN                     # upstream -> the peer
     gw.tun.replies = [off.VNET_PLAIN + bytes(ack)]
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # the peer, roamed to here
     sender.settimeout(5)
-    worker = threading.Thread(target=datapath.gateway_udp_to_tun, args=(gw,), daemon=True)
+    worker = threading.Thread(target=datapath_gateway.udp_to_tun, args=(gw,), daemon=True)
     worker.start()
     try:
         for dg in spoofed + own:
@@ -143,8 +140,23 @@ def test_a_peer_address_stored_under_another_prefix_gets_no_ipv6_twin():
     d = object.__new__(GatewayDaemon)
     d.cfg = SimpleNamespace(address=ipaddress.IPv4Interface("100.64.0.1/24"),
                             address6=ipaddress.IPv6Interface("fd64:7467::1/64"))
-    d.addr_of, d.addr6_of, d.peer_of = {}, {}, {}
+    d.links, d.responder = Links(), None
     d._remember(b"a" * 32, "100.64.0.7")
     d._remember(b"b" * 32, "100.64.9.7")          # from an earlier [network] address = 100.64.9.1/24
-    assert d.addr6_of == {b"a" * 32: ipaddress.IPv6Address("fd64:7467::7").packed}
-    assert d.addr_of[b"b" * 32] == bytes([100, 64, 9, 7])
+    a, b = d.links.get(b"a" * 32), d.links.get(b"b" * 32)
+    assert a.address6 == ipaddress.IPv6Address("fd64:7467::7").packed
+    assert (b.address, b.address6) == (bytes([100, 64, 9, 7]), None)
+    # the reverse map: a packet from the TUN finds the peer by its destination
+    assert d.links.router.lookup(a.address6) is a and d.links.router.lookup(b.address) is b
+    assert d.links.router.lookup(bytes([100, 64, 0, 9])) is None
+
+
+def test_a_peer_given_another_address_is_found_by_the_new_one_only():
+    d = object.__new__(GatewayDaemon)
+    d.cfg = SimpleNamespace(address=ipaddress.IPv4Interface("100.64.0.1/24"), address6=None)
+    d.links, d.responder = Links(), None
+    old = d._remember(b"a" * 32, "100.64.0.7")
+    d.links.set_chunks(old, True)
+    new = d._remember(b"a" * 32, "100.64.0.8")
+    assert d.links.router.lookup(bytes([100, 64, 0, 7])) is None
+    assert d.links.router.lookup(bytes([100, 64, 0, 8])) is new and new.chunks

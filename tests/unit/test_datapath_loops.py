@@ -15,13 +15,16 @@ import threading
 import time
 
 from tunnelgate import offload as off
-from tunnelgate.daemon import datapath
+from tunnelgate.daemon import datapath_client, datapath_gateway
+from tunnelgate.daemon.client import EVERYWHERE
+from tunnelgate.daemon.dataplane import DataPlane
+from tunnelgate.daemon.links import Links, SellerLink
 from tunnelgate.session import DATA
 from tunnelgate.wakeups import IDLE_WAIT_S, WARM_WAIT_S, Wakeups, Warmth
 
-from test_datapath_gateway import OWN, FakeTun, Gateway
+from test_datapath_gateway import OWN, FakeTun, gateway_plane
 from test_offload import ipv4_tcp
-from test_session import CL_PUB, Lab
+from test_session import CL_PUB, GW_PUB, Lab
 
 UPSTREAM = bytes([198, 18, 2, 2])
 
@@ -100,7 +103,7 @@ def test_the_gateway_sender_takes_the_datagrams_waiting_after_its_batch():
     lab = Lab()
     lab.now = time.monotonic()
     lab.connect()
-    gw = Gateway(lab.gw)
+    gw = gateway_plane(lab.gw)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
     peer.settimeout(5)
@@ -115,7 +118,7 @@ def test_the_gateway_sender_takes_the_datagrams_waiting_after_its_batch():
     peer.sendto(lab.client.seal(DATA, up, lab.now), gw.sock.getsockname())
     time.sleep(0.05)
     try:
-        _run(datapath.gateway_tun_to_udp, gw, lambda: gw.stats["tx_packets"] >= 2)
+        _run(datapath_gateway.tun_to_udp, gw, lambda: gw.stats["tx_packets"] >= 2)
         sent = [lab.client.receive(peer.recv(2048), lab.now)[1] for _ in range(2)]
         # what the TUN read went out as, then what writing the ACK produced
         assert sent == [down, more]
@@ -133,12 +136,12 @@ def test_the_receiver_waits_long_until_traffic_comes_then_wakes_often():
     lab = Lab()
     lab.now = time.monotonic()
     lab.connect()
-    gw = Gateway(lab.gw)
+    gw = gateway_plane(lab.gw)
     log = []
     gw.udp_wakeups = RecordedWakeups(gw.sock.fileno(), log)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     waits = lambda: [t for e, t in (x for x in log if type(x) is tuple)]
-    worker = threading.Thread(target=datapath.gateway_udp_to_tun, args=(gw,), daemon=True)
+    worker = threading.Thread(target=datapath_gateway.udp_to_tun, args=(gw,), daemon=True)
     worker.start()
     try:
         deadline = time.monotonic() + 5
@@ -172,21 +175,20 @@ class Engine:
 
 
 def _client(lab, tun, engine):
-    """A client daemon's data-path attributes, with a socket standing for its gateway."""
+    """A client's data plane, its one link's endpoint a socket standing for the gateway."""
     gateway = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     gateway.bind(("127.0.0.1", 0))
     gateway.settimeout(5)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
-    d = type("Client", (), {})()
-    d.sock, d.initiator, d.tun, d.engine = sock, lab.client, tun, engine
-    d.stats = collections.Counter()
-    d.elock, d.lock, d.tun_lock, d.udp_lock = (threading.Lock() for _ in range(4))
-    d.udp_wakeups = Wakeups(sock.fileno())
-    d.warmth = Warmth(d.stats)
-    d.endpoint = gateway.getsockname()
-    d.gateway_chunks, d.address6, d.running = True, None, True
-    return d, gateway
+    link = SellerLink(GW_PUB, lab.client, gateway.getsockname())
+    link.chunks = True
+    links = Links()
+    links.add(link, EVERYWHERE)
+    stats = collections.Counter()
+    plane = DataPlane(sock=sock, tun=tun, receiver=lab.client, links=links, engine=engine,
+                      elock=threading.Lock(), saver=None, stats=stats, warmth=Warmth(stats))
+    return plane, gateway
 
 
 def test_the_client_receiver_sends_the_reply_its_tun_write_produced():
@@ -199,7 +201,7 @@ def test_the_client_receiver_sends_the_reply_its_tun_write_produced():
     d.tun.replies = [off.VNET_PLAIN + ack]          # what the kernel queues once `down` is written
     gateway.sendto(lab.gw.seal(CL_PUB, DATA, down, lab.now), sock.getsockname())
     try:
-        _run(datapath.client_udp_to_tun, d, lambda: d.stats["tx_packets"])
+        _run(datapath_client.udp_to_tun, d, lambda: d.stats["tx_packets"])
         # no tun-to-udp thread ran: the receiving thread sealed and sent the reply
         pub, kind, payload = lab.gw.receive(gateway.recv(2048), lab.now, "c1")
         assert payload == ack
@@ -230,7 +232,7 @@ def test_the_client_sender_meters_after_writing_the_answer_already_waiting():
     gateway.sendto(lab.gw.seal(CL_PUB, DATA, down, lab.now), d.sock.getsockname())
     time.sleep(0.05)
     try:
-        _run(datapath.client_tun_to_udp, d, lambda: d.stats["tx_packets"])
+        _run(datapath_client.tun_to_udp, d, lambda: d.stats["tx_packets"])
         pub, kind, payload = lab.gw.receive(gateway.recv(2048), lab.now, "c1")
         assert payload == up
     finally:
@@ -246,10 +248,10 @@ def test_the_client_drops_and_counts_what_is_not_an_ip_packet():
     lab.now = time.monotonic()
     lab.connect()
     d, gateway = _client(lab, FakeTun(), Engine())
-    handle = datapath._client_udp_handler(d)
+    handle = datapath_client.udp_handler(d)
     try:
         junk = [lab.gw.seal(CL_PUB, DATA, p, lab.now) for p in (b"", b"\x00not ip", b"\x45short")]
-        handle([(dg, len(dg), d.endpoint) for dg in junk])
+        handle([(dg, len(dg), gateway.getsockname()) for dg in junk])
     finally:
         gateway.close()
         d.sock.close()

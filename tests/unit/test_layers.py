@@ -20,7 +20,7 @@ PACKAGE = Path(tunnelgate.__file__).parent
 # The sans-IO core: protocol state machines, metering, money, packets, the session.
 CORE = ("tunnelgate.protocol", "tunnelgate.meter", "tunnelgate.money", "tunnelgate.packet",
         "tunnelgate.replay", "tunnelgate.wire", "tunnelgate.session", "tunnelgate.cookie",
-        "tunnelgate.ratelimit")
+        "tunnelgate.ratelimit", "tunnelgate.router")
 
 CORE_WHY = ("the sans-IO core takes the clock (`now`), random bytes and locks as parameters and "
             "returns what to send, so one code runs alike under unit tests, fuzzers and both "

@@ -104,7 +104,7 @@ class Lab:
                         self.gw_got.append(r[1:])
             down, self.to_cl = self.to_cl, []
             if self.batch:
-                got = [r[:2] for r in self.client.receive_groups(groups((dg, "gw") for dg in down), self.now)]
+                got = [r[1:] for r in self.client.receive_groups(groups((dg, "gw") for dg in down), self.now)]
             else:
                 got = [self.client.receive(dg, self.now) for dg in down]
             for r in got:
@@ -728,5 +728,21 @@ def test_receive_groups_equals_receive_one_by_one(seed):
         if rnd.random() < 0.1:
             down.append(dg[:-1] + bytes([dg[-1] ^ 1]))
     want = [(k, p) for k, p in (r for r in (one.client.receive(dg, one.now) for dg in down) if r is not None)]
-    got = [(k, p) for k, p, _ in many.client.receive_groups(groups((dg, "gw") for dg in down), many.now)]
+    got = [(k, p) for _, k, p in many.client.receive_groups(groups((dg, "gw") for dg in down), many.now)]
     assert got == want and many.client.stats == one.client.stats
+
+
+def test_the_responders_next_deadline_is_when_its_poll_has_work():
+    lab = Lab().connect()
+    gw, peer = lab.gw, lab.gw._peers[CL_PUB]
+    assert Responder(GW_PRIV).next_deadline() is None              # no peers: nothing to wait for
+    gw.poll(lab.now)                                              # whatever the handshake left due
+    peer.unacked_since = None
+    assert gw.next_deadline() == peer.current.created_at + lab.timing.reject_after_s
+    # a datagram from the client starts the ack timer: a keepalive is due ack_after_s later
+    assert gw.receive(lab.client.seal(DATA, b"x", lab.now), lab.now, "c1")[1] == DATA
+    due = gw.next_deadline()
+    assert due == lab.now + lab.timing.ack_after_s
+    assert gw.poll(due - 0.001) == []
+    assert [addr for addr, _ in gw.poll(due)] == ["c1"]
+    assert gw.next_deadline() == peer.current.created_at + lab.timing.reject_after_s

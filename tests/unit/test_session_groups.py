@@ -14,7 +14,7 @@ import pytest
 from tunnelgate.offload.chunks import DATA_CHUNK, chunk_kind
 from tunnelgate.session import CONTROL, DATA, Handshake
 
-from test_session import CL_PUB, Lab
+from test_session import CL_PUB, GW_PUB, Lab
 
 
 def _seal_burst(seal, rnd) -> list[bytes]:
@@ -107,11 +107,12 @@ def test_client_receive_groups_equals_receive_one_by_one(seed):
     one, many = Lab().connect(), Lab().connect()
     rnd = random.Random(seed)
     stream = _stream(lambda k, ps: one.gw.seal_batch(CL_PUB, k, ps, one.now), rnd, other=0.1)
-    want = [r + (a,) for r, a in ((one.client.receive(dg, one.now), a) for dg, a in stream) if r is not None]
+    opened = [(r, a) for r, a in ((one.client.receive(dg, one.now), a) for dg, a in stream) if r is not None]
     got = many.client.receive_groups(gro(stream, rnd), many.now)
-    assert flat(got, 0) == want                         # each with the address it came from
+    assert flat(got, 1) == [(GW_PUB,) + r for r, _ in opened]     # as the gateway's, like a responder's
     assert many.client.stats == one.client.stats
-    assert max(len(r[1]) for r in got if r[0] & 0xFF == DATA_CHUNK) > 10
+    assert many.client.source == opened[-1][1]          # where the latest authenticated one came from
+    assert max(len(r[2]) for r in got if r[1] & 0xFF == DATA_CHUNK) > 10
 
 
 def test_a_run_ends_at_its_buffer_and_at_anything_between_its_chunks():
@@ -136,8 +137,9 @@ def test_the_client_ends_a_run_at_anything_between_its_chunks_too():
     dgs = lab.gw.seal_batch(CL_PUB, DATA_CHUNK, chunks, lab.now)
     data = lab.gw.seal(CL_PUB, CONTROL, b"y" * 100, lab.now)
     got = lab.client.receive_groups([(b"".join(dgs[:2] + [data] + dgs[2:]), len(data), "gw")], lab.now)
-    assert got == [(chunk_kind(0, 4), chunks[:2], "gw"), (CONTROL, b"y" * 100, "gw"),
-                   (chunk_kind(2, 4), chunks[2:], "gw")]
+    assert got == [(GW_PUB, chunk_kind(0, 4), chunks[:2]), (GW_PUB, CONTROL, b"y" * 100),
+                   (GW_PUB, chunk_kind(2, 4), chunks[2:])]
+    assert lab.client.source == "gw"
 
 
 def test_the_key_remembered_between_calls_is_dropped_with_its_peer_and_expires():

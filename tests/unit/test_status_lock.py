@@ -15,6 +15,7 @@ from test_contract_engines import World
 from tunnelgate.daemon.base import Daemon
 from tunnelgate.daemon.client import ClientDaemon
 from tunnelgate.daemon.gateway import GatewayDaemon
+from tunnelgate.daemon.links import Links
 from tunnelgate.daemon.metrics import GatewayCollector
 from tglab.engines import EngineBuilder
 from tunnelgate.protocol.contract import Contract
@@ -26,7 +27,7 @@ def _daemon(contracts: int = 30):
     engine = EngineBuilder(per_peer=10).grow(contracts).engine
     responder = types.SimpleNamespace(stats={}, peers=lambda: [])
     return types.SimpleNamespace(elock=threading.Lock(), engine=engine, stats=collections.Counter(),
-                                 responder=responder, addr_of={},
+                                 responder=responder, links=Links(),
                                  events=types.SimpleNamespace(recent=[], counts=collections.Counter()))
 
 

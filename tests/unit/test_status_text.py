@@ -72,3 +72,14 @@ def test_data_path_thread_restarts_are_shown():
     line = [l for l in render(st).splitlines() if l.startswith("restarts")]
     assert line == ["restarts  data-path threads restarted 3 times (tun-to-udp 1, udp-to-tun 2); "
                     "the log has the tracebacks: please report them"]
+
+
+def test_gateway_status_shows_the_grace_budgets_and_their_use():
+    st = load("status_gateway.json")
+    st["market"]["grace"] = {"per_peer_kb": 200, "per_peer_s": 10, "strangers_kb_per_min": 800,
+                             "strangers_used_kb_last_min": 350, "strangers_left_kb": 450, "peers_in_grace": 3}
+    key = st["peers"][0]["public_key"]
+    st["market"].setdefault("peers", {})[key] = {"grace": True, "grace_used_kb": 120}
+    text = render(st)
+    assert "200 KB / 10 s per peer" in text and "350 of 800 KB a minute" in text
+    assert "3 peer(s) in grace" in text and "yes, 120 KB used" in text

@@ -11,11 +11,10 @@ import socket
 import threading
 import time
 
-from tunnelgate.daemon import datapath, supervise as sv
-from tunnelgate.daemon.base import Daemon
+from tunnelgate.daemon import datapath_gateway, supervise as sv
 from tunnelgate.session import DATA
 
-from test_datapath_gateway import OWN, Gateway
+from test_datapath_gateway import OWN, gateway_plane
 from test_datapath_loops import UPSTREAM, _tcp
 from test_session import Lab
 
@@ -24,13 +23,12 @@ def test_a_receive_thread_whose_handler_raises_is_restarted_and_traffic_continue
     lab = Lab()
     lab.now = time.monotonic()
     lab.connect()
-    gw = Gateway(lab.gw)
-    gw.loop = gw._stop = None
-    real = datapath._gateway_udp_handler
+    gw = gateway_plane(lab.gw)
+    real = datapath_gateway.udp_handler
     calls = []
 
-    def failing_once(d):
-        handle = real(d)
+    def failing_once(plane):
+        handle = real(plane)
 
         def wrapped(groups, own_tun=False):
             calls.append(1)
@@ -39,10 +37,9 @@ def test_a_receive_thread_whose_handler_raises_is_restarted_and_traffic_continue
             return handle(groups, own_tun)
         return wrapped
 
-    monkeypatch.setattr(datapath, "_gateway_udp_handler", failing_once)
-    gw._recover_data_path = lambda: Daemon._recover_data_path(gw)
-    worker = threading.Thread(target=Daemon._guard, name="udp-to-tun",
-                              args=(gw, lambda: datapath.gateway_udp_to_tun(gw)), daemon=True)
+    monkeypatch.setattr(datapath_gateway, "udp_handler", failing_once)
+    worker = threading.Thread(target=gw.run, name="udp-to-tun", args=(datapath_gateway.udp_to_tun,),
+                              daemon=True)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     caplog.set_level(logging.ERROR, logger="tunnelgate")
     worker.start()

@@ -20,13 +20,17 @@ from ..payments import PaymentError, Terms, load_backend
 from ..protocol import buyer as clp
 from ..protocol import events as E
 from ..tun import Tun
-from . import datapath
+from . import datapath_client
 from ..offload.chunks import FEATURE_CHUNKS
 from ..wire import FEATURE_SIZED
 from .base import Daemon, features, udp_socket
 from .control import ControlError
+from .dataplane import DataPlane
+from .links import Links, SellerLink
 from .market import Channels, EventLog, Saver
 
+# what the one gateway sells: every destination the client routes into its TUN
+EVERYWHERE = ("0.0.0.0/0", "::/0")
 BALANCE_EVERY_S = 5.0
 QUOTE_TIMEOUT_S = 5.0
 
@@ -37,18 +41,33 @@ log = logging.getLogger("tunnelgate.client")
 class ClientDaemon(Daemon):
     role = "client"
 
-    async def setup(self) -> None:
-        cfg = self.cfg
+    def __init__(self, cfg, private_key: bytes, verbose: bool = False):
+        super().__init__(cfg, private_key, verbose)
         # what our data path takes beyond the plain format, said in every handshake
         self.features = [FEATURE_CHUNKS] if offload.chunks_enabled() else []
-        self.initiator = sess.Initiator(self.private_key, cfg.gateway_public_key, cfg.session.timing,
-                                        cipher=cfg.session.cipher, lock=threading.Lock())
-        self.endpoint = cfg.endpoint
-        self.address: str | None = None       # assigned by the gateway in the handshake
-        self.address6: str | None = None      # dual-stack gateways assign an IPv6 address too
+        self.channels = Channels(self._send_control)
+        # the one gateway: its session, endpoint, features and the tunnel addresses it gives us
+        session = sess.Initiator(private_key, cfg.gateway_public_key, cfg.session.timing,
+                                 cipher=cfg.session.cipher, lock=threading.Lock())
+        self.link = SellerLink(cfg.gateway_public_key, session, cfg.endpoint,
+                               self.channels.get(cfg.gateway_public_key))
+        self.links = Links()
+        self.links.add(self.link, EVERYWHERE)
         self.routed_endpoint: str | None = None
         self.kill_switch_endpoint: tuple[str, int] | None = None
         self.last_handshake: float | None = None
+        self._net_task: asyncio.Task | None = None    # the latest route change (one at a time)
+        self.payer = None
+        self.paying: dict[str, asyncio.Task] = {}
+        self.wake_pending = False
+        self.quotes: collections.deque = collections.deque()   # futures awaiting a QUOTE
+        self.balance_msat: int | None = None
+        self.balance_at: float | None = None
+        self._balance_task: asyncio.Task | None = None
+        self.low_balance = False          # below [payment] low_balance_msat (warned once)
+
+    async def setup(self) -> None:
+        cfg = self.cfg
         self._setup_market()
         # before the TUN and the first datagram: from here on nothing the tunnel will
         # carry leaves in plain, even if this process dies
@@ -56,8 +75,17 @@ class ClientDaemon(Daemon):
         self.tun = Tun(cfg.tun, cfg.mtu)
         bind = ("::", 0) if ":" in cfg.endpoint[0] else ("0.0.0.0", 0)
         self.sock = udp_socket(bind)
+        loop = self.loop
+        self.plane = DataPlane(
+            sock=self.sock, tun=self.tun, receiver=self.link.session, links=self.links,
+            engine=self.engine, elock=self.elock, saver=self.saver, stats=self.stats,
+            warmth=self.warmth, session_lock=self.lock,
+            on_control=lambda frames: loop.call_soon_threadsafe(self._control_in, frames),
+            on_output=self._output_ready,
+            on_session=lambda link, payload: loop.call_soon_threadsafe(self._spawn, self._handshake_done(payload)),
+            on_moved=lambda link: loop.call_soon_threadsafe(self._spawn, self._gateway_moved()))
         with self.lock:
-            first = self.initiator.begin(time.monotonic(), time.time_ns(), os.urandom(sess.RAND_BYTES),
+            first = self.link.session.begin(time.monotonic(), time.time_ns(), os.urandom(sess.RAND_BYTES),
                                          json.dumps({"features": self.features}).encode())
         self._send(first)
         log.info("connecting to gateway %s:%d", *cfg.endpoint)
@@ -70,26 +98,13 @@ class ClientDaemon(Daemon):
         self.engine = clp.Buyer(cfg.policy, legacy_counterpart=self.gateway_key,
                                 own_key=sess.public_key(self.private_key))
         self.engine.prepay_msat = cfg.payment.prepay_msat
-        self.elock = threading.Lock()
-        # held by the data-path thread that reads the TUN and sends (see datapath.client_tun_to_udp)
-        self.tun_lock = threading.Lock()
         self.events = EventLog(self.store)
-        self.channels = Channels(self._send_control)
         self.saver = Saver(self.store, self.engine, self.elock)
         if self.saver.restore(time.time()):
             log.info("resumed %d contracts from %s", len(self.engine.contracts()), self.paths["db"])
         if not getattr(self.payer, "real_money", True):
             log.warning("payment backend %r: %s", cfg.payment.backend,
                         getattr(self.payer, "notice", "no real payment happens"))
-        self.paying: dict[str, asyncio.Task] = {}
-        self.wake_pending = False
-        self.gateway_chunks = False     # the gateway takes DATA_CHUNK (said in its handshake)
-        self.gateway_features: list[str] = []
-        self.quotes: collections.deque = collections.deque()   # futures awaiting a QUOTE
-        self.balance_msat: int | None = None
-        self.balance_at: float | None = None
-        self._balance_task: asyncio.Task | None = None
-        self.low_balance = False          # below [payment] low_balance_msat (warned once)
 
     def handlers(self) -> dict:
         return {**super().handlers(),
@@ -133,31 +148,30 @@ class ClientDaemon(Daemon):
                 "max_spend_per_day": p.max_spend_per_day, "max_spend_total": p.max_spend_total}
 
     def workers(self):
-        return [("udp-to-tun", lambda: datapath.client_udp_to_tun(self)),
-                ("tun-to-udp", lambda: datapath.client_tun_to_udp(self))]
+        return [("udp-to-tun", datapath_client.udp_to_tun),
+                ("tun-to-udp", datapath_client.tun_to_udp)]
 
     def shutdown(self) -> None:
-        if hasattr(self, "saver"):
+        if self.saver is not None:
             self.saver.maybe_save(time.time(), force=True)
             self.events.flush()
-        for obj in ("sock", "tun"):
-            if hasattr(self, obj):
-                getattr(self, obj).close()
+        for obj in (self.sock, self.tun):
+            if obj is not None:
+                obj.close()
 
     def _send(self, datagram: bytes) -> None:
+        endpoint = self.link.endpoint
         try:
-            self.sock.sendto(datagram, self.endpoint)
+            self.sock.sendto(datagram, endpoint)
         except OSError as e:
             self.stats["send_errors"] += 1
-            log.debug("send to %s failed: %s", self.endpoint, e)
-
-    # --- data path ------------------------------------------------------------------
+            log.debug("send to %s failed: %s", endpoint, e)
 
     # --- control plane (asyncio thread) -------------------------------------------------
 
     def _spawn(self, coro) -> None:
         # one at a time: route changes must not interleave
-        prev = getattr(self, "_net_task", None)
+        prev = self._net_task
 
         async def chained():
             if prev is not None:
@@ -184,20 +198,21 @@ class ClientDaemon(Daemon):
             self.stats["bad_handshake_payload"] += 1
             return
         offered = features(payload)
-        self.gateway_features = sorted(offered & {FEATURE_CHUNKS, FEATURE_SIZED})
-        self.gateway_chunks = FEATURE_CHUNKS in self.features and FEATURE_CHUNKS in offered
+        link = self.link
+        link.features = offered & {FEATURE_CHUNKS, FEATURE_SIZED}
+        self.links.set_chunks(link, FEATURE_CHUNKS in self.features and FEATURE_CHUNKS in offered)
         with self.elock:
-            self.engine.book(self.gateway_key).sized_requests = FEATURE_SIZED in offered
-        if (address, address6) != (self.address, self.address6):
-            if self.address is not None:
-                log.warning("gateway changed our address %s -> %s", self.address, address)
+            self.engine.book(link.peer).sized_requests = FEATURE_SIZED in offered
+        if (address, address6) != (link.address, link.address6):
+            if link.address is not None:
+                log.warning("gateway changed our address %s -> %s", link.address, address)
                 await self.net(netsetup.teardown, self.paths["net"])
                 self.routed_endpoint = None
                 self.kill_switch_endpoint = None
                 await self._kill_switch()
             await self.net(netsetup.setup_client_tun, self.paths["net"], self.cfg.tun, address, self.cfg.mtu,
                            address6)
-            self.address, self.address6 = address, address6
+            link.address, link.address6 = address, address6
             log.info("tunnel up: %s%s on %s", address, f" {address6}" if address6 else "", self.cfg.tun)
         await self._route_endpoint()
         if self.ready:
@@ -220,14 +235,14 @@ class ClientDaemon(Daemon):
         self._pump()
 
     async def _gateway_moved(self) -> None:
-        log.info("gateway now at %s:%d", *self.endpoint[:2])
+        log.info("gateway now at %s:%d", *self.link.endpoint[:2])
         await self._kill_switch()
-        if self.address is not None:
+        if self.link.address is not None:
             await self._route_endpoint()
 
     async def _kill_switch(self) -> None:
         """(Re)apply the kill switch for the current endpoint; off in the config: nothing."""
-        endpoint = (self.endpoint[0], self.endpoint[1])
+        endpoint = (self.link.endpoint[0], self.link.endpoint[1])
         if self.cfg.kill_switch and self.kill_switch_endpoint != endpoint:
             await self.net(netsetup.setup_kill_switch, self.paths["net"], self.cfg.tun,
                            list(self.cfg.routes), [endpoint])
@@ -235,14 +250,18 @@ class ClientDaemon(Daemon):
 
     async def _route_endpoint(self) -> None:
         await self._kill_switch()
-        if self.routed_endpoint != self.endpoint[0]:
+        if self.routed_endpoint != self.link.endpoint[0]:
             await self.net(netsetup.setup_client_routes, self.paths["net"], self.cfg.tun,
-                           list(self.cfg.routes), self.endpoint[0])
-            self.routed_endpoint = self.endpoint[0]
+                           list(self.cfg.routes), self.link.endpoint[0])
+            self.routed_endpoint = self.link.endpoint[0]
+
+    def next_deadline(self) -> float | None:
+        return min((t for t in (self.link.session.next_deadline(), self.channels.next_deadline())
+                    if t is not None), default=None)
 
     def tick(self, now: float) -> None:
         with self.lock:
-            out = self.initiator.poll(now, time.time_ns(), os.urandom(sess.RAND_BYTES))
+            out = self.link.session.poll(now, time.time_ns(), os.urandom(sess.RAND_BYTES))
         for datagram in out:
             self._send(datagram)
         wall = time.time()
@@ -283,17 +302,25 @@ class ClientDaemon(Daemon):
     # --- contracts: control messages, payments ------------------------------------------
 
     def _send_control(self, peer: bytes, frame: bytes) -> None:
-        datagram = self.initiator.seal(sess.CONTROL, frame, time.monotonic())
+        datagram = self.link.session.seal(sess.CONTROL, frame, time.monotonic())
         if datagram is not None:
             self._send(datagram)
 
-    def _control_in(self, frames: list[bytes]) -> None:
+    def _control_in(self, frames: list[tuple[bytes, bytes]]) -> None:
+        """plane.on_control, on this thread: (gateway key, frame) per control frame received."""
         now, wall = time.monotonic(), time.time()
-        for frame in frames:
-            for message in self.channels.receive(self.gateway_key, frame, now):
+        for peer, frame in frames:
+            for message in self.channels.receive(peer, frame, now):
                 with self.elock:
-                    self.engine.on_message(self.gateway_key, message, wall)
+                    self.engine.on_message(peer, message, wall)
         self._pump()
+
+    def _output_ready(self) -> None:
+        """plane.on_output, from a data thread: a renewal request is waiting; send it now,
+        not when the control thread next wakes, with at most one wake-up in flight."""
+        if not self.wake_pending:
+            self.wake_pending = True
+            self.loop.call_soon_threadsafe(self.wake)
 
     def wake(self) -> None:
         self.wake_pending = False
@@ -330,6 +357,7 @@ class ClientDaemon(Daemon):
                 if not fut.done():
                     fut.set_result(ev)
         self.channels.flush(time.monotonic())
+        self.poke()             # a channel's retransmit or the session's keepalive may be due sooner
 
     async def cmd_quote(self, req: dict) -> dict:
         """The gateway's current terms for a destination, without buying anything."""
@@ -338,7 +366,7 @@ class ClientDaemon(Daemon):
             net = ipaddress.ip_network(dest if "/" in str(dest) else f"{dest}/{32 if ':' not in str(dest) else 128}")
         except (ValueError, TypeError):
             raise ControlError("bad_value", f"destination: expected an IP address or prefix, got {dest!r}") from None
-        if not self.initiator.established:
+        if not self.link.session.established:
             raise ControlError("not_connected", "no session with the gateway yet; wait for the handshake")
         fut = self.loop.create_future()
         self.quotes.append(fut)
@@ -403,16 +431,16 @@ class ClientDaemon(Daemon):
 
     def status(self) -> dict:
         return {
-            "gateway": f"{self.endpoint[0]}:{self.endpoint[1]}",
+            "gateway": f"{self.link.endpoint[0]}:{self.link.endpoint[1]}",
             "gateway_public_key": base64.b64encode(self.cfg.gateway_public_key).decode(),
-            "address": self.address,
-            "address6": self.address6,
-            "gateway_features": self.gateway_features,       # from its handshake
+            "address": self.link.address,
+            "address6": self.link.address6,
+            "gateway_features": sorted(self.link.features),       # from its handshake
             "routes": list(self.cfg.routes),
             "kill_switch": self.kill_switch_endpoint is not None,
-            "connected": self.initiator.established,
+            "connected": self.link.session.established,
             "last_handshake": self.last_handshake,
-            "session_stats": dict(self.initiator.stats),
+            "session_stats": dict(self.link.session.stats),
             "tun_stats": dict(self.tun.stats),
             "payment": {"backend": self.cfg.payment.backend,
                         "real_money": getattr(self.payer, "real_money", True),

@@ -22,15 +22,17 @@ from ..payments import Terms, Verdict, load_backend
 from ..protocol import events as E
 from ..protocol import seller as gwp
 from ..tun import Tun
-from . import datapath
+from . import datapath_gateway
 from ..config import peer_address6
 from ..money import format_price, parse_price
 from ..offload.chunks import FEATURE_CHUNKS
 from ..wire import FEATURE_SIZED
 from .base import Daemon, features as _features, udp_socket
 from .control import ControlError
+from .dataplane import DataPlane
 from .handshakes import Handshakes
 from .leases import Leases
+from .links import BuyerLink, Links
 from .lograte import LogLimiter
 from .market import Channels, EventLog, Saver, peer_text
 from .recovery import reconcile
@@ -112,19 +114,24 @@ class AccountPool:
 class GatewayDaemon(Daemon):
     role = "gateway"
 
+    def __init__(self, cfg, private_key: bytes, verbose: bool = False):
+        super().__init__(cfg, private_key, verbose)
+        self.responder: sess.Responder | None = None    # every peer's session (setup: needs the store)
+        # one BuyerLink per peer that has a tunnel address; the router holds the addresses
+        # (a packet from the TUN finds its peer by destination)
+        self.links = Links()
+        self.payee = None
+        self.accounts: AccountPool | None = None
+        self.verifying: dict[str, asyncio.Task] = {}
+        self.channels = Channels(self._send_control)
+        self._write_warned = 0.0
+
     async def setup(self) -> None:
         cfg = self.cfg
         # the INIT timestamps earlier runs answered: their INITs stay replays (see _handshake)
         known = {base64.b64decode(k): ts for k, ts in self.store.handshake_timestamps().items()}
         self.responder = sess.Responder(self.private_key, cfg.session.timing, timestamps=known,
                                         lock=threading.Lock())
-        # peer key -> its 4 (and 16) address bytes and back; plain dicts so the data path
-        # needs no lock (peer_of holds both lengths: they cannot collide)
-        self.addr_of: dict[bytes, bytes] = {}
-        self.addr6_of: dict[bytes, bytes] = {}
-        self.peer_of: dict[bytes, bytes] = {}
-        # peers whose handshake announced FEATURE_CHUNKS (they get TSO bursts as chunks)
-        self.chunk_peers: set[bytes] = set()
         for key_b64, addr in self.store.peer_addresses().items():
             self._remember(base64.b64decode(key_b64), addr)
         self.leases = Leases(self.store, cfg.address, cfg.lease_idle_s)
@@ -133,8 +140,6 @@ class GatewayDaemon(Daemon):
         self._lease_log = LogLimiter()      # a stream of strangers costs a few lines
         await self._setup_market()
         self.tun = Tun(cfg.tun, cfg.mtu)
-        # held by the data-path thread that reads the TUN and sends (see datapath.gateway_tun_to_udp)
-        self.tun_lock = threading.Lock()
         await self.net(netsetup.setup_gateway, self.paths["net"], cfg.tun, str(cfg.address),
                        cfg.upstream_interface, cfg.mtu, str(cfg.address6) if cfg.address6 else None,
                        cfg.listen[1], cfg.session.handshakes_per_source_s)
@@ -142,6 +147,13 @@ class GatewayDaemon(Daemon):
         # key exchanges run on their own thread, behind MAC1, cookies and rate limits
         self.handshakes = Handshakes(self.responder, self._handshake, self.sock.sendto,
                                      per_source=cfg.session.handshakes_per_source_s)
+        loop = self.loop
+        self.plane = DataPlane(
+            sock=self.sock, tun=self.tun, receiver=self.responder, links=self.links,
+            engine=self.engine, elock=self.elock, saver=self.saver, stats=self.stats,
+            warmth=self.warmth, session_lock=self.lock,
+            on_control=lambda frames: loop.call_soon_threadsafe(self._control_in, frames),
+            on_handshake=lambda init, now: self.handshakes.submit(init), persist=self.persist)
         self.ready = True
         log.info("listening on %s:%d, tunnel %s %s%s, upstream %s", *cfg.listen, cfg.tun, cfg.address,
                  f" {cfg.address6}" if cfg.address6 else "", cfg.upstream_interface)
@@ -151,7 +163,6 @@ class GatewayDaemon(Daemon):
         payment = cfg.payment
         self.payee = load_backend(payment.backend, {**payment.settings_dict(), "state_dir": str(cfg.node.state_dir)},
                                   role="payee")
-        self.accounts: AccountPool | None = None
         if getattr(self.payee, "per_contract_account", False):
             # a fresh account (bitcoin address) per contract, from a pool filled ahead
             account = ""
@@ -177,17 +188,13 @@ class GatewayDaemon(Daemon):
                                         account_for=self.accounts.take if self.accounts else None,
                                         credit=JournalCredit(self.payee.journal),
                                         own_key=sess.public_key(self.private_key))
-        self.elock = threading.Lock()
         self.events = EventLog(self.store)
-        self.channels = Channels(self._send_control)
         self.saver = Saver(self.store, self.engine, self.elock)
-        self._write_warned = 0.0
         if self.saver.restore(time.time()):
             log.info("resumed %d contracts from %s", len(self.engine.contracts()), self.paths["db"])
         if not getattr(self.payee, "real_money", True):
             log.warning("payment backend %r: %s", payment.backend,
                         getattr(self.payee, "notice", "no real payment happens"))
-        self.verifying: dict[str, asyncio.Task] = {}
         self._recover_payments()
 
     def _recover_payments(self) -> None:
@@ -302,27 +309,27 @@ class GatewayDaemon(Daemon):
         return {"ts": time.time(), "kind": "credit", "contract_id": cid, "peer": peer, "destination": None,
                 "reason": why, "amount_msat": amount, "data": {"credit_msat": left}}
 
-    def _remember(self, peer: bytes, addr: str) -> None:
+    def _remember(self, peer: bytes, addr: str) -> BuyerLink:
+        """The link of a peer given tunnel address `addr` (made, or its addresses updated)."""
         ip = ipaddress.IPv4Address(addr)
-        packed = ip.packed
-        self.addr_of[peer] = packed
-        self.peer_of[packed] = peer
         # (an address stored under an earlier, different [network] address has no IPv6 twin)
-        if self.cfg.address6 and ip in self.cfg.address.network:
-            packed6 = self._address6(addr).packed
-            self.addr6_of[peer] = packed6
-            self.peer_of[packed6] = peer
+        packed6 = (self._address6(addr).packed if self.cfg.address6 and ip in self.cfg.address.network
+                   else None)
+        link = self.links.get(peer)
+        if link is None or (link.address, link.address6) != (ip.packed, packed6):
+            chunks = link is not None and link.chunks
+            channel = link.channel if link is not None else None
+            link = BuyerLink(peer, self.responder, ip.packed, packed6, channel)
+            link.chunks = chunks
+            self.links.add(link)
+        return link
 
     def _forget(self, key_b64: str) -> None:
         """A reclaimed lease: the old key's session and address mapping go, so its traffic
         cannot use the address's next holder (it may handshake again for a new lease)."""
         peer = base64.b64decode(key_b64)
         self.responder.forget(peer)
-        self.chunk_peers.discard(peer)
-        for table in (self.addr_of, self.addr6_of):
-            packed = table.pop(peer, None)
-            if packed is not None and self.peer_of.get(packed) == peer:
-                del self.peer_of[packed]
+        self.links.remove(peer)
         self._lease_log.log(log, logging.INFO, "reclaimed", time.monotonic(),
                             "peer %s: address lease reclaimed (idle)", key_b64)
 
@@ -385,20 +392,22 @@ class GatewayDaemon(Daemon):
                 "grace_time_s": p.grace_time_s, "grace_kb": p.grace_kb}
 
     def workers(self):
-        return [("udp-to-tun", lambda: datapath.gateway_udp_to_tun(self)),
-                ("tun-to-udp", lambda: datapath.gateway_tun_to_udp(self)),
-                ("handshakes", lambda: self.handshakes.run(lambda: self.running))]
+        return [("udp-to-tun", datapath_gateway.udp_to_tun),
+                ("tun-to-udp", datapath_gateway.tun_to_udp),
+                ("handshakes", lambda plane: self.handshakes.run(lambda: plane.running))]
 
     def shutdown(self) -> None:
-        if hasattr(self, "saver"):
+        if self.saver is not None:
             self.shutdown_market()
-        for obj in ("sock", "tun"):
-            if hasattr(self, obj):
-                getattr(self, obj).close()
+        for obj in (self.sock, self.tun):
+            if obj is not None:
+                obj.close()
 
     # --- data path ------------------------------------------------------------------
 
     def _handshake(self, hs, now: float) -> None:
+        """A peer's handshake initiation past MAC1, cookies and rate limits, on the handshake
+        worker (daemon/handshakes.py; the udp-to-tun thread hands it over through plane.on_handshake)."""
         key_b64 = base64.b64encode(hs.peer_public).decode()
         try:
             # the timestamp rides on the write the handshake makes anyway, before the answer:
@@ -418,10 +427,6 @@ class GatewayDaemon(Daemon):
             self.stats["handshake_refused"] += 1
             return
         chunks = offload.chunks_enabled()
-        if chunks and FEATURE_CHUNKS in _features(hs.payload):
-            self.chunk_peers.add(hs.peer_public)
-        else:
-            self.chunk_peers.discard(hs.peer_public)
         info = {"address": f"{addr}/{self.cfg.address.network.prefixlen}",
                 "gateway": str(self.cfg.address.ip),
                 "features": ([FEATURE_CHUNKS] if chunks else []) + [FEATURE_SIZED]}
@@ -431,7 +436,9 @@ class GatewayDaemon(Daemon):
         payload = json.dumps(info).encode()
         with self.lock:
             datagram = self.responder.accept(hs, now, os.urandom(sess.RAND_BYTES), payload)
-        self._remember(hs.peer_public, addr)
+        link = self._remember(hs.peer_public, addr)
+        self.links.set_chunks(link, chunks and FEATURE_CHUNKS in _features(hs.payload))
+        link.channel = self.channels.get(hs.peer_public)
         self.stats["handshakes"] += 1
         try:
             self.sock.sendto(datagram, hs.addr)
@@ -463,13 +470,20 @@ class GatewayDaemon(Daemon):
                                 "leases in %s: %s; check the disk", self.paths["db"], e)
         self.events.flush()
 
+    def next_deadline(self) -> float | None:
+        return min((t for t in (self.responder.next_deadline(), self.channels.next_deadline())
+                    if t is not None), default=None)
+
     def persist(self) -> None:
-        """Data path: a contract ended while metering; write that through before forwarding
-        more, so it cannot come back after a crash (a write per contract end, off the lock)."""
+        """plane.persist: a contract ended while metering; write that through before forwarding
+        more, so it cannot come back after a crash (a write per contract end, off the lock).
+        Then the control thread takes the engine's output (the next contract's start,
+        its events) now, not when it next wakes."""
         try:
             self.saver.write_through()
         except Exception as e:
             self._write_failed(e)
+        self.loop.call_soon_threadsafe(self._control_in, [])
 
     def _write_failed(self, e: Exception) -> None:
         now = time.monotonic()
@@ -542,6 +556,7 @@ class GatewayDaemon(Daemon):
             if type(ev) is E.PaymentReceived and ev.contract_id not in self.verifying:
                 self.verifying[ev.contract_id] = self.loop.create_task(self._verify(ev))
         self.channels.flush(time.monotonic())
+        self.poke()             # a channel's retransmit or a session's timer may be due sooner
 
     async def _verify(self, ev) -> None:
         cid = ev.contract_id
@@ -563,13 +578,14 @@ class GatewayDaemon(Daemon):
         peers = []
         for peer in self.responder.peers():
             ep = self.responder.endpoint(peer)
-            addr = self.addr_of.get(peer)
-            addr6 = self.addr6_of.get(peer)
+            link = self.links.get(peer)
+            addr = link.address if link else None
+            addr6 = link.address6 if link else None
             peers.append({
                 "public_key": base64.b64encode(peer).decode(),
                 "address": str(ipaddress.IPv4Address(addr)) if addr else None,
                 "address6": str(ipaddress.IPv6Address(addr6)) if addr6 else None,
-                "chunks": peer in self.chunk_peers,      # gets TSO bursts as chunk records
+                "chunks": bool(link and link.chunks),    # gets TSO bursts as chunk records
                 "endpoint": f"{ep[0]}:{ep[1]}" if ep else None,
             })
         return {

@@ -147,6 +147,14 @@ class Channels:
                 log.debug("bad control message from %s: %s", peer_text(peer), e)
         return out
 
+    def next_deadline(self) -> float | None:
+        """When flush() has something to do: now (0.0) if a channel was given a message or
+        a frame since the last flush, else the earliest retransmission (may be a stale
+        entry's, earlier than needed: flush drops those)."""
+        if self._active:
+            return 0.0
+        return self._deadlines[0][0] if self._deadlines else None
+
     def flush(self, now: float) -> None:
         due, self._active = self._active, set()
         h, nxt = self._deadlines, self._next

@@ -98,8 +98,8 @@ class GatewayCollector(Collector):
         for peer_hex, (msat, up, down) in sorted(per_peer.items()):
             raw = bytes.fromhex(peer_hex) if peer_hex else b""
             key = base64.b64encode(raw).decode()
-            addr = d.addr_of.get(raw)
-            addr = str(ipaddress.IPv4Address(addr)) if addr else ""
+            link = d.links.get(raw)
+            addr = str(ipaddress.IPv4Address(link.address)) if link else ""
             revenue.add_metric([key, addr], msat)
             peer_bytes.add_metric([key, addr, "up"], up)
             peer_bytes.add_metric([key, addr, "down"], down)
@@ -125,7 +125,7 @@ class ClientCollector(Collector):
         fwd.add_metric(["sent"], stats.get("tx_bytes", 0))
         fwd.add_metric(["received"], stats.get("rx_bytes", 0))
         yield fwd
-        yield from _session_families(stats, d.initiator.stats)
+        yield from _session_families(stats, d.link.session.stats)
         with d.elock:           # only the copy: the data path meters under this lock
             objects = d.engine.contract_list(history=True)
             spend = d.engine.spend(time.time())

@@ -14,8 +14,8 @@ method/proof/amount, the daemon verifies and calls ``payment_confirmed`` or ``pa
 ``now`` is wall-clock seconds (time.time()) so that snapshots stay meaningful after a
 restart.  Ids come from ``new_id`` (the daemon passes a random one, e.g.
 ``lambda: secrets.token_hex(8)``); the default is a counter, deterministic for tests.
-Holding packets and the per-counterpart bounds are in seller_hold.py, the store's records in
-seller_store.py.
+Holding packets and the per-counterpart bounds are in seller_hold.py, grace in grace.py, the
+store's records in seller_store.py.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tunnelgate.protocol import messages as m
 from tunnelgate.protocol.book import Book
 from tunnelgate.protocol.contract import FORWARDING, Contract, Ev, State, allowed
 from tunnelgate.protocol.credit import MemoryCredit
+from tunnelgate.protocol.grace import Grace, StrangersBudget, strangers_bytes_per_min
 from tunnelgate.protocol.lifecycle import Lifecycle
 from tunnelgate.protocol.pricer import Pricer, StaticPricer
 from tunnelgate.protocol.seller_hold import Holding
@@ -76,6 +77,7 @@ class Pricing:
     # accepted contracts not yet paid (in grace, or waiting for payment) per peer; beyond it,
     # likewise no new proposals: grace lets a peer that never pays hold many at once
     max_unpaid_contracts: int = 256
+    strangers_kb_per_min: int | None = None    # all strangers' grace a minute; None: 4 x grace_kb
 
 
 def _plen(scope: str | int, bits: int) -> int:
@@ -88,36 +90,38 @@ def _plen(scope: str | int, bits: int) -> int:
 
 class SellerContract(Contract):
     """A contract as the seller keeps it: its USAGE reports and incremental saves."""
-    __slots__ = ("last_usage_sent", "last_usage_at", "saved_used")
+    __slots__ = ("last_usage_sent", "last_usage_at", "saved_used", "grace_end")
 
     def __init__(self, terms: Terms, peer: bytes, created_at: float = 0.0):
         super().__init__(terms, peer, created_at)
         self.last_usage_sent = -1
         self.last_usage_at = 0.0
         self.saved_used = -1            # ``used`` as last persisted (incremental saves)
+        self.grace_end = -1             # ``used`` up to which grace was booked (-1: none; grace.py)
 
 
 class SellerBook(Book):
     """One buyer's contracts, and its standing with this seller."""
     __slots__ = ("no_grace", "held_packets", "held_bytes", "drops_held", "drops_no_deal",
                  "drops_no_contract_in", "paid_contracts", "no_account", "credit_contracts",
-                 "proposals", "drops_proposals", "suppressed", "suppress_timer")
+                 "proposals", "drops_proposals", "suppressed", "suppress_timer", "grace_used",
+                 "grace_from", "has_credit", "credit_at")
 
     def __init__(self, counterpart: bytes, tombstones=None, flows: dict | None = None):
         super().__init__(counterpart, tombstones, flows)
         self.no_grace = False
         self.held_packets = self.held_bytes = 0
         self.drops_held = self.drops_no_deal = self.drops_no_contract_in = 0
-        self.paid_contracts = 0
-        self.no_account = 0
-        self.credit_contracts = 0
+        self.paid_contracts = self.no_account = self.credit_contracts = 0
         self.proposals = 0          # open proposals (flows with f.proposal set)
         self.drops_proposals = 0    # packets dropped: too many open proposals
         self.suppressed = 0         # of those, not yet reported in an event
         self.suppress_timer = False
+        # grace granted since the last payment, bytes and since when; credit seen (grace.py)
+        self.grace_used, self.grace_from, self.has_credit, self.credit_at = 0, None, False, None
 
 
-class Seller(Holding, SellerTimers, SellerStore, SellerView, SellerUpstream, Lifecycle):
+class Seller(Grace, Holding, SellerTimers, SellerStore, SellerView, SellerUpstream, Lifecycle):
     """``account_for(contract_id) -> str | None``: the payment account advertised in a
     PROPOSE (e.g. a fresh bitcoin address per contract); None = none available right now (no
     proposal; the next packet or REQUEST tries again).  Default: ``pricing.account``.
@@ -158,6 +162,7 @@ class Seller(Holding, SellerTimers, SellerStore, SellerView, SellerUpstream, Lif
         self._out: list[tuple[bytes, m.Message]] = []
         self._released: list[tuple[bytes, bytes]] = []
         self.held_total_bytes = 0                      # all peers' held packets
+        self.strangers = StrangersBudget(strangers_bytes_per_min(pricing))
 
     def _counter_id(self) -> str:
         self._seq += 1
@@ -294,7 +299,7 @@ class Seller(Holding, SellerTimers, SellerStore, SellerView, SellerUpstream, Lif
             if account is None:          # no account to give right now: propose on the next try
                 b.no_account += 1
                 return
-        grace = not b.no_grace
+        grace = self._grace_left(b, now) > 0
         t = Terms(cid, f.destination, f.key, f.plen, price, limit_kb, time_s, pr.payment_methods, account,
                   rnd, pr.grace_time_s if grace else 0, pr.grace_kb if grace else 0, self._chain(upstream, price))
         c = SellerContract(t, f.peer, now)
@@ -365,7 +370,7 @@ class Seller(Holding, SellerTimers, SellerStore, SellerView, SellerUpstream, Lif
         if active or f.queue:
             c.apply(Ev.ACCEPT_WAIT)
             f.queue.append(c)
-        elif b.no_grace:
+        elif not self._grace_left(b, now):      # no grace (left): waits for its payment
             c.apply(Ev.ACCEPT_WAIT)
             f.current = c
             c.activated_at, c.expires_at = now, now + c.time_s
@@ -373,7 +378,7 @@ class Seller(Holding, SellerTimers, SellerStore, SellerView, SellerUpstream, Lif
             c.apply(Ev.ACCEPT_ACTIVE)
             f.current = c
             c.activated_at, c.expires_at = now, now + c.time_s
-            c.arm(True)
+            self._arm(c, f)
         self._emit(E.Accepted, c, queued=c in f.queue)
         self._at(b, c.grace_until, T_GRACE, c)
         self._sched(f, c, now)
@@ -396,12 +401,6 @@ class Seller(Holding, SellerTimers, SellerStore, SellerView, SellerUpstream, Lif
         self.payment_confirmed(c.contract_id, now, credit_msat=left, counterpart=c.peer)
 
     # --- lifecycle hooks (protocol/lifecycle.py) ---------------------------------------------
-
-    def _may_forward(self, f: Flow, c: Contract) -> bool:
-        return c.state is State.PAID or not self.books[f.peer].no_grace
-
-    def _arm(self, c: Contract, f: Flow) -> None:
-        c.arm(c.state is State.PAID or not self.books[c.peer].no_grace)
 
     def _activated(self, f: Flow, c: Contract, now: float) -> None:
         c.last_usage_sent = -1
@@ -546,7 +545,7 @@ class Seller(Holding, SellerTimers, SellerStore, SellerView, SellerUpstream, Lif
         elif not reason and f is not None and f.nodeal_until > now:
             reason = f"no deal for {int(f.nodeal_until - now) + 1} s: {f.nodeal_reason}"[:m.MAX_TEXT]
         pr = self.pricing
-        grace = not b.no_grace
+        grace = self._grace_left(b, now) > 0
         self._out.append((peer, m.Quote(pk.prefix_text(key, plen), price, pr.contract_kb, pr.contract_time_s,
                                         pr.payment_methods, pr.grace_time_s if grace else 0,
                                         pr.grace_kb if grace else 0, reason,
@@ -571,7 +570,7 @@ class Seller(Holding, SellerTimers, SellerStore, SellerView, SellerUpstream, Lif
         c.paid = True
         b = self.books[c.peer]
         b.settle(c)
-        b.no_grace = False
+        self._grace_renewed(b, c)
         b.paid_contracts += 1
         if credit_msat is None:
             credit_msat = self.credit.balance(c.peer)

@@ -26,7 +26,9 @@ class SellerStore:
 
     @staticmethod
     def _standing(b) -> dict:
-        return {"no_grace": b.no_grace, "paid_contracts": b.paid_contracts}
+        # the grace a peer used survives a restart: a restart hands out no fresh grace
+        return {"no_grace": b.no_grace, "paid_contracts": b.paid_contracts,
+                "grace_used": b.grace_used, "grace_from": b.grace_from}
 
     def snapshot_changes(self, counters: bool = True) -> dict:
         """What changed since the last call (or restore), cheap enough to run under the engine
@@ -119,6 +121,7 @@ class SellerStore:
         for k, d in snap["peers"].items():
             b = self._book(bytes.fromhex(k))
             b.no_grace, b.paid_contracts = d["no_grace"], d["paid_contracts"]
+            b.grace_used, b.grace_from = d.get("grace_used", 0), d.get("grace_from")
         byid = {}
         ended = []
         for d in snap["contracts"]:

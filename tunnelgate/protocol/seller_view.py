@@ -4,6 +4,7 @@ forwarded.  A mixin of ``Seller`` (protocol/seller.py)."""
 from __future__ import annotations
 
 from tunnelgate import packet as pk
+from tunnelgate.money import BYTES_PER_KB
 from tunnelgate.protocol.contract import Contract
 
 
@@ -25,19 +26,21 @@ class SellerView:
     def contracts(self, peer: bytes | None = None, now: float = 0.0, history: bool = False) -> list[dict]:
         return [c.view(now) for c in self.contract_list(peer, history)]
 
-    def status_snapshot(self) -> tuple[list, list[Contract]]:
+    def status_snapshot(self) -> tuple[list, list[Contract], object]:
         """What status() reads, copied (see contract_list): peers with their
-        flows, and the live contracts."""
-        return ([(peer, b, list(b.flows.values())) for peer, b in self.books.items()], self.contract_list())
+        flows, the live contracts and the strangers' grace budget."""
+        return ([(peer, b, list(b.flows.values())) for peer, b in self.books.items()], self.contract_list(),
+                self.strangers.copy())
 
-    def status(self, now: float, snapshot: tuple[list, list[Contract]] | None = None) -> dict:
+    def status(self, now: float, snapshot: tuple[list, list[Contract], object] | None = None) -> dict:
         """Peers' standing and the live contracts' views, from `snapshot`
         (status_snapshot(), taken under the engine lock) or from the engine."""
-        peer_flows, contracts = snapshot if snapshot is not None else self.status_snapshot()
+        peer_flows, contracts, strangers = snapshot if snapshot is not None else self.status_snapshot()
         peers = {}
         for peer, b, flows in peer_flows:
             peers[peer.hex()] = {
                 "grace": not b.no_grace, "paid_contracts": b.paid_contracts,
+                "grace_used_kb": b.grace_used // BYTES_PER_KB,
                 "credit_msat": self.credit.balance(peer), "credit_contracts": b.credit_contracts,
                 "no_account": b.no_account,
                 "held_packets": b.held_packets, "held_bytes": b.held_bytes,
@@ -50,7 +53,8 @@ class SellerView:
                             for f in flows if f.nodeal_until > now},
                 "free_bytes": sum(f.free_bytes for f in flows),
             }
-        return {"peers": peers, "contracts": [c.view(now) for c in contracts]}
+        return {"peers": peers, "contracts": [c.view(now) for c in contracts],
+                "grace": self.grace_status(now, contracts, strangers)}
 
     def why(self, peer: bytes, dst: bytes | str, now: float) -> str:
         """Why traffic from peer to dst is (not) forwarded, for `status`."""

@@ -534,23 +534,6 @@ class Seller(Grace, Holding, SellerTimers, SellerStore, SellerView, SellerUpstre
             limit_kb = max(pr.contract_kb, min(msg.limit_kb, pr.max_contract_kb))
         self._open(f, now, limit_kb, pr.contract_time_s)
 
-    def _on_quote(self, peer: bytes, msg: m.QuoteRequest, now: float) -> None:
-        addr, _ = pk.parse_prefix(msg.destination)
-        key, plen = self.meter.key(addr), self.meter.plen(addr)
-        price, upstream, reason = self._quote_price(key)
-        b = self.books[peer]
-        f = b.flows.get(key)
-        if not reason and price == 0:
-            reason = "free destination: no contract needed"
-        elif not reason and f is not None and f.nodeal_until > now:
-            reason = f"no deal for {int(f.nodeal_until - now) + 1} s: {f.nodeal_reason}"[:m.MAX_TEXT]
-        pr = self.pricing
-        grace = self._grace_left(b, now) > 0
-        self._out.append((peer, m.Quote(pk.prefix_text(key, plen), price, pr.contract_kb, pr.contract_time_s,
-                                        pr.payment_methods, pr.grace_time_s if grace else 0,
-                                        pr.grace_kb if grace else 0, reason,
-                                        self._chain(upstream, price) or None)))
-
     def _violation(self, peer: bytes, msg: m.Message, why: str) -> None:
         self._emit(E.ProtocolViolation, getattr(msg, "contract_id", None), counterpart=peer,
                    reason=f"{msg.TYPE}: {why}")

@@ -1,6 +1,6 @@
-"""The seller's side of resale: proposing through a pricer that may have to buy upstream
-first, the cost chain in each proposal, the upstream cost as the counter-offer floor, and
-stopping what was sold for a destination when its upstream ends.  A mixin of ``Seller``
+"""The seller's side of resale: proposing and quoting through a pricer that may have to buy
+upstream first, the cost chain in each proposal and quote, the upstream cost as the
+counter-offer floor, and stopping what was sold for a destination when its upstream ends.  A mixin of ``Seller``
 (protocol/seller.py); a plain gateway (``StaticPricer``) never waits and never stops.
 
 Waiting: a pricer answering ``PENDING`` (protocol/pricer.py) leaves the flow waiting, its
@@ -18,8 +18,8 @@ from tunnelgate.meter import Flow
 from tunnelgate.money import BYTES_PER_KB, cost_msat
 from tunnelgate.protocol import chain as ch
 from tunnelgate.protocol import events as E
+from tunnelgate.protocol import messages as m
 from tunnelgate.protocol.contract import FORWARDING, Contract, State
-from tunnelgate.protocol.messages import MAX_TEXT
 from tunnelgate.protocol.pricer import Offer, Pending, Unavailable, offer, peek
 
 
@@ -57,6 +57,24 @@ class SellerUpstream:
             return False
         return True
 
+    def _on_quote(self, peer: bytes, msg: m.QuoteRequest, now: float) -> None:
+        """The terms a proposal would carry now, its chain included; nothing bought, no state."""
+        addr, _ = pk.parse_prefix(msg.destination)
+        key, plen = self.meter.key(addr), self.meter.plen(addr)
+        price, upstream, reason = self._quote_price(key)
+        b = self.books[peer]
+        f = b.flows.get(key)
+        if not reason and price == 0:
+            reason = "free destination: no contract needed"
+        elif not reason and f is not None and f.nodeal_until > now:
+            reason = f"no deal for {int(f.nodeal_until - now) + 1} s: {f.nodeal_reason}"[:m.MAX_TEXT]
+        pr = self.pricing
+        grace = self._grace_left(b, now) > 0
+        self._out.append((peer, m.Quote(pk.prefix_text(key, plen), price, pr.contract_kb, pr.contract_time_s,
+                                        pr.payment_methods, pr.grace_time_s if grace else 0,
+                                        pr.grace_kb if grace else 0, reason,
+                                        self._chain(upstream, price) or None)))
+
     def _quote_price(self, key: bytes) -> tuple[int, tuple, str | None]:
         """(price, upstream chain, reason) a QUOTE shows, with nothing bought: a relay that
         has no upstream price yet says so and quotes its list price without a chain."""
@@ -64,7 +82,7 @@ class SellerUpstream:
         if isinstance(a, Offer):
             return a.price, a.upstream, None
         why = a.reason if isinstance(a, Unavailable) else "upstream price not known yet: ask again"
-        return self.pricer.price(key), None, why[:MAX_TEXT]
+        return self.pricer.price(key), None, why[:m.MAX_TEXT]
 
     def _chain(self, upstream: tuple | None, price: int) -> tuple:
         if not self.own_key or upstream is None:

@@ -75,7 +75,8 @@ def test_buyer_rejects_a_chain_that_does_not_add_up(chain, why):
     [(peer, rej)] = b.take_outgoing()
     assert peer == R1 and isinstance(rej, m.Reject) and why in rej.reason
     assert rej.price is None                   # no counter-offer: no price makes it add up
-    assert b.books[R1].chain_rejected == 1 and b.contracts() == []
+    assert b.books[R1].chain_rejected == 1 and b.contracts() == [] and b.status(NOW)["chain_rejected"] == 1
+    assert why in b.status(NOW)["destinations"][DST]["reason"]
     [ev] = [e for e in b.take_events() if type(e) is E.Rejected]
     assert why in ev.reason
 

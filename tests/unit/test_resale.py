@@ -3,7 +3,6 @@
 A chain of engines: client Buyer -- relay (Seller downstream + Buyer upstream + Resale) --
 ... -- gateway Seller; messages go through encode/decode, payments are confirmed at once."""
 
-import pytest
 
 from tunnelgate import packet as pk
 from tunnelgate.meter import DROP, FORWARD, HELD
@@ -344,3 +343,16 @@ def test_upstream_used_up_with_nothing_behind_it_stops_downstream():
     net.run()
     [rev] = [e for e in net.client_events if type(e) is E.Revoked]
     assert rev.contract_id == c.contract_id and rev.reason.startswith("upstream contract exhausted")
+
+
+def test_a_restarted_relay_knows_what_it_sold():
+    net, relay = _sold(contract_kb=100)
+    [c] = net.client.contract_list()
+    seller = Seller(relay.seller.pricing, pricer=relay.pricer, own_key=R1)
+    seller.restore(relay.seller.snapshot(), NOW)
+    again = Resale(relay.buyer, lambda _key: GW, relay.resale.policy)
+    again.attach(seller)
+    assert list(again.dests[DEST].sold) == [(CLIENT, c.contract_id)]
+    again.upstream_gone(GW, "restarted without it", NOW)
+    [lost] = again.take_events()
+    assert lost.stopped == (c.contract_id,)

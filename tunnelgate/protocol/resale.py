@@ -91,7 +91,12 @@ class Resale:
         self._events: list[E.ContractEvent] = []
 
     def attach(self, seller) -> None:
+        """The relay's seller; what it sold and has not ended is read from it (after a
+        restart the engines are restored from their snapshots, the events are not replayed)."""
         self.seller = seller
+        for c in seller.contract_list():
+            if c.accepted_at is not None and c.state in SUPPLYING:
+                self._dest(c.destination).sold[(c.peer, c.contract_id)] = c
 
     # --- the upstream quote source (RelayPricer) ----------------------------------------
 

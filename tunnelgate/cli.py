@@ -305,6 +305,11 @@ def quote(config_path, destination, as_json):
                f"grace {q['grace_s']} s / {q['grace_kb']} KB")
     if q["reason"]:
         click.echo(f"note: {q['reason']}")
+    if len(q.get("chain", ())) > 1:         # resold: who is paid what, the gateway with the uplink first
+        from .money import format_price as fp
+        click.echo("chain: " + " -> ".join(f"{h['public_key'][:12]}… {fp(h['price_per_kb'])}" for h in q["chain"]))
+    if q.get("chain_problem"):
+        click.echo(f"the chain does not add up: {q['chain_problem']}")
     click.echo(f"your max price {q['max_price']}: "
                + ("would accept" if q["acceptable"] else "would counter-offer"))
 

@@ -95,7 +95,8 @@ class ClientDaemon(Daemon):
         self.payer = load_backend(cfg.payment.backend, cfg.payment.settings_dict(), role="payer")
         # one seller today: the gateway, by its public key (its book, its control channel)
         self.gateway_key = cfg.gateway_public_key
-        self.engine = clp.Buyer(cfg.policy, legacy_counterpart=self.gateway_key)
+        self.engine = clp.Buyer(cfg.policy, legacy_counterpart=self.gateway_key,
+                                own_key=sess.public_key(self.private_key))
         self.engine.prepay_msat = cfg.payment.prepay_msat
         self.events = EventLog(self.store)
         self.saver = Saver(self.store, self.engine, self.elock)
@@ -385,7 +386,9 @@ class ClientDaemon(Daemon):
                 "limit_kb": ev.limit_kb, "time_s": ev.time_s, "cost_msat": ev.amount_msat,
                 "methods": list(ev.methods), "grace_s": ev.grace_s, "grace_kb": ev.grace_kb,
                 "max_price": format_price(ev.max_price), "acceptable": ev.acceptable,
-                "reason": ev.reason, "payment": payment}
+                "reason": ev.reason, "payment": payment,
+                "chain": [{"public_key": k, "price_per_kb": p} for k, p in ev.chain],
+                "chain_problem": ev.chain_problem}
 
     async def _pay(self, ev) -> None:
         cid = ev.contract_id

@@ -195,7 +195,8 @@ class GatewayDaemon(Daemon):
                                       prefix_prices=routes)
         self.engine = gwp.Seller(pricing, new_id=lambda: secrets.token_hex(8),
                                         account_for=self.accounts.take if self.accounts else None,
-                                        credit=JournalCredit(self.payee.journal))
+                                        credit=JournalCredit(self.payee.journal),
+                                        own_key=sess.public_key(self.private_key))
         self.events = EventLog(self.store)
         self.saver = Saver(self.store, self.engine, self.elock)
         if self.saver.restore(time.time()):

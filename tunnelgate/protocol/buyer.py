@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from tunnelgate import packet as pk
 from tunnelgate.meter import ClientMeter, Flow, usage_disagrees
 from tunnelgate.money import BYTES_PER_KB, cost_msat, format_msat, format_price, parse_fraction
+from tunnelgate.protocol import chain as ch
 from tunnelgate.protocol import events as E
 from tunnelgate.protocol import messages as m
 from tunnelgate.protocol.book import Book
@@ -77,7 +78,7 @@ class BuyerContract(Contract):
 
 class BuyerBook(Book):
     """One seller's contracts, and what the buyer knows of that seller."""
-    __slots__ = ("credit_msat", "sized_requests")
+    __slots__ = ("credit_msat", "sized_requests", "chain_rejected")
 
     def __init__(self, counterpart: bytes, tombstones=None, flows: dict | None = None):
         super().__init__(counterpart, tombstones, flows)
@@ -86,6 +87,7 @@ class BuyerBook(Book):
         self.credit_msat = 0
         # the seller's handshake listed wire.FEATURE_SIZED: REQUESTs may ask for a size
         self.sized_requests = False
+        self.chain_rejected = 0     # proposals refused: their cost chain did not add up
 
 
 class Buyer(Budgets, BuyerStore, Lifecycle):
@@ -93,9 +95,11 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
     BOOK = BuyerBook
     CONTRACT = BuyerContract
 
-    def __init__(self, policy: ClientPolicy, legacy_counterpart: bytes = b""):
+    def __init__(self, policy: ClientPolicy, legacy_counterpart: bytes = b"", own_key: bytes = b""):
         super().__init__()
         self.policy = policy
+        # this node's public key: a cost chain through it is a loop (protocol/chain.py)
+        self.own_key = own_key
         # the seller of a snapshot written before books had counterparts
         self.legacy_counterpart = legacy_counterpart
         self._frac = parse_fraction(policy.counter_fraction, "counter_fraction")
@@ -269,10 +273,14 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         if isinstance(msg, m.Quote):
             key, _ = pk.parse_prefix(msg.destination)
             maxp = self._max.lookup(key)
+            chain = msg.chain or ()
+            bad = ch.problem(chain, msg.price, counterpart, self.own_key) if chain else ""
             self._emit(E.Quote, None, counterpart=counterpart, destination=msg.destination,
                        reason=msg.reason or "", amount_msat=cost_msat(msg.price, msg.limit_kb),
                        price=msg.price, limit_kb=msg.limit_kb, time_s=msg.time_s, methods=tuple(msg.methods),
-                       grace_s=msg.grace_s, grace_kb=msg.grace_kb, max_price=maxp, acceptable=msg.price <= maxp)
+                       grace_s=msg.grace_s, grace_kb=msg.grace_kb, max_price=maxp,
+                       acceptable=msg.price <= maxp and not bad,
+                       chain=tuple((ch.b64(k), p) for k, p in chain), chain_problem=bad)
             return
         if isinstance(msg, m.NoDeal):
             f = self._flow(counterpart, msg.destination)
@@ -336,9 +344,10 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         if msg.contract_id in b.live or msg.limit_kb == 0 or msg.time_s == 0:
             return self._violation(peer, msg, "duplicate id or empty contract")
         f = self._flow(peer, msg.destination)
+        chain = msg.chain if msg.chain is not None else ch.implied(peer, msg.price)
         c = BuyerContract(Terms(msg.contract_id, msg.destination, f.key, f.plen, msg.price, msg.limit_kb,
                                 msg.time_s, tuple(msg.methods), msg.account, msg.round, msg.grace_s,
-                                msg.grace_kb), peer, now)
+                                msg.grace_kb, chain), peer, now)
         f.requested_at = None
         if f.proposal is not None and f.proposal.state is State.PROPOSED:
             self._close(f.proposal, Ev.WITHDRAW, f.proposal.reason, now)
@@ -347,6 +356,14 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
             # the user paused buying: no answer, so no no-deal back-off outlives the pause
             self._refuse(f, c, "buying paused", now)
             self._emit(E.Declined, c, reason="buying paused")
+            return
+        bad = ch.problem(chain, msg.price, peer, self.own_key)
+        if bad:
+            # a chain that does not add up is no deal at any price: no counter-offer
+            b.chain_rejected += 1
+            self._refuse(f, c, bad, now)
+            self._out.append((peer, m.Reject(c.contract_id, bad[:m.MAX_TEXT])))
+            self._emit(E.Rejected, c, reason=bad)
             return
         maxp = self._max.lookup(f.key)
         if msg.price > maxp:
@@ -485,6 +502,20 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         """(counterpart, id) of the accepted contracts (live or ended) not confirmed paid, to be
         paid from a stored proof."""
         return [(c.peer, c.contract_id) for c in self._owing()]
+
+    def buy(self, counterpart: bytes, destination: str, now: float, limit_kb: int | None = None) -> bool:
+        """Ask a seller for a contract now, before any traffic (a relay buys upstream before it
+        proposes downstream): a REQUEST, answered by PROPOSE or NO_DEAL.  False: not sent (a
+        proposal is open, one was asked for within REQUEST_RETRY_S, a no-deal back-off runs,
+        or buying is paused)."""
+        f = self._flow(counterpart, destination)
+        if self.paused or f.proposal is not None or f.nodeal_until > now or (
+                f.requested_at is not None and now - f.requested_at < REQUEST_RETRY_S):
+            return False
+        f.requested_at = now
+        sized = self.books[counterpart].sized_requests
+        self._out.append((counterpart, m.Request(destination, limit_kb if sized else None)))
+        return True
 
     def request_quote(self, counterpart: bytes, destination: str) -> None:
         """Ask a seller's terms for a destination without buying (answered by a Quote event)."""

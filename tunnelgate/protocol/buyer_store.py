@@ -28,6 +28,8 @@ class BuyerStore:
                  "credit_msat": self.credit_msat, "no_funds_reason": self.no_funds_reason,
                  "prepay_msat": self.prepay_msat,
                  "unmetered_bytes": self.unmetered_bytes,
+                 # proposals refused because their cost chain did not add up (chain.py)
+                 "chain_rejected": sum(b.chain_rejected for b in self.books.values()),
                  "destinations": {d: {"contract": f.current.contract_id if f.current else None,
                                       "queued": [c.contract_id for c in f.queue],
                                       "no_deal_reason": f.nodeal_reason if f.nodeal_until > now else "",

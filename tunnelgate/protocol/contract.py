@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 
 from tunnelgate.money import BYTES_PER_KB
+from tunnelgate.protocol import chain as ch
 from tunnelgate.protocol.terms import Terms
 
 
@@ -187,7 +188,7 @@ class Contract:
                 "used": self.used, "up": self.up, "down": self.down,
                 "data_left": max(0, self.limit_bytes - self.used), "time_left_s": left_s,
                 "paid": self.paid, "reason": self.reason, "round": t.round,
-                "credit": self.credit}
+                "credit": self.credit, "chain": ch.view(t.chain)}
 
     # --- persistence (the same JSON record as before the terms were split out) -----------
 
@@ -206,13 +207,16 @@ class Contract:
         d["key"] = t.key.hex()
         d["methods"] = list(t.methods)
         d["state"] = self.state.value
+        if t.chain:
+            d["chain"] = [[k.hex(), p] for k, p in t.chain]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Contract":
         terms = Terms(d["contract_id"], d["destination"], bytes.fromhex(d["key"]), d["plen"], d["price"],
                       d["limit_kb"], d["time_s"], tuple(d["methods"]), d["account"], d["round"],
-                      d["grace_s"], d["grace_kb"])
+                      d["grace_s"], d["grace_kb"],
+                      tuple((bytes.fromhex(k), p) for k, p in d.get("chain", ())))
         c = cls(terms, bytes.fromhex(d["peer"]), d["created_at"])
         for k in cls._STATE:
             if k in d or k not in cls._ADDED:

@@ -160,6 +160,39 @@ class ProposalsSuppressed(ContractEvent):
     unpaid: int = 0
 
 
+@_kind("upstream_wait")
+@dataclass(frozen=True, slots=True)
+class UpstreamWait(ContractEvent):
+    """A relay holds a destination's first packets while it buys upstream (protocol/resale.py)."""
+
+
+@_kind("refunded")
+@dataclass(frozen=True, slots=True)
+class Refunded(ContractEvent):
+    """A paid contract stopped before its end (its upstream ended): the daemon credits
+    ``amount_msat``, what the unforwarded bytes cost, to the peer's prepaid credit."""
+    used: int = 0
+
+
+# --- a relay's resale policy (protocol/resale.py) -------------------------------------------
+
+@_kind("upstream_renewal_due")
+@dataclass(frozen=True, slots=True)
+class UpstreamRenewalDue(ContractEvent):
+    """Buy ``limit_kb`` more upstream for the destination: what was sold downstream is close to
+    (or beyond) what is left upstream."""
+    limit_kb: int = 0
+    sold_bytes: int = 0
+    supply_bytes: int = 0
+
+
+@_kind("upstream_lost")
+@dataclass(frozen=True, slots=True)
+class UpstreamLost(ContractEvent):
+    """The upstream contracts for the destination ended: what was sold for it is stopped."""
+    stopped: tuple[str, ...] = ()
+
+
 # --- buyer --------------------------------------------------------------------------------
 
 @_kind("budget_exceeded")
@@ -179,6 +212,8 @@ class Quote(ContractEvent):
     grace_kb: int = 0
     max_price: int = 0
     acceptable: bool = False
+    chain: tuple[tuple[str, int], ...] = ()     # (public key in base64, price) per hop, seller last
+    chain_problem: str = ""                       # why the chain does not add up ("" if it does)
 
 
 @_kind("declined")

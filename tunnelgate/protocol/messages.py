@@ -23,6 +23,7 @@ from typing import ClassVar
 from tunnelgate.money import MAX_MSAT, MAX_PRICE
 from tunnelgate.protocol.advert import MAX_ADVERT
 from tunnelgate.packet import PacketError, parse_prefix
+from tunnelgate.protocol.chain import MAX_HOPS, b64, parse_key
 
 # the control channel's payload bound (channel.MAX_PAYLOAD): an ADVERT carries a signed advert
 # of up to advert.MAX_ADVERT (4096) bytes as a JSON string, whose quotes are escaped on the way
@@ -58,6 +59,10 @@ _METHODS = ("strlist", 16)
 MAX_USAGE_ITEMS = 32     # worst case (64-char ids, u64 counters) still fits MAX_MESSAGE
 _USAGE_ITEMS = ("usage", MAX_USAGE_ITEMS)
 _ADVERT = ("text", MAX_ADVERT)
+# the cost chain (protocol/chain.py): 1..MAX_HOPS of {"public_key": base64, "price_per_kb": int},
+# outermost first; in a Message, a tuple of (key bytes, price) pairs
+_CHAIN = ("chain", MAX_HOPS)
+_HOP_FIELDS = frozenset({"public_key", "price_per_kb"})
 
 
 @dataclass(frozen=True)
@@ -69,11 +74,13 @@ class Message:
 
 @dataclass(frozen=True)
 class Propose(Message):
-    """Gateway -> client: terms for one contract (a new id every round)."""
+    """Gateway -> client: terms for one contract (a new id every round).  ``chain``: the cost
+    chain, the proposing seller last at ``price`` (absent: a seller from before chains)."""
     TYPE = "PROPOSE"
     SCHEMA = {"contract_id": _ID, "destination": _DEST, "price": _PRICE, "limit_kb": _KB,
               "time_s": _SECS, "methods": _METHODS, "account": _ACCOUNT, "round": _ROUND,
-              "grace_s": _SECS, "grace_kb": _KB}
+              "grace_s": _SECS, "grace_kb": _KB, "chain": _CHAIN}
+    OPTIONAL = frozenset({"chain"})
     contract_id: str
     destination: str
     price: int
@@ -84,6 +91,7 @@ class Propose(Message):
     round: int = 1
     grace_s: int = 0
     grace_kb: int = 0
+    chain: tuple[tuple[bytes, int], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -210,11 +218,12 @@ class QuoteRequest(Message):
 @dataclass(frozen=True)
 class Quote(Message):
     """Gateway -> client: the terms a proposal for this destination (masked to the gateway's
-    scope) would carry now; ``reason`` says why none would be made (free, no-deal back-off)."""
+    scope) would carry now; ``reason`` says why none would be made (free, no-deal back-off, a
+    relay's upstream price not known yet); ``chain`` as in PROPOSE."""
     TYPE = "QUOTE"
     SCHEMA = {"destination": _DEST, "price": _PRICE, "limit_kb": _KB, "time_s": _SECS,
-              "methods": _METHODS, "grace_s": _SECS, "grace_kb": _KB, "reason": _TEXT}
-    OPTIONAL = frozenset({"reason"})
+              "methods": _METHODS, "grace_s": _SECS, "grace_kb": _KB, "reason": _TEXT, "chain": _CHAIN}
+    OPTIONAL = frozenset({"reason", "chain"})
     destination: str
     price: int
     limit_kb: int
@@ -223,6 +232,7 @@ class Quote(Message):
     grace_s: int
     grace_kb: int
     reason: str | None = None
+    chain: tuple[tuple[bytes, int], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -282,12 +292,37 @@ def _check(cls: type[Message], name: str, kind: tuple, value: object) -> object:
             items.append((_check(cls, name + ".contract_id", _ID, it[0]), _check(cls, name + ".up", _BYTES, it[1]),
                           _check(cls, name + ".down", _BYTES, it[2]), _check(cls, name + ".final", _BOOL, it[3])))
         return tuple(items)
+    if k == "chain":
+        return _check_chain(cls, name, bound, value)
     if k == "strlist":
         if type(value) not in (list, tuple) or len(value) > bound or any(
                 type(s) is not str or not s or len(s) > MAX_ID for s in value):
             raise ProtocolError(f"{cls.TYPE}.{name}: expected a list of at most {bound} short strings")
         return tuple(value)
     raise AssertionError(k)
+
+
+def _check_chain(cls: type[Message], name: str, bound: int, value: object) -> tuple:
+    if type(value) not in (list, tuple) or not 0 < len(value) <= bound:
+        raise ProtocolError(f"{cls.TYPE}.{name}: expected a list of 1..{bound} hops")
+    hops = []
+    for hop in value:
+        if type(hop) is not dict or set(hop) != _HOP_FIELDS:
+            raise ProtocolError(f"{cls.TYPE}.{name}: expected hops {{public_key, price_per_kb}}")
+        key = parse_key(hop["public_key"]) if type(hop["public_key"]) is str else None
+        if key is None:
+            raise ProtocolError(f"{cls.TYPE}.{name}.public_key: expected a 32-byte key in base64")
+        hops.append((key, _check(cls, name + ".price_per_kb", _PRICE, hop["price_per_kb"])))
+    return tuple(hops)
+
+
+def _wire(kind: tuple, v: object) -> object:
+    """A message field in its JSON form."""
+    if kind[0] == "chain":
+        return [{"public_key": b64(k), "price_per_kb": p} for k, p in v]
+    if isinstance(v, tuple):
+        return [list(x) if isinstance(x, tuple) else x for x in v]
+    return v
 
 
 def _validate(cls: type[Message], data: dict) -> dict:
@@ -316,7 +351,7 @@ def encode(msg: Message) -> bytes:
         v = getattr(msg, f.name)
         if v is None and f.name in cls.OPTIONAL:
             continue
-        data[f.name] = [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple) else v
+        data[f.name] = _wire(cls.SCHEMA[f.name], v)
     _validate(cls, data)        # never put on the wire what the peer would refuse
     raw = json.dumps({"t": cls.TYPE, **data}, separators=(",", ":"), ensure_ascii=True).encode()
     if len(raw) > MAX_MESSAGE:

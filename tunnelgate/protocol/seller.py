@@ -38,6 +38,7 @@ from tunnelgate.protocol.seller_hold import Holding
 from tunnelgate.protocol.seller_store import SellerStore
 from tunnelgate.protocol.seller_timers import T_GRACE, T_NODEAL, T_PROPOSAL, SellerTimers
 from tunnelgate.protocol.seller_view import SellerView
+from tunnelgate.protocol.seller_upstream import SellerUpstream
 from tunnelgate.protocol.terms import Terms
 
 ENDED_AFTER_ACCEPT = frozenset({State.EXHAUSTED, State.EXPIRED, State.REVOKED})
@@ -120,12 +121,13 @@ class SellerBook(Book):
         self.grace_used, self.grace_from, self.has_credit, self.credit_at = 0, None, False, None
 
 
-class Seller(Grace, Holding, SellerTimers, SellerStore, SellerView, Lifecycle):
+class Seller(Grace, Holding, SellerTimers, SellerStore, SellerView, SellerUpstream, Lifecycle):
     """``account_for(contract_id) -> str | None``: the payment account advertised in a
     PROPOSE (e.g. a fresh bitcoin address per contract); None = none available right now (no
     proposal; the next packet or REQUEST tries again).  Default: ``pricing.account``.
     ``credit``: prepaid credit per peer (see MemoryCredit); default: an empty MemoryCredit.
-    ``pricer``: list prices (protocol/pricer.py); default: ``pricing``'s static table."""
+    ``pricer``: list prices (protocol/pricer.py); default: ``pricing``'s static table.  ``own_key``:
+    this node's hop in the cost chain of each PROPOSE/QUOTE (protocol/chain.py); empty: no chain."""
 
     SIDE = E.SELLER
     BOOK = SellerBook
@@ -133,8 +135,9 @@ class Seller(Grace, Holding, SellerTimers, SellerStore, SellerView, Lifecycle):
 
     def __init__(self, pricing: Pricing, new_id: Callable[[], str] | None = None,
                  account_for: Callable[[str], str | None] | None = None, credit=None,
-                 pricer: Pricer | None = None):
+                 pricer: Pricer | None = None, own_key: bytes = b""):
         super().__init__(HISTORY_KEPT)
+        self._init_upstream(own_key)
         self.pricing = pricing
         self.pricer = pricer if pricer is not None else StaticPricer(pricing.default_price, pricing.prefix_prices)
         self._own_pricer = pricer is None
@@ -279,12 +282,14 @@ class Seller(Grace, Holding, SellerTimers, SellerStore, SellerView, Lifecycle):
             f.dropped += 1
             return DROP
         if f.proposal is None and f.current is None and not f.queue:
-            self._propose(f, now, 1, f.list_price, self.pricing.contract_kb, self.pricing.contract_time_s)
+            if not self._open(f, now, self.pricing.contract_kb, self.pricing.contract_time_s):
+                return DROP                  # no upstream: NO_DEAL sent
         return HELD if self._hold(f, packet) else DROP
 
     # --- negotiation -------------------------------------------------------------------------
 
-    def _propose(self, f: Flow, now: float, rnd: int, price: int, limit_kb: int, time_s: int) -> None:
+    def _propose(self, f: Flow, now: float, rnd: int, price: int, limit_kb: int, time_s: int,
+                 upstream: tuple = ()) -> None:
         pr = self.pricing
         b = self.books[f.peer]
         cid = self._new_id()
@@ -296,13 +301,13 @@ class Seller(Grace, Holding, SellerTimers, SellerStore, SellerView, Lifecycle):
                 return
         grace = self._grace_left(b, now) > 0
         t = Terms(cid, f.destination, f.key, f.plen, price, limit_kb, time_s, pr.payment_methods, account,
-                  rnd, pr.grace_time_s if grace else 0, pr.grace_kb if grace else 0)
+                  rnd, pr.grace_time_s if grace else 0, pr.grace_kb if grace else 0, self._chain(upstream, price))
         c = SellerContract(t, f.peer, now)
         b.add(c)
         self._set_proposal(f, c)
         self._at(b, c.created_at + pr.proposal_timeout_s, T_PROPOSAL, c)
-        self._out.append((f.peer, m.Propose(cid, f.destination, price, limit_kb, time_s,
-                                            pr.payment_methods, account, rnd, t.grace_s, t.grace_kb)))
+        self._out.append((f.peer, m.Propose(cid, f.destination, price, limit_kb, time_s, pr.payment_methods,
+                                            account, rnd, t.grace_s, t.grace_kb, t.chain or None)))
         self._emit(E.Proposed, c, price=price, round=rnd)
 
     def _no_deal(self, f: Flow, c: Contract | None, reason: str, now: float) -> None:
@@ -331,7 +336,8 @@ class Seller(Grace, Holding, SellerTimers, SellerStore, SellerView, Lifecycle):
             return self._no_deal(f, c, f"client declined: {msg.reason}", now)
         if c.round >= self.pricing.max_rounds:
             return self._no_deal(f, c, f"no agreement after {c.round} rounds", now)
-        floor = min(self.pricing.floor_price, f.list_price)
+        # a relay meets a counter-offer no lower than what it pays upstream
+        floor = max(min(self.pricing.floor_price, f.list_price), self._upstream_cost(c))
         price = c.price
         if msg.price is not None and msg.price < price:
             price = msg.price if msg.price >= floor else floor
@@ -344,7 +350,7 @@ class Seller(Grace, Holding, SellerTimers, SellerStore, SellerView, Lifecycle):
             else:
                 why = "counter-offer changes nothing"
             return self._no_deal(f, c, why, now)
-        self._propose(f, now, c.round + 1, price, limit_kb, time_s)
+        self._propose(f, now, c.round + 1, price, limit_kb, time_s, c.terms.chain[:-1])
 
     def _on_accept(self, f: Flow, c: Contract, now: float) -> None:
         b = self.books[f.peer]
@@ -515,7 +521,7 @@ class Seller(Grace, Holding, SellerTimers, SellerStore, SellerView, Lifecycle):
             return
         # The client asks when its own queue is empty; ours may still hold the contract it
         # just started (the two meters switch a few packets apart), so allow one more.
-        if f.proposal is not None or len(f.queue) >= MAX_QUEUED or (
+        if f.proposal is not None or f in self._waiting or len(f.queue) >= MAX_QUEUED or (
                 f.current is not None and f.current.state is State.ACCEPTED):
             return      # a proposal is on its way / the next contracts are already queued
         b = self.books[peer]
@@ -526,24 +532,7 @@ class Seller(Grace, Holding, SellerTimers, SellerStore, SellerView, Lifecycle):
         if msg.limit_kb:
             # a fast flow asks for bigger contracts: fewer negotiations and payments per second
             limit_kb = max(pr.contract_kb, min(msg.limit_kb, pr.max_contract_kb))
-        self._propose(f, now, 1, f.list_price, limit_kb, pr.contract_time_s)
-
-    def _on_quote(self, peer: bytes, msg: m.QuoteRequest, now: float) -> None:
-        addr, _ = pk.parse_prefix(msg.destination)
-        key, plen = self.meter.key(addr), self.meter.plen(addr)
-        price = self.pricer.price(key)
-        b = self.books[peer]
-        f = b.flows.get(key)
-        reason = None
-        if price == 0:
-            reason = "free destination: no contract needed"
-        elif f is not None and f.nodeal_until > now:
-            reason = f"no deal for {int(f.nodeal_until - now) + 1} s: {f.nodeal_reason}"[:m.MAX_TEXT]
-        pr = self.pricing
-        grace = self._grace_left(b, now) > 0
-        self._out.append((peer, m.Quote(pk.prefix_text(key, plen), price, pr.contract_kb, pr.contract_time_s,
-                                        pr.payment_methods, pr.grace_time_s if grace else 0,
-                                        pr.grace_kb if grace else 0, reason)))
+        self._open(f, now, limit_kb, pr.contract_time_s)
 
     def _violation(self, peer: bytes, msg: m.Message, why: str) -> None:
         self._emit(E.ProtocolViolation, getattr(msg, "contract_id", None), counterpart=peer,

@@ -24,6 +24,9 @@ class Terms:
     round: int = 1
     grace_s: int = 0
     grace_kb: int = 0
+    # the cost chain (protocol/chain.py): (public key, price) per hop, this contract's seller
+    # last; () for a contract from before chains
+    chain: tuple[tuple[bytes, int], ...] = ()
 
     @property
     def limit_bytes(self) -> int:

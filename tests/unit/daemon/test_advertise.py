@@ -244,7 +244,7 @@ def test_status_and_advert_command_text(tmp_path):
     from tunnelgate.status_text import advert_text, render
     cfg, priv = gateway_config(tmp_path, routes=40)
     a = advertising(cfg, priv, tmp_path)
-    gw = json.loads((Path(__file__).parent / "data" / "status_gateway.json").read_text())
+    gw = json.loads((Path(__file__).parents[1] / "data" / "status_gateway.json").read_text())
     text = render({**gw, "advert": a.status()})
     line = next(l for l in text.splitlines() if l.startswith("advert"))
     seq = a.advertiser.current.seq

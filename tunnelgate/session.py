@@ -453,6 +453,18 @@ class Initiator:
     def current(self) -> Transport | None:
         return self._current
 
+    @property
+    def unanswered_since(self) -> float | None:
+        """The first send after the latest authenticated receive (None: answered): what
+        the client's failover reads, at no cost to the data path, which keeps it anyway."""
+        return self._unanswered_since
+
+    def owns(self, index: int) -> bool:
+        """Whether a datagram with this receiver index is ours (current, previous or the
+        handshake in flight): how a client with several gateways finds its session."""
+        return any(t is not None and t.local_index == index for t in (self._current, self._previous)) \
+            or (self._pending is not None and self._pending.index == index)
+
     # -- handshake ---------------------------------------------------------
 
     def _write_init(self, index: int, eph: bytes, ts: int, payload: bytes):

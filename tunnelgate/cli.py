@@ -167,7 +167,8 @@ def _background(ctx, cfg, role, paths, wait):
     except (ProcessLookupError, subprocess.TimeoutExpired):
         child.kill()
     if role == "client":
-        fail(f"no handshake with the gateway at {cfg.endpoint[0]}:{cfg.endpoint[1]} within {wait:g} s: "
+        where = f"the gateway at {cfg.endpoint[0]}:{cfg.endpoint[1]}" if cfg.endpoint else "any gateway found"
+        fail(f"no handshake with {where} within {wait:g} s: "
              "check that it runs, that [gateway] public_key is its `tunnelgate pubkey`, and that UDP "
              f"reaches it (log: {paths['log']})")
     fail(f"the {what} did not become ready within {wait:g} s (log: {paths['log']})")

@@ -409,15 +409,16 @@ def load(path: str | Path) -> GatewayConfig | ClientConfig:
     """Loads either role; a file with [link] is a gateway, one with [gateway] a client."""
     path = Path(path).resolve()
     data = _load_toml(path)
-    if "link" in data and "gateway" in data:
+    client = "gateway" in data or "gateways" in data or "discovery" in data
+    if "link" in data and client:
         raise ConfigError(f"{path}: has both [link] (gateway) and [gateway] (client) sections; "
                           "a config describes one daemon")
     if "link" in data:
         return _gateway(path, data)
-    if "gateway" in data:
+    if client:
         return _client(path, data)
     raise ConfigError(f"{path}: neither a gateway config (needs [link]) nor a client config "
-                      "(needs [gateway]); see conf/gateway.toml and conf/client.toml")
+                      "(needs [gateway], [[gateways]] or [discovery]); see conf/gateway.toml and conf/client.toml")
 
 
 def _gateway(path: Path, data: dict) -> GatewayConfig:

@@ -613,12 +613,17 @@ class Initiator:
             return None
         return t
 
-    def seal(self, kind: int, payload: bytes, now: float) -> bytes | None:
+    def seal(self, kind: int, payload: bytes, now: float, answered: bool = True) -> bytes | None:
+        """answered=False: a datagram that asks for no answer (a control ACK) does not
+        start the silence after which the gateway counts as dead."""
         t = self._sendable(now)
         if t is None:
             return None
         datagram = t.seal(kind, payload)
-        self._sent(now)
+        if answered:
+            self._sent(now)
+        else:
+            self._last_sent = now
         return datagram
 
     def seal_batch(self, kind: int, payloads: list[bytes], now: float) -> list[bytes]:

@@ -22,6 +22,7 @@ from ..payments import PaymentError, Terms, load_backend
 from ..protocol import buyer as clp
 from ..protocol import events as E
 from ..protocol import messages as msgs
+from ..protocol.channel import ACK as _ACK
 from ..tun import Tun
 from . import datapath_client
 from ..offload.chunks import FEATURE_CHUNKS
@@ -38,6 +39,7 @@ from .market import Channels, EventLog, Saver
 # what the one gateway sells: every destination the client routes into its TUN
 EVERYWHERE = ("0.0.0.0/0", "::/0")
 BALANCE_EVERY_S = 5.0
+ACK_FRAME = bytes([_ACK])
 QUOTE_TIMEOUT_S = 5.0
 
 log = logging.getLogger("tunnelgate.client")
@@ -145,7 +147,7 @@ class ClientDaemon(Daemon):
             log.info("resumed %d contracts from %s", len(self.engine.contracts()), self.paths["db"])
         self.market = Market(cfg.choice, cfg.discovery, self.links, self.engine, self.elock, self.store,
                              self._new_link, self._quote, self._market_event, cfg.policy.max_price)
-        for c in self.engine.contracts():       # destinations bought before a restart
+        for c in self.engine.contract_list():   # destinations bought before a restart
             if c.destination not in EVERYWHERE:
                 self.market.destinations.add(c.destination)
         now = time.monotonic()
@@ -393,7 +395,8 @@ class ClientDaemon(Daemon):
         link = self.links.get(peer)
         if link is None:
             return
-        datagram = link.session.seal(sess.CONTROL, frame, time.monotonic())
+        # an ACK frame asks for no answer: it must not start the silence that fails a gateway over
+        datagram = link.session.seal(sess.CONTROL, frame, time.monotonic(), answered=frame[:1] != ACK_FRAME)
         if datagram is not None:
             self._send(datagram, link.endpoint)
 
@@ -440,7 +443,8 @@ class ClientDaemon(Daemon):
                 if self.engine.durable_seq != self.saver.written_seq:
                     taken = self.saver.take()
             for ev in events:
-                self.events.add(ev)
+                if type(ev) is not E.Quote:     # the market's probes ask many; `quote` answers its own
+                    self.events.add(ev)
             if taken is not None:
                 try:
                     self.saver.write(taken, self.events)
@@ -542,11 +546,19 @@ class ClientDaemon(Daemon):
         link = self.links.router.lookup(addr) or self.link
         return self.market.gateways.get(link.peer) if link is not None else None
 
+    def cmd_contracts(self, req: dict) -> list[dict]:
+        """As both daemons', with the gateway (public key, label) that holds each."""
+        with self.elock:
+            cs = self.engine.contract_list(history=bool(req.get("all")))
+        now, gws = time.time(), self.market.gateways
+        return [{**c.view(now), "gateway": base64.b64encode(c.peer).decode(),
+                 "gateway_label": gws[c.peer].label if c.peer in gws else ""} for c in cs]
+
     def cmd_gateways(self, req: dict) -> list[dict]:
         """Every known gateway: state, quality, price, destinations, money spent, record."""
         with self.elock:
             spent = {}
-            for c in self.engine.contracts():
+            for c in self.engine.contract_list(history=True):
                 if c.paid:
                     spent[c.peer] = spent.get(c.peer, 0) + c.terms.cost_msat
         return self.market.view(time.monotonic(), spent)

@@ -43,6 +43,9 @@ UNSERVED_S = 3.0              # paid, sending, and nothing back for this long: n
 UNSERVED_UP_BYTES = 1000      # ... with at least this much sent meanwhile
 IDLE_PROBE_S = 2.0            # an idle gateway's probe (keepalive, RTT, loss, price)
 MAX_DESTINATIONS = 1024       # destinations chosen for (beyond: they follow the default)
+# a first choice waits until every gateway up has a price, at most this long after start, so
+# the hysteresis does not pin it to whichever answered first
+SETTLE_S = 3.0
 
 
 @dataclass
@@ -107,6 +110,7 @@ class Market:
         self._dirty: set[bytes] = set()
         self.destinations: set[str] = set()       # chosen for (beyond the defaults)
         self.now = 0.0
+        self.started: float | None = None
 
     # --- records --------------------------------------------------------------------
 
@@ -281,6 +285,8 @@ class Market:
 
     def tick(self, now: float, wall: float) -> None:
         self.now = now
+        if self.started is None:
+            self.started = now
         for gw in list(self.gateways.values()):
             self._poll(gw, now)
         self._judge_service(wall)
@@ -335,8 +341,13 @@ class Market:
                 for gw in self.gateways.values() if gw.link is not None]
 
     def choose(self) -> None:
+        settling = self.started is not None and self.now - self.started < SETTLE_S
         for dest in (*DEFAULTS, *sorted(self.destinations)):
-            d = self.chooser.choose(dest, self.offers(dest))
+            offers = self.offers(dest)
+            if settling and dest not in self.chooser.current and any(
+                    o.price is None for o in offers if o.up or self.gateways[o.gateway].began is not None):
+                continue
+            d = self.chooser.choose(dest, offers)
             if not d.moved:
                 continue
             link = self.gateways[d.gateway].link if d.gateway is not None else None

@@ -89,8 +89,8 @@ def test_kill9_of_the_serving_gateway_moves_its_destinations(market_lab, market)
 @pytest.mark.root
 def test_a_gateway_that_takes_money_and_forwards_nothing_is_abandoned(market_lab, market):
     # gw1 is cheapest, but drops everything it would forward to its uplink
-    market_lab.run("gw1", "nft", "-f", "-", input="table inet tgtest { chain out { type filter hook "
-                   "forward priority 0; oifname \"veth-up\" drop; } }\n")
+    market_lab.run("gw1", "nft", "-f", "-", input="table inet tgtest {\n chain out {\n  type filter hook forward priority 0;\n"
+                   "  oifname \"veth-up\" drop\n }\n}\n")
     env = market({1: "0.5", 2: "0.6"}, client_extra=POLICY)
     assert wait_for(lambda: env.carrier() == "gw1" and len(env.gateways()) == 2, 15), dump(env.gateways())
     ping(market_lab, count=40, interval=0.2)

@@ -85,6 +85,7 @@ class ClientDaemon(Daemon):
         # one configured gateway and no discovery: its Initiator opens every datagram, as
         # before there were several (the hot path unchanged); else each goes to its own
         single = len(cfg.gateways) == 1 and not cfg.discovery.mdns
+        self.market.choosing = not single
         receiver = next(iter(self.links)).session if single else Initiators(self.links)
         self.plane = DataPlane(
             sock=self.sock, tun=self.tun, receiver=receiver, links=self.links,

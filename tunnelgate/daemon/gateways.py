@@ -111,6 +111,9 @@ class Market:
         self.destinations: set[str] = set()       # chosen for (beyond the defaults)
         self.now = 0.0
         self.started: float | None = None
+        # one configured gateway and no discovery: nothing to choose between, so no probes
+        # and no choice (the default routes go to it at its handshake), as before the market
+        self.choosing = True
 
     # --- records --------------------------------------------------------------------
 
@@ -287,10 +290,12 @@ class Market:
         self.now = now
         if self.started is None:
             self.started = now
-        for gw in list(self.gateways.values()):
-            self._poll(gw, now)
+        if self.choosing:
+            for gw in list(self.gateways.values()):
+                self._poll(gw, now)
         self._judge_service(wall)
-        self.choose()
+        if self.choosing:
+            self.choose()
         self.save()
 
     def _poll(self, gw: Gateway, now: float) -> None:
@@ -331,6 +336,8 @@ class Market:
         return dests[gw.next_quote]
 
     def next_deadline(self) -> float | None:
+        if not self.choosing:
+            return None
         return min((gw.liveness.next_deadline() for gw in self.gateways.values() if gw.up), default=None)
 
     # --- choosing -----------------------------------------------------------------------

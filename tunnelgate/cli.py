@@ -291,6 +291,22 @@ def history(config_path, as_json):
 
 @main.command()
 @config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def gateways(config_path, as_json):
+    """Client: every known gateway: state, RTT, loss, price, destinations, spend, record."""
+    cfg = load_config(config_path)
+    if cfg.role != "client":
+        fail("`gateways` is a client command; give the client's config", EXIT_CONFIG)
+    gws = _ask(cfg, config_path, "gateways")
+    if as_json:
+        click.echo(json.dumps(gws, indent=2, sort_keys=True))
+        return
+    from .status_text import gateways_text
+    click.echo(gateways_text(gws))
+
+
+@main.command()
+@config_option
 @click.argument("destination")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def quote(config_path, destination, as_json):

@@ -167,7 +167,8 @@ def _background(ctx, cfg, role, paths, wait):
     except (ProcessLookupError, subprocess.TimeoutExpired):
         child.kill()
     if role == "client":
-        fail(f"no handshake with the gateway at {cfg.endpoint[0]}:{cfg.endpoint[1]} within {wait:g} s: "
+        where = f"the gateway at {cfg.endpoint[0]}:{cfg.endpoint[1]}" if cfg.endpoint else "any gateway found"
+        fail(f"no handshake with {where} within {wait:g} s: "
              "check that it runs, that [gateway] public_key is its `tunnelgate pubkey`, and that UDP "
              f"reaches it (log: {paths['log']})")
     fail(f"the {what} did not become ready within {wait:g} s (log: {paths['log']})")
@@ -286,6 +287,22 @@ def history(config_path, as_json):
     except hist.HistoryError as e:
         fail(str(e))
     click.echo(json.dumps(items, indent=2, sort_keys=True) if as_json else hist.render(items))
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def gateways(config_path, as_json):
+    """Client: every known gateway: state, RTT, loss, price, destinations, spend, record."""
+    cfg = load_config(config_path)
+    if cfg.role != "client":
+        fail("`gateways` is a client command; give the client's config", EXIT_CONFIG)
+    gws = _ask(cfg, config_path, "gateways")
+    if as_json:
+        click.echo(json.dumps(gws, indent=2, sort_keys=True))
+        return
+    from .status_text import gateways_text
+    click.echo(gateways_text(gws))
 
 
 @main.command()

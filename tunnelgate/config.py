@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tunnelgate import money
-from tunnelgate.config_market import Advertise, advertise
+from tunnelgate.config_market import Advertise, Choice, Discovery, GatewaySpec, advertise
+from tunnelgate import config_market
 from tunnelgate.payment_backends import BACKENDS
 from tunnelgate.protocol.messages import MAX_U32
 from tunnelgate.protocol.buyer import ClientPolicy
@@ -127,8 +128,8 @@ class GatewayConfig:
 class ClientConfig:
     path: Path
     node: Node
-    endpoint: tuple[str, int]
-    gateway_public_key: bytes
+    endpoint: tuple[str, int] | None          # the first configured gateway's (None: mDNS only)
+    gateway_public_key: bytes | None
     tun: str
     routes: tuple[str, ...]
     mtu: int
@@ -139,6 +140,9 @@ class ClientConfig:
     kill_switch: bool = False     # [network] kill_switch; default on for full-tunnel routes
     metrics_listen: tuple[str, int] | None = None   # [metrics] listen: Prometheus text format
     user: str = DEFAULT_USER                         # [daemon]: who the daemon runs as after set-up
+    gateways: tuple[GatewaySpec, ...] = ()          # [gateway] and [[gateways]]
+    discovery: Discovery = field(default_factory=Discovery)   # [discovery]: mDNS
+    choice: Choice = field(default_factory=Choice)            # [choice]: switch margin, failover
 
 
 class _Reader:
@@ -405,15 +409,16 @@ def load(path: str | Path) -> GatewayConfig | ClientConfig:
     """Loads either role; a file with [link] is a gateway, one with [gateway] a client."""
     path = Path(path).resolve()
     data = _load_toml(path)
-    if "link" in data and "gateway" in data:
+    client = "gateway" in data or "gateways" in data or "discovery" in data
+    if "link" in data and client:
         raise ConfigError(f"{path}: has both [link] (gateway) and [gateway] (client) sections; "
                           "a config describes one daemon")
     if "link" in data:
         return _gateway(path, data)
-    if "gateway" in data:
+    if client:
         return _client(path, data)
     raise ConfigError(f"{path}: neither a gateway config (needs [link]) nor a client config "
-                      "(needs [gateway]); see conf/gateway.toml and conf/client.toml")
+                      "(needs [gateway], [[gateways]] or [discovery]); see conf/gateway.toml and conf/client.toml")
 
 
 def _gateway(path: Path, data: dict) -> GatewayConfig:
@@ -516,21 +521,30 @@ def _metrics(r: _Reader) -> tuple[str, int] | None:
     return listen
 
 
-def _client(path: Path, data: dict) -> ClientConfig:
-    r = _Reader(path, data)
-    node = _node(r)
-    gw = r.table("gateway")
-    endpoint = gw.endpoint("endpoint")
-    key_text = gw.get("public_key", str, "the gateway's public key (base64, from `tunnelgate pubkey`)")
+def _gateway_key(gw: "_Reader", key: str) -> bytes:
+    key_text = gw.get(key, str, "the gateway's public key (base64, from `tunnelgate pubkey`)")
     try:
         public_key = decode_key(key_text)
     except ValueError as e:
-        raise gw.error("public_key", f"a base64 X25519 public key (32 bytes): {e}", key_text) from None
+        raise gw.error(key, f"a base64 X25519 public key (32 bytes): {e}", key_text) from None
     if is_low_order(public_key):
-        raise gw.error("public_key", "the gateway's real public key (from `tunnelgate pubkey` on the "
-                                     "gateway); this one is a small-order point (e.g. all zero) no "
-                                     "handshake can use", key_text)
-    gw.finish()
+        raise gw.error(key, "the gateway's real public key (from `tunnelgate pubkey` on the "
+                            "gateway); this one is a small-order point (e.g. all zero) no "
+                            "handshake can use", key_text)
+    return public_key
+
+
+def _client(path: Path, data: dict) -> ClientConfig:
+    r = _Reader(path, data)
+    node = _node(r)
+    # [gateway] is the one-gateway case of [[gateways]]; with [discovery] mdns a client
+    # may know none ahead (config_market.py)
+    gateways = config_market.gateways(r, _gateway_key)
+    discovery = config_market.discovery(r)
+    choice = config_market.choice(r)
+    if not gateways and not discovery.mdns:
+        raise r.error("gateway", "a gateway to buy from: a [gateway] or [[gateways]] table (endpoint, "
+                                 "public_key), or [discovery] mdns = true with interfaces to find them on")
     net = r.table("network")
     tun = net.ifname("tun", "tg0")
     routes_raw = net.get("routes", list, 'a list of prefixes, e.g. ["0.0.0.0/0"]', ["0.0.0.0/0"])
@@ -551,8 +565,10 @@ def _client(path: Path, data: dict) -> ClientConfig:
     metrics_listen = _metrics(r)
     user = _daemon(r)
     r.finish()
-    return ClientConfig(path=path, node=node, endpoint=endpoint, gateway_public_key=public_key,
-                        tun=tun, routes=tuple(routes), mtu=mtu, session=session,
+    first = gateways[0] if gateways else None
+    return ClientConfig(path=path, node=node, endpoint=first.endpoint if first else None,
+                        gateway_public_key=first.public_key if first else None,
+                        gateways=gateways, discovery=discovery, choice=choice, tun=tun, routes=tuple(routes), mtu=mtu, session=session,
                         policy=policy, payment=payment, kill_switch=kill_switch,
                         metrics_listen=metrics_listen, user=user)
 

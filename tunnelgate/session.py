@@ -453,6 +453,18 @@ class Initiator:
     def current(self) -> Transport | None:
         return self._current
 
+    @property
+    def unanswered_since(self) -> float | None:
+        """The first send after the latest authenticated receive (None: answered): what
+        the client's failover reads, at no cost to the data path, which keeps it anyway."""
+        return self._unanswered_since
+
+    def owns(self, index: int) -> bool:
+        """Whether a datagram with this receiver index is ours (current, previous or the
+        handshake in flight): how a client with several gateways finds its session."""
+        return any(t is not None and t.local_index == index for t in (self._current, self._previous)) \
+            or (self._pending is not None and self._pending.index == index)
+
     # -- handshake ---------------------------------------------------------
 
     def _write_init(self, index: int, eph: bytes, ts: int, payload: bytes):
@@ -601,12 +613,17 @@ class Initiator:
             return None
         return t
 
-    def seal(self, kind: int, payload: bytes, now: float) -> bytes | None:
+    def seal(self, kind: int, payload: bytes, now: float, answered: bool = True) -> bytes | None:
+        """answered=False: a datagram that asks for no answer (a control ACK) does not
+        start the silence after which the gateway counts as dead."""
         t = self._sendable(now)
         if t is None:
             return None
         datagram = t.seal(kind, payload)
-        self._sent(now)
+        if answered:
+            self._sent(now)
+        else:
+            self._last_sent = now
         return datagram
 
     def seal_batch(self, kind: int, payloads: list[bytes], now: float) -> list[bytes]:

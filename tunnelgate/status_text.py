@@ -232,3 +232,22 @@ def event_line(ev: dict) -> str:
         parts.append(format_msat(ev["amount_msat"]))
     line = " ".join(parts)
     return f"{line}: {ev['reason']}" if ev.get("reason") else line
+
+
+def gateways_text(gws: list[dict]) -> str:
+    """`tunnelgate gateways`: one line per gateway, its record and destinations under it."""
+    if not gws:
+        return "no gateway known yet"
+    out = []
+    for g in gws:
+        rtt = f"{g['rtt_ms']:.1f} ms" if g.get("rtt_ms") is not None else "-"
+        price = g.get("price_per_kb")
+        out.append(f"{g.get('label') or '-':12} {g['state']:10} {g['endpoint']:24} {g['source']:6} rtt {rtt:9} "
+                   f"loss {g['loss']:.0%}  price {price if price is not None else '-'}  "
+                   f"spent {g['spent_msat']} msat  key {g['public_key']}")
+        rec = g["record"]
+        out.append("    record: " + ", ".join(f"{k} {v}" for k, v in rec.items())
+                   + (f"  -- last: {g['verdict']}" if g.get("verdict") else ""))
+        if g["destinations"]:
+            out.append("    carries: " + " ".join(g["destinations"]))
+    return "\n".join(out)

@@ -1,10 +1,12 @@
-"""`tunnelgate up`: a TUN device whose traffic goes to one gateway."""
+"""`tunnelgate up`: a TUN device whose traffic goes to the gateways it buys from.
+
+One SellerLink per known gateway (daemon/gateways.py chooses which carries each
+destination); the TUN carries the tunnel address the first gateway gave."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import ipaddress
 import json
 import logging
@@ -19,6 +21,8 @@ from ..money import format_price, parse_msat, parse_price
 from ..payments import PaymentError, Terms, load_backend
 from ..protocol import buyer as clp
 from ..protocol import events as E
+from ..protocol import messages as msgs
+from ..protocol.channel import ACK as _ACK
 from ..tun import Tun
 from . import datapath_client
 from ..offload.chunks import FEATURE_CHUNKS
@@ -26,12 +30,16 @@ from ..wire import FEATURE_SIZED
 from .base import Daemon, features, udp_socket
 from .control import ControlError
 from .dataplane import DataPlane
+from .discovery import Browser
+from .gateways import Market
+from .initiators import Initiators
 from .links import Links, SellerLink
 from .market import Channels, EventLog, Saver
 
 # what the one gateway sells: every destination the client routes into its TUN
 EVERYWHERE = ("0.0.0.0/0", "::/0")
 BALANCE_EVERY_S = 5.0
+ACK_FRAME = bytes([_ACK])
 QUOTE_TIMEOUT_S = 5.0
 
 log = logging.getLogger("tunnelgate.client")
@@ -46,13 +54,11 @@ class ClientDaemon(Daemon):
         # what our data path takes beyond the plain format, said in every handshake
         self.features = [FEATURE_CHUNKS] if offload.chunks_enabled() else []
         self.channels = Channels(self._send_control)
-        # the one gateway: its session, endpoint, features and the tunnel addresses it gives us
-        session = sess.Initiator(private_key, cfg.gateway_public_key, cfg.session.timing,
-                                 cipher=cfg.session.cipher, lock=threading.Lock())
-        self.link = SellerLink(cfg.gateway_public_key, session, cfg.endpoint,
-                               self.channels.get(cfg.gateway_public_key))
+        # one link per gateway (built as they become known: _new_link); the primary is the
+        # one whose handshake gave the TUN its address
         self.links = Links()
-        self.links.add(self.link, EVERYWHERE)
+        self.primary: SellerLink | None = None
+        self.market: Market | None = None
         self.routed_endpoint: str | None = None
         self.kill_switch_endpoint: tuple[str, int] | None = None
         self.last_handshake: float | None = None
@@ -60,11 +66,11 @@ class ClientDaemon(Daemon):
         self.payer = None
         self.paying: dict[str, asyncio.Task] = {}
         self.wake_pending = False
-        self.quotes: collections.deque = collections.deque()   # futures awaiting a QUOTE
         self.balance_msat: int | None = None
         self.balance_at: float | None = None
         self._balance_task: asyncio.Task | None = None
         self.low_balance = False          # below [payment] low_balance_msat (warned once)
+        self.browser: Browser | None = None
 
     async def setup(self) -> None:
         cfg = self.cfg
@@ -73,42 +79,89 @@ class ClientDaemon(Daemon):
         # carry leaves in plain, even if this process dies
         await self._kill_switch()
         self.tun = Tun(cfg.tun, cfg.mtu)
-        bind = ("::", 0) if ":" in cfg.endpoint[0] else ("0.0.0.0", 0)
-        self.sock = udp_socket(bind)
+        v6 = any(":" in g.endpoint[0] for g in cfg.gateways)
+        self.sock = udp_socket(("::", 0) if v6 else ("0.0.0.0", 0))
         loop = self.loop
+        # one configured gateway and no discovery: its Initiator opens every datagram, as
+        # before there were several (the hot path unchanged); else each goes to its own
+        single = len(cfg.gateways) == 1 and not cfg.discovery.mdns
+        self.market.choosing = not single
+        receiver = next(iter(self.links)).session if single else Initiators(self.links)
         self.plane = DataPlane(
-            sock=self.sock, tun=self.tun, receiver=self.link.session, links=self.links,
+            sock=self.sock, tun=self.tun, receiver=receiver, links=self.links,
             engine=self.engine, elock=self.elock, saver=self.saver, stats=self.stats,
             warmth=self.warmth, session_lock=self.lock,
             on_control=lambda frames: loop.call_soon_threadsafe(self._control_in, frames),
             on_output=self._output_ready,
-            on_session=lambda link, payload: loop.call_soon_threadsafe(self._spawn, self._handshake_done(payload)),
-            on_moved=lambda link: loop.call_soon_threadsafe(self._spawn, self._gateway_moved()))
+            on_session=lambda link, payload: loop.call_soon_threadsafe(
+                self._spawn, self._handshake_done(link, payload)),
+            on_moved=lambda link: loop.call_soon_threadsafe(self._spawn, self._gateway_moved(link)))
+        for link in self.links:
+            self._begin(link)
+        if cfg.discovery.mdns:
+            self.browser = Browser(list(cfg.discovery.interfaces), self._advert_seen)
+            await self.browser.start()
+
+    def _new_link(self, gw) -> SellerLink:
+        """Market.add: a gateway's session and link, in the data plane without routes; its
+        handshake begins at once if the socket is up (else in setup)."""
+        session = sess.Initiator(self.private_key, gw.key, self.cfg.session.timing,
+                                 cipher=self.cfg.session.cipher, lock=threading.Lock())
+        link = SellerLink(gw.key, session, gw.endpoint, self.channels.get(gw.key))
+        self.links.add(link)
+        if self.sock is not None and self.plane is not None:
+            self._begin(link)
+        return link
+
+    def _begin(self, link, waited: bool = False) -> None:
+        if (not waited and self.kill_switch_endpoint is not None
+                and tuple(link.endpoint[:2]) not in self.kill_switch_endpoint):
+            # a gateway found after start: let its endpoint through the kill switch first
+            async def after_kill_switch():
+                await self._kill_switch()
+                self._begin(link, waited=True)
+            self._spawn(after_kill_switch())
+            return
         with self.lock:
-            first = self.link.session.begin(time.monotonic(), time.time_ns(), os.urandom(sess.RAND_BYTES),
-                                         json.dumps({"features": self.features}).encode())
-        self._send(first)
-        log.info("connecting to gateway %s:%d", *cfg.endpoint)
+            first = link.session.begin(time.monotonic(), time.time_ns(), os.urandom(sess.RAND_BYTES),
+                                       json.dumps({"features": self.features}).encode())
+        self._send(first, link.endpoint)
+        log.info("connecting to gateway %s:%d", *link.endpoint[:2])
+
+    def _advert_seen(self, raw: bytes, source: str) -> None:
+        self.market.on_advert(raw, source, time.monotonic(), time.time())
+
+    @property
+    def link(self) -> SellerLink | None:
+        """The primary gateway's link (its address is the TUN's), or the first known."""
+        return self.primary if self.primary is not None else next(iter(self.links), None)
 
     def _setup_market(self) -> None:
         cfg = self.cfg
         self.payer = load_backend(cfg.payment.backend, cfg.payment.settings_dict(), role="payer")
-        # one seller today: the gateway, by its public key (its book, its control channel)
-        self.gateway_key = cfg.gateway_public_key
-        self.engine = clp.Buyer(cfg.policy, legacy_counterpart=self.gateway_key,
+        # a snapshot from before books had counterparts was the first configured gateway's
+        self.engine = clp.Buyer(cfg.policy, legacy_counterpart=cfg.gateway_public_key or b"",
                                 own_key=sess.public_key(self.private_key))
         self.engine.prepay_msat = cfg.payment.prepay_msat
         self.events = EventLog(self.store)
         self.saver = Saver(self.store, self.engine, self.elock)
         if self.saver.restore(time.time()):
             log.info("resumed %d contracts from %s", len(self.engine.contracts()), self.paths["db"])
+        self.market = Market(cfg.choice, cfg.discovery, self.links, self.engine, self.elock, self.store,
+                             self._new_link, self._quote, self._market_event, cfg.policy.max_price)
+        for c in self.engine.contract_list():   # destinations bought before a restart
+            if c.destination not in EVERYWHERE:
+                self.market.destinations.add(c.destination)
+        now = time.monotonic()
+        for spec in cfg.gateways:               # their links; handshakes begin once the socket is up
+            self.market.add(spec, now)
         if not getattr(self.payer, "real_money", True):
             log.warning("payment backend %r: %s", cfg.payment.backend,
                         getattr(self.payer, "notice", "no real payment happens"))
 
     def handlers(self) -> dict:
         return {**super().handlers(),
-                "set": self.cmd_set, "quote": self.cmd_quote}
+                "set": self.cmd_set, "quote": self.cmd_quote, "gateways": self.cmd_gateways}
 
     def cmd_set(self, req: dict) -> dict:
         """Live settings, not written back to the config: pause_buying, max_price (msat/KB as a
@@ -155,12 +208,17 @@ class ClientDaemon(Daemon):
         if self.saver is not None:
             self.saver.maybe_save(time.time(), force=True)
             self.events.flush()
+        if self.market is not None:
+            self.market.save()
         for obj in (self.sock, self.tun):
             if obj is not None:
                 obj.close()
 
-    def _send(self, datagram: bytes) -> None:
-        endpoint = self.link.endpoint
+    async def stopping(self) -> None:
+        if self.browser is not None:
+            await self.browser.close()
+
+    def _send(self, datagram: bytes, endpoint) -> None:
         try:
             self.sock.sendto(datagram, endpoint)
         except OSError as e:
@@ -184,7 +242,9 @@ class ClientDaemon(Daemon):
 
         self._net_task = self.loop.create_task(chained())
 
-    async def _handshake_done(self, payload: bytes) -> None:
+    async def _handshake_done(self, link, payload: bytes) -> None:
+        if link is None:
+            return
         self.last_handshake = time.time()
         self.stats["handshakes"] += 1
         try:
@@ -198,7 +258,19 @@ class ClientDaemon(Daemon):
             self.stats["bad_handshake_payload"] += 1
             return
         offered = features(payload)
-        link = self.link
+        usable = self.market.on_handshake(link.peer, info, address, time.monotonic())
+        if self.primary is None and usable:
+            self.primary = link
+        if link is not self.primary:
+            # another gateway: the TUN has the primary's address (Market checks it is the same)
+            link.features = offered & {FEATURE_CHUNKS, FEATURE_SIZED}
+            self.links.set_chunks(link, FEATURE_CHUNKS in self.features and FEATURE_CHUNKS in offered)
+            link.address, link.address6 = address, address6
+            with self.elock:
+                self.engine.book(link.peer).sized_requests = FEATURE_SIZED in offered
+            self._after_handshake(link, info)
+            await self._route_endpoint()
+            return
         link.features = offered & {FEATURE_CHUNKS, FEATURE_SIZED}
         self.links.set_chunks(link, FEATURE_CHUNKS in self.features and FEATURE_CHUNKS in offered)
         with self.elock:
@@ -214,10 +286,22 @@ class ClientDaemon(Daemon):
                            address6)
             link.address, link.address6 = address, address6
             log.info("tunnel up: %s%s on %s", address, f" {address6}" if address6 else "", self.cfg.tun)
+        self._after_handshake(link, info)
         await self._route_endpoint()
         if self.ready:
             self._resend_payments()
         self.ready = True
+
+    def _after_handshake(self, link, info: dict) -> None:
+        """Until prices are known the default routes go to the first gateway up; the full
+        advert is asked for (config-listed gateways announce none, mDNS ones a reduced one)."""
+        router = self.links.router
+        for dest in EVERYWHERE:
+            if router.lookup(bytes(4 if ":" not in dest else 16)) is None:
+                router.add(dest, link)
+        if info.get("sign_key"):
+            self.channels.send(link.peer, msgs.AdvertRequest())
+        self._pump()
 
     def _resend_payments(self) -> None:
         """A new session (the gateway restarted?): send the stored proof of every contract not
@@ -234,37 +318,45 @@ class ClientDaemon(Daemon):
                         pass
         self._pump()
 
-    async def _gateway_moved(self) -> None:
-        log.info("gateway now at %s:%d", *self.link.endpoint[:2])
+    async def _gateway_moved(self, link) -> None:
+        log.info("gateway now at %s:%d", *link.endpoint[:2])
         await self._kill_switch()
-        if self.link.address is not None:
+        if self.primary is not None and self.primary.address is not None:
             await self._route_endpoint()
 
+    def _endpoints(self) -> tuple:
+        return tuple(sorted({(link.endpoint[0], link.endpoint[1]) for link in self.links}))
+
     async def _kill_switch(self) -> None:
-        """(Re)apply the kill switch for the current endpoint; off in the config: nothing."""
-        endpoint = (self.link.endpoint[0], self.link.endpoint[1])
-        if self.cfg.kill_switch and self.kill_switch_endpoint != endpoint:
+        """(Re)apply the kill switch for the gateways' endpoints; off in the config: nothing."""
+        endpoints = self._endpoints()
+        if self.cfg.kill_switch and self.kill_switch_endpoint != endpoints:
             await self.net(netsetup.setup_kill_switch, self.paths["net"], self.cfg.tun,
-                           list(self.cfg.routes), [endpoint])
-            self.kill_switch_endpoint = endpoint
+                           list(self.cfg.routes), list(endpoints))
+            self.kill_switch_endpoint = endpoints
 
     async def _route_endpoint(self) -> None:
+        """The TUN's routes, with a host route to every gateway's endpoint around them."""
         await self._kill_switch()
-        if self.routed_endpoint != self.link.endpoint[0]:
+        hosts = tuple(sorted({ep[0] for ep in self._endpoints()}))
+        if self.routed_endpoint != hosts and self.primary is not None and self.primary.address is not None:
             await self.net(netsetup.setup_client_routes, self.paths["net"], self.cfg.tun,
-                           list(self.cfg.routes), self.link.endpoint[0])
-            self.routed_endpoint = self.link.endpoint[0]
+                           list(self.cfg.routes), list(hosts))
+            self.routed_endpoint = hosts
 
     def next_deadline(self) -> float | None:
-        return min((t for t in (self.link.session.next_deadline(), self.channels.next_deadline())
-                    if t is not None), default=None)
+        times = [link.session.next_deadline() for link in self.links]
+        times += [self.channels.next_deadline(), self.market.next_deadline()]
+        return min((t for t in times if t is not None), default=None)
 
     def tick(self, now: float) -> None:
-        with self.lock:
-            out = self.link.session.poll(now, time.time_ns(), os.urandom(sess.RAND_BYTES))
-        for datagram in out:
-            self._send(datagram)
+        for link in self.links:
+            with self.lock:
+                out = link.session.poll(now, time.time_ns(), os.urandom(sess.RAND_BYTES))
+            for datagram in out:
+                self._send(datagram, link.endpoint)
         wall = time.time()
+        self.market.tick(now, wall)
         with self.elock:
             self.engine.poll(wall)
         self._pump()
@@ -302,18 +394,33 @@ class ClientDaemon(Daemon):
     # --- contracts: control messages, payments ------------------------------------------
 
     def _send_control(self, peer: bytes, frame: bytes) -> None:
-        datagram = self.link.session.seal(sess.CONTROL, frame, time.monotonic())
+        link = self.links.get(peer)
+        if link is None:
+            return
+        # an ACK frame asks for no answer: it must not start the silence that fails a gateway over
+        datagram = link.session.seal(sess.CONTROL, frame, time.monotonic(), answered=frame[:1] != ACK_FRAME)
         if datagram is not None:
-            self._send(datagram)
+            self._send(datagram, link.endpoint)
 
     def _control_in(self, frames: list[tuple[bytes, bytes]]) -> None:
         """plane.on_control, on this thread: (gateway key, frame) per control frame received."""
         now, wall = time.monotonic(), time.time()
         for peer, frame in frames:
             for message in self.channels.receive(peer, frame, now):
+                if type(message) is msgs.AdvertMessage:      # the market's, not the engine's
+                    self.market.on_advert_message(peer, message.advert, wall)
+                    continue
                 with self.elock:
                     self.engine.on_message(peer, message, wall)
         self._pump()
+
+    def _quote(self, peer: bytes, dest: str) -> None:
+        """Market: a QUOTE_REQUEST to a gateway (a probe, or a user's `quote`)."""
+        with self.elock:
+            self.engine.request_quote(peer, dest)
+
+    def _market_event(self, ev) -> None:
+        self.events.add(ev)
 
     def _output_ready(self) -> None:
         """plane.on_output, from a data thread: a renewal request is waiting; send it now,
@@ -338,7 +445,8 @@ class ClientDaemon(Daemon):
                 if self.engine.durable_seq != self.saver.written_seq:
                     taken = self.saver.take()
             for ev in events:
-                self.events.add(ev)
+                if type(ev) is not E.Quote:     # the market's probes ask many; `quote` answers its own
+                    self.events.add(ev)
             if taken is not None:
                 try:
                     self.saver.write(taken, self.events)
@@ -346,16 +454,15 @@ class ClientDaemon(Daemon):
                     log.error("cannot save the contracts to %s: %s; check the disk", self.paths["db"], e)
         for peer, message in outgoing:
             self.channels.send(peer, message)
+        wall = time.time()
         for ev in events:
+            self.market.on_event(ev, wall)
             if type(ev) is E.PaymentDue and ev.contract_id not in self.paying:
                 self.paying[ev.contract_id] = self.loop.create_task(self._pay(ev))
             elif type(ev) is E.Paid:
                 self.store.set_client_payment_state(ev.contract_id, "confirmed")
-            elif type(ev) is E.Quote and self.quotes:
-                # the gateway answers quote requests one each, in order
-                fut = self.quotes.popleft()
-                if not fut.done():
-                    fut.set_result(ev)
+            elif type(ev) is E.Quote:
+                self.market.on_quote(ev, time.monotonic())
         self.channels.flush(time.monotonic())
         self.poke()             # a channel's retransmit or the session's keepalive may be due sooner
 
@@ -366,12 +473,11 @@ class ClientDaemon(Daemon):
             net = ipaddress.ip_network(dest if "/" in str(dest) else f"{dest}/{32 if ':' not in str(dest) else 128}")
         except (ValueError, TypeError):
             raise ControlError("bad_value", f"destination: expected an IP address or prefix, got {dest!r}") from None
-        if not self.link.session.established:
+        gw = self._gateway_for(req.get("gateway"), str(net))
+        if gw is None or not gw.link.session.established:
             raise ControlError("not_connected", "no session with the gateway yet; wait for the handshake")
         fut = self.loop.create_future()
-        self.quotes.append(fut)
-        with self.elock:
-            self.engine.request_quote(self.gateway_key, str(net))
+        self.market.ask_quote(gw.key, str(net), fut=fut)
         self._pump()
         try:
             ev = await asyncio.wait_for(fut, QUOTE_TIMEOUT_S)
@@ -429,18 +535,52 @@ class ClientDaemon(Daemon):
             self.paying.pop(cid, None)
             self._recheck_balance()
 
+    def _gateway_for(self, key_text: str | None, dest: str):
+        """The gateway a `quote` asks: the one named, else the one the destination routes to."""
+        if key_text:
+            try:
+                key = base64.b64decode(key_text, validate=True)
+            except ValueError:
+                raise ControlError("bad_value", f"gateway: a base64 public key, got {key_text!r}") from None
+            gw = self.market.gateways.get(key)
+            if gw is None:
+                raise ControlError("unknown_gateway", "no such gateway; see `tunnelgate gateways`")
+            return gw
+        addr = ipaddress.ip_network(dest).network_address.packed
+        link = self.links.router.lookup(addr) or self.link
+        return self.market.gateways.get(link.peer) if link is not None else None
+
+    def cmd_contracts(self, req: dict) -> list[dict]:
+        """As both daemons', with the gateway (public key, label) that holds each."""
+        with self.elock:
+            cs = self.engine.contract_list(history=bool(req.get("all")))
+        now, gws = time.time(), self.market.gateways
+        return [{**c.view(now), "gateway": base64.b64encode(c.peer).decode(),
+                 "gateway_label": gws[c.peer].label if c.peer in gws else ""} for c in cs]
+
+    def cmd_gateways(self, req: dict) -> list[dict]:
+        """Every known gateway: state, quality, price, destinations, money spent, record."""
+        with self.elock:
+            spent = {}
+            for c in self.engine.contract_list(history=True):
+                if c.paid:
+                    spent[c.peer] = spent.get(c.peer, 0) + c.terms.cost_msat
+        return self.market.view(time.monotonic(), spent)
+
     def status(self) -> dict:
+        link = self.link
         return {
-            "gateway": f"{self.link.endpoint[0]}:{self.link.endpoint[1]}",
-            "gateway_public_key": base64.b64encode(self.cfg.gateway_public_key).decode(),
-            "address": self.link.address,
-            "address6": self.link.address6,
-            "gateway_features": sorted(self.link.features),       # from its handshake
+            "gateway": f"{link.endpoint[0]}:{link.endpoint[1]}" if link else None,
+            "gateway_public_key": base64.b64encode(link.peer).decode() if link else None,
+            "address": link.address if link else None,
+            "address6": link.address6 if link else None,
+            "gateway_features": sorted(link.features) if link else [],       # from its handshake
             "routes": list(self.cfg.routes),
             "kill_switch": self.kill_switch_endpoint is not None,
-            "connected": self.link.session.established,
+            "connected": bool(link and link.session.established),
             "last_handshake": self.last_handshake,
-            "session_stats": dict(self.link.session.stats),
+            "session_stats": dict(link.session.stats) if link else {},
+            "gateways": len(self.links),
             "tun_stats": dict(self.tun.stats),
             "payment": {"backend": self.cfg.payment.backend,
                         "real_money": getattr(self.payer, "real_money", True),

@@ -252,27 +252,30 @@ def _original_next_hop(endpoint: str, tun: str) -> dict | None:
     return r
 
 
-def setup_client_routes(record_path, tun: str, routes_: list[str], endpoint_ip: str) -> None:
-    """Routes via ``tun``; before them, a host route to ``endpoint_ip`` via its
-    original next hop when a tunnel route would cover it (so the tunnel's own
-    UDP stays off the tunnel). Calling again (gateway moved, routes changed)
-    replaces the previous endpoint route and tunnel routes."""
-    try:
-        ep = ipaddress.ip_address(endpoint_ip)
-    except ValueError as exc:
-        raise NetError(f"bad gateway endpoint address {endpoint_ip!r}") from exc
+def setup_client_routes(record_path, tun: str, routes_: list[str], endpoint_ip) -> None:
+    """Routes via ``tun``; before them, a host route to ``endpoint_ip`` (one address, or
+    a list: a client with several gateways) via its original next hop when a tunnel
+    route would cover it (so the tunnel's own UDP stays off the tunnel). Calling again
+    (gateway moved, routes changed) replaces the previous endpoint routes and tunnel routes."""
     wanted = split_routes(routes_)
     rec = _Recorder(record_path)
-    # 1. the endpoint's host route, if the endpoint falls inside a tunnel route
-    ep_item = None
-    if any(ep in ipaddress.ip_network(p) for p in wanted):
-        hop = _original_next_hop(str(ep), tun)
-        if hop is not None:
-            ep_item = {"kind": "route", "role": "endpoint", "dst": f"{ep}/{ep.max_prefixlen}",
-                       "dev": hop["oif"] or None, "gateway": hop["gateway"]}
-            _route(rec, ep_item)
+    # 1. the endpoints' host routes, where an endpoint falls inside a tunnel route
+    ep_items = []
+    for text in ([endpoint_ip] if isinstance(endpoint_ip, str) else list(endpoint_ip)):
+        try:
+            ep = ipaddress.ip_address(text)
+        except ValueError as exc:
+            raise NetError(f"bad gateway endpoint address {text!r}") from exc
+        if any(ep in ipaddress.ip_network(p) for p in wanted):
+            hop = _original_next_hop(str(ep), tun)
+            if hop is not None:
+                item = {"kind": "route", "role": "endpoint", "dst": f"{ep}/{ep.max_prefixlen}",
+                        "dev": hop["oif"] or None, "gateway": hop["gateway"]}
+                _route(rec, item)
+                ep_items.append(item)
+    keep = {_key(it) for it in ep_items}
     for old in [it for it in rec.record["items"] if it["kind"] == "route" and it.get("role") == "endpoint"]:
-        if ep_item is None or _key(old) != _key(ep_item):
+        if _key(old) not in keep:
             routes.del_route(old["dst"], dev=old.get("dev"), gateway=old.get("gateway"))
             rec.remove(old)
     # 2. tunnel routes: drop the ones no longer wanted, add the new ones

@@ -259,6 +259,20 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
             self.meter.table(len(key), plen)[key] = f
         return f
 
+    def use_seller(self, counterpart: bytes, destination: str) -> bool:
+        """The client routes ``destination`` to ``counterpart`` from now on: its meter counts
+        on that seller's flow for it, if the seller's book has one (a contract bought there
+        before, used again), else on none until a contract there is accepted."""
+        b = self.books.get(counterpart)
+        f = b.flows.get(destination) if b is not None else None
+        key, plen = pk.parse_prefix(destination)
+        table = self.meter.table(len(key), plen)
+        if f is None:
+            table.pop(key, None)
+            return False
+        table[key] = f
+        return True
+
     def set_policy(self, **changes) -> None:
         """Live settings (the control socket's `set`): max_price, budgets; None lifts a budget."""
         self.policy = replace(self.policy, **changes)

@@ -260,3 +260,23 @@ class NoFunds(ContractEvent):
 @dataclass(frozen=True, slots=True)
 class FundsRestored(ContractEvent):
     funds_msat: int | None = None
+
+
+# --- the client's market of gateways (daemon/gateways.py) -----------------------------------
+
+@_kind("destination_moved")
+@dataclass(frozen=True, slots=True)
+class DestinationMoved(ContractEvent):
+    """A destination (or a default route, "0.0.0.0/0") now goes to ``counterpart`` (None: no
+    gateway can carry it); ``reason`` says why it moved."""
+    previous: str | None = None      # the gateway it went to before (base64 key)
+    gateway: str | None = None       # the one it goes to now (base64 key)
+
+
+@_kind("gateway_state")
+@dataclass(frozen=True, slots=True)
+class GatewayState(ContractEvent):
+    """A gateway came up, went down (no answer while sending, a failed handshake) or was
+    found to take money without service."""
+    state: str = ""
+    gateway: str | None = None

@@ -227,7 +227,7 @@ def test_events_are_typed_frozen_and_say_side_and_counterpart():
     assert not hasattr(ev, "__dict__")                       # slots: no per-event dict
     kinds = [cls.kind for cls in vars(E).values()
              if isinstance(cls, type) and issubclass(cls, E.ContractEvent) and cls.kind]
-    assert len(kinds) == len(set(kinds)) == 28
+    assert len(kinds) == len(set(kinds)) == 30
 
 
 def test_seller_prices_through_its_pricer():

@@ -1,0 +1,120 @@
+"""The client's Market with three gateways in memory: the cheapest is chosen once all are
+priced, a price within the switch margin keeps a destination and one past it moves it, a
+gateway silent while sent to is declared down and its destinations move, a payment with no
+service after it puts a gateway last; the record survives a restart; the receiver splits
+datagrams by gateway."""
+
+import threading
+from types import SimpleNamespace
+
+from tunnelgate.config_market import Choice, Discovery, GatewaySpec
+from tunnelgate.daemon.gateways import DEFAULTS, UNSERVED_S, Market
+from tunnelgate.daemon.initiators import Initiators
+from tunnelgate.daemon.links import Links, SellerLink
+from tunnelgate.daemon.store import Store
+from tunnelgate.protocol import events as E
+from tunnelgate.protocol.buyer import Buyer, ClientPolicy
+
+
+class FakeSession:
+    def __init__(self):
+        self.established = True
+        self.unanswered_since = None
+        self.source = None
+        self.calls = []
+
+    def owns(self, index):
+        return False
+
+    def receive_groups(self, groups, now, lock=None):
+        self.calls.append(groups)
+        return [("x", 1, g[0]) for g in groups]
+
+
+def make(tmp_path, store=None):
+    links, events, quotes = Links(), [], []
+    store = store or Store(tmp_path / "db.sqlite")
+    engine = Buyer(ClientPolicy(max_price=10**9))
+
+    def new_link(gw):
+        link = SellerLink(gw.key, FakeSession(), gw.endpoint)
+        links.add(link)
+        return link
+    m = Market(Choice(switch_margin=0.2, failover_s=0.6), Discovery(), links, engine, threading.Lock(), store,
+               new_link, lambda key, dest: quotes.append((key, dest)), events.append)
+    return m, links, events, quotes, store
+
+
+KEYS = [bytes([i]) * 32 for i in (1, 2, 3)]
+
+
+def up_with_prices(m, prices, now):
+    for i, key in enumerate(KEYS):
+        m.add(GatewaySpec((f"198.18.1.{11 + i}", 51900), key, f"gw{i + 1}"), now)
+        m.on_handshake(key, {}, "100.64.0.2/24", now)
+    m.tick(now, 1000.0)          # probes go out: answer them with the prices
+    answer(m, prices, now)
+
+
+def answer(m, prices, now):
+    for key, price in zip(KEYS, prices):
+        gw = m.gateways[key]
+        while gw.probes:
+            m.on_quote(SimpleNamespace(counterpart=key, destination="0.0.0.0/32", price=price), now + 0.004)
+
+
+def test_cheapest_chosen_after_all_priced_and_moves_only_past_the_margin(tmp_path):
+    m, links, events, quotes, _ = make(tmp_path)
+    up_with_prices(m, [500, 600, 800], 0.0)
+    m.tick(0.1, 1000.1)
+    assert m.chooser.current[DEFAULTS[0]] == KEYS[0]
+    assert links.router.lookup(bytes(4)).peer == KEYS[0]
+    m.gateways[KEYS[0]].quotes[DEFAULTS[0]] = 700     # 600 is not 20 % below 700: kept
+    m.tick(0.2, 1000.2)
+    assert m.chooser.current[DEFAULTS[0]] == KEYS[0]
+    m.gateways[KEYS[0]].quotes[DEFAULTS[0]] = 900     # 600 <= 720: moves
+    m.tick(0.3, 1000.3)
+    assert links.router.lookup(bytes(4)).peer == KEYS[1]
+    assert any(type(e) is E.DestinationMoved and "cheaper" in e.reason for e in events)
+
+
+def test_silence_while_sending_fails_over(tmp_path):
+    m, links, events, _, _ = make(tmp_path)
+    up_with_prices(m, [500, 600, 800], 0.0)
+    m.tick(0.1, 1000.1)
+    m.gateways[KEYS[0]].link.session.unanswered_since = 0.2      # sending, nothing back
+    for t in (0.3, 0.5, 0.7, 0.9):
+        m.tick(t, 1000 + t)
+        for key, price in zip(KEYS[1:], (600, 800)):       # the others answer their probes
+            while m.gateways[key].probes:
+                m.on_quote(SimpleNamespace(counterpart=key, destination="0.0.0.0/32", price=price), t)
+    assert m.gateways[KEYS[0]].state == "down"
+    assert links.router.lookup(bytes(4)).peer == KEYS[1]
+
+
+def test_a_payment_without_service_puts_a_gateway_last_and_is_kept(tmp_path):
+    m, links, events, _, store = make(tmp_path)
+    up_with_prices(m, [500, 600, 800], 0.0)
+    m.tick(0.1, 1000.1)
+    c = SimpleNamespace(up=0, down=0)
+    m.engine.books[KEYS[0]] = SimpleNamespace(find=lambda cid: c)
+    m.on_event(E.Paid(E.BUYER, KEYS[0], "c1", "198.18.21.2/32"), 1000.2)
+    c.up = 5000
+    m.tick(0.2, 1000.2 + UNSERVED_S)
+    assert m.record(KEYS[0]).unserved == 1 and m.record(KEYS[0]).verdict()
+    assert links.router.lookup(bytes(4)).peer == KEYS[1]
+    m2, *_ = make(tmp_path, store)                 # a restart reads the record back
+    assert m2.record(KEYS[0]).unserved == 1 and m2.record(KEYS[0]).paid == 1
+
+
+def test_receiver_splits_groups_by_gateway_endpoint():
+    links = Links()
+    a, b = (SellerLink(k, FakeSession(), ep) for k, ep in zip(KEYS, [("198.18.1.11", 1), ("198.18.1.12", 1)]))
+    links.add(a)
+    links.add(b)
+    r = Initiators(links)
+    out = r.receive_groups([(b"1" * 16, 16, ("198.18.1.11", 1)), (b"2" * 16, 16, ("198.18.1.12", 1)),
+                            (b"3" * 16, 16, ("198.18.1.12", 1)), (b"4" * 16, 16, ("10.0.0.9", 1))], 0.0)
+    assert [x[2] for x in out] == [b"1" * 16, b"2" * 16, b"3" * 16]
+    assert len(a.session.calls) == 1 and len(b.session.calls) == 1 and len(b.session.calls[0]) == 2
+    assert r.stats["unknown_source"] == 1

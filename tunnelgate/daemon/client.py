@@ -1,7 +1,10 @@
 """`tunnelgate up`: a TUN device whose traffic goes to the gateways it buys from.
 
 One SellerLink per known gateway (daemon/gateways.py chooses which carries each
-destination); the TUN carries the tunnel address the first gateway gave."""
+destination); the TUN carries the tunnel address the first gateway gave.
+
+Over 600 lines: the glue of one role (set-up, handshakes' results, control requests,
+payments, status); the logic is in gateways.py, protocol/buyer*.py and payments/."""
 
 from __future__ import annotations
 

@@ -1,5 +1,10 @@
 """`tunnelgate serve`: accepts clients, forwards their traffic to its TUN
-(the kernel masquerades it out of the upstream interface) and back."""
+(the kernel masquerades it out of the upstream interface) and back.
+
+Over 600 lines: the glue of one role (set-up, control requests, the engine's output,
+payments, leases, adverts, status); each concern's logic lives in its own module
+(leases.py, handshakes.py, advertise.py, market.py, protocol/seller*.py) and what
+remains here is the wiring between them."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from tunnelgate.protocol.credit import MemoryCredit
 from tunnelgate.protocol.seller import Seller
 from tunnelgate.protocol.messages import encode
 
-from test_contract_engines import PEER, World, policy, pricing
+from test_contract_engines import DST, PEER, World, policy, pricing
 
 COST = 50       # 100 KB at 0.5 msat/KB
 
@@ -113,7 +113,8 @@ def test_a_contract_proposed_while_the_prepayment_is_verified_waits_for_its_cred
         sent += 1
     assert sent >= 90 and w.gw.status(w.now)["peers"][PEER.hex()]["open_proposals"] == 1   # contract 2
     w.run(0.3)
-    assert E.Paid.kind not in w.kinds("gw")
+    assert E.Paid.kind not in w.kinds("gw") and E.AwaitingCredit.kind in w.kinds("cl")
+    assert "prepaid credit" in w.cl.status(w.now)["destinations"][DST + "/32"]["reason"]
     w.run(1.5)
     paid = [e for e in w.gev if e.kind == E.Paid.kind]
     assert [e.from_credit for e in paid] == [False, True], paid

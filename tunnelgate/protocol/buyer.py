@@ -391,6 +391,7 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         due = sum(b.credit_due.values())
         if not from_credit and now < wait_until and cost > 0 and b.credit_msat + due >= cost:
             f.proposal = c           # no REQUEST for this flow meanwhile (see _renew)
+            f.reason = "waiting for the prepaid credit of a payment being confirmed"
             b.awaiting[c.contract_id] = (wait_until, f, c)
             if not waited:
                 self._emit(E.AwaitingCredit, c, amount_msat=cost, credit_msat=b.credit_msat, due_msat=due)

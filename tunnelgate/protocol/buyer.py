@@ -393,7 +393,7 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
             self._refuse(f, c, "buying paused", now)
             self._emit(E.Declined, c, reason="buying paused")
             return
-        bad = ch.problem(c.chain, c.price, peer, self.own_key)
+        bad = ch.problem(c.terms.chain, c.price, peer, self.own_key)
         if bad:
             # a chain that does not add up is no deal at any price: no counter-offer
             b.chain_rejected += 1

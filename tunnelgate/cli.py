@@ -110,7 +110,9 @@ def _foreground(ctx, cfg, private):
     from .daemon.base import DaemonError, setup_logging
     cfg.node.state_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(cfg.node.state_dir / "tunnelgate.log", ctx.obj["verbose"])
-    if cfg.role == "gateway":
+    if cfg.role == "gateway" and cfg.upstream is not None:
+        from .daemon.relay import RelayDaemon as D          # a gateway whose uplink is a client
+    elif cfg.role == "gateway":
         from .daemon.gateway import GatewayDaemon as D
     else:
         from .daemon.client import ClientDaemon as D

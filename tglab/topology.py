@@ -199,7 +199,7 @@ def chain(relays: int = 1) -> Topology:
     for i in range(relays, 0, -1):
         me, nxt = f"relay{i}", names[relays - i + 1]
         links.append(Link((Port(me, GW_UP_IF, f"198.18.{10 + i}.1"), Port(nxt, GW_CLIENT_IF, f"198.18.{10 + i}.2"))))
-    links.append(Link((Port("gw", GW_UP_IF, GW_UP), Port("up", UP_IF, UPSTREAM))))
+    links.append(Link((Port("gw", GW_UP_IF, GW_UP, GW_UP6), Port("up", UP_IF, UPSTREAM, UPSTREAM6))))
     nodes = (Node("client"),) + tuple(Node(n) for n in names[:-1]) + (
         Node("gw", routes=(Route("default", UPSTREAM),)), Node("up"))
     return Topology(nodes=nodes, links=tuple(links))

@@ -286,8 +286,15 @@ def history(config_path, as_json):
     from . import history as hist
     try:
         items = hist.contracts(state_paths(cfg.node.state_dir)["db"])
+        if getattr(cfg, "upstream", None) is not None:      # a relay: what it bought, and the margin
+            up = hist.contracts(state_paths(cfg.upstream.node.state_dir)["db"])
+            money = hist.resale(state_paths(cfg.node.state_dir)["db"])
     except hist.HistoryError as e:
         fail(str(e))
+    if getattr(cfg, "upstream", None) is not None:
+        out = {"contracts": items, "upstream": up, "resale": money}
+        click.echo(json.dumps(out, indent=2, sort_keys=True) if as_json else hist.render_relay(items, up, money))
+        return
     click.echo(json.dumps(items, indent=2, sort_keys=True) if as_json else hist.render(items))
 
 

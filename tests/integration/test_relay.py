@@ -97,13 +97,16 @@ def test_the_gateway_refusing_the_relay_stops_downstream_with_a_reason(relay_env
     try:
         assert wait_for(lambda: [c for c in env.request("client", "contracts") if c["paid"]], 15), \
             dump(env.request("client", "contracts"))
-        env.tg("gw", "set", "-c", str(env.conf["gw"]), "default_price=5")
+        # above the relay's max_price, and no counter-offer below it either
+        env.tg("gw", "set", "-c", str(env.conf["gw"]), "default_price=5", "floor_price=5")
         changed = time.monotonic()
-        ended = wait_for(lambda: [e for e in events(env, "client", "revoked") if "no upstream" in (e["reason"] or "")],
-                         60)
+        # what was sold ends (revoked when upstream quota runs out under it, else used up) and
+        # the next contract is refused with the reason
+        ended = wait_for(lambda: [e for e in events(env, "client", "revoked") + events(env, "client", "no_deal")
+                                  if e["destination"] == DEST and "no upstream for" in (e["reason"] or "")], 60)
         assert ended, dump(env.request("client", "events"))
-        # within the client's grace of its last contract's end upstream (the relay stops at once)
-        print("downstream stopped after", round(time.monotonic() - changed, 1), "s:", ended[0]["reason"])
+        print("downstream stopped after", round(time.monotonic() - changed, 1), "s:", ended[0]["kind"],
+              ended[0]["reason"])
     finally:
         ping.kill()
         ping.communicate()

@@ -125,3 +125,27 @@ routes = [{routes}]
             except (FileNotFoundError, ProcessLookupError, ValueError):
                 pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def relay_path(contract_kb: int):
+    """The bench's two-hop row (tglab/bench.py): a context manager as bench.tg_up, over a lab
+    of topology.chain(1) (its ``topology``): client — relay — gateway — up, every daemon with
+    contracts of contract_kb; yields the tunnel processes (client, relay, gw) for CPU figures."""
+    import contextlib
+    from .topology import chain
+
+    @contextlib.contextmanager
+    def up(lab, work, fam=None):
+        if fam is not None and fam.v != 4:
+            raise RuntimeError("the two-hop row is IPv4 only")
+        extra = f"contract_kb = {contract_kb}\nmax_contract_kb = {max(contract_kb, 100_000)}\n"
+        env = RelayEnv(lab, 1, gw_extra=extra, relay_extra=extra, relay_max="10")
+        try:
+            env.start()
+            yield {n: env.pid(n) for n in ("client", "relay1", "gw")}
+        except Exception as e:
+            raise RuntimeError(f"{e}\n{env.logs(15)}") from None
+        finally:
+            env.close()
+    up.topology = chain(1)
+    return up

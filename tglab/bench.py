@@ -192,7 +192,8 @@ def paths_up(ups: dict, fam: Family = IPV4, upstream: bool = False, errors: dict
         got: dict[str, PathUp] = {}
         for key, up in ups.items():
             try:
-                lab = stack.enter_context(_lab(getattr(up, "topology", None)))
+                topology = getattr(up, "topology", None)        # a row's own lab shape (tg2)
+                lab = stack.enter_context(_lab(*([topology] if topology is not None else [])))
                 work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tgbench-")))
                 if upstream:
                     lab.start_upstream({})

@@ -192,7 +192,8 @@ def paths_up(ups: dict, fam: Family = IPV4, upstream: bool = False, errors: dict
         got: dict[str, PathUp] = {}
         for key, up in ups.items():
             try:
-                lab = stack.enter_context(_lab())
+                topology = getattr(up, "topology", None)        # a row's own lab shape (tg2)
+                lab = stack.enter_context(_lab(*([topology] if topology is not None else [])))
                 work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tgbench-")))
                 if upstream:
                     lab.start_upstream({})
@@ -206,8 +207,8 @@ def paths_up(ups: dict, fam: Family = IPV4, upstream: bool = False, errors: dict
 
 
 @contextlib.contextmanager
-def _lab():
-    lab = new_lab()
+def _lab(topology=None):
+    lab = new_lab(topology)
     try:
         yield lab
     finally:
@@ -270,11 +271,12 @@ def measure_in_turns(paths: dict[str, PathUp], runs: int, seconds: float, fam: F
 
 # ---------------------------------------------------------------- paths
 
-def new_lab():
-    """A freshly built lab tgB<hex>; one retry with a new prefix if building fails."""
+def new_lab(topology=None):
+    """A freshly built lab tgB<hex> (of ``topology``, default the three namespaces); one retry
+    with a new prefix if building fails."""
     from tglab.lab import Lab
     for attempt in (1, 2):
-        lab = Lab("tgB" + os.urandom(3).hex())
+        lab = Lab("tgB" + os.urandom(3).hex(), *([topology] if topology is not None else []))
         try:
             return lab.build() or lab
         except Exception as e:
@@ -434,6 +436,22 @@ def run_all(ups: dict, runs: int, seconds: float, fam: Family = IPV4,
 
 # ---------------------------------------------------------------- main
 
+def two_hops(rows) -> dict | None:
+    """The two-hop row against one hop, both measured in the same rounds: single-stream
+    throughput ratio (median of the rounds' ratios) and the first packet's added latency
+    (the relay buys upstream before it proposes downstream)."""
+    from .bench_report import ratio_stats
+    by = {r.key: r for r in rows}
+    one, two = by.get("tg"), by.get("tg2")
+    if not one or not two or not one.result or not two.result:
+        return None
+    st = ratio_stats(two.result.get("single"), one.result.get("single"))
+    first = two.result["first_ms"] - one.result["first_ms"]
+    text = (f"two hops over one hop: TCP 1 x{st['x']:.2f} [{st['lo']:.2f}-{st['hi']:.2f}] (target >= 0.6), "
+            f"first packet {two.result['first_ms']:.1f} ms vs {one.result['first_ms']:.1f} ms ({first:+.1f} ms)")
+    return {"single_x": st["x"], "single_range": [st["lo"], st["hi"]], "first_ms_added": first, "text": text}
+
+
 
 def main(argv: list[str] | None = None) -> int:
     from tglab.lab import exit_on_sigterm
@@ -450,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=None, help="iperf3 runs per column (default 3)")
     ap.add_argument("--time", type=float, default=None, help="iperf3 -t seconds (default 5)")
     ap.add_argument("--json", type=Path, help="write all numbers to this file")
-    ap.add_argument("--only", default="raw,wg-deb,wg-sid,tg", help="rows, comma-separated (raw,wg-deb,wg-sid,tg)")
+    ap.add_argument("--only", default="raw,wg-deb,wg-sid,tg,tg2",
+                    help="rows, comma-separated (raw,wg-deb,wg-sid,tg,tg2)")
     ap.add_argument("--contract-kb", type=int, default=CONTRACT_KB,
                     help=f"tunnelgate row: the gateway's contract_kb (default {CONTRACT_KB}, the daemon's)")
     ap.add_argument("--no-fetch", action="store_true", help="do not download the sid wireguard-go")
@@ -499,6 +518,10 @@ def main(argv: list[str] | None = None) -> int:
     if "tg" in wanted:
         rows.append(Row("tg", "tunnelgate", version=tg_version() + f", {a.contract_kb} KB contracts"))
         ups["tg"] = tg_up(a.contract_kb)
+    if "tg2" in wanted:
+        from .relay_env import relay_path
+        rows.append(Row("tg2", "tunnelgate, two hops", version=f"client - relay - gateway, {a.contract_kb} KB contracts"))
+        ups["tg2"] = relay_path(a.contract_kb)
 
     print(f"versions: {platform.node()} kernel {platform.release()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, "
@@ -523,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     rs = ratios(rows)
     print()
     print(ratio_text(rs))
+    two = two_hops(rows)
+    if two:
+        print(two["text"])
     for r in rows:
         if r.error and r.result is None:
             print(f"\n{r.name} failed:\n  " + r.error.replace("\n", "\n  "))
@@ -534,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
                         "python": platform.python_version()},
             "rows": [{"key": r.key, "name": r.name, "version": r.version, "error": r.error,
                       "result": r.result} for r in rows],
-            "ratios": rs,
+            "ratios": rs, "two_hops": two,
             # a ratio is the median of the rounds' ratios; listed here when its rounds
             # spread more than spread_limit around it (or there was one round)
             "spread_limit": SPREAD, "inconclusive": inconclusive(rs)}, indent=2) + "\n")

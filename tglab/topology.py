@@ -179,3 +179,34 @@ def market_gateway(i: int) -> dict[str, str]:
     """Addresses of gateway I (1-based) in market(): its LAN address and uplink."""
     return {"link": f"198.18.1.{10 + i}", "link6": f"2001:2:0:1::{10 + i:x}",
             "up": f"198.18.{20 + i}.1", "upstream": f"198.18.{20 + i}.2"}
+
+
+def chain(relays: int = 1) -> Topology:
+    """A chain of relays (docs/relay.md): client ── relayN ── … ── relay1 ── gw ── up, each a
+    veth link of its own:
+
+        client "veth0" 198.18.1.2 ── relayN "veth-c" 198.18.1.1
+        relayI "veth-up" 198.18.(10+I).1 ── next "veth-c" 198.18.(10+I).2   (next: relayI-1, or gw)
+        gw "veth-up" 198.18.2.1 ── up "veth0" 198.18.2.2
+
+    Only gw has a route to up (default via it); a relay reaches up only through its upstream
+    tunnel and the client only through its tunnel to relayN, so a reply from up proves the
+    packets went through every hop."""
+    if not 1 <= relays <= 3:
+        raise ValueError("1 to 3 relays")
+    names = [f"relay{i}" for i in range(relays, 0, -1)] + ["gw"]
+    links = [Link((Port("client", CLIENT_IF, CLIENT_LINK), Port(names[0], GW_CLIENT_IF, GW_LINK)))]
+    for i in range(relays, 0, -1):
+        me, nxt = f"relay{i}", names[relays - i + 1]
+        links.append(Link((Port(me, GW_UP_IF, f"198.18.{10 + i}.1"), Port(nxt, GW_CLIENT_IF, f"198.18.{10 + i}.2"))))
+    links.append(Link((Port("gw", GW_UP_IF, GW_UP, GW_UP6), Port("up", UP_IF, UPSTREAM, UPSTREAM6))))
+    nodes = (Node("client"),) + tuple(Node(n) for n in names[:-1]) + (
+        Node("gw", routes=(Route("default", UPSTREAM),)), Node("up"))
+    return Topology(nodes=nodes, links=tuple(links))
+
+
+def chain_hop(i: int, relays: int) -> dict[str, str]:
+    """Addresses of hop I in chain(relays) (I = 1..relays a relay, 1 next to gw; 0 gw): where
+    its buyers reach it, where it buys (a relay's upstream endpoint), its tunnel address."""
+    return {"link": GW_LINK if i == relays else f"198.18.{11 + i}.2",
+            "upstream": f"198.18.{10 + i}.2" if i else UPSTREAM, "tunnel": f"100.64.{i}.1/24"}

@@ -110,7 +110,9 @@ def _foreground(ctx, cfg, private):
     from .daemon.base import DaemonError, setup_logging
     cfg.node.state_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(cfg.node.state_dir / "tunnelgate.log", ctx.obj["verbose"])
-    if cfg.role == "gateway":
+    if cfg.role == "gateway" and cfg.upstream is not None:
+        from .daemon.relay import RelayDaemon as D          # a gateway whose uplink is a client
+    elif cfg.role == "gateway":
         from .daemon.gateway import GatewayDaemon as D
     else:
         from .daemon.client import ClientDaemon as D
@@ -284,8 +286,15 @@ def history(config_path, as_json):
     from . import history as hist
     try:
         items = hist.contracts(state_paths(cfg.node.state_dir)["db"])
+        if getattr(cfg, "upstream", None) is not None:      # a relay: what it bought, and the margin
+            up = hist.contracts(state_paths(cfg.upstream.node.state_dir)["db"])
+            money = hist.resale(state_paths(cfg.node.state_dir)["db"])
     except hist.HistoryError as e:
         fail(str(e))
+    if getattr(cfg, "upstream", None) is not None:
+        out = {"contracts": items, "upstream": up, "resale": money}
+        click.echo(json.dumps(out, indent=2, sort_keys=True) if as_json else hist.render_relay(items, up, money))
+        return
     click.echo(json.dumps(items, indent=2, sort_keys=True) if as_json else hist.render(items))
 
 

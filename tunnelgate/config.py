@@ -122,6 +122,11 @@ class GatewayConfig:
     lease_idle_s: float = DEFAULT_LEASE_IDLE_S      # [network]: an idle peer's address is reclaimed
     user: str = DEFAULT_USER                         # [daemon]: who the daemon runs as after set-up
     advertise: Advertise = field(default_factory=Advertise)   # [advertise]: the signed advert, mDNS
+    # a relay (docs/relay.md): [upstream] is the client config of its uplink, [pricing] margin
+    # the fraction it adds to the upstream price ("0.25": 25 %)
+    upstream: "ClientConfig | None" = None
+    margin: str = "0"
+    fee: int = 0            # [pricing] fee: a relay's price units per KB after the margin
 
 
 @dataclass(frozen=True)
@@ -437,7 +442,11 @@ def _gateway(path: Path, data: dict) -> GatewayConfig:
     if address.network.prefixlen > 30:
         raise net.error("address", "a prefix of /30 or shorter so clients can get addresses", raw)
     address6 = _address6(net, address)
-    upstream = net.ifname("upstream_interface")
+    relay = "upstream" in data
+    if relay and "upstream_interface" in net.data:
+        raise net.error("upstream_interface", "nothing for a relay: its traffic leaves through its "
+                        "[upstream.network] tun; remove upstream_interface")
+    upstream = net.ifname("upstream_interface") if not relay else ""
     mtu = _mtu(net)
     lease_idle_s = net.number("lease_idle_s", DEFAULT_LEASE_IDLE_S, minimum=MIN_LEASE_IDLE_S,
                               min_inclusive=True, why="a connected client is silent at most 10 s "
@@ -445,21 +454,65 @@ def _gateway(path: Path, data: dict) -> GatewayConfig:
     net.finish()
     session = _session(r)
     payment = _payment(r, "payee")
+    margin, fee = _resale_pricing(r, relay)
     pricing = _pricing(r, (payment.backend,))
     metrics_listen = _metrics(r)
     user = _daemon(r)
     adv = advertise(r, listen)
+    up = _upstream(r, node, user, tun) if relay else None
     r.finish()
     return GatewayConfig(path=path, node=node, listen=listen, tun=tun, address=address,
-                         upstream_interface=upstream, mtu=mtu, session=session,
+                         upstream_interface=up.tun if up else upstream, mtu=mtu, session=session,
                          pricing=pricing, payment=payment, metrics_listen=metrics_listen,
-                         address6=address6, lease_idle_s=lease_idle_s, user=user, advertise=adv)
+                         address6=address6, lease_idle_s=lease_idle_s, user=user, advertise=adv,
+                         upstream=up, margin=margin, fee=fee)
+
+
+def _resale_pricing(r: _Reader, relay: bool) -> tuple[str, int]:
+    """[pricing] margin and fee: what a relay adds to its upstream price (a fraction of it, as a
+    decimal string, then a price per KB); the rest of [pricing] is read by _pricing."""
+    t = r.table("pricing", required=False)
+    keys = [k for k in ("margin", "fee") if k in t.data]
+    if not relay:
+        if keys:
+            raise t.error(keys[0], "nothing for a gateway with its own uplink: it is added to an upstream "
+                                   "price, so add an [upstream] table (a relay, docs/relay.md) or remove it")
+        return "0", 0
+    margin = "0.25"
+    if "margin" in t.data:
+        t._no_float("margin", _float_text(t.data.get("margin")))
+        margin = t.get("margin", str, 'a fraction of the upstream price as a decimal string, e.g. "0.25"')
+        try:
+            money.parse_fraction(margin, "margin")
+        except money.MoneyError as e:
+            raise t.error("margin", f'a fraction of the upstream price as a decimal string, e.g. "0.25" ({e})',
+                          margin) from None
+    fee = t.price("fee", 0)
+    for k in keys:      # read here: _pricing's check for unknown keys must not see them
+        del r.data["pricing"][k]
+    return margin, fee
+
+
+def _upstream(r: _Reader, node: Node, user: str, tun: str) -> "ClientConfig":
+    """[upstream]: what a client config holds (gateways or discovery, policy, payment,
+    network), the relay's uplink. Its state is under state_dir/upstream; no kill switch (the
+    relay's own link to its buyers must stay open)."""
+    up = r.table("upstream")
+    for key in ("node", "daemon", "metrics"):
+        if key in up.data:
+            raise up.error(key, f"not in [upstream]: the relay's own [{key}] holds it")
+    cfg = _client_body(up, Node(node.private_key_file, node.state_dir / "upstream"), user, relay=True)
+    if cfg.tun == tun:
+        raise up.error("network.tun", f"a TUN name other than the relay's own [network] tun ({tun!r})", cfg.tun)
+    return cfg
 
 
 def check_interfaces(cfg: GatewayConfig) -> None:
     """What config load cannot know: that upstream_interface exists in the network
     namespace `serve` runs in (else NAT has no way out and every client gets nothing)."""
     import socket
+    if cfg.upstream is not None:
+        return      # a relay's upstream_interface is its own upstream TUN, made at start
     try:
         socket.if_nametoindex(cfg.upstream_interface)
     except OSError:
@@ -536,7 +589,12 @@ def _gateway_key(gw: "_Reader", key: str) -> bytes:
 
 def _client(path: Path, data: dict) -> ClientConfig:
     r = _Reader(path, data)
-    node = _node(r)
+    return _client_body(r, _node(r))
+
+
+def _client_body(r: _Reader, node: Node, user: str | None = None, relay: bool = False) -> ClientConfig:
+    """A client's tables (a client file's, or a relay's [upstream]: ``relay``, ``user`` given)."""
+    path = r.path
     # [gateway] is the one-gateway case of [[gateways]]; with [discovery] mdns a client
     # may know none ahead (config_market.py)
     gateways = config_market.gateways(r, _gateway_key)
@@ -557,13 +615,16 @@ def _client(path: Path, data: dict) -> ClientConfig:
                             item) from None
     mtu = _mtu(net)
     full_tunnel = any(ipaddress.ip_network(p).prefixlen == 0 for p in routes)
-    kill_switch = net.get("kill_switch", bool, "true or false", full_tunnel)
+    kill_switch = net.get("kill_switch", bool, "true or false", full_tunnel and not relay)
+    if relay and kill_switch:
+        raise net.error("kill_switch", "false for a relay's upstream: a kill switch would cut the relay's "
+                                       "own link to the clients it sells to")
     net.finish()
     session = _session(r)
     policy = _policy(r)
     payment = _payment(r, "payer")
-    metrics_listen = _metrics(r)
-    user = _daemon(r)
+    metrics_listen = None if relay else _metrics(r)
+    user = user if relay else _daemon(r)
     r.finish()
     first = gateways[0] if gateways else None
     return ClientConfig(path=path, node=node, endpoint=first.endpoint if first else None,

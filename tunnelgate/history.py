@@ -110,3 +110,31 @@ def render(items: list[dict]) -> str:
             summary += f", {format_msat(credit)} of it prepaid credit at the gateway, not used yet"
     lines.append(summary)
     return "\n".join(lines)
+
+
+def resale(db: Path) -> dict:
+    """A relay's money per destination (revenue downstream, cost upstream, margin), as its
+    daemon last saved it (daemon/relay.py); empty when it never resold anything."""
+    from .protocol.resale_ledger import ResaleLedger
+    ledger = ResaleLedger()
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT data FROM snapshots WHERE name='resale_ledger'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise HistoryError(f"cannot read {db}: {e}") from None
+    if row:
+        ledger.restore(json.loads(row[0]))
+    return ledger.view()
+
+
+def render_relay(down: list[dict], up: list[dict], money: dict) -> str:
+    """A relay's history: what it sold, what it bought, and the margin per destination."""
+    lines = ["sold downstream:", render(down), "", "bought upstream:", render(up), "",
+             f"{'destination':<18} {'revenue':>12} {'cost':>12} {'margin':>12}"]
+    for dest, m in list(money["destinations"].items()) + [("total", money["total"])]:
+        lines.append(f"{dest:<18} {format_msat(m['revenue_msat']):>12} {format_msat(m['cost_msat']):>12} "
+                     f"{format_msat(m['margin_msat']):>12}")
+    return "\n".join(lines)

@@ -443,8 +443,9 @@ class ClientDaemon(Daemon):
         taken = None
         with self.saver.wlock:
             with self.elock:
+                # events first: a relay acts on them (daemon/relay.py), which may add output
+                events = self._take_events(time.time())
                 outgoing = self.engine.take_outgoing()
-                events = self.engine.take_events()
                 if self.engine.durable_seq != self.saver.written_seq:
                     taken = self.saver.take()
             for ev in events:
@@ -468,6 +469,10 @@ class ClientDaemon(Daemon):
                 self.market.on_quote(ev, time.monotonic())
         self.channels.flush(time.monotonic())
         self.poke()             # a channel's retransmit or the session's keepalive may be due sooner
+
+    def _take_events(self, wall: float) -> list:
+        """The engine's events, under its lock (a relay's resale sees them first)."""
+        return self.engine.take_events()
 
     async def cmd_quote(self, req: dict) -> dict:
         """The gateway's current terms for a destination, without buying anything."""

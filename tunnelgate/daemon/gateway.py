@@ -201,7 +201,7 @@ class GatewayDaemon(Daemon):
         self.engine = gwp.Seller(pricing, new_id=lambda: secrets.token_hex(8),
                                         account_for=self.accounts.take if self.accounts else None,
                                         credit=JournalCredit(self.payee.journal),
-                                        own_key=sess.public_key(self.private_key))
+                                        own_key=sess.public_key(self.private_key), pricer=self._pricer())
         self.events = EventLog(self.store)
         self.saver = Saver(self.store, self.engine, self.elock)
         if self.saver.restore(time.time()):
@@ -559,9 +559,10 @@ class GatewayDaemon(Daemon):
                     self.engine.on_message(peer, message, wall)
                 if poll is not None:
                     self.engine.poll(poll)
+                # events first: a relay acts on them (daemon/relay.py), which may add output
+                events = self._take_events(wall)
                 outgoing = self.engine.take_outgoing()
                 released = self.engine.take_released()
-                events = self.engine.take_events()
                 if self.engine.has_changes or self.engine.durable_seq != self.saver.written_seq:
                     taken = self.saver.take()
                     if messages:
@@ -586,6 +587,14 @@ class GatewayDaemon(Daemon):
                 self.verifying[ev.contract_id] = self.loop.create_task(self._verify(ev))
         self.channels.flush(time.monotonic())
         self.poke()             # a channel's retransmit or a session's timer may be due sooner
+
+    def _pricer(self):
+        """The seller's list prices: None, the static [pricing] table (a relay's differ)."""
+        return None
+
+    def _take_events(self, wall: float) -> list:
+        """The engine's events, under its lock (a relay's resale sees them first)."""
+        return self.engine.take_events()
 
     async def _verify(self, ev) -> None:
         cid = ev.contract_id

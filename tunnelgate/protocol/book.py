@@ -32,6 +32,13 @@ class Tombstones:
         self._order: deque[tuple["Book", str]] = deque()
 
     def add(self, book: "Book", c: Contract) -> None:
+        """A contract retired again (e.g. restored over a run that had already ended it) keeps
+        its one place in the order, the newer object replacing the older: ``_order`` holds each
+        (book, id) once, so ``contracts()`` shows it once and a trim of its old place cannot
+        drop it while a newer place remains."""
+        if c.contract_id in book.ended:
+            book.ended[c.contract_id] = c
+            return
         book.ended[c.contract_id] = c
         self._order.append((book, c.contract_id))
         if len(self._order) > self.cap:
@@ -43,7 +50,7 @@ class Tombstones:
         return len(self._order)
 
     def contracts(self) -> Iterator[Contract]:
-        """Oldest first (a contract retired twice, e.g. restored, shows once)."""
+        """Oldest first, each once (see ``add``)."""
         for b, cid in self._order:
             c = b.ended.get(cid)
             if c is not None:

@@ -43,6 +43,11 @@ NEVER = 1 << 62          # renew_at when data_renewal_kb = 0: no renewal on data
 RENEW_LEAD_S = 5         # renew when this long is left at the last contract's rate
 FAST_S = 2               # a contract exhausted faster than this makes renewal start at activation
 USAGE_SETTLE_S = 2       # after a final USAGE, packets still in flight arrive within this
+# A proposal that the surplus of a prepayment still being confirmed would pay waits this long
+# for that surplus to land as credit (cashu, Lightning: a second or so), then is paid from the
+# wallet as without it (a payment waiting for a block is not waited for). Below the seller's
+# proposal timeout (10 s by default), so the proposal is still open when answered.
+CREDIT_WAIT_S = 5
 
 
 @dataclass(frozen=True)
@@ -78,13 +83,18 @@ class BuyerContract(Contract):
 
 class BuyerBook(Book):
     """One seller's contracts, and what the buyer knows of that seller."""
-    __slots__ = ("credit_msat", "sized_requests", "chain_rejected")
+    __slots__ = ("credit_msat", "sized_requests", "chain_rejected", "credit_due", "awaiting")
 
     def __init__(self, counterpart: bytes, tombstones=None, flows: dict | None = None):
         super().__init__(counterpart, tombstones, flows)
         # our prepaid credit at this seller as it last said (PAID), less the contracts
         # accepted from it since
         self.credit_msat = 0
+        # contract id -> the surplus of its prepayment, sent (or being made) but not yet PAID:
+        # credit on its way (not saved: after a restart nothing waits for it)
+        self.credit_due: dict[str, int] = {}
+        # proposals waiting for that credit: contract id -> (answer by, flow, contract)
+        self.awaiting: dict[str, tuple[float, Flow, Contract]] = {}
         # the seller's handshake listed wire.FEATURE_SIZED: REQUESTs may ask for a size
         self.sized_requests = False
         self.chain_rejected = 0     # proposals refused: their cost chain did not add up
@@ -330,12 +340,14 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
                 c.paid = True
                 b.settle(c)
                 self._emit(E.Paid, c, amount_msat=c.cost_msat, credit_msat=msg.credit_msat, from_credit=c.credit)
+            self._credit_landed(b, c.contract_id, now)
             return
         if isinstance(msg, m.PaymentFailed):
             if c.state in (State.ACCEPTED, State.GRACE) or c.state in (State.EXPIRED, State.EXHAUSTED,
                                                                        State.REVOKED):
                 c.apply(Ev.PAYMENT_FAILED)
                 self._emit(E.PaymentFailed, c, reason=msg.reason, amount_msat=c.cost_msat)
+                self._credit_landed(b, c.contract_id, now)      # none will
                 if c.credit and not c.paid:
                     # the credit did not cover it after all: pay it the ordinary way, in grace
                     c.credit = False
@@ -346,6 +358,7 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         if isinstance(msg, m.Revoke):
             if c.state in (State.ACCEPTED, State.GRACE, State.PAID):
                 self._end(f, c, Ev.REVOKE, msg.reason, now)
+            self._credit_landed(b, c.contract_id, now)          # none will, for this contract
             return
         return self._violation(counterpart, msg, "not a message a seller sends")
 
@@ -366,12 +379,21 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         if f.proposal is not None and f.proposal.state is State.PROPOSED:
             self._close(f.proposal, Ev.WITHDRAW, f.proposal.reason, now)
         f.proposal = None
+        self._answer(b, f, c, now, now + CREDIT_WAIT_S)
+
+    def _answer(self, b: BuyerBook, f: Flow, c: Contract, now: float, wait_until: float) -> None:
+        """ACCEPT or REJECT a proposal, or (until ``wait_until``) leave it open while credit is
+        on its way that would pay it."""
+        peer = b.counterpart
+        waited = b.awaiting.pop(c.contract_id, None) is not None
+        if f.proposal is c:
+            f.proposal = None
         if self.paused:
             # the user paused buying: no answer, so no no-deal back-off outlives the pause
             self._refuse(f, c, "buying paused", now)
             self._emit(E.Declined, c, reason="buying paused")
             return
-        bad = ch.problem(chain, msg.price, peer, self.own_key)
+        bad = ch.problem(c.terms.chain, c.price, peer, self.own_key)
         if bad:
             # a chain that does not add up is no deal at any price: no counter-offer
             b.chain_rejected += 1
@@ -380,14 +402,14 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
             self._emit(E.Rejected, c, reason=bad)
             return
         maxp = self._max.lookup(f.key)
-        if msg.price > maxp:
-            counter = min((msg.price * self._frac[0]) // self._frac[1], maxp)
-            reason = f"price {format_price(msg.price)} is above my maximum {format_price(maxp)}"
+        if c.price > maxp:
+            counter = min((c.price * self._frac[0]) // self._frac[1], maxp)
+            reason = f"price {format_price(c.price)} is above my maximum {format_price(maxp)}"
             self._refuse(f, c, reason, now)
             self._out.append((peer, m.Reject(c.contract_id, reason, price=counter)))
             self._emit(E.Rejected, c, reason=reason, counter_price=counter)
             return
-        cost = cost_msat(msg.price, msg.limit_kb)
+        cost = c.cost_msat
         problem = self._budget_problem(cost, now)
         if problem:
             self._refuse(f, c, problem, now)
@@ -397,6 +419,14 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
             return
         self.budget_reason = ""
         from_credit = b.credit_msat >= cost > 0
+        due = sum(b.credit_due.values())
+        if not from_credit and now < wait_until and cost > 0 and b.credit_msat + due >= cost:
+            f.proposal = c           # no REQUEST for this flow meanwhile (see _renew)
+            f.reason = "waiting for the prepaid credit of a payment being confirmed"
+            b.awaiting[c.contract_id] = (wait_until, f, c)
+            if not waited:
+                self._emit(E.AwaitingCredit, c, amount_msat=cost, credit_msat=b.credit_msat, due_msat=due)
+            return
         if not from_credit and self.no_funds_reason and (self.funds_msat is None or self.funds_msat < cost):
             # a payment failed for lack of funds: no answer (as when paused), so the seller
             # withdraws the offer and proposes again on a later packet; buying resumes as soon
@@ -429,6 +459,19 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
             b.owe(c)
             self._payment_due(c)
 
+    def _credit_landed(self, b: BuyerBook, contract_id: str, now: float) -> None:
+        """The prepayment of ``contract_id`` is settled (its surplus now in ``credit_msat``)
+        or will not be: the proposals waiting for credit are answered now."""
+        if b.credit_due.pop(contract_id, None) is not None and b.awaiting:
+            self._answer_awaiting(b, now)
+
+    def _answer_awaiting(self, b: BuyerBook, now: float) -> None:
+        for until, f, c in list(b.awaiting.values()):
+            if f.proposal is c and c.state is State.PROPOSED:
+                self._answer(b, f, c, now, until)      # still waits if credit is still due
+            else:
+                del b.awaiting[c.contract_id]         # withdrawn meanwhile (a newer PROPOSE, NO_DEAL)
+
     def _payment_due(self, c: Contract) -> None:
         cost = c.cost_msat
         amount = max(cost, self.prepay_msat)
@@ -436,6 +479,8 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
             if amount > self.funds_msat:
                 amount = cost                 # cannot prepay now: pay this contract only
             self.funds_msat = max(0, self.funds_msat - amount)
+        if amount > cost:
+            self.books[c.peer].credit_due[c.contract_id] = amount - cost
         self._emit(E.PaymentDue, c, amount_msat=cost, methods=tuple(c.methods), account=c.account,
                    pay_msat=amount)
 
@@ -444,6 +489,9 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         """The wallet could not pay (insufficient funds): stop buying, say so once."""
         self.funds_msat = funds_msat
         self._no_funds_at = funds_msat or 0
+        b = self.books.get(counterpart)
+        if b is not None:
+            b.credit_due.pop(contract_id, None)     # proposals waiting for it: answered by poll
         if not self.no_funds_reason:
             self._emit(E.NoFunds, contract_id, counterpart=counterpart, reason=f"stopped buying: {reason}",
                        funds_msat=funds_msat, credit_msat=self._book(counterpart).credit_msat)
@@ -505,6 +553,11 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         # it was accepted and used, so it is paid all the same
         if c is None or c.accepted_at is None:
             raise KeyError(f"no accepted contract {contract_id!r}")
+        if amount_msat is not None and contract_id in b.credit_due:
+            if amount_msat > c.cost_msat:
+                b.credit_due[contract_id] = amount_msat - c.cost_msat
+            else:                                   # the wallet could not prepay: no credit coming
+                del b.credit_due[contract_id]
         self._out.append((counterpart, m.Pay(contract_id, c.cost_msat if amount_msat is None else amount_msat,
                                              method, proof)))
 
@@ -567,6 +620,8 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
                         self._renew(f, c, now)
                 if f.nodeal_until and f.nodeal_until <= now:
                     f.nodeal_until = 0.0
+            if b.awaiting:
+                self._answer_awaiting(b, now)
         for cid, (due, c) in list(self._final_checks.items()):
             if due <= now:
                 del self._final_checks[cid]

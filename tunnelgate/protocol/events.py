@@ -280,3 +280,13 @@ class GatewayState(ContractEvent):
     found to take money without service."""
     state: str = ""
     gateway: str | None = None
+
+
+@_kind("awaiting_credit")
+@dataclass(frozen=True, slots=True)
+class AwaitingCredit(ContractEvent):
+    """A proposal is answered once the surplus of a prepayment still being confirmed lands as
+    credit (``due_msat`` on its way, ``credit_msat`` known now): paying it from the wallet
+    would prepay a second time."""
+    credit_msat: int = 0
+    due_msat: int = 0

@@ -206,6 +206,24 @@ def test_book_indexes_and_next_deadline():
     assert [w for w, _, _ in b.due(NOW + 5, 10)] == [NOW + 1, NOW + 5] and b.next_deadline() == NOW + 9
 
 
+def test_a_contract_retired_twice_is_one_tombstone():
+    """Retired again (e.g. restored over a run that had ended it): one entry, shown once, the
+    newer object; the trim counts it once and does not drop it for its first place."""
+    from tunnelgate.protocol.contract import Contract
+    ts = Tombstones(cap=3, trim=1)
+    b = Book(b"k", ts)
+    cs = [Contract(Terms(f"c{i}", "198.18.0.1/32", bytes(4), 32, 1, 1, 60), b"k") for i in range(4)]
+    again = Contract(cs[0].terms, b"k")
+    b.retire(cs[0], NOW)
+    b.retire(again, NOW + 1)
+    assert list(ts.contracts()) == [again] and len(ts) == 1 and b.find("c0") is again
+    for c in cs[1:3]:
+        b.retire(c, NOW + 2)
+    assert [c.contract_id for c in ts.contracts()] == ["c0", "c1", "c2"] and len(ts) == 3
+    b.retire(cs[3], NOW + 3)            # over the cap: the oldest (c0) goes, once
+    assert [c.contract_id for c in ts.contracts()] == ["c1", "c2", "c3"] and b.find("c0") is None
+
+
 def test_seller_next_deadline_is_its_earliest_timer():
     s = Seller(pricing(proposal_timeout_s=10))
     assert s.next_deadline() is None
@@ -227,7 +245,7 @@ def test_events_are_typed_frozen_and_say_side_and_counterpart():
     assert not hasattr(ev, "__dict__")                       # slots: no per-event dict
     kinds = [cls.kind for cls in vars(E).values()
              if isinstance(cls, type) and issubclass(cls, E.ContractEvent) and cls.kind]
-    assert len(kinds) == len(set(kinds)) == 30
+    assert len(kinds) == len(set(kinds)) == 31
 
 
 def test_seller_prices_through_its_pricer():

@@ -8,7 +8,7 @@ from tunnelgate.protocol.credit import MemoryCredit
 from tunnelgate.protocol.seller import Seller
 from tunnelgate.protocol.messages import encode
 
-from test_contract_engines import PEER, World, policy, pricing
+from test_contract_engines import DST, PEER, World, policy, pricing
 
 COST = 50       # 100 KB at 0.5 msat/KB
 
@@ -16,8 +16,10 @@ COST = 50       # 100 KB at 0.5 msat/KB
 class CreditWorld(World):
     """The daemon's part: a payment worth more than the contract's cost credits the surplus."""
 
-    def __init__(self, prepay=0, funds=None, **kw):
+    def __init__(self, prepay=0, funds=None, confirm_after=0.0, **kw):
         super().__init__(loss=0, reorder=0, autopay=False, confirm=False, **kw)
+        self.confirm_after = confirm_after  # the backend's verification time (cashu: a mint call)
+        self.verifying = []                 # (when confirmed, event)
         self.gw = Seller(self.gw.pricing, credit=MemoryCredit())
         self.cl.prepay_msat = prepay
         self.cl.funds_msat = funds
@@ -33,6 +35,9 @@ class CreditWorld(World):
             self.cl.paid(PEER, e.contract_id, "dummy", "proof-" + e.contract_id, e.pay_msat)
         for e in [e for e in self.gev if e.kind == E.PaymentReceived.kind and id(e) not in self.received]:
             self.received.add(id(e))
+            self.verifying.append((self.now + self.confirm_after, e))
+        for due, e in [x for x in self.verifying if x[0] <= self.now]:
+            self.verifying.remove((due, e))
             left = self.gw.credit.add(PEER, e.amount_msat - e.cost_msat)
             self.gw.payment_confirmed(e.contract_id, self.now, credit_msat=left)
         for peer, msg in self.gw.take_outgoing():
@@ -92,6 +97,48 @@ def test_prepaid_credit_pays_later_contracts_without_a_payment():
             break
     w.run(0.5)
     assert len([e for e in w.cev if e.kind == E.PaymentDue.kind]) == 2
+
+
+def test_a_contract_proposed_while_the_prepayment_is_verified_waits_for_its_credit():
+    """The first contract is used up in grace before its prepayment (4 contracts' worth) is
+    confirmed; the next one is proposed meanwhile. The buyer waits for the PAID that brings the
+    credit and pays the next one from it, instead of paying from the wallet a second time."""
+    w = CreditWorld(prepay=4 * COST, confirm_after=1.0, pr=pricing(contract_kb=100, grace_kb=100))
+    w.cl.policy = policy(data_renewal_kb=0)
+    assert w.send() == HELD
+    w.run(0.1)
+    assert [e.kind for e in w.gev].count(E.PaymentReceived.kind) == 1 and not w.kinds("gw").count(E.Paid.kind)
+    sent = 0
+    while w.send() == FORWARD:              # contract 1 used up in grace, its payment not yet final
+        sent += 1
+    assert sent >= 90 and w.gw.status(w.now)["peers"][PEER.hex()]["open_proposals"] == 1   # contract 2
+    w.run(0.3)
+    assert E.Paid.kind not in w.kinds("gw") and E.AwaitingCredit.kind in w.kinds("cl")
+    assert "prepaid credit" in w.cl.status(w.now)["destinations"][DST + "/32"]["reason"]
+    w.run(1.5)
+    paid = [e for e in w.gev if e.kind == E.Paid.kind]
+    assert [e.from_credit for e in paid] == [False, True], paid
+    assert [e.kind for e in w.cev].count(E.PaymentDue.kind) == 1
+    assert w.gw.credit.balance(PEER) == 100 and w.cl.book(PEER).credit_msat == 100
+    assert w.send() == FORWARD and w.released
+
+
+def test_a_contract_does_not_wait_long_for_credit_that_does_not_come():
+    """The prepayment is not confirmed in CREDIT_WAIT_S (an on-chain payment waiting for a block):
+    the next contract is accepted and paid from the wallet, as without prepay."""
+    w = CreditWorld(prepay=4 * COST, confirm_after=60.0, pr=pricing(contract_kb=100, grace_kb=100,
+                                                                      grace_time_s=120))
+    w.cl.policy = policy(data_renewal_kb=0)
+    w.send()
+    w.run(0.1)
+    while w.send() == FORWARD:
+        pass
+    w.run(ce.CREDIT_WAIT_S - 0.5)
+    assert [e.kind for e in w.cev].count(E.Accepted.kind) == 1
+    w.run(1.0)
+    assert [e.kind for e in w.cev].count(E.PaymentDue.kind) == 2
+    # the peer's one grace went to contract 1 (protocol/grace.py): contract 2 forwards once paid
+    assert w.send() == HELD
 
 
 def test_credit_that_falls_short_is_refused_and_the_client_pays():

@@ -1,0 +1,148 @@
+"""Relays end to end (docs/relay.md): topology.chain in real namespaces, client — relay —
+gateway — upstream (and one more relay for three hops), the daemons started by the CLI,
+the dummy payment backend: a download through the chain, the chain in the client's quote,
+the money at each hop, and what downstream sees when the upstream stops selling."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import time
+
+import pytest
+
+from tglab.lab import Lab
+from tglab.market_env import dump, wait_for
+from tglab.relay_env import RelayEnv
+from tglab.topology import UPSTREAM, chain
+from tunnelgate import money
+from tunnelgate.protocol.relay_pricer import RelayPricer
+
+from conftest import new_prefix, root_skip_reason
+
+pytestmark = pytest.mark.root
+DEST = f"{UPSTREAM}/32"
+
+
+def chain_lab(relays: int):
+    reason = root_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    lab = Lab(new_prefix(), chain(relays))
+    lab.build()
+    return lab
+
+
+@pytest.fixture
+def relay_env():
+    made = []
+
+    def make(relays: int = 1, files: dict | None = None, **kw):
+        lab = chain_lab(relays)
+        env = RelayEnv(lab, relays, **kw)
+        made.append((lab, env))
+        sums = lab.start_upstream(files or {})
+        env.start()
+        return lab, env, sums
+    yield make
+    for lab, env in made:
+        print(env.logs())
+        env.close()
+        lab.destroy()
+
+
+def download(lab, name: str, timeout: float = 120) -> str:
+    return lab.run("client", "sh", "-c", f"curl -sS --max-time {timeout} http://{UPSTREAM}:8080/{name} | sha256sum",
+                   timeout=timeout + 10).stdout.split()[0]
+
+
+def mark_up(price: int, margin: str = "0.25") -> int:
+    return RelayPricer(None, margin).mark_up(price)
+
+
+def events(env, name: str, kind: str) -> list[dict]:
+    return [e for e in env.request(name, "events") if e["kind"] == kind]
+
+
+def test_two_hops_download_chain_and_money(relay_env):
+    lab, env, sums = relay_env(1, {"20M.bin": 20_000_000})
+    assert download(lab, "20M.bin") == sums["20M.bin"]
+    gw_price = money.parse_price("0.5")
+    quote = env.request("client", "quote", destination=UPSTREAM)
+    assert [(h["public_key"], h["price_per_kb"]) for h in quote["chain"]] == [
+        (env.public["gw"], gw_price), (env.public["relay1"], mark_up(gw_price))], dump(quote)
+    assert quote["price"] == mark_up(gw_price) and not quote["chain_problem"]
+    # the gateway was paid by the relay (its key) for what it carried
+    paid = [c for c in env.history("gw") if c["paid_msat"] and c["peer"] == env.public["relay1"]]
+    assert sum(c["paid_msat"] for c in paid) >= money.cost_msat(gw_price, 20_000), dump(paid)
+    # the relay's money: what it sold downstream at cost × 1.25 covers what was used of it
+    st = env.status("relay1")
+    total = st["relay"]["money"]["total"]
+    down = [c for c in env.request("relay1", "contracts", all=True) if c["destination"] == DEST]
+    used_kb = sum(c["used"] for c in down) // 1000
+    assert used_kb >= 20_000, dump(down)
+    assert total["revenue_msat"] >= money.cost_msat(mark_up(gw_price), used_kb) - 1, dump(total)
+    assert total["cost_msat"] >= money.cost_msat(gw_price, used_kb), dump(total)
+    assert st["relay"]["money"]["destinations"][DEST]["revenue_msat"] == total["revenue_msat"]
+    hist = env.history("relay1")
+    assert hist["resale"]["total"] == total, dump(hist["resale"])
+    print("relay money:", dump(total))
+
+
+def test_the_gateway_refusing_the_relay_stops_downstream_with_a_reason(relay_env):
+    # small upstream contracts: the relay must buy again soon, and cannot at the new price
+    lab, env, _ = relay_env(1, gw_extra="contract_kb = 100\nmax_contract_kb = 200\n", relay_max="1")
+    ping = lab.popen("client", "ping", "-n", "-i", "0.02", "-s", "1400", "-c", "1500", "-W", "1", UPSTREAM,
+                     stdout=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: [c for c in env.request("client", "contracts") if c["paid"]], 15), \
+            dump(env.request("client", "contracts"))
+        # above the relay's max_price, and no counter-offer below it either
+        env.tg("gw", "set", "-c", str(env.conf["gw"]), "default_price=5", "floor_price=5")
+        changed = time.monotonic()
+        # what was sold ends (revoked when upstream quota runs out under it, else used up) and
+        # the next contract is refused with the reason
+        ended = wait_for(lambda: [e for e in events(env, "client", "revoked") + events(env, "client", "no_deal")
+                                  if e["destination"] == DEST and "no upstream for" in (e["reason"] or "")], 60)
+        assert ended, dump(env.request("client", "events"))
+        print("downstream stopped after", round(time.monotonic() - changed, 1), "s:", ended[0]["kind"],
+              ended[0]["reason"])
+    finally:
+        ping.kill()
+        ping.communicate()
+    # a new destination: the relay says why it will not sell
+    lab.run("client", "ping", "-n", "-c", "2", "-W", "1", "198.18.2.1", check=False, timeout=20)
+    nd = wait_for(lambda: [e for e in events(env, "client", "no_deal") if "no upstream for" in (e["reason"] or "")], 15)
+    assert nd, dump(env.request("client", "events"))
+
+
+def test_kill9_of_the_gateway_ends_the_relayed_contracts(relay_env):
+    lab, env, _ = relay_env(1)
+    ping = lab.popen("client", "ping", "-n", "-i", "0.05", "-c", "400", "-W", "1", UPSTREAM,
+                     stdout=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: [c for c in env.request("client", "contracts") if c["paid"]], 15)
+        env.kill9("gw")
+        killed = time.monotonic()
+        ended = wait_for(lambda: [e for e in events(env, "client", "revoked") if "upstream gateway gone" in
+                                  (e["reason"] or "")], 30)
+        assert ended, dump(env.request("client", "events"))
+        took = time.monotonic() - killed
+        grace = env.status("relay1")["pricing"]["grace_time_s"]
+        assert took < grace, f"stopped after {took:.1f} s, grace is {grace} s"
+        print("downstream stopped", round(took, 1), "s after kill -9:", ended[0]["reason"])
+    finally:
+        ping.kill()
+        ping.communicate()
+    assert env.status("relay1")["relay"]["gone"] == [env.public["gw"]]
+
+
+def test_three_hops_download_and_chain(relay_env):
+    lab, env, sums = relay_env(2, {"5M.bin": 5_000_000})
+    assert download(lab, "5M.bin") == sums["5M.bin"]
+    p0 = money.parse_price("0.5")
+    p1 = mark_up(p0)
+    quote = env.request("client", "quote", destination=UPSTREAM)
+    assert [(h["public_key"], h["price_per_kb"]) for h in quote["chain"]] == [
+        (env.public["gw"], p0), (env.public["relay1"], p1), (env.public["relay2"], mark_up(p1))], dump(quote)
+    assert base64.b64decode(quote["chain"][-1]["public_key"]) and not quote["chain_problem"]

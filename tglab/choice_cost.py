@@ -16,8 +16,9 @@ iperf3 runs taken in turns (bench.turns: the order reversed every round):
 Columns: TCP 1 up (iperf3 client in the client namespace to the upstream host) and
 TCP 1 down (-R: the upstream host sends, the client's receiver opens every datagram),
 with the client process's CPU seconds per Gbit. Ratios of one-mkt and three to one:
-the median of the rounds' ratios and their range (bench_report.ratio_stats). A
-benchmark: nothing asserted.
+the median of the rounds' ratios and their range (bench_report.ratio_stats). Then
+the receivers alone, in process (tglab/receiver_cost.py): the multi-gateway receiver
+against the bare Initiator on the same datagrams. A benchmark: nothing asserted.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import wggo
+from . import receiver_cost, wggo
 from .bench import iperf, turns
 from .bench_report import ratio_stats, verdict
 from .lab import Lab, exit_on_sigterm
@@ -148,8 +149,11 @@ def main(argv: list[str]) -> int:
     res = measure(a.runs, a.time)
     rs = ratios(res)
     print(report(res, rs, a.runs, a.time))
+    recv = receiver_cost.measure(4000, 3)
+    print(receiver_cost.report(recv))
     if a.json:
-        a.json.write_text(json.dumps({"runs": a.runs, "seconds": a.time, "results": res, "ratios": rs},
+        a.json.write_text(json.dumps({"runs": a.runs, "seconds": a.time, "results": res, "ratios": rs,
+                                      "receiver": recv},
                                      indent=2) + "\n")
     return 0
 

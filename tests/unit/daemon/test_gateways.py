@@ -118,3 +118,25 @@ def test_receiver_splits_groups_by_gateway_endpoint():
     assert [x[2] for x in out] == [b"1" * 16, b"2" * 16, b"3" * 16]
     assert len(a.session.calls) == 1 and len(b.session.calls) == 1 and len(b.session.calls[0]) == 2
     assert r.stats["unknown_source"] == 1
+
+
+def test_receiver_caches_the_last_gateway_and_never_uses_a_replaced_link():
+    links = Links()
+    a, b = (SellerLink(k, FakeSession(), ep) for k, ep in zip(KEYS, [("198.18.1.11", 1), ("198.18.1.12", 1)]))
+    links.add(a)
+    links.add(b)
+    r = Initiators(links)
+    from_b = [(b"1" * 16, 16, ("198.18.1.12", 1)), (b"2" * 16, 16, ("198.18.1.12", 1))]
+    r.receive_groups(from_b, 0.0)
+    b.endpoint = ("198.18.1.99", 1)          # the cache holds the source, not the endpoint: ...
+    r.receive_groups(from_b, 0.0)            # ... the next batch from it goes to b in one call
+    assert b.session.calls == [from_b, from_b] and not a.session.calls
+    b2 = SellerLink(KEYS[1], FakeSession(), ("198.18.1.12", 1))
+    links.add(b2)                            # b's link replaced (a new session): the cache is stale
+    r.receive_groups(from_b, 0.0)
+    assert len(b.session.calls) == 2 and b2.session.calls == [from_b]
+    mixed = [from_b[0], (b"3" * 16, 16, ("198.18.1.11", 1))]
+    r.receive_groups(mixed, 0.0)             # another source in the batch: dispatched per group
+    assert a.session.calls == [[mixed[1]]] and b2.session.calls[-1] == [mixed[0]]
+    links.remove(KEYS[0])
+    assert r.receive_groups([mixed[1]], 0.0) == [] and r.stats["unknown_source"] == 1

@@ -151,7 +151,8 @@ class ClientDaemon(Daemon):
         if self.saver.restore(time.time()):
             log.info("resumed %d contracts from %s", len(self.engine.contracts()), self.paths["db"])
         self.market = Market(cfg.choice, cfg.discovery, self.links, self.engine, self.elock, self.store,
-                             self._new_link, self._quote, self._market_event, cfg.policy.max_price)
+                             self._new_link, self._quote, self._market_event, cfg.policy.max_price,
+                             fetch_advert=self._fetch_advert)
         for c in self.engine.contract_list():   # destinations bought before a restart
             if c.destination not in EVERYWHERE:
                 self.market.destinations.add(c.destination)
@@ -303,8 +304,13 @@ class ClientDaemon(Daemon):
             if router.lookup(bytes(4 if ":" not in dest else 16)) is None:
                 router.add(dest, link)
         if info.get("sign_key"):
-            self.channels.send(link.peer, msgs.AdvertRequest())
+            self._fetch_advert(link.peer)
+            self.market.asked_advert(link.peer, time.monotonic())
         self._pump()
+
+    def _fetch_advert(self, peer: bytes) -> None:
+        """Market: the gateway's whole advert, over its authenticated control channel."""
+        self.channels.send(peer, msgs.AdvertRequest())
 
     def _resend_payments(self) -> None:
         """A new session (the gateway restarted?): send the stored proof of every contract not

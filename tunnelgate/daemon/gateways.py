@@ -43,6 +43,11 @@ UNSERVED_S = 3.0              # paid, sending, and nothing back for this long: n
 UNSERVED_UP_BYTES = 1000      # ... with at least this much sent meanwhile
 IDLE_PROBE_S = 2.0            # an idle gateway's probe (keepalive, RTT, loss, price)
 MAX_DESTINATIONS = 1024       # destinations chosen for (beyond: they follow the default)
+# a gateway's whole advert (its priced prefixes) is fetched again when its quoted default
+# price changes or the advert is this close to expiring, at most once per ADVERT_REFETCH_S
+# (the gateway answers one ADVERT_REQUEST per 10 s per peer beyond its first three)
+ADVERT_REFETCH_S = 10.0
+ADVERT_RENEW_S = 60.0
 # a first choice waits until every gateway up has a price, at most this long after start, so
 # the hysteresis does not pin it to whichever answered first
 SETTLE_S = 3.0
@@ -67,6 +72,7 @@ class Gateway:
     began: float | None = None        # the handshake in flight began (monotonic)
     probe_seq: int = 0
     next_quote: int = 0               # round robin over destinations
+    advert_asked: float | None = None  # the latest ADVERT_REQUEST sent to it (monotonic)
 
     def price(self, dest: str) -> int | None:
         if dest in self.quotes:
@@ -92,12 +98,13 @@ class Market:
     """The client's gateways and its choice per destination. The daemon gives it `links`
     (the data plane's), the buyer `engine` and its lock, the store, and callbacks:
     `new_link(gateway)` builds a gateway's link and begins its handshake; `quote(key,
-    dest)` sends a QUOTE_REQUEST; `event(ev)` logs a typed event."""
+    dest)` sends a QUOTE_REQUEST; `event(ev)` logs a typed event; `fetch_advert(key)`
+    sends an ADVERT_REQUEST (None: adverts are not fetched again)."""
 
     def __init__(self, cfg_choice, cfg_discovery, links, engine, elock, store, new_link, quote, event,
-                 max_price=None) -> None:
+                 max_price=None, fetch_advert=None) -> None:
         self.links, self.engine, self.elock, self.store = links, engine, elock, store
-        self.new_link, self.quote, self.event = new_link, quote, event
+        self.new_link, self.quote, self.event, self.fetch_advert = new_link, quote, event, fetch_advert
         self.failover_s = cfg_choice.failover_s
         self.max_candidates = cfg_discovery.max_candidates
         self.chooser = Chooser(cfg_choice.switch_margin, max_price)
@@ -230,13 +237,32 @@ class Market:
         if gw is None or not gw.probes:
             return
         probe, dest, fut = gw.probes.popleft()
+        old = gw.quotes.get(dest)
         gw.quotes[dest] = ev.price
+        if dest in DEFAULTS and old is not None and old != ev.price:
+            self.refetch_advert(gw, now)      # its priced prefixes may have changed too
         if len(gw.quotes) > MAX_DESTINATIONS:
             gw.quotes.pop(next(iter(gw.quotes)))
         if probe is not None:
             gw.liveness.answered(probe, now)
         if fut is not None and not fut.done():
             fut.set_result(ev)
+
+    def asked_advert(self, key: bytes, now: float) -> None:
+        """The daemon sent an ADVERT_REQUEST itself (after a handshake)."""
+        gw = self.gateways.get(key)
+        if gw is not None:
+            gw.advert_asked = now
+
+    def refetch_advert(self, gw: Gateway, now: float) -> bool:
+        """Ask a verified gateway for its whole advert again, at most once per ADVERT_REFETCH_S."""
+        if self.fetch_advert is None or gw.sign_key is None or gw.state != "up":
+            return False
+        if gw.advert_asked is not None and now - gw.advert_asked < ADVERT_REFETCH_S:
+            return False
+        gw.advert_asked = now
+        self.fetch_advert(gw.key)
+        return True
 
     # --- the contract engine's events ---------------------------------------------------
 
@@ -293,6 +319,8 @@ class Market:
         if self.choosing:
             for gw in list(self.gateways.values()):
                 self._poll(gw, now)
+                if gw.advert is not None and gw.advert.expires - wall < ADVERT_RENEW_S:
+                    self.refetch_advert(gw, now)
         self._judge_service(wall)
         if self.choosing:
             self.choose()

@@ -62,7 +62,7 @@ class Gateway:
     link: object = None               # links.SellerLink
     liveness: Liveness = field(default_factory=Liveness)
     up: bool = False                  # handshake done, answering
-    address_ok: bool = True           # gave the tunnel address the TUN carries
+    address_ok: bool = True           # gave the tunnel address the TUN carries (else: translated)
     sign_key: bytes | None = None     # from its handshake
     advert: Advert | None = None      # its verified advert, if any
     quotes: dict = field(default_factory=dict)    # destination -> price, from QUOTEs
@@ -112,6 +112,10 @@ class Market:
         self.gateways: dict[bytes, Gateway] = {}
         self.records: dict[bytes, Record] = self._load_records()
         self.address: str | None = None           # the TUN's (the first gateway's) address
+        # the daemon translates the source of what a gateway with another address carries
+        # (net/nft.srcnat_ruleset); without it such a gateway carries nothing
+        self.translate = False
+        self.moves = 0                            # destinations moved since start
         self._paid: dict[str, tuple[bytes, float, int, int]] = {}   # cid -> (gw, at, up, down)
         self._judged: set[str] = set()
         self._dirty: set[bytes] = set()
@@ -205,14 +209,15 @@ class Market:
             self.address = address
         gw.address_ok = address == self.address
         if not gw.address_ok:
-            log.warning("gateway %s gave the tunnel address %s, the TUN has %s: it carries nothing",
-                        key_text(key), address, self.address)
+            log.info("gateway %s gave the tunnel address %s, the TUN has %s: %s", key_text(key), address,
+                     self.address, "what it carries leaves with that address (source translation)"
+                     if self.translate else "it carries nothing")
         revived = not gw.up or gw.liveness.dead
         gw.up = True
         gw.liveness.heard(now)
         if revived:
             self.event(E.GatewayState(E.BUYER, key, gateway=key_text(key), reason="handshake completed", state=gw.state))
-        return gw.address_ok
+        return gw.address_ok or self.translate
 
     def on_advert_message(self, key: bytes, text: str, wall: float) -> None:
         gw = self.gateways.get(key)
@@ -371,7 +376,7 @@ class Market:
     # --- choosing -----------------------------------------------------------------------
 
     def offers(self, dest: str) -> list[Offer]:
-        return [Offer(gw.key, gw.price(dest), gw.state == "up" and gw.address_ok,
+        return [Offer(gw.key, gw.price(dest), gw.state == "up" and (gw.address_ok or self.translate),
                       gw.liveness.rtt_ms, gw.liveness.loss(self.now), self.record(gw.key))
                 for gw in self.gateways.values() if gw.link is not None]
 
@@ -387,6 +392,7 @@ class Market:
                 continue
             link = self.gateways[d.gateway].link if d.gateway is not None else None
             self._route(dest, link)
+            self.moves += 1
             if d.gateway is not None and dest not in DEFAULTS:
                 with self.elock:
                     self.engine.use_seller(d.gateway, dest)

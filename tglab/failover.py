@@ -117,13 +117,19 @@ def one_round(lab, i: int, dst: str) -> dict:
         accepted = _first(events, "accepted", kill, elsewhere)
         paid = _first(events, "paid", kill, elsewhere)
         gap = longest_gap(replies, kill)
+        new_key = env.public.get(int(env.carrier(dest)[2:])) if env.carrier(dest) else None
+        # no new contract: the destination's contract there from before the kill (bought while
+        # the first choice settled) was still live, and is used again (never bought twice)
+        reused = accepted is None and any(c["gateway"] == new_key and c["destination"] == dest
+                                          and c["state"] in ("PAID", "GRACE", "ACCEPTED") for c in contracts)
         since = lambda t: None if t is None else t - kill     # noqa: E731
         r = {"round": i, "killed": f"gw{killed}", "to": env.carrier(dest), "gap_s": gap,
              "detection_s": since(down), "moved_s": since(moved), "accepted_s": since(accepted),
-             "paid_s": since(paid), "sent": count, "replies": len(replies), "lost": count - len(replies)}
+             "paid_s": since(paid), "reused_contract": reused, "sent": count, "replies": len(replies), "lost": count - len(replies)}
         log(f"round {i + 1}: killed {r['killed']}, now {r['to']}: gap {_f(gap)} s, detection "
             f"{_f(r['detection_s'])} s, moved {_f(r['moved_s'])} s, accepted {_f(r['accepted_s'])} s, "
-            f"paid {_f(r['paid_s'])} s, {r['lost']} of {count} pings lost")
+            f"paid {_f(r['paid_s'])} s{' (its earlier contract there reused)' if reused else ''}, "
+            f"{r['lost']} of {count} pings lost")
         return r
     except Exception:
         log(env.logs())
@@ -142,7 +148,7 @@ FIGURES = (("gap_s", "longest gap without replies"), ("detection_s", "detection 
 
 
 def summarize(rounds: list[dict]) -> dict[str, dict]:
-    out = {}
+    out: dict = {"reused_contract": sum(1 for r in rounds if r.get("reused_contract"))}
     for k, _ in FIGURES:
         xs = [r[k] for r in rounds if r.get(k) is not None]
         out[k] = {"median": statistics.median(xs), "lo": min(xs), "hi": max(xs), "n": len(xs)} if xs else None
@@ -159,6 +165,9 @@ def report(summary: dict[str, dict], runs: int, family: str) -> str:
         if s is not None and s["n"] < runs:
             text += f" ({runs - s['n']} round(s) without one)"
         lines.append(f"  {name:36} {text}")
+    if summary.get("reused_contract"):
+        lines.append(f"  no new contract in {summary['reused_contract']} round(s): one bought at the new gateway "
+                     "before the kill (while the first choice settled), still live, was used again")
     gap = summary.get("gap_s")
     ok = gap is not None and gap["hi"] <= TARGET_GAP_S
     lines.append(f"target: gap <= {TARGET_GAP_S:g} s in every round: {'meets' if ok else 'MISSES'}")

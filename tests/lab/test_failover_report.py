@@ -24,12 +24,13 @@ def test_no_reply_after_the_kill_is_no_gap_not_zero():
 
 
 def test_the_summary_takes_median_and_range_and_misses_when_one_round_is_over_target():
-    rounds = [{"gap_s": 0.5, "detection_s": 0.6}, {"gap_s": 0.7, "detection_s": None},
+    rounds = [{"gap_s": 0.5, "detection_s": 0.6}, {"gap_s": 0.7, "detection_s": None, "reused_contract": True},
               {"gap_s": TARGET_GAP_S + 0.2, "detection_s": 0.7}]
     s = summarize(rounds)
     assert s["gap_s"] == {"median": 0.7, "lo": 0.5, "hi": TARGET_GAP_S + 0.2, "n": 3}
     assert s["detection_s"]["n"] == 2 and s["paid_s"] is None
     text = report(s, 3, "IPv4")
     assert "MISSES" in text and "1 round(s) without one" in text and "Althea" in text
+    assert s["reused_contract"] == 1 and "no new contract in 1 round(s)" in text
     s["gap_s"]["hi"] = TARGET_GAP_S
     assert "meets" in report(s, 3, "IPv4")

@@ -38,10 +38,10 @@ from .gateways import Market
 from .initiators import Initiators
 from .links import Links, SellerLink
 from .market import Channels, EventLog, Saver
+from .srcnat import SourceNat
 
 # what the one gateway sells: every destination the client routes into its TUN
 EVERYWHERE = ("0.0.0.0/0", "::/0")
-SRCNAT_RETRY_S = 5.0        # a failed source translation change is tried again after this
 BALANCE_EVERY_S = 5.0
 ACK_FRAME = bytes([_ACK])
 QUOTE_TIMEOUT_S = 5.0
@@ -75,8 +75,7 @@ class ClientDaemon(Daemon):
         self._balance_task: asyncio.Task | None = None
         self.low_balance = False          # below [payment] low_balance_msat (warned once)
         self.browser: Browser | None = None
-        self._srcnat: tuple | None = None     # the source translation last scheduled (own, routes)
-        self._srcnat_failed: float | None = None
+        self.srcnat: SourceNat | None = None
 
     async def setup(self) -> None:
         cfg = self.cfg
@@ -156,7 +155,8 @@ class ClientDaemon(Daemon):
         self.market = Market(cfg.choice, cfg.discovery, self.links, self.engine, self.elock, self.store,
                              self._new_link, self._quote, self._market_event, cfg.policy.max_price,
                              fetch_advert=self._fetch_advert)
-        self.market.translate = True            # _source_nat below
+        self.market.translate = True            # the source translation below
+        self.srcnat = SourceNat(self.links, self.market, self.cfg.tun, self._net_source_nat, self._spawn)
         for c in self.engine.contract_list():   # destinations bought before a restart
             if c.destination not in EVERYWHERE:
                 self.market.destinations.add(c.destination)
@@ -312,42 +312,9 @@ class ClientDaemon(Daemon):
             self.market.asked_advert(link.peer, time.monotonic())
         self._pump()
 
-    def _source_nat_wanted(self) -> tuple | None:
-        """(own addresses, (destination, the address its gateway leased us) ...): what each
-        destination's packets must leave with; routes empty when all are the TUN's own."""
-        prim = self.primary
-        if prim is None or prim.address is None:
-            return None
-        own = (prim.address.split("/")[0],) + ((prim.address6.split("/")[0],) if prim.address6 else ())
-        hosts, defaults = [], []
-        for dest, key in self.market.chooser.current.items():
-            link = self.links.get(key) if key is not None else None
-            addr = None if link is None else link.address6 if ":" in dest else link.address
-            if addr is None or (":" in dest and prim.address6 is None):
-                continue
-            (defaults if dest.endswith("/0") else hosts).append((dest, addr.split("/")[0]))
-        routes = tuple(sorted(hosts)) + tuple(sorted(defaults))
-        return own, routes if any(ip not in own for _, ip in routes) else ()
 
-    def _source_nat(self) -> None:
-        """A gateway that leased another tunnel address than the TUN's carries with that
-        address as the source (nft, stateless: net/nft.srcnat_ruleset); applied after the
-        choice moved a destination or a gateway's address changed, one change at a time."""
-        wanted = self._source_nat_wanted()
-        if wanted is None or wanted == self._srcnat or (
-                self._srcnat_failed is not None and time.monotonic() - self._srcnat_failed < SRCNAT_RETRY_S):
-            return
-        self._srcnat = wanted
-        own, routes = wanted
-
-        async def apply():
-            try:
-                await self.net(netsetup.setup_source_nat, self.paths["net"], self.cfg.tun, list(own), list(routes))
-            except Exception as e:
-                self._srcnat, self._srcnat_failed = None, time.monotonic()     # tried again later
-                log.error("cannot set the source translation for gateways with other tunnel addresses: %s; "
-                          "check that nftables is installed and the kernel has nf_tables", e)
-        self._spawn(apply())
+    async def _net_source_nat(self, own: list[str], routes: list[tuple[str, str]]) -> None:
+        await self.net(netsetup.setup_source_nat, self.paths["net"], self.cfg.tun, own, routes)
 
     def _fetch_advert(self, peer: bytes) -> None:
         """Market: the gateway's whole advert, over its authenticated control channel."""
@@ -407,7 +374,7 @@ class ClientDaemon(Daemon):
                 self._send(datagram, link.endpoint)
         wall = time.time()
         self.market.tick(now, wall)
-        self._source_nat()
+        self.srcnat.tick(now, self.primary)
         with self.elock:
             self.engine.poll(wall)
         self._pump()

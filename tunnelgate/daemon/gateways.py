@@ -419,6 +419,7 @@ class Market:
                 "public_key": key_text(gw.key), "label": gw.label or (gw.advert.label if gw.advert else ""),
                 "endpoint": f"{gw.endpoint[0]}:{gw.endpoint[1]}", "source": gw.source, "state": gw.state,
                 "address_ok": gw.address_ok,
+                "address": getattr(gw.link, "address", None),
                 "rtt_ms": round(gw.liveness.rtt_ms, 2) if gw.liveness.rtt_ms is not None else None,
                 "loss": round(gw.liveness.loss(now), 3), "price_per_kb": gw.price(DEFAULTS[0]),
                 "score": list(offer.rank()[:3]) if offer else None,

@@ -111,8 +111,6 @@ def gateway_record(rec: dict, verdict: str | None) -> Text:
 def gateway_row(g: dict) -> list:
     """One row of the client's gateways panel, from `tunnelgate gateways --json`."""
     state = g.get("state") or "?"
-    if state == "up" and g.get("address_ok") is False:
-        state = "up, other address"
     rtt, loss, price = g.get("rtt_ms"), g.get("loss"), g.get("price_per_kb")
     dests = g.get("destinations") or []
     return [g.get("label") or short_key(g.get("public_key")),

@@ -312,7 +312,6 @@ class ClientDaemon(Daemon):
             self.market.asked_advert(link.peer, time.monotonic())
         self._pump()
 
-
     async def _net_source_nat(self, own: list[str], routes: list[tuple[str, str]]) -> None:
         await self.net(netsetup.setup_source_nat, self.paths["net"], self.cfg.tun, own, routes)
 

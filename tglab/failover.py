@@ -117,15 +117,17 @@ def one_round(lab, i: int, dst: str) -> dict:
         accepted = _first(events, "accepted", kill, elsewhere)
         paid = _first(events, "paid", kill, elsewhere)
         gap = longest_gap(replies, kill)
-        new_key = env.public.get(int(env.carrier(dest)[2:])) if env.carrier(dest) else None
+        to = env.carrier(dest)
+        new_key = env.public.get(int(to.removeprefix("gw"))) if to else None
         # no new contract: the destination's contract there from before the kill (bought while
         # the first choice settled) was still live, and is used again (never bought twice)
         reused = accepted is None and any(c["gateway"] == new_key and c["destination"] == dest
                                           and c["state"] in ("PAID", "GRACE", "ACCEPTED") for c in contracts)
         since = lambda t: None if t is None else t - kill     # noqa: E731
-        r = {"round": i, "killed": f"gw{killed}", "to": env.carrier(dest), "gap_s": gap,
+        r = {"round": i, "killed": f"gw{killed}", "to": to, "gap_s": gap,
              "detection_s": since(down), "moved_s": since(moved), "accepted_s": since(accepted),
-             "paid_s": since(paid), "reused_contract": reused, "sent": count, "replies": len(replies), "lost": count - len(replies)}
+             "paid_s": since(paid), "reused_contract": reused,
+             "sent": count, "replies": len(replies), "lost": count - len(replies)}
         log(f"round {i + 1}: killed {r['killed']}, now {r['to']}: gap {_f(gap)} s, detection "
             f"{_f(r['detection_s'])} s, moved {_f(r['moved_s'])} s, accepted {_f(r['accepted_s'])} s, "
             f"paid {_f(r['paid_s'])} s{' (its earlier contract there reused)' if reused else ''}, "

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from tunnelgate import keys
+from .configs import TUNNEL6
 from .topology import market_gateway
 
 PORT = 51900
@@ -25,10 +26,13 @@ TG = [sys.executable, "-m", "tunnelgate.cli"]
 class MarketEnv:
     """gateways: {i: price text} (1-based, the gateway's [pricing] default_price);
     client_extra / gateway_extra: more TOML; mdns: gateways advertise and the client
-    discovers instead of listing them ([[gateways]] otherwise)."""
+    discovers instead of listing them ([[gateways]] otherwise); ipv6: dual-stack tunnels
+    (each gateway's pool also TUNNEL6) and the client routes ::/0 as well; pools: {i:
+    [network] address} for gateways whose tunnel pool differs (default 100.64.0.1/24)."""
 
     def __init__(self, lab, prices: dict[int, str], client_extra: str = "", gateway_extra: str = "",
-                 mdns: bool = False, listed: tuple[int, ...] | None = None):
+                 mdns: bool = False, listed: tuple[int, ...] | None = None, ipv6: bool = False,
+                 pools: dict[int, str] | None = None):
         self.lab = lab
         self.dir = Path(tempfile.mkdtemp(prefix="tgm-", dir="/tmp"))
         self.prices = prices
@@ -50,7 +54,8 @@ user = "root"
 listen = "{a['link']}:{PORT}"
 [network]
 tun = "tgs0"
-address = "100.64.0.1/24"
+address = "{(pools or {}).get(i, "100.64.0.1/24")}"
+{f'address6 = "{TUNNEL6}"' if ipv6 else ""}
 upstream_interface = "veth-up"
 [pricing]
 default_price = "{price}"
@@ -70,7 +75,7 @@ state_dir = "cl"
 user = "root"
 [network]
 tun = "tg0"
-routes = ["0.0.0.0/0"]
+routes = {'["0.0.0.0/0", "::/0"]' if ipv6 else '["0.0.0.0/0"]'}
 {"".join(gw_tables)}{discovery}{client_extra}
 """)
 

@@ -178,7 +178,8 @@ def market(gateways: int = 3) -> Topology:
 def market_gateway(i: int) -> dict[str, str]:
     """Addresses of gateway I (1-based) in market(): its LAN address and uplink."""
     return {"link": f"198.18.1.{10 + i}", "link6": f"2001:2:0:1::{10 + i:x}",
-            "up": f"198.18.{20 + i}.1", "upstream": f"198.18.{20 + i}.2"}
+            "up": f"198.18.{20 + i}.1", "upstream": f"198.18.{20 + i}.2",
+            "upstream6": f"2001:2:0:{20 + i:x}::2"}
 
 
 def chain(relays: int = 1) -> Topology:

@@ -99,3 +99,30 @@ def test_a_gateway_that_takes_money_and_forwards_nothing_is_abandoned(market_lab
     assert gws["gw1"]["record"]["unserved"] >= 1 and gws["gw1"]["verdict"], dump(gws)
     assert gws["gw1"]["record"]["paid"] <= 2, dump(gws)      # abandoned within its contract
     assert replies(ping(market_lab).stdout), "no reply through the next gateway"
+
+
+@pytest.mark.root
+def test_a_gateway_that_leases_another_tunnel_address_carries_with_that_source(market_lab, market):
+    # gw2's pool differs: it leases 100.64.1.2, gw1 100.64.0.2; the TUN has the address of
+    # whichever handshake completed first, the other's traffic is translated
+    env = market({1: "0.5", 2: "0.6"}, client_extra=POLICY, pools={2: "100.64.1.1/24"})
+    assert wait_for(lambda: env.carrier() == "gw1" and len(env.gateways()) == 2
+                    and all(g["state"] == "up" for g in env.gateways()), 15), dump(env.gateways())
+    other = [label for label, g in env.by_label().items() if g["address_ok"] is False]
+    assert len(other) == 1, dump(env.gateways())
+    own, leased = ("100.64.1.2", "100.64.0.2") if other == ["gw1"] else ("100.64.0.2", "100.64.1.2")
+
+    def rules():
+        return market_lab.run("client", "nft", "list", "table", "inet", "tunnelgate_sn_tg0", check=False).stdout
+
+    assert replies(ping(market_lab).stdout), "no reply through the first gateway"
+    if other == ["gw1"]:
+        assert f"ip saddr set {leased}" in rules() and f"ip daddr set {own}" in rules(), rules()
+    env.kill9("gw1")
+    got = replies(ping(market_lab, count=30, interval=0.1).stdout)
+    assert got and max(got) >= 25, dump(env.gateways())        # replies through gw2 after the kill
+    assert env.carrier(DEST) == "gw2", dump(env.gateways())
+    if other == ["gw2"]:
+        assert f"ip saddr set {leased}" in rules() and f"ip daddr set {own}" in rules(), rules()
+    env.tg("client", "down", "-c", str(env.client_conf))
+    assert "tunnelgate_sn_tg0" not in market_lab.run("client", "nft", "list", "tables").stdout

@@ -1,7 +1,8 @@
 """The `tunnelgate tui` view, driven by textual's Pilot over recorded daemon snapshots.
 
 tests/tui/data/*.json were recorded from a live lab (client and gateway `status`
-+ `events` once a second while downloading).  The layout snapshots in
++ `events` once a second while downloading; gateways.json: a client's `gateways` in the
+market lab, three gateways, the third killed).  The layout snapshots in
 tests/tui/snapshots/*.txt are the screen as text; after an intended layout change
 regenerate them with  TUI_SNAPSHOT_UPDATE=1 .venv/bin/pytest tests/tui
 """
@@ -391,9 +392,40 @@ def test_gateway_shows_peers_contracts_revenue():
     run_app(gateway_app(src), body)
 
 
+def test_gateway_rows_say_state_price_spend_record_and_what_each_carries():
+    gws = json.loads((DATA / "gateways.json").read_text())
+    rows = [[str(getattr(c, "plain", c)) for c in w.gateway_row(g)] for g in gws]
+    assert rows[0][:7] == ["gw1", "up", "4.5 ms", "0%", "0.5 msat", "5 sat", "1/1 paid, 1 served"]
+    assert rows[0][7] == "0.0.0.0/0 198.18.21.2/32 ::/0" and rows[1][7] == w.DASH
+    assert rows[2][1] == "down" and rows[2][3] == "78%"
+    bad = {**gws[1], "record": {**gws[1]["record"], "paid": 2, "unserved": 1}, "verdict": "took 1 payment(s)"}
+    cell = w.gateway_row(bad)[6]
+    assert cell.plain == "2/0 paid, 0 served, 1 unserved" and cell.style == "bold red"
+    assert w.gateway_row({"public_key": "abcdefghijk", "state": "unverified"})[0] == "abcdefgh"
+
+
+def test_client_shows_its_gateways_panel_only_when_the_daemon_reports_gateways():
+    async def body(app, pilot):
+        await poll(app, pilot)
+        assert app.query_one("#gateways").has_class("shown")
+        assert [r[0] for r in table_rows(app, "#gateways")] == ["gw1", "gw2", "gw3"]
+    run_app(client_app(with_gateways()), body)
+
+    async def older(app, pilot):     # a daemon without `gateways`: no panel, no error
+        await poll(app, pilot)
+        assert not app.query_one("#gateways").has_class("shown") and app.running
+    run_app(client_app(), older)
+
+
 # --- layout snapshots ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("role,size", [("client", (120, 36)), ("gateway", (120, 36)), ("client", (80, 24))])
+def with_gateways() -> RecordedSource:
+    gws = json.loads((DATA / "gateways.json").read_text())
+    return RecordedSource([{**s, "gateways": gws} for s in recorded("client")])
+
+
+@pytest.mark.parametrize("role,size", [("client", (120, 36)), ("gateway", (120, 36)), ("client", (80, 24)),
+                                       ("client_gateways", (120, 36))])
 def test_layout_snapshot(role, size):
     name = f"{role}_{size[0]}x{size[1]}.txt"
     got: list[str] = []
@@ -402,7 +434,9 @@ def test_layout_snapshot(role, size):
         await poll(app, pilot, 5)
         got.append(screen_text(app))
 
-    run_app(client_app() if role == "client" else gateway_app(), body, size=size)
+    app = {"client": client_app, "gateway": gateway_app,
+           "client_gateways": lambda: client_app(with_gateways())}[role]()
+    run_app(app, body, size=size)
     text = "\n".join(line.rstrip() for line in got[0].splitlines()) + "\n"
     path = SNAPSHOTS / name
     if os.environ.get("TUI_SNAPSHOT_UPDATE") or not path.exists():

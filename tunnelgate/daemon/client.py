@@ -38,6 +38,7 @@ from .gateways import Market
 from .initiators import Initiators
 from .links import Links, SellerLink
 from .market import Channels, EventLog, Saver
+from .srcnat import SourceNat
 
 # what the one gateway sells: every destination the client routes into its TUN
 EVERYWHERE = ("0.0.0.0/0", "::/0")
@@ -74,6 +75,7 @@ class ClientDaemon(Daemon):
         self._balance_task: asyncio.Task | None = None
         self.low_balance = False          # below [payment] low_balance_msat (warned once)
         self.browser: Browser | None = None
+        self.srcnat: SourceNat | None = None
 
     async def setup(self) -> None:
         cfg = self.cfg
@@ -151,7 +153,10 @@ class ClientDaemon(Daemon):
         if self.saver.restore(time.time()):
             log.info("resumed %d contracts from %s", len(self.engine.contracts()), self.paths["db"])
         self.market = Market(cfg.choice, cfg.discovery, self.links, self.engine, self.elock, self.store,
-                             self._new_link, self._quote, self._market_event, cfg.policy.max_price)
+                             self._new_link, self._quote, self._market_event, cfg.policy.max_price,
+                             fetch_advert=self._fetch_advert)
+        self.market.translate = True            # the source translation below
+        self.srcnat = SourceNat(self.links, self.market, self.cfg.tun, self._net_source_nat, self._spawn)
         for c in self.engine.contract_list():   # destinations bought before a restart
             if c.destination not in EVERYWHERE:
                 self.market.destinations.add(c.destination)
@@ -303,8 +308,16 @@ class ClientDaemon(Daemon):
             if router.lookup(bytes(4 if ":" not in dest else 16)) is None:
                 router.add(dest, link)
         if info.get("sign_key"):
-            self.channels.send(link.peer, msgs.AdvertRequest())
+            self._fetch_advert(link.peer)
+            self.market.asked_advert(link.peer, time.monotonic())
         self._pump()
+
+    async def _net_source_nat(self, own: list[str], routes: list[tuple[str, str]]) -> None:
+        await self.net(netsetup.setup_source_nat, self.paths["net"], self.cfg.tun, own, routes)
+
+    def _fetch_advert(self, peer: bytes) -> None:
+        """Market: the gateway's whole advert, over its authenticated control channel."""
+        self.channels.send(peer, msgs.AdvertRequest())
 
     def _resend_payments(self) -> None:
         """A new session (the gateway restarted?): send the stored proof of every contract not
@@ -360,6 +373,7 @@ class ClientDaemon(Daemon):
                 self._send(datagram, link.endpoint)
         wall = time.time()
         self.market.tick(now, wall)
+        self.srcnat.tick(now, self.primary)
         with self.elock:
             self.engine.poll(wall)
         self._pump()

@@ -43,6 +43,11 @@ UNSERVED_S = 3.0              # paid, sending, and nothing back for this long: n
 UNSERVED_UP_BYTES = 1000      # ... with at least this much sent meanwhile
 IDLE_PROBE_S = 2.0            # an idle gateway's probe (keepalive, RTT, loss, price)
 MAX_DESTINATIONS = 1024       # destinations chosen for (beyond: they follow the default)
+# a gateway's whole advert (its priced prefixes) is fetched again when its quoted default
+# price changes or the advert is this close to expiring, at most once per ADVERT_REFETCH_S
+# (the gateway answers one ADVERT_REQUEST per 10 s per peer beyond its first three)
+ADVERT_REFETCH_S = 10.0
+ADVERT_RENEW_S = 60.0
 # a first choice waits until every gateway up has a price, at most this long after start, so
 # the hysteresis does not pin it to whichever answered first
 SETTLE_S = 3.0
@@ -57,7 +62,7 @@ class Gateway:
     link: object = None               # links.SellerLink
     liveness: Liveness = field(default_factory=Liveness)
     up: bool = False                  # handshake done, answering
-    address_ok: bool = True           # gave the tunnel address the TUN carries
+    address_ok: bool = True           # gave the tunnel address the TUN carries (else: translated)
     sign_key: bytes | None = None     # from its handshake
     advert: Advert | None = None      # its verified advert, if any
     quotes: dict = field(default_factory=dict)    # destination -> price, from QUOTEs
@@ -67,6 +72,7 @@ class Gateway:
     began: float | None = None        # the handshake in flight began (monotonic)
     probe_seq: int = 0
     next_quote: int = 0               # round robin over destinations
+    advert_asked: float | None = None  # the latest ADVERT_REQUEST sent to it (monotonic)
 
     def price(self, dest: str) -> int | None:
         if dest in self.quotes:
@@ -92,12 +98,13 @@ class Market:
     """The client's gateways and its choice per destination. The daemon gives it `links`
     (the data plane's), the buyer `engine` and its lock, the store, and callbacks:
     `new_link(gateway)` builds a gateway's link and begins its handshake; `quote(key,
-    dest)` sends a QUOTE_REQUEST; `event(ev)` logs a typed event."""
+    dest)` sends a QUOTE_REQUEST; `event(ev)` logs a typed event; `fetch_advert(key)`
+    sends an ADVERT_REQUEST (None: adverts are not fetched again)."""
 
     def __init__(self, cfg_choice, cfg_discovery, links, engine, elock, store, new_link, quote, event,
-                 max_price=None) -> None:
+                 max_price=None, fetch_advert=None) -> None:
         self.links, self.engine, self.elock, self.store = links, engine, elock, store
-        self.new_link, self.quote, self.event = new_link, quote, event
+        self.new_link, self.quote, self.event, self.fetch_advert = new_link, quote, event, fetch_advert
         self.failover_s = cfg_choice.failover_s
         self.max_candidates = cfg_discovery.max_candidates
         self.chooser = Chooser(cfg_choice.switch_margin, max_price)
@@ -105,6 +112,10 @@ class Market:
         self.gateways: dict[bytes, Gateway] = {}
         self.records: dict[bytes, Record] = self._load_records()
         self.address: str | None = None           # the TUN's (the first gateway's) address
+        # the daemon translates the source of what a gateway with another address carries
+        # (net/nft.srcnat_ruleset); without it such a gateway carries nothing
+        self.translate = False
+        self.moves = 0                            # destinations moved since start
         self._paid: dict[str, tuple[bytes, float, int, int]] = {}   # cid -> (gw, at, up, down)
         self._judged: set[str] = set()
         self._dirty: set[bytes] = set()
@@ -198,14 +209,15 @@ class Market:
             self.address = address
         gw.address_ok = address == self.address
         if not gw.address_ok:
-            log.warning("gateway %s gave the tunnel address %s, the TUN has %s: it carries nothing",
-                        key_text(key), address, self.address)
+            log.info("gateway %s gave the tunnel address %s, the TUN has %s: %s", key_text(key), address,
+                     self.address, "what it carries leaves with that address (source translation)"
+                     if self.translate else "it carries nothing")
         revived = not gw.up or gw.liveness.dead
         gw.up = True
         gw.liveness.heard(now)
         if revived:
             self.event(E.GatewayState(E.BUYER, key, gateway=key_text(key), reason="handshake completed", state=gw.state))
-        return gw.address_ok
+        return gw.address_ok or self.translate
 
     def on_advert_message(self, key: bytes, text: str, wall: float) -> None:
         gw = self.gateways.get(key)
@@ -230,13 +242,32 @@ class Market:
         if gw is None or not gw.probes:
             return
         probe, dest, fut = gw.probes.popleft()
+        old = gw.quotes.get(dest)
         gw.quotes[dest] = ev.price
+        if dest in DEFAULTS and old is not None and old != ev.price:
+            self.refetch_advert(gw, now)      # its priced prefixes may have changed too
         if len(gw.quotes) > MAX_DESTINATIONS:
             gw.quotes.pop(next(iter(gw.quotes)))
         if probe is not None:
             gw.liveness.answered(probe, now)
         if fut is not None and not fut.done():
             fut.set_result(ev)
+
+    def asked_advert(self, key: bytes, now: float) -> None:
+        """The daemon sent an ADVERT_REQUEST itself (after a handshake)."""
+        gw = self.gateways.get(key)
+        if gw is not None:
+            gw.advert_asked = now
+
+    def refetch_advert(self, gw: Gateway, now: float) -> bool:
+        """Ask a verified gateway for its whole advert again, at most once per ADVERT_REFETCH_S."""
+        if self.fetch_advert is None or gw.sign_key is None or gw.state != "up":
+            return False
+        if gw.advert_asked is not None and now - gw.advert_asked < ADVERT_REFETCH_S:
+            return False
+        gw.advert_asked = now
+        self.fetch_advert(gw.key)
+        return True
 
     # --- the contract engine's events ---------------------------------------------------
 
@@ -293,6 +324,8 @@ class Market:
         if self.choosing:
             for gw in list(self.gateways.values()):
                 self._poll(gw, now)
+                if gw.advert is not None and gw.advert.expires - wall < ADVERT_RENEW_S:
+                    self.refetch_advert(gw, now)
         self._judge_service(wall)
         if self.choosing:
             self.choose()
@@ -343,7 +376,7 @@ class Market:
     # --- choosing -----------------------------------------------------------------------
 
     def offers(self, dest: str) -> list[Offer]:
-        return [Offer(gw.key, gw.price(dest), gw.state == "up" and gw.address_ok,
+        return [Offer(gw.key, gw.price(dest), gw.state == "up" and (gw.address_ok or self.translate),
                       gw.liveness.rtt_ms, gw.liveness.loss(self.now), self.record(gw.key))
                 for gw in self.gateways.values() if gw.link is not None]
 
@@ -359,6 +392,7 @@ class Market:
                 continue
             link = self.gateways[d.gateway].link if d.gateway is not None else None
             self._route(dest, link)
+            self.moves += 1
             if d.gateway is not None and dest not in DEFAULTS:
                 with self.elock:
                     self.engine.use_seller(d.gateway, dest)
@@ -385,6 +419,7 @@ class Market:
                 "public_key": key_text(gw.key), "label": gw.label or (gw.advert.label if gw.advert else ""),
                 "endpoint": f"{gw.endpoint[0]}:{gw.endpoint[1]}", "source": gw.source, "state": gw.state,
                 "address_ok": gw.address_ok,
+                "address": getattr(gw.link, "address", None),
                 "rtt_ms": round(gw.liveness.rtt_ms, 2) if gw.liveness.rtt_ms is not None else None,
                 "loss": round(gw.liveness.loss(now), 3), "price_per_kb": gw.price(DEFAULTS[0]),
                 "score": list(offer.rank()[:3]) if offer else None,

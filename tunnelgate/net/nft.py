@@ -23,6 +23,7 @@ from ..offload.chunks import DATA_CHUNK
 __all__ = [
     "NetError", "FAMILY", "MASQ_MARK", "table_name", "gateway_ruleset", "apply_gateway", "remove_table",
     "killswitch_table_name", "killswitch_ruleset", "apply_killswitch",
+    "srcnat_table_name", "srcnat_ruleset", "apply_srcnat",
     "table_exists", "counter_table", "read_counters", "list_ruleset", "nft",
 ]
 
@@ -264,6 +265,63 @@ def apply_killswitch(tun: str, routes_: list[str], endpoints: list[tuple[str, in
     definition = killswitch_ruleset(tun, routes_, endpoints, connected)
     name = killswitch_table_name(tun)
     nft(script=_replace_script(FAMILY, name, definition), netns=netns,
+        what=f"applying nft table {FAMILY} {name}")
+    return name
+
+
+def srcnat_table_name(tun: str) -> str:
+    return table_name(tun).replace("tunnelgate_", "tunnelgate_sn_", 1)
+
+
+def srcnat_ruleset(tun: str, own: list[str], routes_: list[tuple[str, str]]) -> str:
+    """A client's source translation per gateway: its TUN has one address per family
+    (``own``, the first gateway's lease), another gateway may have leased it another.
+    ``routes_``: (destination prefix, the address its gateway leased us), host
+    destinations before the default routes (the order the client's router decides in:
+    a host destination is never also a default). A packet leaving through ``tun``
+    from an own address to a destination whose gateway leased another gets that one as
+    its source; a packet arriving on ``tun`` for one of those addresses gets the own
+    address back before conntrack sees it. Stateless (payload rewrites, the kernel
+    fixes the IP and L4 checksums), so a destination that moves is translated from its
+    next packet on, with no conntrack binding left over."""
+    _check_ifname(tun, "tun")
+    owns = {ipaddress.ip_address(a).version: ipaddress.ip_address(a) for a in own}
+    out, back, seen = [], [], set()
+    for dest, addr in routes_:
+        net, ip = ipaddress.ip_network(dest, strict=False), ipaddress.ip_address(addr)
+        me = owns.get(net.version)
+        if me is None or ip.version != net.version:
+            raise NetError(f"source translation for {dest}: {addr} is not of its family or no own address")
+        fam = "ip" if net.version == 4 else "ip6"
+        match = "" if net.prefixlen == 0 else f"{fam} daddr {net} "
+        if ip == me:
+            if net.prefixlen:
+                out.append(f"        {match}accept")
+            continue
+        out.append(f"        {match}{fam} saddr {me} {fam} saddr set {ip} accept")
+        if ip not in seen:
+            seen.add(ip)
+            back.append(f'        iifname "{tun}" {fam} daddr {ip} {fam} daddr set {me}')
+    t = srcnat_table_name(tun)
+    body = "\n".join(out)
+    return f"""table {FAMILY} {t} {{
+    chain output {{
+        type filter hook output priority mangle; policy accept;
+        oifname != "{tun}" accept
+{body}
+    }}
+    chain prerouting {{
+        type filter hook prerouting priority raw; policy accept;
+{chr(10).join(back)}
+    }}
+}}
+"""
+
+
+def apply_srcnat(tun: str, own: list[str], routes_: list[tuple[str, str]], netns: str | None = None) -> str:
+    """Create or replace the client's source translation table; returns its name."""
+    name = srcnat_table_name(tun)
+    nft(script=_replace_script(FAMILY, name, srcnat_ruleset(tun, own, routes_)), netns=netns,
         what=f"applying nft table {FAMILY} {name}")
     return name
 

@@ -298,6 +298,21 @@ def _route(rec: _Recorder, item: dict) -> None:
     rec.add(item)
     routes.add_route(item["dst"], dev=item["dev"], gateway=item["gateway"])
 
+def setup_source_nat(record_path, tun: str, own: list[str], routes_: list[tuple[str, str]]) -> None:
+    """The client's per-gateway source translation (nft table ``inet
+    tunnelgate_sn_<tun>``, see nft.srcnat_ruleset): recorded before it is applied, so
+    ``teardown`` removes it; ``routes_`` empty: the table is removed (every gateway
+    carrying something leased the TUN's own address)."""
+    rec = _Recorder(record_path)
+    item = {"kind": "nft_table", "family": nft.FAMILY, "name": nft.srcnat_table_name(tun)}
+    if not routes_:
+        if rec.find(item) is not None:
+            nft.remove_table(item["name"], item["family"])
+            rec.remove(item)
+        return
+    rec.add(item)
+    nft.apply_srcnat(tun, own, routes_)
+
 
 # -- teardown ---------------------------------------------------------------------
 

@@ -73,6 +73,8 @@ class TunnelgateApp(App):
     #banner.shown { display: block; }
     DataTable { height: 1fr; min-height: 4; border: round $primary; }
     #peers { height: 1fr; }
+    #gateways { height: auto; max-height: 9; min-height: 0; display: none; }
+    #gateways.shown { display: block; }
     #middle { height: 8; }
     #budget { width: 1fr; height: 100%; border: round $primary; padding: 0 1; }
     #budget Static { text-wrap: nowrap; text-overflow: ellipsis; height: auto; }
@@ -100,6 +102,7 @@ class TunnelgateApp(App):
         self.config_path = config_path
         self.interval = interval
         self.status: dict | None = None
+        self.gateways: list[dict] | None = None   # a client's `gateways`; None: not answered
         self.error: ControlError | None = None
         self.running: bool | None = None   # None until the first poll answered
         self.paused: bool | None = None    # None: the daemon does not say and we did not set it
@@ -121,6 +124,7 @@ class TunnelgateApp(App):
         yield Static("", id="banner")
         if self.role == "client":
             yield DataTable(id="contracts", cursor_type="row", zebra_stripes=True)
+            yield DataTable(id="gateways", cursor_type="row", zebra_stripes=True)
             with Horizontal(id="middle"):
                 with Vertical(id="budget"):
                     yield Static("", id="spend")
@@ -157,6 +161,9 @@ class TunnelgateApp(App):
             peers.add_columns(*w.PEER_COLUMNS)
         else:
             self.query_one("#budget").border_title = "spend / budget"
+            gateways = self.query_one("#gateways", DataTable)
+            gateways.border_title = "gateways"
+            gateways.add_columns(*w.GATEWAY_COLUMNS)
         if self.role == "gateway":
             self.query_one("#graphs").border_title = "revenue · last 5 min"
             self.query_one("#graphs2").border_title = "throughput · last 5 min"
@@ -210,7 +217,18 @@ class TunnelgateApp(App):
             return
         self._polling = True
         since = self._since
-        self._in_thread(lambda: (self.source.status(), self.source.events(since)), self._polled)
+        client = self.role == "client"
+        self._in_thread(lambda: (self.source.status(), self.source.events(since),
+                                 self._gateways() if client else None), self._polled)
+
+    def _gateways(self) -> list[dict] | None:
+        """The client's gateways (worker thread); None from a daemon without the request."""
+        try:
+            return self.source.gateways()
+        except ControlError as e:
+            if e.code in ("unknown_command", "bad_request"):
+                return None
+            raise
 
     def send_set(self, **kw: Any) -> None:
         what = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={str(v).lower()}" for k, v in kw.items())
@@ -243,7 +261,7 @@ class TunnelgateApp(App):
         if kind == "error":
             self._down(value)
             return
-        st, events = value
+        st, events, self.gateways = value
         was = self.running
         self.running, self.error, self.status = True, None, st
         self._last_error_code = None
@@ -319,6 +337,7 @@ class TunnelgateApp(App):
             self._fill(self.query_one("#peers", DataTable), rows, None)
         else:
             self._render_budget(st)
+            self._render_gateways()
         self._render_graphs()
         self._render_info()
 
@@ -333,6 +352,14 @@ class TunnelgateApp(App):
             table.add_row(*row, key=key)
         if rows:
             table.move_cursor(row=min(cursor, len(rows) - 1), animate=False)
+
+    def _render_gateways(self) -> None:
+        """The client's gateways panel: shown once the daemon reports any (a client of the
+        market; an older daemon without `gateways` shows none)."""
+        table = self.query_one("#gateways", DataTable)
+        gws = self.gateways or []
+        table.set_class(bool(gws), "shown")
+        self._fill(table, [w.gateway_row(g) for g in gws], [g.get("public_key") for g in gws])
 
     def _render_budget(self, st: dict) -> None:
         market = st.get("market") or {}

@@ -5,6 +5,8 @@ A source has three calls, all blocking (the app calls them from a worker thread)
     status()        -> the daemon's `status` result (dict)
     events(since)   -> events with ts > since (list of dicts, oldest first)
     set(**kw)       -> the result of {"cmd": "set", **kw}
+    gateways()      -> a client's `gateways` result (list of dicts, as `tunnelgate gateways
+                       --json`); a gateway daemon answers unknown_command
 
 Errors are raised as `ControlError` (code "not_running" when no daemon listens).
 """
@@ -27,6 +29,8 @@ class Source(Protocol):
     def events(self, since: float) -> list[dict]: ...
 
     def set(self, **kw: Any) -> Any: ...
+
+    def gateways(self) -> list[dict]: ...
 
 
 class SocketSource:
@@ -54,12 +58,15 @@ class SocketSource:
     def set(self, **kw: Any) -> Any:
         return self._call("set", **kw)
 
+    def gateways(self) -> list[dict]:
+        return self._call("gateways")
+
 
 class RecordedSource:
     """Replays recorded snapshots for tests and demos.
 
-    snapshots: a list of {"status": {...}, "events": [...]} as recorded from a live
-    daemon, or None for "the daemon is not running" at that point.  Every status()
+    snapshots: a list of {"status": {...}, "events": [...], "gateways": [...]} (gateways:
+    a client's, optional) as recorded from a live daemon, or None for "the daemon is not running" at that point.  Every status()
     call moves to the next snapshot (staying on the last one); events(since) returns
     the events of the snapshots seen so far with ts > since.  set() calls are kept in
     `sets`; `set_error` (a ControlError) makes them fail, like a daemon without `set`.
@@ -93,6 +100,14 @@ class RecordedSource:
             raise ControlError("not_running", "no daemon is listening (recorded)")
         seen = [e for s in self.snapshots[:max(0, self.index) + 1] if s for e in s.get("events", [])]
         return [e for e in seen if e["ts"] > since]
+
+    def gateways(self) -> list[dict]:
+        snap = self._current()
+        if snap is None:
+            raise ControlError("not_running", "no daemon is listening (recorded)")
+        if "gateways" not in snap:
+            raise ControlError("unknown_command", "unknown command 'gateways' (recorded)")
+        return snap["gateways"]
 
     def set(self, **kw: Any) -> Any:
         self.sets.append(kw)

@@ -74,6 +74,7 @@ def short_key(key: str | None, n: int = 8) -> str:
 
 # the most useful first: narrow terminals scroll the rest
 CONTRACT_COLUMNS = ("destination", "state", "used / limit", "quota", "time left", "cost", "price/KB", "id")
+GATEWAY_COLUMNS = ("gateway", "state", "rtt", "loss", "price/KB", "spent", "record", "carries", "key")
 PEER_COLUMNS = ("address", "endpoint", "contracts", "bytes", "revenue", "grace", "key")
 
 
@@ -93,6 +94,34 @@ def contract_row(c: dict, with_peer: bool = False) -> list:
     if with_peer:
         row.insert(0, short_key(c.get("peer")))
     return row
+
+
+GATEWAY_STATE_STYLE = {"up": "bold green", "down": "bold red", "unverified": "yellow"}
+
+
+def gateway_record(rec: dict, verdict: str | None) -> Text:
+    """A gateway's record in a cell: paid of bought, delivered, and what went wrong."""
+    parts = [f"{rec.get('paid', 0)}/{rec.get('bought', 0)} paid", f"{rec.get('delivered', 0)} served"]
+    for key, word in (("unserved", "unserved"), ("disagreements", "disputed"), ("failed_handshakes", "hs failed")):
+        if rec.get(key):
+            parts.append(f"{rec[key]} {word}")
+    return Text(", ".join(parts), style="bold red" if verdict else "")
+
+
+def gateway_row(g: dict) -> list:
+    """One row of the client's gateways panel, from `tunnelgate gateways --json`."""
+    state = g.get("state") or "?"
+    rtt, loss, price = g.get("rtt_ms"), g.get("loss"), g.get("price_per_kb")
+    dests = g.get("destinations") or []
+    return [g.get("label") or short_key(g.get("public_key")),
+            Text(state, style=GATEWAY_STATE_STYLE.get(g.get("state"), "")),
+            DASH if rtt is None else f"{rtt:.1f} ms",
+            DASH if loss is None else f"{100 * loss:.0f}%",
+            DASH if price is None else format_price(price).removesuffix("/KB"),
+            format_msat(g.get("spent_msat") or 0),
+            gateway_record(g.get("record") or {}, g.get("verdict")),
+            " ".join(dests) if dests else DASH,
+            short_key(g.get("public_key"), 12)]
 
 
 def peer_rows(st: dict) -> list[list]:

@@ -31,7 +31,7 @@ class FakeSession:
         return [("x", 1, g[0]) for g in groups]
 
 
-def make(tmp_path, store=None):
+def make(tmp_path, store=None, fetched=None):
     links, events, quotes = Links(), [], []
     store = store or Store(tmp_path / "db.sqlite")
     engine = Buyer(ClientPolicy(max_price=10**9))
@@ -41,7 +41,8 @@ def make(tmp_path, store=None):
         links.add(link)
         return link
     m = Market(Choice(switch_margin=0.2, failover_s=0.6), Discovery(), links, engine, threading.Lock(), store,
-               new_link, lambda key, dest: quotes.append((key, dest)), events.append)
+               new_link, lambda key, dest: quotes.append((key, dest)), events.append,
+               fetch_advert=None if fetched is None else fetched.append)
     return m, links, events, quotes, store
 
 
@@ -118,3 +119,54 @@ def test_receiver_splits_groups_by_gateway_endpoint():
     assert [x[2] for x in out] == [b"1" * 16, b"2" * 16, b"3" * 16]
     assert len(a.session.calls) == 1 and len(b.session.calls) == 1 and len(b.session.calls[0]) == 2
     assert r.stats["unknown_source"] == 1
+
+
+def test_receiver_caches_the_last_gateway_and_never_uses_a_replaced_link():
+    links = Links()
+    a, b = (SellerLink(k, FakeSession(), ep) for k, ep in zip(KEYS, [("198.18.1.11", 1), ("198.18.1.12", 1)]))
+    links.add(a)
+    links.add(b)
+    r = Initiators(links)
+    from_b = [(b"1" * 16, 16, ("198.18.1.12", 1)), (b"2" * 16, 16, ("198.18.1.12", 1))]
+    r.receive_groups(from_b, 0.0)
+    b.endpoint = ("198.18.1.99", 1)          # the cache holds the source, not the endpoint: ...
+    r.receive_groups(from_b, 0.0)            # ... the next batch from it goes to b in one call
+    assert b.session.calls == [from_b, from_b] and not a.session.calls
+    b2 = SellerLink(KEYS[1], FakeSession(), ("198.18.1.12", 1))
+    links.add(b2)                            # b's link replaced (a new session): the cache is stale
+    r.receive_groups(from_b, 0.0)
+    assert len(b.session.calls) == 2 and b2.session.calls == [from_b]
+    mixed = [from_b[0], (b"3" * 16, 16, ("198.18.1.11", 1))]
+    r.receive_groups(mixed, 0.0)             # another source in the batch: dispatched per group
+    assert a.session.calls == [[mixed[1]]] and b2.session.calls[-1] == [mixed[0]]
+    links.remove(KEYS[0])
+    assert r.receive_groups([mixed[1]], 0.0) == [] and r.stats["unknown_source"] == 1
+
+
+def test_a_changed_quoted_price_or_an_expiring_advert_fetches_the_advert_again_bounded(tmp_path):
+    from tunnelgate.daemon.gateways import ADVERT_REFETCH_S, ADVERT_RENEW_S
+    from tunnelgate.protocol.advert import Advert
+    fetched = []
+    m, *_ = make(tmp_path, fetched=fetched)
+    up_with_prices(m, [500, 600, 800], 0.0)
+    for key in KEYS:
+        m.gateways[key].sign_key = bytes(32)            # verified by its handshake
+    assert fetched == []                                # first prices: nothing changed
+    m.tick(3.0, 1003.0)
+    answer(m, [500, 700, 800], 3.0)                     # gw2 changed its price
+    assert fetched == [KEYS[1]]
+    m.tick(6.0, 1006.0)
+    answer(m, [500, 650, 800], 6.0)                     # again, within ADVERT_REFETCH_S: not asked
+    assert fetched == [KEYS[1]]
+    m.tick(6.0 + ADVERT_REFETCH_S, 1006.0 + ADVERT_REFETCH_S)
+    answer(m, [500, 600, 800], 6.0 + ADVERT_REFETCH_S)
+    assert fetched == [KEYS[1]] * 2
+    gw3 = m.gateways[KEYS[2]]
+    gw3.advert = Advert(KEYS[2], bytes(32), ("198.18.1.13:51900",), 800, expires=int(1039 + ADVERT_RENEW_S + 1))
+    m.tick(40.0, 1039.0)                                # expires in more than ADVERT_RENEW_S: kept
+    answer(m, [500, 600, 800], 40.0)
+    assert fetched == [KEYS[1]] * 2
+    m.tick(41.0, 1041.0)
+    assert fetched == [KEYS[1]] * 2 + [KEYS[2]]
+    m.tick(42.0, 1042.0)                                # asked: not again within ADVERT_REFETCH_S
+    assert fetched == [KEYS[1]] * 2 + [KEYS[2]]

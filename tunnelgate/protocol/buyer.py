@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tunnelgate import packet as pk
-from tunnelgate.meter import ClientMeter, Flow, usage_disagrees
+from tunnelgate.meter import BuyerFlow, ClientMeter, Flow, usage_disagrees
 from tunnelgate.money import BYTES_PER_KB, cost_msat, format_msat, format_price, parse_fraction
 from tunnelgate.protocol import events as E
 from tunnelgate.protocol import messages as m
@@ -251,7 +251,7 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         f = b.flows.get(destination)
         if f is None:
             key, plen = pk.parse_prefix(destination)
-            f = b.flows[destination] = Flow(counterpart, key, plen, destination)
+            f = b.flows[destination] = BuyerFlow(counterpart, key, plen, destination)
             self.meter.table(len(key), plen)[key] = f
         return f
 

@@ -136,18 +136,21 @@ class Gateway:
                     self.engine.payment_confirmed(ev.contract_id, wall)
             self.pump()
 
-    def open(self, c: "Client", dst: bytes) -> None:
-        """A first packet to dst, and the client's answers until its contract is PAID."""
-        from tunnelgate.protocol import messages as m
+    def open(self, wants: list[tuple["Client", list[bytes]]]) -> None:
+        """First packets from each client to its destinations, all at once (as a burst
+        of datagrams reaches the daemon), then the clients' answers, all of each round
+        in one pump, until the contracts are PAID."""
         pkt = bytes(60)
         with self.lock:
-            self.engine.outbound(c.public, dst, len(pkt), pkt, self.now)
+            for c, dsts in wants:
+                for dst in dsts:
+                    self.engine.outbound(c.public, dst, len(pkt), pkt, self.now)
         self.pump()
-        for _ in range(4):
-            frames = c.answer(self.now)
-            if not frames:
+        for _ in range(16):
+            msgs = [(c.public, msg) for c, _ in wants for f in c.answer(self.now)
+                    for msg in self.channels.receive(c.public, f, self.now)]
+            if not msgs:
                 break
-            msgs = [(c.public, msg) for f in frames for msg in self.channels.receive(c.public, f, self.now)]
             self.pump(msgs)
         self.now += 0.0005
 
@@ -217,7 +220,7 @@ class Counter:
             print(f"  {size / n:8,.0f} B {count / n:6.2f} obj  {key}")
 
 
-def measure(peers: int, contracts: int, top: int, trace: bool) -> None:
+def measure(peers: int, contracts: int, top: int, trace: bool, burst: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="tgmem-"))
     gw = Gateway(work)
     gw.add_peers(1, lambda step: step())              # one-time costs: not counted
@@ -227,14 +230,15 @@ def measure(peers: int, contracts: int, top: int, trace: bool) -> None:
     per_peer, per_contract = Counter(trace), Counter(trace)
     gw.add_peers(peers - 1, per_peer)
     clients = list(gw.clients.values())
-    for j in range(warm):                             # the first contracts: warm-up
-        gw.open(clients[j % peers], _dest(j // peers))
+    def grow(first: int, end: int) -> None:
+        # contract j: peer j % peers, its destination j // peers; `burst` at once per peer
+        for j0 in range(first, end, burst * peers):
+            js = range(j0, min(end, j0 + burst * peers))
+            gw.open([(clients[i], [_dest(j // peers) for j in js if j % peers == i]) for i in range(peers)])
 
-    def grow() -> None:
-        for j in range(warm, contracts):
-            gw.open(clients[j % peers], _dest(j // peers))
+    grow(0, warm)                                     # the first contracts: warm-up
 
-    per_contract(grow)
+    per_contract(lambda: grow(warm, contracts))
     states: dict[str, int] = {}
     for b in gw.engine.books.values():
         for c in b.live.values():
@@ -251,12 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", type=int, default=100)
     ap.add_argument("--contracts", type=int, default=10_000)
     ap.add_argument("--top", type=int, default=25, help="allocation sites shown (25)")
+    ap.add_argument("--burst", type=int, default=1, help="first packets each peer sends at once, "
+                    "all peers together (1; the scale bench's peers send up to 64)")
     ap.add_argument("--rss", action="store_true", help="RSS only, without tracemalloc (whose own "
                     "memory is in the RSS otherwise)")
     a = ap.parse_args(argv)
     if a.peers < 2 or a.contracts < 10 or a.contracts > a.peers * 65536:
         ap.error("--peers >= 2, 10 <= --contracts <= peers * 65536")
-    measure(a.peers, a.contracts, a.top, not a.rss)
+    measure(a.peers, a.contracts, a.top, not a.rss, a.burst)
     return 0
 
 

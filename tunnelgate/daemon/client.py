@@ -255,8 +255,8 @@ class ClientDaemon(Daemon):
             self.routed_endpoint = self.link.endpoint[0]
 
     def next_deadline(self) -> float | None:
-        return min((t for t in (self.link.session.next_deadline(), self.channels.next_deadline())
-                    if t is not None), default=None)
+        return min((t for t in (self.link.session.next_deadline(), self.channels.next_deadline(),
+                                self.engine_deadline(time.monotonic())) if t is not None), default=None)
 
     def tick(self, now: float) -> None:
         with self.lock:

@@ -12,8 +12,8 @@ Every lookup the engines do is an index here, never a walk of the history:
 - timers: a heap of (when, n, kind, object), invalidated lazily (an entry whose deadline no
   longer matches its object's is skipped), so ``next_deadline()`` is the top of the heap and a
   poll costs what is due; when the heap has doubled since it was last swept, the entries its
-  engine calls stale go (a paid contract's grace end, an accepted proposal's timeout would
-  otherwise stay for minutes: memory per contract at a gateway).
+  engine calls stale and repeats of one timer go (a paid contract's grace end, an accepted
+  proposal's timeout would otherwise stay for minutes: memory per contract at a gateway).
 """
 
 from __future__ import annotations
@@ -101,7 +101,14 @@ class Book:
         earliest = not h or when < h[0][0]
         heapq.heappush(h, (when, n, kind, obj))
         if stale is not None and len(h) >= self._sweep_at:
-            h[:] = [e for e in h if not stale(self, e[0], e[2], e[3])]   # in place: due() may hold h
+            # the stale go, and of the same timer filed twice (a contract's expiry, when it
+            # starts in grace and again when paid) the first stays
+            keep: dict[tuple, tuple] = {}
+            for e in h:
+                k = (e[0], e[2], id(e[3]))
+                if (k not in keep or e[1] < keep[k][1]) and not stale(self, e[0], e[2], e[3]):
+                    keep[k] = e
+            h[:] = keep.values()             # in place: due() may hold h
             heapq.heapify(h)
             self._sweep_at = max(SWEEP_MIN, 2 * len(h))
         return earliest

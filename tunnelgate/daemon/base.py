@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -54,6 +55,10 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 RECV_TIMEOUT_S = 0.5
 MAX_SLEEP_S = 0.5       # the control thread wakes at least this often (see above)
 MIN_SLEEP_S = 0.002     # ... and after a tick sleeps at least this long, if not poked
+# The engine's timers are run on a grid of this step (wall clock): a seller with 100 peers
+# has 100 USAGE timers a second, spread over it; one wake-up per step takes all that fell in
+# it, so at most 1 / ENGINE_GRID_S wake-ups a second for the engine, none late by more.
+ENGINE_GRID_S = 0.1
 
 
 class DaemonError(Exception):
@@ -348,6 +353,7 @@ class Daemon:
         due = self.saver.last + SAVE_EVERY_S
         if d is not None and d < due:
             due = d
+        due = math.ceil(due / ENGINE_GRID_S) * ENGINE_GRID_S     # late by less than a step
         return now + (due - wall)
 
     def status(self) -> dict:

@@ -15,7 +15,9 @@ socket with its own control `Channel` (no TUN). Phases, in order:
               starts); handshakes/s = completed / wall time from the first send
               to the last RESP; the gateway's CPU time (/proc/<pid>/stat
               utime+stime, 10 ms ticks) over the same interval.
-  peers       gateway RSS (/proc/<pid>/status VmRSS) before and after: per peer.
+  peers       gateway RSS (/proc/<pid>/status VmRSS) before and after the handshakes of
+              all peers but one (that one handshakes first, alone: what the first
+              handshake costs once is no peer's): per peer (`per_peer_kb` in --json).
   contracts   a peer opens a contract by sending one small DATA packet (IPv4/UDP
               from its assigned address) to a destination in 198.19.0.0/16; the
               gateway holds it and PROPOSEs; the peer answers ACCEPT and PAY (the
@@ -23,7 +25,12 @@ socket with its own control `Channel` (no TUN). Phases, in order:
               and answers PAID. First 1 per peer, later M/N per peer. Counted by
               the peers, and by the gateway (`tunnelgate contracts --json`, by
               state). Memory per contract = RSS delta over the second step / the
-              contracts it added.
+              contracts it added, in two halves: the first grows the heap to what
+              a burst of new contracts takes at its peak (the peers open up to 64
+              each at once), the second measures what a contract holds: RSS delta
+              over it / its contracts (`per_contract_kb` in --json; over both
+              halves, with the peak: `per_contract_all_kb`). Each RSS 1.5 s after
+              the last contract, before the listing.
   idle        gateway CPU with no traffic: with N peers, with N contracts, with M.
   load        all peers send --size byte packets (inner IP length) as fast as one
               process can seal them for --time seconds, round-robin over all
@@ -271,36 +278,38 @@ class Fleet:
 
     # -- phases -------------------------------------------------------------------------
 
-    def handshake(self, timeout: float) -> dict:
+    def handshake(self, timeout: float, count: int | None = None) -> dict:
+        """The next `count` peers without a session (all of them: None) handshake at once."""
         s = self.session
         now = time.monotonic()
-        inits = [p.init.begin(now, time.time_ns(), os.urandom(s.RAND_BYTES)) for p in self.peers]
+        peers = [p for p in self.peers if p.done_at is None][:count]
+        inits = [p.init.begin(now, time.time_ns(), os.urandom(s.RAND_BYTES)) for p in peers]
         cpu0 = cpu_s(self.gw_pid) if self.gw_pid else None
         t0 = time.monotonic()
-        for p, datagram in zip(self.peers, inits):
+        for p, datagram in zip(peers, inits):
             self._send(p, datagram)
         retries = 0
         retry_at = t0 + 2.0
         deadline = t0 + timeout
         while time.monotonic() < deadline:
-            if all(p.done_at is not None for p in self.peers):
+            if all(p.done_at is not None for p in peers):
                 break
             self.service(0.005)
             now = time.monotonic()
             if now >= retry_at:
-                for p in self.peers:
+                for p in peers:
                     if p.done_at is None:
                         self._send(p, p.init.begin(now, time.time_ns(), os.urandom(s.RAND_BYTES)))
                         retries += 1
                 retry_at = now + 2.0
         cpu = (cpu_s(self.gw_pid) - cpu0) if cpu0 is not None else None
-        done = [p.done_at for p in self.peers if p.done_at is not None]
+        done = [p.done_at for p in peers if p.done_at is not None]
         elapsed = (max(done) - t0) if done else None
         # let the first keepalives confirm the new keys at the gateway
         end = time.monotonic() + 0.3
         while time.monotonic() < end:
             self.service(0.01)
-        return {"completed": len(done), "peers": len(self.peers), "elapsed_s": elapsed,
+        return {"completed": len(done), "peers": len(peers), "elapsed_s": elapsed,
                 "retries": retries, "per_s": (len(done) / elapsed) if elapsed else None,
                 "gateway_cpu_s": cpu,
                 "gateway_cpu_ms_per_handshake": cpu * 1000 / len(done) if cpu is not None and done else None}
@@ -567,12 +576,19 @@ def _settle_rss(pid: int, seconds: float = 1.0) -> int:
     return rss_kb(pid)
 
 
-def _contracts(lab, conf: Path, worker: Worker, gw_pid: int, counts: list[int], pay: bool) -> dict:
+def _contracts(lab, conf: Path, worker: Worker, gw_pid: int, counts: list[int], pay: bool,
+               rss_settle_s: float = 0.5, listing: bool = True) -> dict:
+    """Grows the contracts; ct["rss_kb"]: the gateway's RSS after them, taken before the
+    listing (`contracts --json` builds every contract's record: its garbage is no contract's)."""
     c0 = cpu_s(gw_pid)
     ct = worker.call("contracts", 150, counts=counts, pay=pay, timeout=75.0)
     ct["gateway_cpu_s"] = cpu_s(gw_pid) - c0
     ct["per_s"] = ct["new_settled"] / ct["elapsed_s"] if ct["elapsed_s"] else None
-    time.sleep(0.5)
+    ct["rss_kb"] = _settle_rss(gw_pid, rss_settle_s)
+    if not listing:
+        log(f"contracts: {ct['new_settled']}/{ct['requested']} settled at the peers; "
+            f"{ct['new']} new in {ct['elapsed_s']:.1f} s")
+        return ct
     listed = json.loads(tg(lab, lab.gw, "contracts", "-c", str(conf), "--json", timeout=60).stdout)
     by_state: dict[str, int] = {}
     for c in listed:
@@ -635,18 +651,23 @@ def lab_run(peers: int, contracts: int, seconds: float, size: int, pay: bool, ba
                               "gw_public": gw_public, "gw_pid": gw_pid}, work / "worker.log")
         res["worker_keygen_s"] = worker.ready["keygen_s"]
 
-        # --- handshakes and memory per peer
+        # --- handshakes and memory per peer: one peer first, so what the first handshake
+        # costs once (code paths run once, the handshake thread's malloc arena, the
+        # database's first pages) is not counted per peer
+        warm = worker.call("handshake", 120, timeout=60.0, count=1)
         rss0 = _settle_rss(gw_pid, 0.5)
         hs = worker.call("handshake", 120, timeout=60.0)
         res["handshakes"] = hs
-        log(f"handshakes: {hs['completed']}/{peers} in {hs['elapsed_s'] or 0:.3f} s")
+        log(f"handshakes: {hs['completed']}/{hs['peers']} in {hs['elapsed_s'] or 0:.3f} s "
+            f"(after {warm['completed']} alone)")
         rss1 = _settle_rss(gw_pid)
-        res["memory_peers"] = {"rss_before_kb": rss0, "rss_after_kb": rss1,
+        res["memory_peers"] = {"rss_before_kb": rss0, "rss_after_kb": rss1, "peers": hs["completed"],
                                "per_peer_kb": (rss1 - rss0) / max(1, hs["completed"])}
+        res["per_peer_kb"] = res["memory_peers"]["per_peer_kb"]
         res["idle_cpu_peers"] = _idle_cpu(gw_pid, idle_s)
 
         # --- one contract per peer, throughput with N contracts
-        live = hs["completed"]
+        live = hs["completed"] + warm["completed"]
         if not live:
             raise RuntimeError("no handshake completed")
         ct1 = _contracts(lab, conf, worker, gw_pid, [1] * live, pay)
@@ -655,14 +676,28 @@ def lab_run(peers: int, contracts: int, seconds: float, size: int, pay: bool, ba
         res["load_1"] = _load(lab, worker, gw_pid, seconds, size, batch)
 
         # --- M contracts: memory per contract, throughput with M contracts
+        # in two halves: the first grows the gateway to what a burst of new contracts
+        # takes at its peak (the peers open up to 64 each at once: thousands of proposals,
+        # messages, events and records alive together, whose freed room the heap keeps);
+        # the second, the same burst again, measures what a contract itself holds
         rss_b = _settle_rss(gw_pid, 1.0)
         counts = [max(1, c) for c in split(contracts, live)]
-        ct = _contracts(lab, conf, worker, gw_pid, counts, pay)
-        rss_m = _settle_rss(gw_pid, 1.5)
+        half = _contracts(lab, conf, worker, gw_pid, [max(1, c // 2) for c in counts], pay,
+                          rss_settle_s=1.5, listing=False)
+        rss_h = half["rss_kb"]
+        ct = _contracts(lab, conf, worker, gw_pid, counts, pay, rss_settle_s=1.5)
+        rss_m = ct["rss_kb"]
+        for k in ("new", "elapsed_s", "gateway_cpu_s", "new_settled", "first_packets", "resent"):
+            ct[k] += half[k]
+        ct["per_s"] = ct["new_settled"] / ct["elapsed_s"] if ct["elapsed_s"] else None
         res["contracts"] = ct
         new = max(1, ct["gateway_live"] - ct1["gateway_live"])
-        res["memory_contracts"] = {"rss_before_kb": rss_b, "rss_after_kb": rss_m,
-                                   "new_contracts": new, "per_contract_kb": (rss_m - rss_b) / new}
+        new2 = max(1, ct["gateway_live"] - ct1["gateway_live"] - half["new_settled"])
+        res["memory_contracts"] = {"rss_before_kb": rss_b, "rss_half_kb": rss_h, "rss_after_kb": rss_m,
+                                   "new_contracts": new, "second_half": new2,
+                                   "per_contract_kb": (rss_m - rss_h) / new2,
+                                   "per_contract_all_kb": (rss_m - rss_b) / new}
+        res["per_contract_kb"] = res["memory_contracts"]["per_contract_kb"]
         res["idle_cpu_contracts"] = _idle_cpu(gw_pid, idle_s)
         log(f"gateway idle CPU: {res['idle_cpu_1'] * 100:.0f}% with {ct1['gateway_live']} contracts, "
             f"{res['idle_cpu_contracts'] * 100:.0f}% with {ct['gateway_live']}")
@@ -782,7 +817,10 @@ def table(res: dict) -> str:
         mc = lr.get("memory_contracts")
         if mc:
             rows.append(("memory per contract", f"{_f(mc['per_contract_kb'], '.2f')} KB  (gateway RSS "
-                         f"{mc['rss_before_kb'] / 1024:.1f} -> {mc['rss_after_kb'] / 1024:.1f} MB for "
+                         f"{mc['rss_half_kb'] / 1024:.1f} -> {mc['rss_after_kb'] / 1024:.1f} MB for the second "
+                         f"{mc['second_half']}; {_f(mc['per_contract_all_kb'], '.2f')} KB a contract over "
+                         f"all, with the burst's peak: {mc['rss_before_kb'] / 1024:.1f} -> "
+                         f"{mc['rss_after_kb'] / 1024:.1f} MB for "
                          f"{mc['new_contracts']} contracts)"))
         if "idle_cpu_contracts" in lr:
             rows.append(("gateway idle CPU", f"{lr['idle_cpu_peers'] * 100:.1f}% with {n} peers, "

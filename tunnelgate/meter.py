@@ -13,8 +13,6 @@ contract, hold or drop).
 
 from __future__ import annotations
 
-from collections import deque
-
 from tunnelgate.packet import mask
 
 FORWARD, HELD, DROP = 0, 1, 2
@@ -23,29 +21,44 @@ MASK_CACHE_MAX = 65536
 
 
 class Flow:
-    """Traffic of one peer to one destination key (an address or scope prefix)."""
+    """Traffic of one peer to one destination key (an address or scope prefix).
+
+    Tens of thousands live at a gateway, one per contract's destination, so what most
+    flows never need is not allocated per flow: the held packets are the shared empty
+    tuple until one is held, the queue is a list (a few contracts at most; an empty
+    deque's first block alone is 520 bytes), and the buyer's own fields are in BuyerFlow."""
 
     __slots__ = ("peer", "key", "plen", "destination", "current", "queue", "free", "free_bytes",
                  "held", "held_bytes", "proposal", "nodeal_until", "nodeal_reason", "list_price",
-                 "dropped", "requested_at", "reason", "fast", "rate")
+                 "dropped", "reason")
 
     def __init__(self, peer: bytes, key: bytes, plen: int, destination: str):
         self.peer, self.key, self.plen, self.destination = peer, key, plen, destination
         self.current = None            # Contract in force (or waiting for payment)
-        self.queue: deque = deque()    # accepted contracts that take over when current ends
+        self.queue: list = []          # accepted contracts that take over when current ends
         self.free = False
         self.free_bytes = 0
-        self.held: list[bytes] = []
+        self.held: list[bytes] | tuple = ()    # packets waiting for a contract (seller_hold.py)
         self.held_bytes = 0
         self.proposal = None           # Contract in PROPOSED state, if negotiating
         self.nodeal_until = 0.0
         self.nodeal_reason = ""
         self.list_price = 0
         self.dropped = 0
-        self.requested_at = None       # client: when a REQUEST was sent
         self.reason = ""               # last reason shown in status
-        self.fast = False              # client: the last contract was used up within seconds
-        self.rate = 0                  # client: bytes/s over the last contract used up (0: unknown)
+
+
+class BuyerFlow(Flow):
+    """A buyer's flow: when it asked for the next contract, and how fast it uses them."""
+
+    __slots__ = ("requested_at", "fast", "rate", "check_at")
+
+    def __init__(self, peer: bytes, key: bytes, plen: int, destination: str):
+        super().__init__(peer, key, plen, destination)
+        self.requested_at = None       # when a REQUEST was sent
+        self.fast = False              # the last contract was used up within seconds
+        self.rate = 0                  # bytes/s over the last contract used up (0: unknown)
+        self.check_at = None           # when the buyer's timer looks at this flow next
 
 
 class Masker:

@@ -6,18 +6,19 @@ reads in threads beat an event loop for throughput in Python; everything else
 (timers, control socket, database) runs in the asyncio thread.
 
 The asyncio thread sleeps until the earliest deadline its state knows of (the
-sessions', the control channels'), and is woken early by `poke()`: when a
+sessions', the control channels', the contract engine's timers and the
+saver's next save: `engine_deadline`), and is woken early by `poke()`: when a
 data thread hands it work (control frames, a held packet, a renewal due, a
-contract ended) and whenever its own handling may have made a deadline
-earlier. It sleeps at most BUSY_TICK_S while packets flow (they moved since
-its last tick) and MAX_SLEEP_S when they do not. The bound stands for what
-has no deadline to ask: the contract engines (expiries, grace ends,
-proposal timeouts, renewals by time and by the rate a contract is used
-at: at 700 Mbit/s a first contract lasts 0.1 s, and polling those every
-0.5 s halved the bench's throughput), the saver's once-a-second counters,
-and the session timers a data thread starts without telling (the gateway's
-ack of a peer's datagram, due ack_after_s = 1 s later, late by at most
-MAX_SLEEP_S: still well before the client's dead_after_s = 3 s).
+contract used up or ended) and whenever its own handling may have made a
+deadline earlier. What traffic changes in the engines (a client's renewal by
+the rate a contract is used at: at 700 Mbit/s a first contract lasts 0.1 s)
+the data thread sees as it meters, and it wakes this thread (plane.on_output,
+on_control, persist). It sleeps at most MAX_SLEEP_S: the bound stands for
+the timers a data thread files without telling (a seller's proposal timeout,
+a contract's expiry when the data path started it: found within MAX_SLEEP_S)
+and the session timers a data thread starts (the gateway's ack of a peer's
+datagram, due ack_after_s = 1 s later, late by at most MAX_SLEEP_S: still well
+before the client's dead_after_s = 3 s).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -44,7 +46,7 @@ from ..wakeups import Warmth
 from . import privilege
 from .control import ControlServer
 from .dataplane import DataPlane
-from .market import Channels, EventLog, Saver
+from .market import SAVE_EVERY_S, Channels, EventLog, Saver
 from .store import Store
 
 log = logging.getLogger("tunnelgate")
@@ -52,8 +54,11 @@ log = logging.getLogger("tunnelgate")
 SOCKET_BUFFER = 4 * 1024 * 1024
 RECV_TIMEOUT_S = 0.5
 MAX_SLEEP_S = 0.5       # the control thread wakes at least this often (see above)
-BUSY_TICK_S = 0.05      # ... and this often while packets flow
 MIN_SLEEP_S = 0.002     # ... and after a tick sleeps at least this long, if not poked
+# The engine's timers are run on a grid of this step (wall clock): a seller with 100 peers
+# has 100 USAGE timers a second, spread over it; one wake-up per step takes all that fell in
+# it, so at most 1 / ENGINE_GRID_S wake-ups a second for the engine, none late by more.
+ENGINE_GRID_S = 0.1
 
 
 class DaemonError(Exception):
@@ -229,21 +234,18 @@ class Daemon:
 
     async def _timers(self) -> None:
         """Until stopped: tick() when the earliest deadline is due (next_deadline(), at
-        most BUSY_TICK_S after the last tick if packets moved since, else MAX_SLEEP_S),
-        else sleep until then or a poke()."""
-        woken, stop, stats = self._woken, self._stop, self.stats
+        most MAX_SLEEP_S after the last tick), else sleep until then or a poke()."""
+        woken, stop = self._woken, self._stop
         last = float("-inf")
-        seen = -1
         while not stop.is_set():
             now = time.monotonic()
-            packets = stats["rx_packets"] + stats["tx_packets"]
-            due = last + (BUSY_TICK_S if packets != seen else MAX_SLEEP_S)
+            due = last + MAX_SLEEP_S
             deadline = self.next_deadline()
             if deadline is not None and deadline < due:
                 due = deadline
             if now >= due:
                 self.tick(now)
-                last, seen = now, packets
+                last = now
                 wait = MIN_SLEEP_S
             else:
                 wait = due - now
@@ -342,6 +344,18 @@ class Daemon:
     def next_deadline(self) -> float | None:
         """When tick() has something to do next (monotonic), as far as known."""
         return None
+
+    def engine_deadline(self, now: float) -> float:
+        """The contract engine's next timer or the saver's next save, whichever is first,
+        as a monotonic time (both keep wall-clock time: contracts outlive a restart)."""
+        with self.elock:        # the data threads file timers under it
+            d = self.engine.next_deadline()
+        wall = time.time()
+        due = self.saver.last + SAVE_EVERY_S
+        if d is not None and d < due:
+            due = d
+        due = math.ceil(due / ENGINE_GRID_S) * ENGINE_GRID_S     # late by less than a step
+        return now + (due - wall)
 
     def status(self) -> dict:
         return {}

@@ -362,7 +362,8 @@ class ClientDaemon(Daemon):
 
     def next_deadline(self) -> float | None:
         times = [link.session.next_deadline() for link in self.links]
-        times += [self.channels.next_deadline(), self.market.next_deadline()]
+        times += [self.channels.next_deadline(), self.market.next_deadline(),
+                  self.engine_deadline(time.monotonic())]
         return min((t for t in times if t is not None), default=None)
 
     def tick(self, now: float) -> None:

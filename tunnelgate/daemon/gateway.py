@@ -493,8 +493,8 @@ class GatewayDaemon(Daemon):
         self.events.flush()
 
     def next_deadline(self) -> float | None:
-        return min((t for t in (self.responder.next_deadline(), self.channels.next_deadline())
-                    if t is not None), default=None)
+        return min((t for t in (self.responder.next_deadline(), self.channels.next_deadline(),
+                                self.engine_deadline(time.monotonic())) if t is not None), default=None)
 
     def persist(self) -> None:
         """plane.persist: a contract ended while metering; write that through before forwarding

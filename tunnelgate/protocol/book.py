@@ -11,7 +11,9 @@ Every lookup the engines do is an index here, never a walk of the history:
 - ``unpaid``: accepted contracts whose payment is still due, live or ended;
 - timers: a heap of (when, n, kind, object), invalidated lazily (an entry whose deadline no
   longer matches its object's is skipped), so ``next_deadline()`` is the top of the heap and a
-  poll costs what is due.
+  poll costs what is due; when the heap has doubled since it was last swept, the entries its
+  engine calls stale and repeats of one timer go (a paid contract's grace end, an accepted
+  proposal's timeout would otherwise stay for minutes: memory per contract at a gateway).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from collections import deque
 from typing import Iterator
 
 from tunnelgate.protocol.contract import Contract
+
+
+SWEEP_MIN = 64      # timers a book holds before the first sweep of stale ones
 
 
 class Tombstones:
@@ -58,7 +63,8 @@ class Tombstones:
 
 
 class Book:
-    __slots__ = ("counterpart", "live", "flows", "ended", "unpaid", "tombstones", "_timers", "filed")
+    __slots__ = ("counterpart", "live", "flows", "ended", "unpaid", "tombstones", "_timers", "filed",
+                 "_sweep_at")
 
     def __init__(self, counterpart: bytes, tombstones: Tombstones | None = None, flows: dict | None = None):
         self.counterpart = counterpart
@@ -69,6 +75,7 @@ class Book:
         self.tombstones = tombstones if tombstones is not None else Tombstones()
         self._timers: list[tuple[float, int, int, object]] = []
         self.filed: float | None = None     # the deadline the engine filed this book under
+        self._sweep_at = SWEEP_MIN          # heap size at which stale timers are swept out
 
     def find(self, contract_id: str | None) -> Contract | None:
         """A contract this book knows, live or ended."""
@@ -92,11 +99,25 @@ class Book:
 
     # --- timers ----------------------------------------------------------------------------
 
-    def at(self, when: float, n: int, kind: int, obj) -> bool:
-        """A timer; True when it is now the book's earliest (the engine re-files the book)."""
+    def at(self, when: float, n: int, kind: int, obj, stale=None) -> bool:
+        """A timer; True when it is now the book's earliest (the engine re-files the book).
+        ``stale(book, when, kind, obj)``: True for a timer that can no longer do anything,
+        asked of every timer when the heap has doubled since the last sweep (amortized
+        O(1) a timer). The earliest may go: the engine then wakes once for nothing."""
         h = self._timers
         earliest = not h or when < h[0][0]
         heapq.heappush(h, (when, n, kind, obj))
+        if stale is not None and len(h) >= self._sweep_at:
+            # the stale go, and of the same timer filed twice (a contract's expiry, when it
+            # starts in grace and again when paid) the first stays
+            keep: dict[tuple, tuple] = {}
+            for e in h:
+                k = (e[0], e[2], id(e[3]))
+                if (k not in keep or e[1] < keep[k][1]) and not stale(self, e[0], e[2], e[3]):
+                    keep[k] = e
+            h[:] = keep.values()             # in place: due() may hold h
+            heapq.heapify(h)
+            self._sweep_at = max(SWEEP_MIN, 2 * len(h))
         return earliest
 
     def next_deadline(self) -> float | None:

@@ -5,8 +5,13 @@ lifecycle both sides share (protocol/lifecycle.py).
 The buyer never holds packets (it sends; the seller holds).  The daemon calls
 ``outbound(dst, length, now)`` / ``inbound(src, length, now)`` per packet (metering
 only), ``on_message(counterpart, msg, now)`` per decoded control message, ``poll(now)``
-every ~0.1-0.25 s, and drains ``take_outgoing`` ((counterpart, message) pairs) and
-``take_events`` (typed, protocol/events.py).  For every ``PaymentDue`` it asks its payment
+when ``next_deadline()`` is due, and drains ``take_outgoing`` ((counterpart, message) pairs) and
+``take_events`` (typed, protocol/events.py).  ``next_deadline()`` is when ``poll`` next has
+work: each flow files one timer in its book, at the earliest of what can change it with no
+packet (its contract's expiry, the time-renewal point, a REQUEST's retry, a no-deal back-off's
+end); what traffic changes (a renewal point reached, a contract used up) the data path sees
+as it meters, and ``has_output`` tells the daemon to wake its control thread.  For every
+``PaymentDue`` it asks its payment
 backend for a proof and calls ``paid(counterpart, contract_id, method, proof)`` (which sends
 PAY), or ``payment_impossible``.  Prepaid credit is kept per counterpart (its book).
 
@@ -16,10 +21,11 @@ PAY), or ``payment_impossible``.  Prepaid credit is kept per counterpart (its bo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from tunnelgate import packet as pk
-from tunnelgate.meter import ClientMeter, Flow, usage_disagrees
+from tunnelgate.meter import BuyerFlow, ClientMeter, Flow, usage_disagrees
 from tunnelgate.money import BYTES_PER_KB, cost_msat, format_msat, format_price, parse_fraction
 from tunnelgate.protocol import chain as ch
 from tunnelgate.protocol import events as E
@@ -48,6 +54,9 @@ USAGE_SETTLE_S = 2       # after a final USAGE, packets still in flight arrive w
 # wallet as without it (a payment waiting for a block is not waited for). Below the seller's
 # proposal timeout (10 s by default), so the proposal is still open when answered.
 CREDIT_WAIT_S = 5
+CHECKS = 32              # past half, the data path looks at the rate every 1/CHECKS of a contract
+# timer kinds: look at a flow; compare a final USAGE; answer proposals waiting for credit
+T_FLOW, T_FINAL, T_CREDIT = range(3)
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,6 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         self._tol = parse_fraction(policy.usage_tolerance, "usage_tolerance")
         self._max = PriceTable(policy.max_price, policy.prefix_max_prices)
         self.meter = ClientMeter()
-        self.paused = False
         self._own_at_usage: dict[str, int] = {}
         self._final_checks: dict[str, tuple[float, Contract]] = {}
         self._spend: list[tuple[float, int]] = []      # (time, msat) within the last day
@@ -132,6 +140,25 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         self._no_funds_at = 0
         self._out: list[tuple[bytes, m.Message]] = []
         self._unsaved = False       # a DURABLE change not yet taken by snapshot()
+        self._kick = False          # the data path filed a timer due now: poll soon
+        self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        """The user pauses buying (renewals stop) or resumes it (every flow is looked at
+        again at the next poll, which renews what is due)."""
+        if self._paused and not value:
+            self._check_all()
+        self._paused = value
+
+    def _check_all(self) -> None:
+        for b in self.books.values():
+            for f in b.flows.values():
+                self._check_at(f, 0.0)
 
     def book(self, counterpart: bytes) -> BuyerBook:
         return self._book(counterpart)
@@ -152,7 +179,7 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
             if c is not None and c.used < c.stop_bytes and now < c.stop_at:
                 c.used += length
                 c.up += length
-                if c.used >= c.renew_at and not c.renew_asked:
+                if c.used >= c.renew_at:
                     self._renew_point(f, c, now)
                 return METERED
             if self._usable(f, now):
@@ -178,7 +205,7 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
             if c is not None and c.used < c.stop_bytes and now < c.stop_at:
                 c.used += length
                 c.down += length
-                if c.used >= c.renew_at and not c.renew_asked:
+                if c.used >= c.renew_at:
                     self._renew_point(f, c, now)
                 return METERED
             if self._usable(f, now):
@@ -204,11 +231,13 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
             c.renew_at = quarter if 0 < quarter < c.renew_final else c.renew_final
             c.quarter_at = None
         else:
-            c.renew_at = c.renew_final = NEVER  # data_renewal_kb = 0: never renew on data
+            # data_renewal_kb = 0: never renew on data; the data path still looks at the end
+            c.renew_final, c.renew_at = NEVER, c.limit_bytes
+        self._check_at(f, c.activated_at or 0.0)
 
     def _activated(self, f: Flow, c: Contract, now: float) -> None:
         if c.renew_at == 0 or (self.policy.time_renewal_s and c.time_s <= self.policy.time_renewal_s) \
-                or (f.fast and c.renew_at != NEVER):
+                or (f.fast and c.renew_final != NEVER):
             self._renew(f, c, now)
 
     def _ending(self, f: Flow, c: Contract, ev: Ev, now: float) -> None:
@@ -230,9 +259,23 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
             self._unsaved = True
 
     def _renew_point(self, f: Flow, c: Contract, now: float) -> None:
-        """c.used reached c.renew_at: the renewal point, or a quarter or half of the contract.
+        """c.used reached c.renew_at: the renewal point, or a quarter or half of the contract,
+        or, past half, one of CHECKS points, or (renewal asked) the end.
         At half, the rate over the last quarter says whether the rest lasts RENEW_LEAD_S;
-        if not, renew now (a fixed margin is milliseconds once a flow runs at Gbit/s)."""
+        if not, renew now (a fixed margin is milliseconds once a flow runs at Gbit/s); at the
+        later points, the rate since the contract started (_running_out), as poll does. At
+        the end, the control thread is asked to end the contract (and start the next) if no
+        packet comes to do it."""
+        if c.used >= c.limit_bytes:
+            c.renew_at = NEVER
+            self._check_at(f, now)
+            self._kick = True
+            if not c.renew_asked and c.renew_final != NEVER:
+                self._renew(f, c, now)
+            return
+        if c.renew_asked:
+            c.renew_at = c.limit_bytes
+            return
         if c.renew_at < c.renew_final:
             quarter = c.limit_bytes // 4
             if c.quarter_at is None:
@@ -240,8 +283,10 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
                 c.renew_at = min(2 * quarter, c.renew_final)
                 if c.used < c.renew_at:
                     return
-            if (c.limit_bytes - c.used) * (now - c.quarter_at) >= (c.used - quarter) * RENEW_LEAD_S:
-                c.renew_at = c.renew_final
+            lasts = c.renew_at > 2 * quarter or \
+                (c.limit_bytes - c.used) * (now - c.quarter_at) >= (c.used - quarter) * RENEW_LEAD_S
+            if lasts and not self._running_out(c, now):
+                c.renew_at = min(c.renew_final, c.used + max(1, c.limit_bytes // CHECKS))
                 if c.used < c.renew_at:
                     return
         self._renew(f, c, now)
@@ -256,6 +301,7 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         if f.requested_at is not None and now - f.requested_at < REQUEST_RETRY_S:
             return
         f.requested_at = now
+        self._check_at(f, now + REQUEST_RETRY_S)
         want = self._want_kb(f, c, now) if self.books[c.peer].sized_requests else None
         self._out.append((c.peer, m.Request(f.destination, want)))
         self._emit(E.RenewalRequested, c, limit_kb=want or None)
@@ -265,7 +311,7 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         f = b.flows.get(destination)
         if f is None:
             key, plen = pk.parse_prefix(destination)
-            f = b.flows[destination] = Flow(counterpart, key, plen, destination)
+            f = b.flows[destination] = BuyerFlow(counterpart, key, plen, destination)
             self.meter.table(len(key), plen)[key] = f
         return f
 
@@ -287,6 +333,7 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         """Live settings (the control socket's `set`): max_price, budgets; None lifts a budget."""
         self.policy = replace(self.policy, **changes)
         self._max = PriceTable(self.policy.max_price, self.policy.prefix_max_prices)
+        self._check_all()          # (the time-renewal point may have moved)
 
     # --- control messages --------------------------------------------------------------------
 
@@ -311,6 +358,7 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
             f.nodeal_until = now + msg.retry_after_s
             f.nodeal_reason = f.reason = msg.reason
             f.requested_at = None
+            self._check_at(f, f.nodeal_until)
             if f.proposal is not None and f.proposal.contract_id == msg.contract_id:
                 f.proposal = None
             self._emit(E.NoDeal, msg.contract_id, counterpart=counterpart, destination=msg.destination,
@@ -424,6 +472,7 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
             f.proposal = c           # no REQUEST for this flow meanwhile (see _renew)
             f.reason = "waiting for the prepaid credit of a payment being confirmed"
             b.awaiting[c.contract_id] = (wait_until, f, c)
+            self._at(b, wait_until, T_CREDIT, c.contract_id)
             if not waited:
                 self._emit(E.AwaitingCredit, c, amount_msat=cost, credit_msat=b.credit_msat, due_msat=due)
             return
@@ -522,6 +571,7 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         self._own_at_usage[c.contract_id] = own
         if final:
             self._final_checks[c.contract_id] = (now + USAGE_SETTLE_S, c)
+            self._at(self.books[c.peer], now + USAGE_SETTLE_S, T_FINAL, c.contract_id)
         if final and c.state in FORWARDING:
             if up + down >= c.limit_bytes:
                 self._end(f, c, Ev.EXHAUST, "data limit reached (gateway)", now)
@@ -603,39 +653,90 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
                 and (c.limit_bytes - c.used) * elapsed < c.used * RENEW_LEAD_S)
 
     def poll(self, now: float) -> None:
-        p = self.policy
-        for b in self.books.values():
-            for f in b.flows.values():
-                c = f.current
-                if c is not None and c.state in FORWARDING:
-                    self._usable(f, now)
-                    c = f.current
-                if c is not None and c.state in FORWARDING and not f.queue:
-                    if c.used >= c.renew_at and c.renew_at < c.renew_final and not c.renew_asked:
-                        self._renew_point(f, c, now)         # a checkpoint the data path did not reach
-                    elif ((p.time_renewal_s and c.expires_at - now < p.time_renewal_s) or c.used >= c.renew_final
-                            or (p.data_renewal_kb and self._running_out(c, now))) and (
-                            not c.renew_asked or f.requested_at is None
-                            or now - f.requested_at >= REQUEST_RETRY_S):
-                        self._renew(f, c, now)
-                if f.nodeal_until and f.nodeal_until <= now:
-                    f.nodeal_until = 0.0
-            if b.awaiting:
-                self._answer_awaiting(b, now)
-        for cid, (due, c) in list(self._final_checks.items()):
-            if due <= now:
-                del self._final_checks[cid]
-                self._own_at_usage.pop(cid, None)
-                self._compare_usage(c)
+        """Runs what is due: the flows whose timer came (see _check), the final USAGE
+        comparisons; timers set meanwhile wait for the next poll."""
+        self._kick = False
+        for b, when, kind, obj in self._due(now):
+            if kind == T_FLOW:
+                if when == obj.check_at:
+                    obj.check_at = None
+                    self._check(obj, now)
+            elif kind == T_FINAL:
+                entry = self._final_checks.get(obj)
+                if entry is not None and entry[0] <= now:
+                    del self._final_checks[obj]
+                    self._own_at_usage.pop(obj, None)
+                    self._compare_usage(entry[1])
+            elif kind == T_CREDIT:
+                if b.awaiting:
+                    self._answer_awaiting(b, now)
         self._forget_spend(now)
+
+    def _check(self, f: Flow, now: float) -> None:
+        """What poll did for every flow on every tick, for one flow: end its contract when
+        its time (or, with no packet since, its data) ran out, start the next; renew by
+        time, by data, or again after REQUEST_RETRY_S; end a no-deal back-off. Then files
+        the flow's next timer."""
+        p = self.policy
+        c = f.current
+        if c is not None and c.state in FORWARDING:
+            self._usable(f, now)
+            c = f.current
+        if c is not None and c.state in FORWARDING and not f.queue:
+            if c.used >= c.renew_at and c.renew_at < c.renew_final and not c.renew_asked:
+                self._renew_point(f, c, now)         # a checkpoint the data path did not reach
+            elif ((p.time_renewal_s and c.expires_at - now < p.time_renewal_s) or c.used >= c.renew_final
+                    or (p.data_renewal_kb and self._running_out(c, now))) and (
+                    not c.renew_asked or f.requested_at is None
+                    or now - f.requested_at >= REQUEST_RETRY_S):
+                self._renew(f, c, now)
+        if f.nodeal_until and f.nodeal_until <= now:
+            f.nodeal_until = 0.0
+        self._check_next(f, now)
+
+    def _check_next(self, f: Flow, now: float) -> None:
+        """The flow's next timer: the earliest time after now at which _check could act
+        with no packet (a contract's expiry or time-renewal point, a REQUEST's retry, the
+        end of a no-deal back-off)."""
+        when = None
+        c = f.current
+        if c is not None and c.state in FORWARDING and c.expires_at is not None:
+            when = c.expires_at
+            if self.policy.time_renewal_s:
+                # the first instant at which less than time_renewal_s is left
+                t = math.nextafter(c.expires_at - self.policy.time_renewal_s, math.inf)
+                if t > now:
+                    when = t
+        for t in (f.requested_at + REQUEST_RETRY_S if f.requested_at is not None else None,
+                  f.nodeal_until or None):
+            if t is not None and t > now and (when is None or t < when):
+                when = t
+        if when is not None and when > now:
+            self._check_at(f, when)
+
+    def _check_at(self, f: Flow, when: float) -> None:
+        """A timer for f at `when`, unless one at or before it is pending (later ones
+        become stale: poll skips a timer that is not the flow's check_at)."""
+        if f.check_at is None or when < f.check_at:
+            f.check_at = when
+            self._at(self.books[f.peer], when, T_FLOW, f)
+
+    def _stale(self, b, when: float, kind: int, obj) -> bool:
+        if kind == T_FLOW:
+            return when != obj.check_at
+        if kind == T_CREDIT:
+            return obj not in b.awaiting
+        entry = self._final_checks.get(obj)
+        return entry is None or entry[0] != when
 
     # --- outputs -----------------------------------------------------------------------------
 
     @property
     def has_output(self) -> bool:
         """Messages wait to be sent (the data path wakes the control thread for a renewal),
-        or a contract ended on the data path and is to be saved."""
-        return bool(self._out) or self._unsaved
+        a contract ended on the data path and is to be saved, or one was used up and its
+        timer is due now (the control thread ends it if no packet does)."""
+        return bool(self._out) or self._unsaved or self._kick
 
     def take_outgoing(self) -> list[tuple[bytes, m.Message]]:
         out, self._out = self._out, []

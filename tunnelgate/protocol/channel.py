@@ -32,7 +32,6 @@ are dropped and counted in ``stats``.
 from __future__ import annotations
 
 import struct
-from collections import deque
 
 from tunnelgate.protocol.messages import ProtocolError
 
@@ -58,28 +57,44 @@ class _Inflight:
         self.payload, self.due, self.rto, self.sends, self.sent_at = payload, 0.0, INITIAL_RTO, 0, 0.0
 
 
+STATS = ("sent", "retransmits", "received", "duplicates", "out_of_window", "bad_frames", "stale_epoch",
+         "peer_resets")
+
+
 class Channel:
+    """One per peer at a gateway, so in slots, its counters too (``stats`` builds their
+    dict), its send queue a list (a deque's first block is 520 bytes) and its retired
+    epochs a tuple."""
+
+    __slots__ = ("max_queue", "epoch", "_next_seq", "_queue", "_inflight", "_max_acked", "peer_epoch",
+                 "_expected", "_buffer", "_retired", "_ack_due", "srtt", "rttvar", "rto",
+                 *("n_" + k for k in STATS))
+
     def __init__(self, epoch: int, max_queue: int = 1024):
         if not 0 <= epoch < 2**64:
             raise ValueError("epoch must be an unsigned 64-bit integer")
         self.max_queue = max_queue
-        self.stats = {"sent": 0, "retransmits": 0, "received": 0, "duplicates": 0,
-                      "out_of_window": 0, "bad_frames": 0, "stale_epoch": 0, "peer_resets": 0}
+        for k in STATS:
+            setattr(self, "n_" + k, 0)
         self._reset_local(epoch)
         self.peer_epoch: int | None = None
         self._expected = 0
         self._buffer: dict[int, bytes] = {}
-        self._retired: deque[int] = deque(maxlen=RETIRED_EPOCHS)
+        self._retired: tuple[int, ...] = ()         # the peer's last RETIRED_EPOCHS epochs
         self._ack_due: float | None = None
         self.srtt: float | None = None
         self.rttvar = 0.0
         self.rto = INITIAL_RTO
         self._max_acked = -1
 
+    @property
+    def stats(self) -> dict[str, int]:
+        return {k: getattr(self, "n_" + k) for k in STATS}
+
     def _reset_local(self, epoch: int) -> None:
         self.epoch = epoch
         self._next_seq = 0
-        self._queue: deque[bytes] = deque()
+        self._queue: list[bytes] = []
         self._inflight: dict[int, _Inflight] = {}
         self._max_acked = -1          # highest of our seqs the peer acknowledged
 
@@ -119,9 +134,13 @@ class Channel:
 
     def poll(self, now: float) -> list[bytes]:
         """Frames to transmit now: new data, retransmissions, and an ack if one is due."""
-        while self._queue and len(self._inflight) < WINDOW:
-            self._inflight[self._next_seq] = _Inflight(self._queue.popleft())
-            self._next_seq += 1
+        room = WINDOW - len(self._inflight)
+        if self._queue and room > 0:
+            q, take = self._queue, self._queue[:room]
+            del q[:room]
+            for payload in take:
+                self._inflight[self._next_seq] = _Inflight(payload)
+                self._next_seq += 1
         out: list[bytes] = []
         if not self._inflight and self._ack_due is None:
             return out
@@ -140,14 +159,14 @@ class Channel:
                     f.due = now + f.rto
                     continue
                 first = False
-                self.stats["retransmits"] += 1
+                self.n_retransmits += 1
                 f.rto = min(f.rto * 2, MAX_RTO)
                 backoff = True
             else:
                 f.rto, f.sent_at = self.rto, now
             f.sends += 1
             f.due = now + f.rto
-            self.stats["sent"] += 1
+            self.n_sent += 1
             out.append(HEADER.pack(DATA, self.epoch, base, seq, ack_epoch, cum, sack) + f.payload)
         if self._ack_due is not None and not out:
             out.append(HEADER.pack(ACK, self.epoch, base, 0, ack_epoch, cum, sack))
@@ -181,20 +200,20 @@ class Channel:
     def receive(self, frame: bytes, now: float) -> list[bytes]:
         """Process one frame from the peer; returns newly deliverable messages, in order."""
         if len(frame) < HEADER.size:
-            self.stats["bad_frames"] += 1
+            self.n_bad_frames += 1
             return []
         kind, epoch, base, seq, ack_epoch, cum, sack = HEADER.unpack_from(frame)
         if kind not in (DATA, ACK) or (kind == ACK and len(frame) != HEADER.size) \
                 or len(frame) - HEADER.size > MAX_PAYLOAD:
-            self.stats["bad_frames"] += 1
+            self.n_bad_frames += 1
             return []
         if epoch != self.peer_epoch:
             if epoch in self._retired:
-                self.stats["stale_epoch"] += 1
+                self.n_stale_epoch += 1
                 return []
             if self.peer_epoch is not None:
-                self._retired.append(self.peer_epoch)
-                self.stats["peer_resets"] += 1
+                self._retired = (*self._retired, self.peer_epoch)[-RETIRED_EPOCHS:]
+                self.n_peer_resets += 1
             self.peer_epoch = epoch
             self._expected = base
             self._buffer.clear()
@@ -210,10 +229,10 @@ class Channel:
         self._ack_due = now if self._ack_due is None else self._ack_due
         exp = self._expected
         if seq < exp or seq in self._buffer:
-            self.stats["duplicates"] += 1
+            self.n_duplicates += 1
             return []
         if seq >= exp + WINDOW:
-            self.stats["out_of_window"] += 1
+            self.n_out_of_window += 1
             return []
         self._buffer[seq] = bytes(frame[HEADER.size:])
         out = []
@@ -222,7 +241,7 @@ class Channel:
             out.append(buf.pop(exp))
             exp += 1
         self._expected = exp
-        self.stats["received"] += len(out)
+        self.n_received += len(out)
         return out
 
     def _on_ack(self, cum: int, sack: int, now: float) -> None:

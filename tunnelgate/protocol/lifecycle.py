@@ -32,6 +32,7 @@ class Lifecycle:
         self._events: list[E.ContractEvent] = []
         # books with a timer, by their earliest deadline (see _at / _due)
         self._filed: list[tuple[float, int, Book]] = []
+        self._sweep_at = 64             # size of _filed at which stale entries are swept
         self._tn = itertools.count()
         # bumped when an accepted contract ends: the daemon writes the change through before
         # it forwards anything more, so an ended contract cannot come back after a crash
@@ -76,7 +77,7 @@ class Lifecycle:
                 self._flow_changed(f)
             if not f.queue:
                 return f.free
-            self._activate(f, f.queue.popleft(), now)
+            self._activate(f, f.queue.pop(0), now)
 
     def _activate(self, f: Flow, c: Contract, now: float) -> None:
         f.current = c
@@ -162,9 +163,20 @@ class Lifecycle:
     # --- timers -----------------------------------------------------------------------------
 
     def _at(self, book: Book, when: float, kind: int, obj) -> None:
-        if book.at(when, next(self._tn), kind, obj) and (book.filed is None or when < book.filed):
+        if book.at(when, next(self._tn), kind, obj, self._stale) and (book.filed is None or when < book.filed):
             book.filed = when
-            heapq.heappush(self._filed, (when, next(self._tn), book))
+            f = self._filed
+            heapq.heappush(f, (when, next(self._tn), book))
+            if len(f) >= self._sweep_at:
+                # books re-filed under an earlier deadline leave their old entry behind
+                f[:] = [e for e in f if e[2].filed == e[0]]
+                heapq.heapify(f)
+                self._sweep_at = max(64, 2 * len(f))
+
+    def _stale(self, book: Book, when: float, kind: int, obj) -> bool:
+        """A timer that can no longer do anything (its poll would skip it): swept out of a
+        book's heap when it grows (Book.at). Each side knows its kinds."""
+        return False
 
     def next_deadline(self) -> float | None:
         """The earliest timer of any book (maybe one since invalidated), or None."""

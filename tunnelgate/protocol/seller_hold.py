@@ -30,7 +30,10 @@ class Holding:
             b.drops_held += 1
             f.dropped += 1
             return False
-        f.held.append(packet)
+        if f.held:
+            f.held.append(packet)
+        else:
+            f.held = [packet]      # (the shared empty tuple until the first: meter.Flow)
         f.held_bytes += n
         b.held_packets += 1
         b.held_bytes += n
@@ -72,7 +75,7 @@ class Holding:
         """Held packets go out now, metered, while the contract allows; the rest are kept."""
         if not f.held:
             return
-        held, f.held = f.held, []
+        held, f.held = f.held, ()
         b = self.books[f.peer]
         b.held_packets -= len(held)
         b.held_bytes -= f.held_bytes
@@ -87,9 +90,8 @@ class Holding:
                                                          length, now) == FORWARD:
                 self._released.append((f.peer, pkt))
             else:                                      # keep the rest held (e.g. grace bytes used)
-                for rest in held[i:]:
-                    f.held.append(rest)
-                    f.held_bytes += len(rest)
+                f.held = held[i:]
+                f.held_bytes = sum(len(rest) for rest in f.held)
                 b.held_packets += len(f.held)
                 b.held_bytes += f.held_bytes
                 self.held_total_bytes += f.held_bytes
@@ -105,5 +107,5 @@ class Holding:
         self.held_total_bytes -= f.held_bytes
         b.drops_held += n
         f.dropped += n
-        f.held, f.held_bytes = [], 0
+        f.held, f.held_bytes = (), 0
         self._emit(E.HeldDropped, f=f, reason=reason, packets=n)

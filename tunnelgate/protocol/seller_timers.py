@@ -43,15 +43,29 @@ class SellerTimers:
                 return
         out.append((c.peer, m.Usage((item,))))
 
+    def _stale(self, b, when: float, kind: int, obj) -> bool:
+        """A timer its poll would skip, whatever happens next (a contract that comes back
+        to life, e.g. paid after waiting, files new timers)."""
+        if kind == T_EXPIRE:
+            return when != obj.expires_at or obj.state not in FORWARDING
+        if kind == T_GRACE:
+            # a paid contract's grace end only settles (a no-op unless it is still unpaid)
+            return b.unpaid.get(obj.contract_id) is not obj if obj.paid else when != obj.grace_until
+        if kind == T_PROPOSAL:
+            return obj.state is not State.PROPOSED or b.live.get(obj.contract_id) is not obj
+        if kind == T_NODEAL:
+            return obj not in self._nodeal or when != obj.nodeal_until
+        return False
+
     def poll(self, now: float) -> None:
         """Runs what is due (timers set while this runs wait for the next poll)."""
         for b, when, kind, obj in self._due(now):
             if kind == T_USAGE:
                 self._usage_tick(obj, now)
+            elif self._stale(b, when, kind, obj):
+                continue
             elif kind == T_EXPIRE:
                 c = obj
-                if when != c.expires_at or c.state not in FORWARDING:
-                    continue
                 f = b.flows.get(c.key)
                 if f is None or f.current is not c:
                     continue
@@ -62,8 +76,6 @@ class SellerTimers:
                 self._grace_end(b, obj, when, now)
             elif kind == T_PROPOSAL:
                 c = obj
-                if c.state is not State.PROPOSED or b.live.get(c.contract_id) is not c:
-                    continue
                 f = b.flows[c.key]
                 self._close(c, Ev.WITHDRAW, "no answer to the proposal", now)
                 if f.proposal is c:
@@ -72,8 +84,6 @@ class SellerTimers:
                 self._drop_held(f, "no answer to the proposal")
             elif kind == T_NODEAL:
                 f = obj
-                if f not in self._nodeal or when != f.nodeal_until:
-                    continue
                 self._nodeal.discard(f)
                 f.nodeal_until = 0.0
                 self._emit(E.NoDealExpired, None, f=f, reason=f.nodeal_reason)

@@ -14,7 +14,10 @@ two engines together, sans-IO:
 - ``poll(now)`` keeps the upstream quota ahead of what was sold (``ResalePolicy``): it buys
   when the bytes left upstream (in contracts that do not expire within ``ahead_s``) fall
   below the bytes left downstream plus ``ahead_kb``, and gives up on an upstream buy not
-  answered within ``wait_s``;
+  answered within ``wait_s``; a buy the upstream may have ignored (a seller does not answer
+  a REQUEST while contracts queue behind its current one) is asked again when that queue
+  moves, so the upstream's refusal (REJECT with no counter-offer, NO_DEAL, the relay's own
+  policy or wallet declining) fails the waiting downstream flows at once, with its reason;
 - when the upstream for D ends (its last contract used up, expired or revoked with no new
   one coming, or the gateway gone: ``upstream_gone``) it stops every contract sold for D
   with that reason (``Seller.stop_destination``: the buyer sees a REVOKE; unforwarded bytes

@@ -92,7 +92,9 @@ def test_two_hops_download_chain_and_money(relay_env):
 def test_the_gateway_refusing_the_relay_stops_downstream_with_a_reason(relay_env):
     # small upstream contracts: the relay must buy again soon, and cannot at the new price
     lab, env, _ = relay_env(1, gw_extra="contract_kb = 100\nmax_contract_kb = 200\n", relay_max="1")
-    ping = lab.popen("client", "ping", "-n", "-i", "0.02", "-s", "1400", "-c", "1500", "-W", "1", UPSTREAM,
+    # ~280 KB/s metered: the upstream quota the relay holds ahead (at most 4 contracts of
+    # 200 KB at the gateway) lasts ~3 s
+    ping = lab.popen("client", "ping", "-n", "-i", "0.01", "-s", "1400", "-c", "3000", "-W", "1", UPSTREAM,
                      stdout=subprocess.PIPE, text=True)
     try:
         assert wait_for(lambda: [c for c in env.request("client", "contracts") if c["paid"]], 15), \
@@ -100,13 +102,17 @@ def test_the_gateway_refusing_the_relay_stops_downstream_with_a_reason(relay_env
         # above the relay's max_price, and no counter-offer below it either
         env.tg("gw", "set", "-c", str(env.conf["gw"]), "default_price=5", "floor_price=5")
         changed = time.monotonic()
-        # what was sold ends (revoked when upstream quota runs out under it, else used up) and
-        # the next contract is refused with the reason
-        ended = wait_for(lambda: [e for e in events(env, "client", "revoked") + events(env, "client", "no_deal")
-                                  if e["destination"] == DEST and "no upstream for" in (e["reason"] or "")], 60)
-        assert ended, dump(env.request("client", "events"))
-        print("downstream stopped after", round(time.monotonic() - changed, 1), "s:", ended[0]["kind"],
-              ended[0]["reason"])
+        # what was bought before is still sold; then what was sold ends (revoked when the upstream
+        # quota runs out under it) or the next contract is refused, with the gateway's reason,
+        # as soon as the relay asks upstream: not after its buy's 10 s time-out
+        refused = wait_for(lambda: [e for e in events(env, "client", "revoked") + events(env, "client", "no_deal")
+                                    if e["destination"] == DEST and "no upstream for" in (e["reason"] or "")], 30)
+        took = time.monotonic() - changed
+        assert refused, dump(env.request("client", "events"))
+        reason = refused[0]["reason"]
+        assert "below the floor price" in reason and "did not answer" not in reason, dump(refused)
+        assert took < 8, f"refused after {took:.1f} s: {reason}"
+        print("downstream stopped after", round(took, 1), "s:", refused[0]["kind"], reason)
     finally:
         ping.kill()
         ping.communicate()

@@ -25,6 +25,7 @@ from collections import Counter
 from typing import Callable
 
 from ..wakeups import Wakeups, Warmth
+from .handshakes import name_os_thread
 from .links import Links
 from .supervise import supervise
 
@@ -74,7 +75,9 @@ class DataPlane:
 
     def run(self, loop) -> None:
         """A data thread: loop(self) until the plane stops; a failure is logged and the
-        loop restarted (supervise), never the end of the daemon."""
+        loop restarted (supervise), never the end of the daemon.  Named for the kernel too
+        (/proc/PID/task/TID/comm), so per-thread CPU tells the threads apart."""
+        name_os_thread("tg-" + threading.current_thread().name)
         supervise(lambda: loop(self), lambda: self.running, self.stats,
                   threading.current_thread().name, self.release_wakeups)
 

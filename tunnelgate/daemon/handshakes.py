@@ -41,7 +41,7 @@ SOURCES_MAX = 4096
 THREAD_NAME = "tg-handshakes"   # the OS name of the thread (/proc/PID/task/TID/comm), for per-thread CPU
 
 
-def _name_os_thread(name: str) -> None:
+def name_os_thread(name: str) -> None:
     # Python 3.11 names threads for itself only; the kernel's name lets tools
     # (top -H, the flood benchmark) tell this thread's CPU from the others'
     try:
@@ -86,7 +86,7 @@ class Handshakes:
 
     def run(self, running) -> None:
         self.native_id = threading.get_native_id()
-        _name_os_thread(THREAD_NAME)
+        name_os_thread(THREAD_NAME)
         get = self.queue.get
         while running():
             try:

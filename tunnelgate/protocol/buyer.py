@@ -620,14 +620,17 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         paid from a stored proof."""
         return [(c.peer, c.contract_id) for c in self._owing()]
 
-    def buy(self, counterpart: bytes, destination: str, now: float, limit_kb: int | None = None) -> bool:
+    def buy(self, counterpart: bytes, destination: str, now: float, limit_kb: int | None = None,
+            again: bool = False) -> bool:
         """Ask a seller for a contract now, before any traffic (a relay buys upstream before it
         proposes downstream): a REQUEST, answered by PROPOSE or NO_DEAL.  False: not sent (a
         proposal is open, one was asked for within REQUEST_RETRY_S, a no-deal back-off runs,
-        or buying is paused)."""
+        or buying is paused).  ``again``: ask even if one was asked for lately (a seller
+        ignores a REQUEST while contracts queue behind its current one; the caller saw the
+        queue move)."""
         f = self._flow(counterpart, destination)
         if self.paused or f.proposal is not None or f.nodeal_until > now or (
-                f.requested_at is not None and now - f.requested_at < REQUEST_RETRY_S):
+                not again and f.requested_at is not None and now - f.requested_at < REQUEST_RETRY_S):
             return False
         f.requested_at = now
         sized = self.books[counterpart].sized_requests

@@ -14,7 +14,10 @@ two engines together, sans-IO:
 - ``poll(now)`` keeps the upstream quota ahead of what was sold (``ResalePolicy``): it buys
   when the bytes left upstream (in contracts that do not expire within ``ahead_s``) fall
   below the bytes left downstream plus ``ahead_kb``, and gives up on an upstream buy not
-  answered within ``wait_s``;
+  answered within ``wait_s``; a buy the upstream may have ignored (a seller does not answer
+  a REQUEST while contracts queue behind its current one) is asked again when that queue
+  moves, so the upstream's refusal (REJECT with no counter-offer, NO_DEAL, the relay's own
+  policy or wallet declining) fails the waiting downstream flows at once, with its reason;
 - when the upstream for D ends (its last contract used up, expired or revoked with no new
   one coming, or the gateway gone: ``upstream_gone``) it stops every contract sold for D
   with that reason (``Seller.stop_destination``: the buyer sees a REVOKE; unforwarded bytes
@@ -63,7 +66,7 @@ class ResalePolicy:
 
 class Dest:
     """One destination the relay resells."""
-    __slots__ = ("destination", "net", "sold", "wanted", "asked_at")
+    __slots__ = ("destination", "net", "sold", "wanted", "asked_at", "reask")
 
     def __init__(self, destination: str):
         self.destination = destination
@@ -71,6 +74,7 @@ class Dest:
         self.sold: dict[tuple[bytes, str], Contract] = {}    # (buyer, id) -> downstream contract
         self.wanted = 0             # KB to buy upstream at the next poll
         self.asked_at: float | None = None   # an upstream buy out, not answered yet
+        self.reask = False          # the last buy may have been ignored: ask even if just asked
 
 
 def _left(c: Contract) -> int:
@@ -120,10 +124,9 @@ class Resale:
             if avail:
                 c = supply[0]
                 return Offer(c.price, c.terms.chain, limit_kb=avail)
-        else:
-            f = self._upstream_flow(gw, dest)
-            if f is not None and f.nodeal_until:
-                return Unavailable(no_upstream(dest, f.nodeal_reason or "the upstream said no deal"))
+        f = self._upstream_flow(gw, dest)
+        if f is not None and f.nodeal_until:        # all sold, and the upstream will not sell more
+            return Unavailable(no_upstream(dest, f.nodeal_reason or "the upstream said no deal"))
         if not buy:
             return Unavailable(f"upstream price for {dest} not known yet: the relay buys it with the first packet")
         if d is None:
@@ -174,13 +177,29 @@ class Resale:
                 for d in self._under(ev.destination):
                     d.asked_at, d.wanted = None, 0
                 self.seller.upstream_ready(ev.destination, now)
-            elif t in REFUSED and ev.destination:
+            elif (t in REFUSED or (t is E.Rejected and ev.counter_price is None)) and ev.destination:
+                # refused for good (a REJECT with a counter-offer waits for the seller's answer)
                 for d in self._under(ev.destination):
                     self._failed(d, ev.reason or t.kind, now)
-            elif t in ENDED:
+            elif t in ENDED or t is E.Activated:
                 for d in self._under(ev.destination):
-                    if d.asked_at is None and not self._supply(self.gateway_for(d.net[0]), d.destination):
-                        self._lose(d, f"upstream contract {ev.kind}: {ev.reason}", now)
+                    if d.asked_at is not None:
+                        # The upstream's queue for D moved.  A seller ignores a REQUEST while
+                        # contracts queue behind the current one, so the buy out may never be
+                        # answered: ask again now, so that a refusal (a price risen above the
+                        # relay's policy) reaches the waiting buyers at once, not after wait_s.
+                        d.asked_at, d.reask = None, True
+                    elif t is not E.Activated and not self._supply(self.gateway_for(d.net[0]), d.destination):
+                        self._lose(d, self._ended_reason(d, ev), now)
+
+    def _ended_reason(self, d: Dest, ev) -> str:
+        """Why what was sold for d stops when its last upstream contract ended: the upstream's
+        refusal to sell more, if it refused, else the contract's end."""
+        gw = self.gateway_for(d.net[0])
+        f = self._upstream_flow(gw, d.destination) if gw is not None else None
+        if f is not None and f.nodeal_until and f.nodeal_reason:
+            return no_upstream(d.destination, f"{f.nodeal_reason} (its last contract {ev.kind})")
+        return f"upstream contract {ev.kind}: {ev.reason}"
 
     def upstream_gone(self, gateway: bytes, reason: str, now: float) -> None:
         """The upstream gateway is gone (session lost, `kill -9`): what was bought from it is
@@ -235,8 +254,9 @@ class Resale:
                 del self.dests[d.destination]       # nothing sold, nothing asked: forget it
 
     def _buy(self, d: Dest, gw: bytes, want: int, supply: int, sold: int, now: float) -> None:
-        d.wanted = 0
-        if not self.buyer.buy(gw, d.destination, now, want):
+        # d.wanted stays until the buy is answered (Accepted) or fails: what to ask again
+        again, d.reask = d.reask, False
+        if not self.buyer.buy(gw, d.destination, now, want, again=again):
             f = self._upstream_flow(gw, d.destination)
             if f is not None and f.nodeal_until > now:
                 return self._failed(d, f.nodeal_reason or "the upstream said no deal", now)

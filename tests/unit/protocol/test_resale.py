@@ -356,3 +356,26 @@ def test_a_restarted_relay_knows_what_it_sold():
     again.upstream_gone(GW, "restarted without it", NOW)
     [lost] = again.take_events()
     assert lost.stopped == (c.contract_id,)
+
+
+def test_an_upstream_refusal_after_an_unanswered_buy_fails_downstream_at_once():
+    # An upstream buy the gateway never answers (lost, or ignored while the relay's contracts
+    # queue there) must not hide the refusal that follows: the gateway raises its price above
+    # the relay's max_price, the upstream contract is used up, and the client waiting for its
+    # next contract is told why at once, not after the buy's 10 s wait.
+    net, relay = _sold(contract_kb=100, max_price="0.45")
+    gw = net.seller_of(GW)
+    relay.resale.dests[DEST].wanted = 1000
+    relay.resale.poll(NOW)
+    assert [type(msg) for _, msg in relay.buyer.take_outgoing()] == [m.Request]     # lost on the way
+    gw.set_prices(default_price=parse_price("5"), floor_price=parse_price("5"))
+    relay.buyer.outbound(pk.addr_bytes(D), 1000 * BYTES_PER_KB, NOW)    # the upstream is used up
+    relay.buyer.outbound(pk.addr_bytes(D), 1, NOW)
+    for _ in range(101):            # the client's 100 KB, then a packet for its next contract
+        relay.seller.outbound(CLIENT, D, 1000, ip4(D, 1000), NOW)
+    net.run()
+    refused = [e for e in net.client_events if type(e) in (E.NoDeal, E.Revoked)]
+    assert refused, net.client_events
+    assert all(e.reason.startswith(f"no upstream for {DEST}: ") and "floor" in e.reason
+               for e in refused), refused
+    assert not [e for e in net.client_events if "did not answer" in (e.reason or "")]

@@ -77,3 +77,26 @@ def test_measure_in_turns_takes_each_column_of_each_path_in_turn():
     assert got["a"]["single"] == [1e6, 12e6, 17e6] and got["a"]["single_mbps"] == 12
     assert got["c"]["down"] == [9e6, 15e6, 22e6] and got["a"]["rounds"] == 3
     assert got["a"]["single_bits"] == (1 + 12 + 17) * 8000
+
+
+def test_a_flood_that_breaks_a_transfer_is_measured_as_zero_not_the_end_of_the_bench(monkeypatch):
+    """wireguard-go under the replay flood lost iperf3's control connection: the turn records
+    0 and the error, and the bench goes on."""
+    from tglab import flood
+
+    class P:
+        lab, pids = None, {"pids": {"gw": 1}, "stranger": "s", "flood_stats": None, "port": 1, "init": b""}
+
+    monkeypatch.setattr(flood, "back", lambda lab, ns: 0)
+    monkeypatch.setattr(flood, "process_cpu", lambda pid: 0.0)
+    monkeypatch.setattr(flood, "thread_cpu", lambda pid, name: None)
+    monkeypatch.setattr(flood.time, "sleep", lambda s: None)
+
+    def run_iperf(lab, seconds, streams, reverse=False):
+        if not reverse:
+            raise RuntimeError("iperf3 -P 1 to 198.18.2.2 failed: unable to receive control message\nlogs")
+        return {"bps": 5e8}
+
+    res = flood.one_turn(P, "none", 5, 1, run_iperf)
+    assert res["up_bps"] == 0.0 and res["down_bps"] == 5e8
+    assert res["transfer_errors"] == ["iperf3 -P 1 to 198.18.2.2 failed: unable to receive control message"]

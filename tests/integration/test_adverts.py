@@ -124,7 +124,7 @@ def test_gateways_announce_adverts_and_a_price_change_after_dropping_root(gatewa
                         stdout=subprocess.PIPE, text=True)
     lines = Lines(browser)
     forger_key = os.urandom(32)
-    forger = lab.popen("gw3", sys.executable, "-c", ANNOUNCE, forger_key.hex(), "1", "forged",
+    forger = lab.popen("gw3", sys.executable, "-c", ANNOUNCE, forger_key.hex(), "forge", "forged",
                        "198.18.1.13:51820", "60", "7000", env=env)
     try:
         # every gateway runs unprivileged and says it announces

@@ -68,7 +68,7 @@ def test_an_advert_whose_key_completes_no_handshake_stays_unverified_and_carries
     # a third "gateway" in gw3's namespace: a valid signed advert, far cheaper, for an
     # endpoint where nothing listens (no daemon: the handshake never completes)
     key = secrets.token_bytes(32)
-    fake = market_lab.popen("gw3", sys.executable, "-c", ANNOUNCE, key.hex(), "0", "fake",
+    fake = market_lab.popen("gw3", sys.executable, "-c", ANNOUNCE, key.hex(), "ok", "fake",
                             f"{market_gateway(3)['link']}:{PORT}", "60", "1",
                             env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), stdout=subprocess.PIPE, text=True)
     try:

@@ -17,6 +17,11 @@ PAY), or ``payment_impossible``.  Prepaid credit is kept per counterpart (its bo
 
 ``now`` is wall-clock seconds: budgets per hour/day are rolling windows over it
 (protocol/buyer_budget.py).
+
+Over 600 lines: answering a proposal, renewing, paying and crediting read and change the
+same flow and book state in one order; budgets, the snapshot and the hot path's metering
+already live apart (buyer_budget.py, buyer_store.py); splitting the rest would pass that
+state around instead of keeping it in one place.
 """
 
 from __future__ import annotations

@@ -92,6 +92,9 @@ class Resale:
         self.buyer, self.gateway_for, self.policy = buyer, gateway_for, policy
         self.ledger = ResaleLedger()
         self.dests: dict[str, Dest] = {}
+        # the last upstream price and chain per destination: a quote between two upstream
+        # contracts (all sold, or the next one being bought) still shows what the relay pays
+        self.last_price: dict[str, tuple[int, tuple]] = {}
         self._events: list[E.ContractEvent] = []
 
     def attach(self, seller) -> None:
@@ -120,14 +123,18 @@ class Resale:
         sold = sum(_left(c) for c in d.sold.values()) if d is not None else 0
         have = sum(_left(c) for c in supply)
         if supply:
+            c = supply[0]
+            self.last_price[dest] = (c.price, c.terms.chain)
             avail = self.policy.available_kb(have, sold)
             if avail:
-                c = supply[0]
                 return Offer(c.price, c.terms.chain, limit_kb=avail)
         f = self._upstream_flow(gw, dest)
         if f is not None and f.nodeal_until:        # all sold, and the upstream will not sell more
             return Unavailable(no_upstream(dest, f.nodeal_reason or "the upstream said no deal"))
         if not buy:
+            known = self.last_price.get(dest)
+            if known is not None:       # a quote: the price it buys at, though none is in stock now
+                return Offer(known[0], known[1], limit_kb=0)
             return Unavailable(f"upstream price for {dest} not known yet: the relay buys it with the first packet")
         if d is None:
             d = self.dests[dest] = Dest(dest)

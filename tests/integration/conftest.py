@@ -79,6 +79,26 @@ def market_lab():
 
 
 @pytest.fixture
+def market(market_lab):
+    """make(prices, **kw): a tglab.market_env.MarketEnv on market_lab, its gateways served and
+    its client up; their logs are printed after the test."""
+    from tglab.market_env import MarketEnv
+    envs = []
+
+    def make(prices, **kw):
+        e = MarketEnv(market_lab, prices, **kw)
+        envs.append(e)
+        for i in prices:
+            e.serve(i)
+        e.up()
+        return e
+    yield make
+    for e in envs:
+        print(e.logs())
+        e.close()
+
+
+@pytest.fixture
 def env(lab):
     """A gateway and a client on the lab with default configs (tgenv.TunnelEnv); a test
     module that needs other configs defines its own `env`. The daemons' logs are printed

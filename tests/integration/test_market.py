@@ -10,29 +10,12 @@ import time
 
 import pytest
 
-from tglab.market_env import MarketEnv, dump, wait_for
+from tglab.market_env import dump, wait_for
 from tglab.topology import market_gateway
 
 UP = market_gateway(1)["upstream"]           # the upstream host, reachable through any gateway
 DEST = f"{UP}/32"
 POLICY = '[policy]\nmax_price = "2"\n'
-
-
-@pytest.fixture
-def market(market_lab):
-    envs = []
-
-    def make(prices, **kw):
-        e = MarketEnv(market_lab, prices, **kw)
-        envs.append(e)
-        for i in prices:
-            e.serve(i)
-        e.up()
-        return e
-    yield make
-    for e in envs:
-        print(e.logs())
-        e.close()
 
 
 def ping(lab, count=5, interval=0.2):

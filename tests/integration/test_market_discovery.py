@@ -16,29 +16,12 @@ import pytest
 from test_discovery import ANNOUNCE
 from test_market import POLICY, replies
 from tglab.lab import REPO_ROOT
-from tglab.market_env import PORT, MarketEnv, dump, wait_for
+from tglab.market_env import PORT, dump, wait_for
 from tglab.topology import market_gateway
 
 pytestmark = pytest.mark.root
 UP = market_gateway(1)["upstream"]
 UP6 = market_gateway(1)["upstream6"]
-
-
-@pytest.fixture
-def market(market_lab):
-    envs = []
-
-    def make(prices, **kw):
-        e = MarketEnv(market_lab, prices, **kw)
-        envs.append(e)
-        for i in prices:
-            e.serve(i)
-        e.up()
-        return e
-    yield make
-    for e in envs:
-        print(e.logs())
-        e.close()
 
 
 def cli_gateways(lab, env) -> list[dict]:

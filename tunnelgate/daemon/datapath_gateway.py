@@ -127,51 +127,22 @@ def udp_handler(plane):
 def _meter(items, peer_of_src, elock, outbound, outbound_burst, wall, vnet, stats):
     """Meter and decide chunk runs and coalesced groups (one engine call each
     when a contract covers them) and single packets; returns the TUN frames
-    to write."""
+    to write, in the order the packets came: a burst the contract does not
+    cover whole is decided packet by packet where it stands (written after
+    the rest of the batch, its packets reached the upstream host out of
+    order, and TCP took the reordering for loss)."""
     out = []
     nbytes = npkts = 0
     held = False
-    slow = []                       # packets the burst call did not cover
     ChunkRun = off.ChunkRun
-    with elock:
-        for item in items:
-            t = type(item)
-            if t is ChunkRun:
-                total = item.wire_len()
-                n = len(item.chunks)
-                if outbound_burst(peer_of_src[item.src], item.dst, total, n, wall) == FORWARD:
-                    out.append(item.frame_parts())
-                    nbytes += total
-                    npkts += n
-                else:
-                    slow.extend((p, True) for p in item.segments())
-                continue
-            if t is list:
-                src, dst = ends(item[0])
-                total = sum(map(len, item))
-                if outbound_burst(peer_of_src[src], dst, total, len(item), wall) == FORWARD:
-                    out.append(off.gso_frame(item))
-                    nbytes += total
-                    npkts += len(item)
-                else:
-                    slow.extend((off.reseed_partial(p), True) for p in item)
-                continue
-            pkt, part = item
-            if pkt[0] >> 4 == 4:            # ends(), written out: once per packet
-                src, dst = pkt[12:16], pkt[16:20]
-            else:
-                src, dst = pkt[8:24], pkt[24:40]
-            if outbound_burst(peer_of_src[src], dst, len(pkt), 1, wall) == FORWARD:
-                out.append(single_frame(pkt, part, vnet))
-                nbytes += len(pkt)
-                npkts += 1
-            else:
-                slow.append((pkt, part))
-        # Not covered: per packet, which may hold the packet for a proposal.
-        # A held packet is released later through write_batch, so it must
-        # carry a complete checksum.
-        for pkt, part in slow:
-            pkt = complete(pkt, part)
+
+    def one_by_one(pkts, partial):
+        # Per packet, which may hold the packet for a proposal. A held packet
+        # is released later through write_batch, so it must carry a complete
+        # checksum.
+        nonlocal nbytes, npkts, held
+        for pkt in pkts:
+            pkt = complete(pkt, partial)
             src, dst = ends(pkt)
             verdict = outbound(peer_of_src[src], dst, len(pkt), pkt, wall)
             if verdict == FORWARD:
@@ -183,6 +154,41 @@ def _meter(items, peer_of_src, elock, outbound, outbound_burst, wall, vnet, stat
                 held = True
             else:
                 stats["drop_no_contract"] += 1
+
+    with elock:
+        for item in items:
+            t = type(item)
+            if t is ChunkRun:
+                total = item.wire_len()
+                n = len(item.chunks)
+                if outbound_burst(peer_of_src[item.src], item.dst, total, n, wall) == FORWARD:
+                    out.append(item.frame_parts())
+                    nbytes += total
+                    npkts += n
+                else:
+                    one_by_one(item.segments(), True)
+                continue
+            if t is list:
+                src, dst = ends(item[0])
+                total = sum(map(len, item))
+                if outbound_burst(peer_of_src[src], dst, total, len(item), wall) == FORWARD:
+                    out.append(off.gso_frame(item))
+                    nbytes += total
+                    npkts += len(item)
+                else:
+                    one_by_one([off.reseed_partial(p) for p in item], True)
+                continue
+            pkt, part = item
+            if pkt[0] >> 4 == 4:            # ends(), written out: once per packet
+                src, dst = pkt[12:16], pkt[16:20]
+            else:
+                src, dst = pkt[8:24], pkt[24:40]
+            if outbound_burst(peer_of_src[src], dst, len(pkt), 1, wall) == FORWARD:
+                out.append(single_frame(pkt, part, vnet))
+                nbytes += len(pkt)
+                npkts += 1
+            else:
+                one_by_one((pkt,), part)
     return out, nbytes, npkts, held
 
 

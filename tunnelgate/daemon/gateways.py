@@ -73,6 +73,9 @@ class Gateway:
     probe_seq: int = 0
     next_quote: int = 0               # round robin over destinations
     advert_asked: float | None = None  # the latest ADVERT_REQUEST sent to it (monotonic)
+    # destination -> (wall time until which it said no deal, its reason): a relay whose
+    # upstream is gone, a gateway refusing; no offer for that destination meanwhile
+    refusals: dict = field(default_factory=dict)
 
     def price(self, dest: str) -> int | None:
         if dest in self.quotes:
@@ -121,6 +124,7 @@ class Market:
         self._dirty: set[bytes] = set()
         self.destinations: set[str] = set()       # chosen for (beyond the defaults)
         self.now = 0.0
+        self.wall = 0.0
         self.started: float | None = None
         # one configured gateway and no discovery: nothing to choose between, so no probes
         # and no choice (the default routes go to it at its handshake), as before the market
@@ -287,6 +291,16 @@ class Market:
                 self._paid[ev.contract_id] = (key, wall, c.up, c.down)
         elif kind is E.UsageMismatch:
             self._count(key, "disagreements")
+        elif kind is E.NoDeal and ev.destination and ev.destination not in DEFAULTS:
+            # it will not sell this destination now: another gateway may, at once (choose
+            # runs after the events of this round), until its back-off ends
+            gw = self.gateways.get(key)
+            if gw is not None and len(gw.refusals) < MAX_DESTINATIONS:
+                gw.refusals[ev.destination] = (wall + max(1, ev.retry_after_s), ev.reason or "no deal")
+                self.wall = wall
+                self._destination(ev.destination)
+                if self.choosing:
+                    self.choose()
 
     def _destination(self, dest: str) -> None:
         if dest not in self.destinations and len(self.destinations) < MAX_DESTINATIONS:
@@ -318,7 +332,7 @@ class Market:
     # --- the control loop ---------------------------------------------------------------
 
     def tick(self, now: float, wall: float) -> None:
-        self.now = now
+        self.now, self.wall = now, wall
         if self.started is None:
             self.started = now
         if self.choosing:
@@ -376,9 +390,19 @@ class Market:
     # --- choosing -----------------------------------------------------------------------
 
     def offers(self, dest: str) -> list[Offer]:
-        return [Offer(gw.key, gw.price(dest), gw.state == "up" and (gw.address_ok or self.translate),
-                      gw.liveness.rtt_ms, gw.liveness.loss(self.now), self.record(gw.key))
-                for gw in self.gateways.values() if gw.link is not None]
+        out = []
+        for gw in self.gateways.values():
+            if gw.link is None:
+                continue
+            refused = gw.refusals.get(dest)
+            if refused is not None and refused[0] <= self.wall:
+                del gw.refusals[dest]
+                refused = None
+            out.append(Offer(gw.key, None if refused else gw.price(dest),
+                             gw.state == "up" and (gw.address_ok or self.translate),
+                             gw.liveness.rtt_ms, gw.liveness.loss(self.now), self.record(gw.key),
+                             refused[1] if refused else ""))
+        return out
 
     def choose(self) -> None:
         settling = self.started is not None and self.now - self.started < SETTLE_S

@@ -55,6 +55,7 @@ class Offer:
     rtt_ms: float | None = None
     loss: float = 0.0            # 0..1 over the recent probes
     record: Record = field(default_factory=Record)
+    refusal: str = ""            # why it said no deal for this destination (price None then)
 
     def rank(self) -> tuple:
         """Lower is better. Quality: RTT with loss counted as retransmission time."""
@@ -108,7 +109,9 @@ class Chooser:
             elif cur.record.verdict() is not None:
                 reason = f"its gateway {cur.record.verdict()}"
             elif not self._affordable(cur):
-                reason = "its gateway's price rose above max_price" if cur.price is not None else "its gateway withdrew its quote"
+                reason = ("its gateway's price rose above max_price" if cur.price is not None
+                          else f"its gateway said no deal: {cur.refusal}" if cur.refusal
+                          else "its gateway withdrew its quote")
             elif best.record.verdict() is None and best.price <= cur.price * (1.0 - self.switch_margin):
                 reason = f"another gateway is cheaper by more than {self.switch_margin:.0%} ({best.price} < {cur.price})"
             else:

@@ -170,3 +170,29 @@ def test_a_changed_quoted_price_or_an_expiring_advert_fetches_the_advert_again_b
     assert fetched == [KEYS[1]] * 2 + [KEYS[2]]
     m.tick(42.0, 1042.0)                                # asked: not again within ADVERT_REFETCH_S
     assert fetched == [KEYS[1]] * 2 + [KEYS[2]]
+
+
+def test_a_no_deal_for_a_destination_moves_it_to_another_gateway_until_the_back_off_ends(tmp_path):
+    # a relay whose upstream is gone says NO_DEAL "no upstream for D": the destination goes to
+    # the next gateway at once, with the relay's reason; after the back-off the relay is
+    # offered again, under the same switch margin as any price
+    m, links, events, quotes, _ = make(tmp_path)
+    up_with_prices(m, [500, 600, 800], 0.0)
+    m.tick(3.5, 1003.5)
+    dest = "198.18.2.2/32"
+    m.on_event(E.Accepted(E.BUYER, KEYS[0], "c1", dest, ""), 1003.6)
+    m.tick(3.7, 1003.7)
+    assert m.chooser.current[dest] == KEYS[0]
+    m.on_event(E.NoDeal(E.BUYER, KEYS[0], None, dest, "no upstream for 198.18.2.2/32: upstream gateway gone",
+                        retry_after_s=60), 1004.0)
+    assert m.chooser.current[dest] == KEYS[1]              # at once, not at the next tick
+    assert links.router.lookup(bytes([198, 18, 2, 2])).peer == KEYS[1]
+    moved = [e for e in events if type(e) is E.DestinationMoved and e.destination == dest]
+    assert "no deal: no upstream for" in moved[-1].reason, moved[-1]
+    assert links.router.lookup(bytes(4)).peer == KEYS[0]   # the rest stays with the cheapest
+    m.tick(30.0, 1030.0)
+    assert m.chooser.current[dest] == KEYS[1]              # within the back-off: stays
+    m.tick(64.5, 1064.5)
+    # after it the relay is offered again, but 500 is not 20 % below 600: no flapping back
+    assert {o.gateway: o.price for o in m.offers(dest)}[KEYS[0]] == 500
+    assert m.chooser.current[dest] == KEYS[1]

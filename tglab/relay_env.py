@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from tunnelgate import keys
-from .topology import UPSTREAM, chain_hop
+from .topology import SPARE, UPSTREAM, chain_hop
 
 PORT = 51900
 TG = [sys.executable, "-m", "tunnelgate.cli"]
@@ -22,15 +22,17 @@ TG = [sys.executable, "-m", "tunnelgate.cli"]
 class RelayEnv:
     """relays: how many (1: client - relay1 - gw - up). gw_price: the gateway's default_price;
     margin: every relay's; relay_max: the most a relay pays upstream ([upstream.policy]
-    max_price); *_extra: more TOML for the gateway, each relay, the client."""
+    max_price); *_extra: more TOML for the gateway, each relay, the client. spare_price: the
+    client also lists the lab's spare gateway gw2 (topology.chain(spare=True)) at this price,
+    both as [[gateways]], so its market chooses between the relay and gw2."""
 
     def __init__(self, lab, relays: int = 1, gw_price: str = "0.5", margin: str = "0.25",
                  relay_max: str = "10", gw_extra: str = "", relay_extra: str = "", client_extra: str = "",
-                 client_routes: tuple[str, ...] = (f"{UPSTREAM}/32",)):
-        self.lab, self.relays = lab, relays
+                 client_routes: tuple[str, ...] = (f"{UPSTREAM}/32",), spare_price: str | None = None):
+        self.lab, self.relays, self.spare = lab, relays, spare_price is not None
         self.dir = Path(tempfile.mkdtemp(prefix="tgr-", dir="/tmp"))
         self.public: dict[str, str] = {}
-        for name in ["gw", "client"] + [f"relay{i}" for i in range(1, relays + 1)]:
+        for name in ["gw", "gw2", "client"] + [f"relay{i}" for i in range(1, relays + 1)]:
             key = keys.generate()
             keys.write_private(self.dir / f"{name}.key", key)
             self.public[name] = keys.b64(keys.public_of(key))
@@ -65,10 +67,24 @@ routes = ["0.0.0.0/0"]
 max_price = "{relay_max}"
 """)
         routes = ", ".join(f'"{r}"' for r in client_routes)
-        self.conf["client"] = self._write("client", f"""[gateway]
-endpoint = "{chain_hop(relays, relays)['link']}:{PORT}"
-public_key = "{self.public[f'relay{relays}']}"
+        last = f"relay{relays}"
+        relay = f'endpoint = "{chain_hop(relays, relays)["link"]}:{PORT}"\npublic_key = "{self.public[last]}"\n'
+        if self.spare:
+            self.conf["gw2"] = self._write("gw2", f"""[link]
+listen = "{SPARE['link']}:{PORT}"
 [network]
+tun = "tgs0"
+address = "{SPARE['tunnel']}"
+upstream_interface = "veth-up"
+[pricing]
+default_price = "{spare_price}"
+{gw_extra}""")
+            sellers = (f'[[gateways]]\n{relay}label = "{last}"\n'
+                       f'[[gateways]]\nendpoint = "{SPARE["link"]}:{PORT}"\npublic_key = "{self.public["gw2"]}"\n'
+                       'label = "gw2"\n')
+        else:
+            sellers = f"[gateway]\n{relay}"
+        self.conf["client"] = self._write("client", f"""{sellers}[network]
 tun = "tg0"
 routes = [{routes}]
 {client_extra}""")
@@ -82,7 +98,8 @@ routes = [{routes}]
     @property
     def names(self) -> list[str]:
         """Upstream first: the order they start in."""
-        return ["gw"] + [f"relay{i}" for i in range(1, self.relays + 1)] + ["client"]
+        return (["gw"] + [f"relay{i}" for i in range(1, self.relays + 1)] + (["gw2"] if self.spare else [])
+                + ["client"])
 
     def tg(self, ns: str, *args, check=True, timeout=60) -> subprocess.CompletedProcess:
         return self.lab.run(ns, *TG, *args, check=check, timeout=timeout)

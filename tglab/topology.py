@@ -182,7 +182,11 @@ def market_gateway(i: int) -> dict[str, str]:
             "upstream6": f"2001:2:0:{20 + i:x}::2"}
 
 
-def chain(relays: int = 1) -> Topology:
+SPARE = {"link": "198.18.3.1", "client": "198.18.3.2", "up": "198.18.4.1", "upstream": "198.18.4.2",
+         "tunnel": "100.64.9.1/24"}
+
+
+def chain(relays: int = 1, spare: bool = False) -> Topology:
     """A chain of relays (docs/relay.md): client ── relayN ── … ── relay1 ── gw ── up, each a
     veth link of its own:
 
@@ -192,7 +196,13 @@ def chain(relays: int = 1) -> Topology:
 
     Only gw has a route to up (default via it); a relay reaches up only through its upstream
     tunnel and the client only through its tunnel to relayN, so a reply from up proves the
-    packets went through every hop."""
+    packets went through every hop.
+
+    spare: a second gateway "gw2" the client reaches directly (its other seller, for
+    failover), with its own uplink (addresses in SPARE):
+
+        client "veth1" 198.18.3.2 ── gw2 "veth-c" 198.18.3.1
+        gw2 "veth-up" 198.18.4.1 ── up "veth1" 198.18.4.2"""
     if not 1 <= relays <= 3:
         raise ValueError("1 to 3 relays")
     names = [f"relay{i}" for i in range(relays, 0, -1)] + ["gw"]
@@ -202,8 +212,12 @@ def chain(relays: int = 1) -> Topology:
         links.append(Link((Port(me, GW_UP_IF, f"198.18.{10 + i}.1"), Port(nxt, GW_CLIENT_IF, f"198.18.{10 + i}.2"))))
     links.append(Link((Port("gw", GW_UP_IF, GW_UP, GW_UP6), Port("up", UP_IF, UPSTREAM, UPSTREAM6))))
     nodes = (Node("client"),) + tuple(Node(n) for n in names[:-1]) + (
-        Node("gw", routes=(Route("default", UPSTREAM),)), Node("up"))
-    return Topology(nodes=nodes, links=tuple(links))
+        Node("gw", routes=(Route("default", UPSTREAM),)),)
+    if spare:
+        links += [Link((Port("client", "veth1", SPARE["client"]), Port("gw2", GW_CLIENT_IF, SPARE["link"]))),
+                  Link((Port("gw2", GW_UP_IF, SPARE["up"]), Port("up", "veth1", SPARE["upstream"])))]
+        nodes += (Node("gw2", routes=(Route("default", SPARE["upstream"]),)),)
+    return Topology(nodes=nodes + (Node("up"),), links=tuple(links))
 
 
 def chain_hop(i: int, relays: int) -> dict[str, str]:

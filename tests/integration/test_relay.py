@@ -24,11 +24,11 @@ pytestmark = pytest.mark.root
 DEST = f"{UPSTREAM}/32"
 
 
-def chain_lab(relays: int):
+def chain_lab(relays: int, spare: bool = False):
     reason = root_skip_reason()
     if reason:
         pytest.skip(reason)
-    lab = Lab(new_prefix(), chain(relays))
+    lab = Lab(new_prefix(), chain(relays, spare))
     lab.build()
     return lab
 
@@ -38,7 +38,7 @@ def relay_env():
     made = []
 
     def make(relays: int = 1, files: dict | None = None, **kw):
-        lab = chain_lab(relays)
+        lab = chain_lab(relays, kw.get("spare_price") is not None)
         env = RelayEnv(lab, relays, **kw)
         made.append((lab, env))
         sums = lab.start_upstream(files or {})
@@ -141,6 +141,36 @@ def test_kill9_of_the_gateway_ends_the_relayed_contracts(relay_env):
         ping.kill()
         ping.communicate()
     assert env.status("relay1")["relay"]["gone"] == [env.public["gw"]]
+
+
+def test_kill9_upstream_of_the_relay_moves_the_client_to_its_other_gateway(relay_env):
+    # client with two sellers: the relay (0.5 upstream -> 0.625) and gw2 directly (0.9,
+    # dearer, within the client's default max_price of 1)
+    lab, env, _ = relay_env(1, spare_price="0.9")
+    ping = lab.popen("client", "ping", "-n", "-i", "0.05", "-c", "600", "-W", "1", UPSTREAM,
+                     stdout=subprocess.PIPE, text=True)
+    try:
+        def paid_to(name):
+            return [c for c in env.request("client", "contracts") if c["paid"] and c["gateway"] == env.public[name]]
+        assert wait_for(lambda: paid_to("relay1"), 20), dump(env.request("client", "contracts"))
+        assert not paid_to("gw2")
+        env.kill9("gw")
+        killed = time.monotonic()
+        moved = wait_for(lambda: [e for e in env.request("client", "events") if e["kind"] == "destination_moved"
+                                  and e["destination"] == DEST and "no upstream for" in (e["reason"] or "")], 30)
+        assert moved, dump(env.request("client", "events"))
+        took = time.monotonic() - killed
+        assert wait_for(lambda: paid_to("gw2"), 15), dump(env.request("client", "events"))
+        print("moved to gw2", round(took, 1), "s after kill -9:", moved[0]["reason"])
+    finally:
+        ping.kill()
+        out, _ = ping.communicate()
+    # answers came back after the move, through gw2 (the only path left to up)
+    before = env.status("gw2")["stats"].get("rx_packets", 0)
+    assert before > 0
+    lab.run("client", "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", UPSTREAM, timeout=20)
+    grace = env.status("relay1")["pricing"]["grace_time_s"]
+    assert took < grace, f"moved after {took:.1f} s, the relay's grace is {grace} s"
 
 
 def test_three_hops_download_and_chain(relay_env):

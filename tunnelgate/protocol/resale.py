@@ -66,7 +66,7 @@ class ResalePolicy:
 
 class Dest:
     """One destination the relay resells."""
-    __slots__ = ("destination", "net", "sold", "wanted", "asked_at", "reask")
+    __slots__ = ("destination", "net", "sold", "wanted", "asked_at", "reask", "unconnected_at")
 
     def __init__(self, destination: str):
         self.destination = destination
@@ -75,6 +75,7 @@ class Dest:
         self.wanted = 0             # KB to buy upstream at the next poll
         self.asked_at: float | None = None   # an upstream buy out, not answered yet
         self.reask = False          # the last buy may have been ignored: ask even if just asked
+        self.unconnected_at: float | None = None   # needs an upstream and none is connected since
 
 
 def _left(c: Contract) -> int:
@@ -114,6 +115,8 @@ class Resale:
         return self._answer(key, False)
 
     def _answer(self, key: bytes, buy: bool) -> Answer:
+        if self.seller is None:     # the seller restoring its flows before attach(): no sale yet
+            return Unavailable("the relay is starting: ask again")
         dest = pk.prefix_text(key, self.seller.meter.plen(key))
         gw = self.gateway_for(key)
         if gw is None:
@@ -254,8 +257,17 @@ class Resale:
             want = max(d.wanted, p.shortfall_kb(supply, sold) if d.sold else 0)
             if want and d.asked_at is None:
                 if gw is None:
-                    self._failed(d, "no upstream gateway connected", now)
+                    # What was sold waits wait_s for a connection (after a restart the upstream
+                    # contracts on disk are good once the handshake is done: stopping at the
+                    # first tick refunded paid contracts the relay could still serve); a
+                    # gateway found dead stops them at once (upstream_gone).
+                    if d.unconnected_at is None:
+                        d.unconnected_at = now
+                    if not d.sold or now - d.unconnected_at >= p.wait_s:
+                        d.unconnected_at = None
+                        self._failed(d, "no upstream gateway connected", now)
                     continue
+                d.unconnected_at = None
                 self._buy(d, gw, want, supply, sold, now)
             elif not want and not d.sold and d.asked_at is None:
                 del self.dests[d.destination]       # nothing sold, nothing asked: forget it
@@ -277,7 +289,8 @@ class Resale:
     def next_deadline(self) -> float | None:
         """When ``poll`` has something to do for sure (an upstream buy's time out, or a buy
         wanted now); quota falling low is seen on the poll after traffic (the daemon's tick)."""
-        ds = [d.asked_at + self.policy.wait_s for d in self.dests.values() if d.asked_at is not None]
+        ds = [t + self.policy.wait_s for d in self.dests.values() for t in (d.asked_at, d.unconnected_at)
+              if t is not None]
         if any(d.wanted and d.asked_at is None for d in self.dests.values()):
             ds.append(0.0)
         return min(ds) if ds else None

@@ -283,6 +283,34 @@ def test_upstream_gateway_gone_stops_downstream():
     assert rev.contract_id == c.contract_id and "upstream gateway gone: session lost" in rev.reason
 
 
+def test_sold_contracts_wait_for_the_upstream_to_connect_before_they_are_stopped():
+    # a relay restarted: what it sold and bought is back from disk, its upstream handshake
+    # not done yet at the first poll; what was sold is kept for wait_s, then stopped
+    net, relay = _sold()
+    [c] = net.client.contract_list()
+    relay.upstream = None
+    wait = relay.resale.policy.wait_s
+    for t in (0.0, 1.0, wait - 0.5):
+        relay.resale.poll(NOW + t)
+        net.run()
+        assert not [e for e in net.client_events if type(e) is E.Revoked], t
+    assert relay.resale.next_deadline() == NOW + wait
+    relay.resale.poll(NOW + wait)
+    net.run()
+    [rev] = [e for e in net.client_events if type(e) is E.Revoked]
+    assert rev.contract_id == c.contract_id and "no upstream gateway connected" in rev.reason
+
+
+def test_the_upstream_connecting_in_time_stops_nothing():
+    net, relay = _sold()
+    relay.upstream = None
+    relay.resale.poll(NOW)
+    relay.upstream = GW                     # the handshake is done
+    relay.resale.poll(NOW + relay.resale.policy.wait_s + 1)
+    net.run()
+    assert not [e for e in net.client_events if type(e) is E.Revoked]
+
+
 def test_upstream_exhausted_with_a_renewal_on_its_way_stops_nothing():
     net, relay = _sold(contract_kb=700)
     [u] = relay.buyer.contract_list()
@@ -348,9 +376,12 @@ def test_upstream_used_up_with_nothing_behind_it_stops_downstream():
 def test_a_restarted_relay_knows_what_it_sold():
     net, relay = _sold(contract_kb=100)
     [c] = net.client.contract_list()
-    seller = Seller(relay.seller.pricing, pricer=relay.pricer, own_key=R1)
-    seller.restore(relay.seller.snapshot(), NOW)
+    # the daemon's order: a new Resale, the Seller pricing through it restored from its
+    # snapshot (its flows asking the pricer for list prices), then attached (a relay killed
+    # with flows on disk failed to start here: the pricer asked a Resale with no seller)
     again = Resale(relay.buyer, lambda _key: GW, relay.resale.policy)
+    seller = Seller(relay.seller.pricing, pricer=RelayPricer(again, "0.25", 1, 0), own_key=R1)
+    seller.restore(relay.seller.snapshot(), NOW)
     again.attach(seller)
     assert list(again.dests[DEST].sold) == [(CLIENT, c.contract_id)]
     again.upstream_gone(GW, "restarted without it", NOW)

@@ -173,6 +173,30 @@ def test_kill9_upstream_of_the_relay_moves_the_client_to_its_other_gateway(relay
     assert took < grace, f"moved after {took:.1f} s, the relay's grace is {grace} s"
 
 
+def test_relay_killed_and_restarted_keeps_its_ledger_and_sells_again(relay_env):
+    lab, env, sums = relay_env(1, {"5M.bin": 5_000_000, "20M.bin": 20_000_000})
+    assert download(lab, "5M.bin") == sums["5M.bin"]
+    time.sleep(1.5)             # the ledger is saved at the relay's tick
+
+    def money_now():
+        return env.status("relay1")["relay"]["money"]["total"]
+    before = money_now()
+    assert before["revenue_msat"] > 0 and before["cost_msat"] > 0, dump(before)
+    env.kill9("relay1")
+    env.tg("relay1", "serve", "-c", str(env.conf["relay1"]))
+    after = money_now()
+    assert after == before, dump({"before": before, "after": after})
+    # nothing it sold was stopped by the restart (its upstream contracts came back from disk)
+    assert not events(env, "client", "revoked"), dump(events(env, "client", "revoked"))
+    # it sells again: the client's next download (beyond the contract left) goes through it,
+    # and both sides of the ledger grow from what was kept
+    assert wait_for(lambda: download(lab, "20M.bin", timeout=60) == sums["20M.bin"], 90)
+    time.sleep(1.5)
+    grown = money_now()
+    assert grown["revenue_msat"] > before["revenue_msat"] and grown["cost_msat"] > before["cost_msat"], dump(grown)
+    assert env.history("relay1")["resale"]["total"] == grown
+
+
 def test_three_hops_download_and_chain(relay_env):
     lab, env, sums = relay_env(2, {"5M.bin": 5_000_000})
     assert download(lab, "5M.bin") == sums["5M.bin"]

@@ -283,7 +283,14 @@ def srcnat_ruleset(tun: str, own: list[str], routes_: list[tuple[str, str]]) -> 
     its source; a packet arriving on ``tun`` for one of those addresses gets the own
     address back before conntrack sees it. Stateless (payload rewrites, the kernel
     fixes the IP and L4 checksums), so a destination that moves is translated from its
-    next packet on, with no conntrack binding left over."""
+    next packet on, with no conntrack binding left over.
+
+    What a relay forwards into ``tun`` (its buyers' packets, masqueraded to the TUN's own
+    address at srcnat) never passes the output hook: the postrouting chain, after the
+    masquerade, translates it the same way (without it a relay whose market moved D to
+    an upstream that leased another address sent it packets that upstream drops as
+    spoofed); the replies come back through the same prerouting rule, before conntrack
+    undoes the masquerade. Locally sent packets were translated at output already."""
     _check_ifname(tun, "tun")
     owns = {ipaddress.ip_address(a).version: ipaddress.ip_address(a) for a in own}
     out, back, seen = [], [], set()
@@ -307,6 +314,11 @@ def srcnat_ruleset(tun: str, own: list[str], routes_: list[tuple[str, str]]) -> 
     return f"""table {FAMILY} {t} {{
     chain output {{
         type filter hook output priority mangle; policy accept;
+        oifname != "{tun}" accept
+{body}
+    }}
+    chain postrouting {{
+        type filter hook postrouting priority 110; policy accept;
         oifname != "{tun}" accept
 {body}
     }}

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from tunnelgate import keys
-from .topology import SPARE, UPSTREAM, chain_hop
+from .topology import ALT, SPARE, UPSTREAM, chain_hop
 
 PORT = 51900
 TG = [sys.executable, "-m", "tunnelgate.cli"]
@@ -24,15 +24,19 @@ class RelayEnv:
     margin: every relay's; relay_max: the most a relay pays upstream ([upstream.policy]
     max_price); *_extra: more TOML for the gateway, each relay, the client. spare_price: the
     client also lists the lab's spare gateway gw2 (topology.chain(spare=True)) at this price,
-    both as [[gateways]], so its market chooses between the relay and gw2."""
+    both as [[gateways]], so its market chooses between the relay and gw2. alt_price: relay1
+    also lists the lab's gwalt (topology.chain(alt=True)) at this price, both upstreams as
+    [[upstream.gateways]], so the relay's own market chooses between gw and gwalt."""
 
     def __init__(self, lab, relays: int = 1, gw_price: str = "0.5", margin: str = "0.25",
                  relay_max: str = "10", gw_extra: str = "", relay_extra: str = "", client_extra: str = "",
-                 client_routes: tuple[str, ...] = (f"{UPSTREAM}/32",), spare_price: str | None = None):
+                 client_routes: tuple[str, ...] = (f"{UPSTREAM}/32",), spare_price: str | None = None,
+                 alt_price: str | None = None):
         self.lab, self.relays, self.spare = lab, relays, spare_price is not None
+        self.alt = alt_price is not None
         self.dir = Path(tempfile.mkdtemp(prefix="tgr-", dir="/tmp"))
         self.public: dict[str, str] = {}
-        for name in ["gw", "gw2", "client"] + [f"relay{i}" for i in range(1, relays + 1)]:
+        for name in ["gw", "gw2", "gwalt", "client"] + [f"relay{i}" for i in range(1, relays + 1)]:
             key = keys.generate()
             keys.write_private(self.dir / f"{name}.key", key)
             self.public[name] = keys.b64(keys.public_of(key))
@@ -49,6 +53,12 @@ default_price = "{gw_price}"
         for i in range(1, relays + 1):
             hop = chain_hop(i, relays)
             seller = "gw" if i == 1 else f"relay{i - 1}"
+            upstream = f'endpoint = "{hop["upstream"]}:{PORT}"\npublic_key = "{self.public[seller]}"\n'
+            if i == 1 and self.alt:
+                upstream = (f'[[upstream.gateways]]\n{upstream}label = "gw"\n[[upstream.gateways]]\n'
+                            f'endpoint = "{ALT["link"]}:{PORT}"\npublic_key = "{self.public["gwalt"]}"\nlabel = "gwalt"\n')
+            else:
+                upstream = f"[upstream.gateway]\n{upstream}"
             self.conf[f"relay{i}"] = self._write(f"relay{i}", f"""[link]
 listen = "{hop['link']}:{PORT}"
 [network]
@@ -57,15 +67,22 @@ address = "{hop['tunnel']}"
 [pricing]
 margin = "{margin}"
 {relay_extra}
-[upstream.gateway]
-endpoint = "{hop['upstream']}:{PORT}"
-public_key = "{self.public[seller]}"
-[upstream.network]
+{upstream}[upstream.network]
 tun = "tgu0"
 routes = ["0.0.0.0/0"]
 [upstream.policy]
 max_price = "{relay_max}"
 """)
+        if self.alt:
+            self.conf["gwalt"] = self._write("gwalt", f"""[link]
+listen = "{ALT['link']}:{PORT}"
+[network]
+tun = "tgs0"
+address = "{ALT['tunnel']}"
+upstream_interface = "veth-up"
+[pricing]
+default_price = "{alt_price}"
+{gw_extra}""")
         routes = ", ".join(f'"{r}"' for r in client_routes)
         last = f"relay{relays}"
         relay = f'endpoint = "{chain_hop(relays, relays)["link"]}:{PORT}"\npublic_key = "{self.public[last]}"\n'
@@ -97,9 +114,10 @@ routes = [{routes}]
 
     @property
     def names(self) -> list[str]:
-        """Upstream first: the order they start in."""
-        return (["gw"] + [f"relay{i}" for i in range(1, self.relays + 1)] + (["gw2"] if self.spare else [])
-                + ["client"])
+        """Upstream first: the order they start in (gwalt after the relay, whose upstream
+        tunnel thus takes gw's address: a move to gwalt then needs source translation)."""
+        return (["gw"] + [f"relay{i}" for i in range(1, self.relays + 1)] + (["gwalt"] if self.alt else [])
+                + (["gw2"] if self.spare else []) + ["client"])
 
     def tg(self, ns: str, *args, check=True, timeout=60) -> subprocess.CompletedProcess:
         return self.lab.run(ns, *TG, *args, check=check, timeout=timeout)

@@ -186,7 +186,11 @@ SPARE = {"link": "198.18.3.1", "client": "198.18.3.2", "up": "198.18.4.1", "upst
          "tunnel": "100.64.9.1/24"}
 
 
-def chain(relays: int = 1, spare: bool = False) -> Topology:
+ALT = {"link": "198.18.5.2", "relay": "198.18.5.1", "up": "198.18.6.1", "upstream": "198.18.6.2",
+       "tunnel": "100.64.8.1/24"}
+
+
+def chain(relays: int = 1, spare: bool = False, alt: bool = False) -> Topology:
     """A chain of relays (docs/relay.md): client ── relayN ── … ── relay1 ── gw ── up, each a
     veth link of its own:
 
@@ -202,7 +206,13 @@ def chain(relays: int = 1, spare: bool = False) -> Topology:
     failover), with its own uplink (addresses in SPARE):
 
         client "veth1" 198.18.3.2 ── gw2 "veth-c" 198.18.3.1
-        gw2 "veth-up" 198.18.4.1 ── up "veth1" 198.18.4.2"""
+        gw2 "veth-up" 198.18.4.1 ── up "veth1" 198.18.4.2
+
+    alt: a second upstream gateway "gwalt" for relay1 (its own market of upstreams), with
+    its own uplink (addresses in ALT):
+
+        relay1 "veth-alt" 198.18.5.1 ── gwalt "veth-c" 198.18.5.2
+        gwalt "veth-up" 198.18.6.1 ── up "veth2" 198.18.6.2"""
     if not 1 <= relays <= 3:
         raise ValueError("1 to 3 relays")
     names = [f"relay{i}" for i in range(relays, 0, -1)] + ["gw"]
@@ -217,6 +227,10 @@ def chain(relays: int = 1, spare: bool = False) -> Topology:
         links += [Link((Port("client", "veth1", SPARE["client"]), Port("gw2", GW_CLIENT_IF, SPARE["link"]))),
                   Link((Port("gw2", GW_UP_IF, SPARE["up"]), Port("up", "veth1", SPARE["upstream"])))]
         nodes += (Node("gw2", routes=(Route("default", SPARE["upstream"]),)),)
+    if alt:
+        links += [Link((Port("relay1", "veth-alt", ALT["relay"]), Port("gwalt", GW_CLIENT_IF, ALT["link"]))),
+                  Link((Port("gwalt", GW_UP_IF, ALT["up"]), Port("up", "veth2", ALT["upstream"])))]
+        nodes += (Node("gwalt", routes=(Route("default", ALT["upstream"]),)),)
     return Topology(nodes=nodes + (Node("up"),), links=tuple(links))
 
 

@@ -24,11 +24,11 @@ pytestmark = pytest.mark.root
 DEST = f"{UPSTREAM}/32"
 
 
-def chain_lab(relays: int, spare: bool = False):
+def chain_lab(relays: int, spare: bool = False, alt: bool = False):
     reason = root_skip_reason()
     if reason:
         pytest.skip(reason)
-    lab = Lab(new_prefix(), chain(relays, spare))
+    lab = Lab(new_prefix(), chain(relays, spare, alt))
     lab.build()
     return lab
 
@@ -38,7 +38,7 @@ def relay_env():
     made = []
 
     def make(relays: int = 1, files: dict | None = None, **kw):
-        lab = chain_lab(relays, kw.get("spare_price") is not None)
+        lab = chain_lab(relays, kw.get("spare_price") is not None, kw.get("alt_price") is not None)
         env = RelayEnv(lab, relays, **kw)
         made.append((lab, env))
         sums = lab.start_upstream(files or {})
@@ -171,6 +171,37 @@ def test_kill9_upstream_of_the_relay_moves_the_client_to_its_other_gateway(relay
     lab.run("client", "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", UPSTREAM, timeout=20)
     grace = env.status("relay1")["pricing"]["grace_time_s"]
     assert took < grace, f"moved after {took:.1f} s, the relay's grace is {grace} s"
+
+
+def test_the_relay_moves_to_its_other_upstream_when_the_one_it_buys_from_dies(relay_env):
+    # The relay's [upstream] lists two gateways: gw (0.5, chosen) and gwalt (0.8). When gw
+    # dies the relay's own market moves D to gwalt and buys there; the contract it sold
+    # stays in force (a promise kept, at a loss), and the next one carries gwalt's chain.
+    lab, env, sums = relay_env(1, {"2M.bin": 2_000_000}, alt_price="0.8", relay_extra="contract_kb = 500")
+    first = wait_for(lambda: lab.run("client", "ping", "-n", "-c", "1", "-W", "1", UPSTREAM, check=False).returncode == 0
+                     and [c for c in env.request("client", "contracts") if c["paid"]], 20)
+    assert first, dump(env.request("client", "contracts"))
+    assert [h["public_key"] for h in first[0]["chain"]] == [env.public["gw"], env.public["relay1"]], dump(first)
+    ping = lab.popen("client", "ping", "-n", "-i", "0.05", "-c", "160", "-W", "1", UPSTREAM,
+                     stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        env.kill9("gw")
+        out, _ = ping.communicate(timeout=30)          # 8 s of pings, the kill 1 s in
+    finally:
+        ping.kill()
+    # the pings went on through gwalt after a gap (the relay's market noticing the silence;
+    # it translates what it forwards to the address gwalt leased it)
+    answered = [int(x.split("icmp_seq=")[1].split()[0]) for x in out.splitlines() if "ttl=" in x]
+    assert answered and max(answered) >= 150, out[-2000:]
+    gap = max(b - a for a, b in zip(answered, answered[1:]))
+    print(f"relay upstream failover: {gap} pings of 50 ms lost")
+    assert [c for c in env.history("gwalt") if c["paid_msat"] and c["peer"] == env.public["relay1"]]
+    assert not events(env, "client", "revoked"), dump(events(env, "client", "revoked"))
+    assert download(lab, "2M.bin") == sums["2M.bin"]
+    via_alt = [c for c in env.request("client", "contracts", all=True) if c["paid"] and
+               [h["public_key"] for h in c["chain"]] == [env.public["gwalt"], env.public["relay1"]]]
+    assert via_alt and via_alt[-1]["price"] == mark_up(money.parse_price("0.8")), dump(via_alt)
 
 
 def test_relay_killed_and_restarted_keeps_its_ledger_and_sells_again(relay_env):

@@ -232,6 +232,21 @@ def test_upstream_no_deal_reaches_the_client_as_no_upstream():
     assert relay.seller.status(NOW)["peers"][CLIENT.hex()]["open_proposals"] == 0
 
 
+def test_an_upstream_chain_that_does_not_add_up_fails_downstream_at_once():
+    # the relay's buyer rejects an upstream proposal whose chain does not name its seller
+    # (no deal at any price: a REJECT without a counter-offer); the waiting client hears it
+    # at once, not after the buy's time-out
+    relay = Relay(R1, GW)
+    liar = Seller(Pricing(default_price=P0, floor_price=P0, contract_kb=1000), own_key=R2)
+    net = Net(Buyer(policy(), own_key=CLIENT), {R1: relay, GW: liar})
+    assert first_packet(net, R1) == HELD
+    net.run()
+    [nd] = [e for e in net.client_events if type(e) is E.NoDeal]
+    assert nd.reason.startswith(f"no upstream for {DEST}: cost chain ends at"), nd.reason
+    assert net.now == NOW                   # no time passed: not the wait_s time-out
+    assert relay.seller.status(NOW)["peers"][CLIENT.hex()]["held_packets"] == 0
+
+
 def test_unanswered_upstream_buy_fails_after_the_wait():
     relay = Relay(R1, GW)
     net = Net(Buyer(policy(), own_key=CLIENT), {R1: relay, GW: gateway()})

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from tunnelgate import keys
-from .topology import ALT, SPARE, UPSTREAM, chain_hop
+from .topology import ALT, SPARE, UPSTREAM, UPSTREAM6, chain_hop
 
 PORT = 51900
 TG = [sys.executable, "-m", "tunnelgate.cli"]
@@ -26,12 +26,13 @@ class RelayEnv:
     client also lists the lab's spare gateway gw2 (topology.chain(spare=True)) at this price,
     both as [[gateways]], so its market chooses between the relay and gw2. alt_price: relay1
     also lists the lab's gwalt (topology.chain(alt=True)) at this price, both upstreams as
-    [[upstream.gateways]], so the relay's own market chooses between gw and gwalt."""
+    [[upstream.gateways]], so the relay's own market chooses between gw and gwalt. ipv6:
+    dual-stack tunnels at every hop (the client routes UPSTREAM6 too)."""
 
     def __init__(self, lab, relays: int = 1, gw_price: str = "0.5", margin: str = "0.25",
                  relay_max: str = "10", gw_extra: str = "", relay_extra: str = "", client_extra: str = "",
                  client_routes: tuple[str, ...] = (f"{UPSTREAM}/32",), spare_price: str | None = None,
-                 alt_price: str | None = None):
+                 alt_price: str | None = None, ipv6: bool = False):
         self.lab, self.relays, self.spare = lab, relays, spare_price is not None
         self.alt = alt_price is not None
         self.dir = Path(tempfile.mkdtemp(prefix="tgr-", dir="/tmp"))
@@ -46,7 +47,7 @@ listen = "{gw['link']}:{PORT}"
 [network]
 tun = "tgs0"
 address = "{gw['tunnel']}"
-upstream_interface = "veth-up"
+{self._six(0, ipv6)}upstream_interface = "veth-up"
 [pricing]
 default_price = "{gw_price}"
 {gw_extra}""")}
@@ -64,12 +65,12 @@ listen = "{hop['link']}:{PORT}"
 [network]
 tun = "tgs0"
 address = "{hop['tunnel']}"
-[pricing]
+{self._six(i, ipv6)}[pricing]
 margin = "{margin}"
 {relay_extra}
 {upstream}[upstream.network]
 tun = "tgu0"
-routes = ["0.0.0.0/0"]
+routes = ["0.0.0.0/0"{', "::/0"' if ipv6 else ""}]
 [upstream.policy]
 max_price = "{relay_max}"
 """)
@@ -83,6 +84,8 @@ upstream_interface = "veth-up"
 [pricing]
 default_price = "{alt_price}"
 {gw_extra}""")
+        if ipv6:
+            client_routes = (*client_routes, f"{UPSTREAM6}/128")
         routes = ", ".join(f'"{r}"' for r in client_routes)
         last = f"relay{relays}"
         relay = f'endpoint = "{chain_hop(relays, relays)["link"]}:{PORT}"\npublic_key = "{self.public[last]}"\n'
@@ -105,6 +108,11 @@ default_price = "{spare_price}"
 tun = "tg0"
 routes = [{routes}]
 {client_extra}""")
+
+    @staticmethod
+    def _six(i: int, ipv6: bool) -> str:
+        """Hop I's IPv6 tunnel prefix (the host numbers of its IPv4 one), when dual-stack."""
+        return f'address6 = "fd64:7467:{i}::1/64"\n' if ipv6 else ""
 
     def _write(self, name: str, body: str) -> Path:
         path = self.dir / f"{name}.toml"
@@ -171,10 +179,9 @@ def relay_path(contract_kb: int):
 
     @contextlib.contextmanager
     def up(lab, work, fam=None):
-        if fam is not None and fam.v != 4:
-            raise RuntimeError("the two-hop row is IPv4 only")
         extra = f"contract_kb = {contract_kb}\nmax_contract_kb = {max(contract_kb, 100_000)}\n"
-        env = RelayEnv(lab, 1, gw_extra=extra, relay_extra=extra, relay_max="10")
+        env = RelayEnv(lab, 1, gw_extra=extra, relay_extra=extra, relay_max="10",
+                       ipv6=fam is not None and fam.v == 6)
         try:
             env.start()
             yield {n: env.pid(n) for n in ("client", "relay1", "gw")}

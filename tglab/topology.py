@@ -222,7 +222,7 @@ def chain(relays: int = 1, spare: bool = False, alt: bool = False) -> Topology:
         links.append(Link((Port(me, GW_UP_IF, f"198.18.{10 + i}.1"), Port(nxt, GW_CLIENT_IF, f"198.18.{10 + i}.2"))))
     links.append(Link((Port("gw", GW_UP_IF, GW_UP, GW_UP6), Port("up", UP_IF, UPSTREAM, UPSTREAM6))))
     nodes = (Node("client"),) + tuple(Node(n) for n in names[:-1]) + (
-        Node("gw", routes=(Route("default", UPSTREAM),)),)
+        Node("gw", routes=(Route("default", UPSTREAM), Route("default", UPSTREAM6))),)
     if spare:
         links += [Link((Port("client", "veth1", SPARE["client"]), Port("gw2", GW_CLIENT_IF, SPARE["link"]))),
                   Link((Port("gw2", GW_UP_IF, SPARE["up"]), Port("up", "veth1", SPARE["upstream"])))]

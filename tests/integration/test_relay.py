@@ -6,6 +6,7 @@ the money at each hop, and what downstream sees when the upstream stops selling.
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import time
 
@@ -14,7 +15,7 @@ import pytest
 from tglab.lab import Lab
 from tglab.market_env import dump, wait_for
 from tglab.relay_env import RelayEnv
-from tglab.topology import UPSTREAM, chain
+from tglab.topology import UPSTREAM, UPSTREAM6, chain
 from tunnelgate import money
 from tunnelgate.protocol.relay_pricer import RelayPricer
 
@@ -202,6 +203,22 @@ def test_the_relay_moves_to_its_other_upstream_when_the_one_it_buys_from_dies(re
     via_alt = [c for c in env.request("client", "contracts", all=True) if c["paid"] and
                [h["public_key"] for h in c["chain"]] == [env.public["gwalt"], env.public["relay1"]]]
     assert via_alt and via_alt[-1]["price"] == mark_up(money.parse_price("0.8")), dump(via_alt)
+
+
+def test_ipv6_through_the_relay(relay_env):
+    # dual-stack tunnels at each hop: the relay masquerades IPv6 out of its upstream tunnel
+    # as it does IPv4, and resells the IPv6 destination with its chain
+    lab, env, _ = relay_env(1, {}, ipv6=True)
+    lab.run("client", "ping", "-6", "-n", "-c", "3", "-i", "0.2", "-W", "3", UPSTREAM6, timeout=30)
+    out = lab.run("client", "iperf3", "-6", "-c", UPSTREAM6, "-t", "2", "-J", timeout=60).stdout
+    end = json.loads(out)["end"]
+    assert end["sum_received"]["bytes"] >= 5_000_000, json.dumps({k: end[k] for k in ("sum_sent", "sum_received")})
+    dest6 = f"{UPSTREAM6}/128"
+    mine = [c for c in env.request("client", "contracts", all=True) if c["destination"] == dest6 and c["paid"]]
+    assert mine, dump(env.request("client", "contracts", all=True))
+    assert [h["public_key"] for h in mine[0]["chain"]] == [env.public["gw"], env.public["relay1"]]
+    bought = [c for c in env.history("gw") if c["destination"] == dest6 and c["peer"] == env.public["relay1"]]
+    assert bought and bought[0]["paid_msat"], dump(bought)
 
 
 def test_relay_killed_and_restarted_keeps_its_ledger_and_sells_again(relay_env):

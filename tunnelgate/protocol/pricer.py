@@ -64,10 +64,11 @@ class Pricer(Protocol):
         """The list price (price units, see money.py) of a destination key; 0: free."""
 
 
-def offer(pricer: Pricer, key: bytes) -> Answer:
-    """The pricer's offer for key; a pricer with only ``price`` always knows it at once."""
+def offer(pricer: Pricer, key: bytes, want_kb: int = 0) -> Answer:
+    """The pricer's offer for key; a pricer with only ``price`` always knows it at once.
+    ``want_kb``: the contract size the buyer asked for (a relay buys upstream for it)."""
     ask = getattr(pricer, "offer", None)
-    return ask(key) if ask is not None else Offer(pricer.price(key))
+    return ask(key, want_kb) if ask is not None else Offer(pricer.price(key))
 
 
 def peek(pricer: Pricer, key: bytes) -> Answer:

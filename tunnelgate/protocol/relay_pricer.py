@@ -19,8 +19,9 @@ from tunnelgate.protocol.pricer import Answer, Offer
 
 
 class UpstreamQuotes(Protocol):
-    def offer(self, key: bytes) -> Answer:
-        """The upstream's price and chain for a destination key; PENDING starts buying it."""
+    def offer(self, key: bytes, want_kb: int = 0) -> Answer:
+        """The upstream's price and chain for a destination key; PENDING starts buying it
+        (enough for a contract of want_kb, when more than the seller's contract_kb)."""
 
     def peek(self, key: bytes) -> Answer:
         """As offer, buying nothing (for a QUOTE)."""
@@ -45,8 +46,8 @@ class RelayPricer:
             return Offer(self.mark_up(a.price), a.upstream, a.limit_kb)
         return a
 
-    def offer(self, key: bytes) -> Answer:
-        return self._resell(self.upstream.offer(key))
+    def offer(self, key: bytes, want_kb: int = 0) -> Answer:
+        return self._resell(self.upstream.offer(key, want_kb))
 
     def peek(self, key: bytes) -> Answer:
         return self._resell(self.upstream.peek(key))

@@ -108,13 +108,13 @@ class Resale:
 
     # --- the upstream quote source (RelayPricer) ----------------------------------------
 
-    def offer(self, key: bytes) -> Answer:
-        return self._answer(key, True)
+    def offer(self, key: bytes, want_kb: int = 0) -> Answer:
+        return self._answer(key, True, want_kb)
 
     def peek(self, key: bytes) -> Answer:
         return self._answer(key, False)
 
-    def _answer(self, key: bytes, buy: bool) -> Answer:
+    def _answer(self, key: bytes, buy: bool, want_kb: int = 0) -> Answer:
         if self.seller is None:     # the seller restoring its flows before attach(): no sale yet
             return Unavailable("the relay is starting: ask again")
         dest = pk.prefix_text(key, self.seller.meter.plen(key))
@@ -125,11 +125,18 @@ class Resale:
         d = self.dests.get(dest)
         sold = sum(_left(c) for c in d.sold.values()) if d is not None else 0
         have = sum(_left(c) for c in supply)
+        # what the buyer asked for (a fast flow asks for bigger contracts), at least the
+        # seller's contract: bought upstream in one go, so contracts grow through a relay as
+        # they do at a gateway (at 10 MB each, two hops spent a fifth of their CPU on contracts)
+        need = max(want_kb, self.seller.pricing.contract_kb) * BYTES_PER_KB
         if supply:
             c = supply[0]
             self.last_price[dest] = (c.price, c.terms.chain)
             avail = self.policy.available_kb(have, sold)
             if avail:
+                if buy and avail * BYTES_PER_KB < need:     # this one gets what is left; buy the next
+                    d = self._dest(dest)
+                    d.wanted = max(d.wanted, self.policy.shortfall_kb(have, sold + need))
                 return Offer(c.price, c.terms.chain, limit_kb=avail)
         f = self._upstream_flow(gw, dest)
         if f is not None and f.nodeal_until:        # all sold, and the upstream will not sell more
@@ -141,8 +148,7 @@ class Resale:
             return Unavailable(f"upstream price for {dest} not known yet: the relay buys it with the first packet")
         if d is None:
             d = self.dests[dest] = Dest(dest)
-        # enough for one more contract of the seller's size, beyond what is sold
-        d.wanted = max(d.wanted, self.policy.shortfall_kb(have, sold + self.seller.pricing.contract_kb * BYTES_PER_KB))
+        d.wanted = max(d.wanted, self.policy.shortfall_kb(have, sold + need))     # one more contract
         return PENDING
 
     def _upstream_flow(self, gw: bytes, dest: str):

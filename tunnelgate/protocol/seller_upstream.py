@@ -43,7 +43,7 @@ class SellerUpstream:
         to be had: NO_DEAL sent, nothing to hold)."""
         if f in self._waiting:
             return True
-        a = offer(self.pricer, f.key)
+        a = offer(self.pricer, f.key, limit_kb)
         if isinstance(a, Offer):
             f.list_price = a.price
             if a.limit_kb is not None:      # never sell more than the upstream quota left

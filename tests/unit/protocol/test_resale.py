@@ -127,10 +127,11 @@ def test_relay_pricer_marks_up_exactly_never_below_floor_never_free():
         def __init__(self, a):
             self.a = a
 
-        def offer(self, key):
+        def offer(self, key, want_kb=0):
             return self.a
 
-        peek = offer
+        def peek(self, key):
+            return self.a
 
     chain = ((GW, 3),)
     p = RelayPricer(Up(Offer(3, chain)), "0.25", floor=1)
@@ -245,6 +246,37 @@ def test_an_upstream_chain_that_does_not_add_up_fails_downstream_at_once():
     assert nd.reason.startswith(f"no upstream for {DEST}: cost chain ends at"), nd.reason
     assert net.now == NOW                   # no time passed: not the wait_s time-out
     assert relay.seller.status(NOW)["peers"][CLIENT.hex()]["held_packets"] == 0
+
+
+def test_a_bigger_contract_asked_downstream_is_bought_upstream_in_one_go():
+    # a fast flow asks for bigger contracts: the relay buys that much upstream at once, so
+    # contracts grow through a relay as they do at a gateway; what it has left it sells now
+    relay = Relay(R1, GW)                                   # contract_kb 1000
+    relay.buyer.book(GW).sized_requests = True              # GW's handshake listed "sized"
+    net = Net(Buyer(policy(), own_key=CLIENT), {R1: relay, GW: gateway()})
+    key = pk.addr_bytes(D)
+    assert relay.pricer.offer(key, 8000) is PENDING
+    relay.resale.poll(NOW)
+    [req] = [msg for _gw, msg in relay.buyer.take_outgoing() if type(msg) is m.Request]
+    assert req.limit_kb >= 8000, req
+    net.nodes[GW].on_message(R1, m.decode(m.encode(req)), NOW)
+    net.run()
+    offer = relay.pricer.offer(key, 8000)
+    assert offer.limit_kb >= 8000, offer                    # in stock: the whole contract
+    # only 500 KB left in stock when 8000 are asked: those now, the rest bought for the next
+    relay2 = Relay(R1, GW)
+    relay2.buyer.book(GW).sized_requests = True
+    net2 = Net(Buyer(policy(), own_key=CLIENT), {R1: relay2, GW: gateway()})
+    first_packet(net2, R1)
+    net2.run()
+    left = relay2.resale.status(NOW)["destinations"][DEST]
+    have_kb = (left["upstream_bytes_left"] - left["sold_bytes_left"]) // BYTES_PER_KB
+    assert 0 < have_kb < 8000
+    assert relay2.pricer.offer(key, 8000).limit_kb == have_kb
+    assert relay2.resale.next_deadline() == 0.0             # a buy is wanted now
+    relay2.resale.poll(NOW)
+    [req2] = [msg for _gw, msg in relay2.buyer.take_outgoing() if type(msg) is m.Request]
+    assert req2.limit_kb >= 8000 - have_kb, req2
 
 
 def test_unanswered_upstream_buy_fails_after_the_wait():

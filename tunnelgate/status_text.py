@@ -224,6 +224,8 @@ def advert_text(a: dict) -> str:
 def event_line(ev: dict) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(ev["ts"]))
     parts = [when, f"{ev['kind']:<18}"]
+    if ev.get("side") == "upstream":        # a relay's buying side (`events` on a relay)
+        parts.insert(1, "upstream")
     if ev.get("contract_id"):
         parts.append(ev["contract_id"])
     if ev.get("destination"):

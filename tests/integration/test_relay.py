@@ -198,6 +198,12 @@ def test_the_relay_moves_to_its_other_upstream_when_the_one_it_buys_from_dies(re
     gap = max(b - a for a, b in zip(answered, answered[1:]))
     print(f"relay upstream failover: {gap} pings of 50 ms lost")
     assert [c for c in env.history("gwalt") if c["paid_msat"] and c["peer"] == env.public["relay1"]]
+    # the relay's events show both sides: its own market's move, marked upstream
+    evs = env.request("relay1", "events")
+    moved = [e for e in evs if e["side"] == "upstream" and e["kind"] == "destination_moved"
+             and e["destination"] == DEST and "stopped answering" in (e["reason"] or "")]
+    assert moved, dump(evs)
+    assert {e["side"] for e in evs} == {"upstream", "downstream"}
     assert not events(env, "client", "revoked"), dump(events(env, "client", "revoked"))
     assert download(lab, "2M.bin") == sums["2M.bin"]
     via_alt = [c for c in env.request("client", "contracts", all=True) if c["paid"] and

@@ -92,3 +92,12 @@ def test_gateway_status_shows_handshakes_refused_by_reason():
     text = render(st)
     assert ("handshake 12 key exchanges; refused: 5000 bad MAC1, 40 rate-limited, 2 queue full; "
             "900 cookie replies (under load now)") in text
+
+
+def test_a_relays_upstream_event_says_so():
+    from tunnelgate.status_text import event_line
+    ev = {"ts": 0.0, "kind": "destination_moved", "contract_id": None, "destination": "198.18.2.2/32",
+          "amount_msat": 0, "reason": "its gateway stopped answering"}
+    assert " upstream " not in event_line({**ev, "side": "downstream"})
+    line = event_line({**ev, "side": "upstream"})
+    assert line.split()[1] == "upstream" and line.endswith(": its gateway stopped answering")

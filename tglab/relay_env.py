@@ -42,24 +42,15 @@ class RelayEnv:
             keys.write_private(self.dir / f"{name}.key", key)
             self.public[name] = keys.b64(keys.public_of(key))
         gw = chain_hop(0, relays)
-        self.conf = {"gw": self._write("gw", f"""[link]
-listen = "{gw['link']}:{PORT}"
-[network]
-tun = "tgs0"
-address = "{gw['tunnel']}"
-{self._six(0, ipv6)}upstream_interface = "veth-up"
-[pricing]
-default_price = "{gw_price}"
-{gw_extra}""")}
+        self.conf = {"gw": self._gateway("gw", gw["link"], gw["tunnel"], gw_price, gw_extra, self._six(0, ipv6))}
         for i in range(1, relays + 1):
             hop = chain_hop(i, relays)
             seller = "gw" if i == 1 else f"relay{i - 1}"
-            upstream = f'endpoint = "{hop["upstream"]}:{PORT}"\npublic_key = "{self.public[seller]}"\n'
             if i == 1 and self.alt:
-                upstream = (f'[[upstream.gateways]]\n{upstream}label = "gw"\n[[upstream.gateways]]\n'
-                            f'endpoint = "{ALT["link"]}:{PORT}"\npublic_key = "{self.public["gwalt"]}"\nlabel = "gwalt"\n')
+                upstream = (self._listed("upstream.gateways", "gw", hop["upstream"])
+                            + self._listed("upstream.gateways", "gwalt", ALT["link"]))
             else:
-                upstream = f"[upstream.gateway]\n{upstream}"
+                upstream = f'[upstream.gateway]\n{self._seller(seller, hop["upstream"])}'
             self.conf[f"relay{i}"] = self._write(f"relay{i}", f"""[link]
 listen = "{hop['link']}:{PORT}"
 [network]
@@ -75,39 +66,40 @@ routes = ["0.0.0.0/0"{', "::/0"' if ipv6 else ""}]
 max_price = "{relay_max}"
 """)
         if self.alt:
-            self.conf["gwalt"] = self._write("gwalt", f"""[link]
-listen = "{ALT['link']}:{PORT}"
-[network]
-tun = "tgs0"
-address = "{ALT['tunnel']}"
-upstream_interface = "veth-up"
-[pricing]
-default_price = "{alt_price}"
-{gw_extra}""")
+            self.conf["gwalt"] = self._gateway("gwalt", ALT["link"], ALT["tunnel"], alt_price, gw_extra)
         if ipv6:
             client_routes = (*client_routes, f"{UPSTREAM6}/128")
         routes = ", ".join(f'"{r}"' for r in client_routes)
-        last = f"relay{relays}"
-        relay = f'endpoint = "{chain_hop(relays, relays)["link"]}:{PORT}"\npublic_key = "{self.public[last]}"\n'
+        last, relay_link = f"relay{relays}", chain_hop(relays, relays)["link"]
         if self.spare:
-            self.conf["gw2"] = self._write("gw2", f"""[link]
-listen = "{SPARE['link']}:{PORT}"
-[network]
-tun = "tgs0"
-address = "{SPARE['tunnel']}"
-upstream_interface = "veth-up"
-[pricing]
-default_price = "{spare_price}"
-{gw_extra}""")
-            sellers = (f'[[gateways]]\n{relay}label = "{last}"\n'
-                       f'[[gateways]]\nendpoint = "{SPARE["link"]}:{PORT}"\npublic_key = "{self.public["gw2"]}"\n'
-                       'label = "gw2"\n')
+            self.conf["gw2"] = self._gateway("gw2", SPARE["link"], SPARE["tunnel"], spare_price, gw_extra)
+            sellers = self._listed("gateways", last, relay_link) + self._listed("gateways", "gw2", SPARE["link"])
         else:
-            sellers = f"[gateway]\n{relay}"
+            sellers = f"[gateway]\n{self._seller(last, relay_link)}"
         self.conf["client"] = self._write("client", f"""{sellers}[network]
 tun = "tg0"
 routes = [{routes}]
 {client_extra}""")
+
+    def _seller(self, name: str, address: str) -> str:
+        """A seller's endpoint and key, as a [gateway] (or [[gateways]]) table holds them."""
+        return f'endpoint = "{address}:{PORT}"\npublic_key = "{self.public[name]}"\n'
+
+    def _listed(self, table: str, name: str, address: str) -> str:
+        """One entry of a [[gateways]] (or [[upstream.gateways]]) list, labelled by name."""
+        return f'[[{table}]]\n{self._seller(name, address)}label = "{name}"\n'
+
+    def _gateway(self, name: str, listen: str, tunnel: str, price: str, extra: str, six: str = "") -> Path:
+        """A gateway with its own uplink (veth-up): gw, and the lab's gwalt and gw2."""
+        return self._write(name, f"""[link]
+listen = "{listen}:{PORT}"
+[network]
+tun = "tgs0"
+address = "{tunnel}"
+{six}upstream_interface = "veth-up"
+[pricing]
+default_price = "{price}"
+{extra}""")
 
     @staticmethod
     def _six(i: int, ipv6: bool) -> str:

@@ -46,7 +46,7 @@ from ..wakeups import Warmth
 from . import privilege
 from .control import ControlServer
 from .dataplane import DataPlane
-from .market import SAVE_EVERY_S, Channels, EventLog, Saver
+from .market import SAVE_EVERY_S, Channels, EventLog, Saver, SideTap
 from .store import Store
 
 log = logging.getLogger("tunnelgate")
@@ -293,23 +293,35 @@ class Daemon:
         standing = st.get("market", {}).get("peers", {})
         return [{**p, **standing.get(p["public_key"], {})} for p in st.get("peers", [])]
 
+    def event_sources(self) -> list[tuple[str | None, EventLog]]:
+        """The event logs `events` shows, each with the side it stands for (None: the
+        daemon's one log; a relay has two, relay.py)."""
+        return [(None, self.events)]
+
     def cmd_events(self, req: dict):
-        """Recent events newer than `since`; with `follow`, a stream of them as they happen."""
+        """Recent events newer than `since`, in time order (marked with their ``side`` where
+        the daemon has several logs); with `follow`, a stream of them as they happen."""
         since = req.get("since", 0)
-        backlog = [e for e in self.events.recent if e["ts"] > since]
+        sources = self.event_sources()
+        backlog = sorted((e if side is None else {**e, "side": side}
+                          for side, log_ in sources for e in log_.recent if e["ts"] > since),
+                         key=lambda e: e["ts"])
         if not req.get("follow"):
             return backlog
         queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
+        taps = [(log_, queue if side is None else SideTap(queue, side)) for side, log_ in sources]
 
         async def follow():
-            self.events.subscribers.add(queue)
+            for log_, tap in taps:
+                log_.subscribers.add(tap)
             try:
                 for e in backlog:
                     yield e
                 while self.running:
                     yield await queue.get()
             finally:
-                self.events.subscribers.discard(queue)
+                for log_, tap in taps:
+                    log_.subscribers.discard(tap)
         return follow()
 
     def cmd_stop(self, req: dict) -> dict:

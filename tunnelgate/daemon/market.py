@@ -32,6 +32,22 @@ def peer_text(peer: bytes | None) -> str | None:
     return base64.b64encode(peer).decode() if peer else None
 
 
+class SideTap:
+    """An EventLog subscriber that marks each event with the side of the daemon it came from
+    (a relay's "downstream" or "upstream") and passes it to a queue several logs share."""
+
+    __slots__ = ("queue", "side")
+
+    def __init__(self, queue, side: str) -> None:
+        self.queue, self.side = queue, side
+
+    def full(self) -> bool:
+        return self.queue.full()
+
+    def put_nowait(self, rec: dict) -> None:
+        self.queue.put_nowait({**rec, "side": self.side})
+
+
 class EventLog:
     """Contract events: logged, kept in memory for `status`/`events`, stored in SQLite."""
 

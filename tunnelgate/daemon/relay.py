@@ -18,7 +18,6 @@ first packet's price is the upstream one), and both must stop together.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -255,30 +254,10 @@ class RelayDaemon(GatewayDaemon):
 
     # --- events ---------------------------------------------------------------------------
 
-    def cmd_events(self, req: dict):
-        """Both sides' events in time order, each with its ``side``: "downstream" (what the
-        relay sells) or "upstream" (what it buys, its own market's moves); with ``follow``,
-        a stream of both."""
-        since = req.get("since", 0)
-        backlog = sorted([{**e, "side": side} for side, log_ in (("downstream", self.events), ("upstream", self.up.events))
-                          for e in log_.recent if e["ts"] > since], key=lambda e: e["ts"])
-        if not req.get("follow"):
-            return backlog
-        queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
-        taps = [(log_, _Tap(queue, side)) for side, log_ in (("downstream", self.events), ("upstream", self.up.events))]
-
-        async def follow():
-            for log_, tap in taps:
-                log_.subscribers.add(tap)
-            try:
-                for e in backlog:
-                    yield e
-                while self.running:
-                    yield await queue.get()
-            finally:
-                for log_, tap in taps:
-                    log_.subscribers.discard(tap)
-        return follow()
+    def event_sources(self):
+        """Both sides' events (base.cmd_events): "downstream" what the relay sells, "upstream"
+        what it buys and its own market's moves."""
+        return [("downstream", self.events), ("upstream", self.up.events)]
 
     # --- status ---------------------------------------------------------------------------
 
@@ -292,18 +271,3 @@ class RelayDaemon(GatewayDaemon):
         st["upstream"] = self.up.status()
         return st
 
-
-class _Tap:
-    """An EventLog subscriber (market.EventLog.note) that marks each event with the relay's
-    side it came from and passes it to one queue shared by both sides."""
-
-    __slots__ = ("queue", "side")
-
-    def __init__(self, queue: asyncio.Queue, side: str) -> None:
-        self.queue, self.side = queue, side
-
-    def full(self) -> bool:
-        return self.queue.full()
-
-    def put_nowait(self, rec: dict) -> None:
-        self.queue.put_nowait({**rec, "side": self.side})

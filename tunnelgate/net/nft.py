@@ -285,12 +285,12 @@ def srcnat_ruleset(tun: str, own: list[str], routes_: list[tuple[str, str]]) -> 
     fixes the IP and L4 checksums), so a destination that moves is translated from its
     next packet on, with no conntrack binding left over.
 
-    What a relay forwards into ``tun`` (its buyers' packets, masqueraded to the TUN's own
-    address at srcnat) never passes the output hook: the postrouting chain, after the
-    masquerade, translates it the same way (without it a relay whose market moved D to
-    an upstream that leased another address sent it packets that upstream drops as
-    spoofed); the replies come back through the same prerouting rule, before conntrack
-    undoes the masquerade. Locally sent packets were translated at output already."""
+    At postrouting, after NAT (priority 110): what the host sends and what a relay
+    forwards into ``tun`` (its buyers' packets, masqueraded to the TUN's own address at
+    srcnat) alike; at the output hook, as this was first, a relay's forwarded packets were
+    never translated, and after its market moved D to an upstream that leased another
+    address that upstream dropped them as spoofed. Conntrack has recorded the own address
+    either way; the replies get it back at prerouting before conntrack looks."""
     _check_ifname(tun, "tun")
     owns = {ipaddress.ip_address(a).version: ipaddress.ip_address(a) for a in own}
     out, back, seen = [], [], set()
@@ -312,11 +312,6 @@ def srcnat_ruleset(tun: str, own: list[str], routes_: list[tuple[str, str]]) -> 
     t = srcnat_table_name(tun)
     body = "\n".join(out)
     return f"""table {FAMILY} {t} {{
-    chain output {{
-        type filter hook output priority mangle; policy accept;
-        oifname != "{tun}" accept
-{body}
-    }}
     chain postrouting {{
         type filter hook postrouting priority 110; policy accept;
         oifname != "{tun}" accept

@@ -20,9 +20,9 @@ def test_destinations_of_other_gateways_leave_with_their_lease_and_answers_come_
     assert 'iifname "tg0" ip daddr 100.64.1.2 ip daddr set 100.64.0.2' in lines
     assert 'iifname "tg0" ip6 daddr fd64:1::2 ip6 daddr set fd64::2' in lines
     assert sum("daddr set" in l for l in lines) == 2 and "priority raw" in text
-    # what a relay forwards into the TUN is translated too, after its masquerade (srcnat, 100)
-    post = lines[lines.index("type filter hook postrouting priority 110; policy accept;") + 1:]
-    assert post[0] == 'oifname != "tg0" accept' and post[1:5] == out[:4]
+    # after NAT (srcnat, 100), so what a relay forwards into the TUN is translated too
+    assert "type filter hook postrouting priority 110; policy accept;" in lines
+    assert "hook output" not in text
 
 
 def test_a_family_without_an_own_address_or_a_bad_interface_is_refused():

@@ -146,8 +146,7 @@ class Resale:
             if known is not None:       # a quote: the price it buys at, though none is in stock now
                 return Offer(known[0], known[1], limit_kb=0)
             return Unavailable(f"upstream price for {dest} not known yet: the relay buys it with the first packet")
-        if d is None:
-            d = self.dests[dest] = Dest(dest)
+        d = self._dest(dest)
         d.wanted = max(d.wanted, self.policy.shortfall_kb(have, sold + need))     # one more contract
         return PENDING
 

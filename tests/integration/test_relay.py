@@ -165,10 +165,9 @@ def test_kill9_upstream_of_the_relay_moves_the_client_to_its_other_gateway(relay
         print("moved to gw2", round(took, 1), "s after kill -9:", moved[0]["reason"])
     finally:
         ping.kill()
-        out, _ = ping.communicate()
-    # answers came back after the move, through gw2 (the only path left to up)
-    before = env.status("gw2")["stats"].get("rx_packets", 0)
-    assert before > 0
+        ping.communicate()
+    # answers come back after the move, through gw2 (the only path left to up)
+    assert env.status("gw2")["stats"].get("rx_packets", 0) > 0
     lab.run("client", "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", UPSTREAM, timeout=20)
     grace = env.status("relay1")["pricing"]["grace_time_s"]
     assert took < grace, f"moved after {took:.1f} s, the relay's grace is {grace} s"

@@ -87,9 +87,25 @@ def parse_iperf(out: str) -> dict:
             "retransmits": d["end"].get("sum_sent", {}).get("retransmits")}
 
 
+# iperf3 -C: the senders' TCP congestion control; None: the namespace's default
+CONGESTION: list[str | None] = [None]
+
+
+def cc_args() -> list[str]:
+    return ["-C", CONGESTION[0]] if CONGESTION[0] else []
+
+
+def default_cc() -> str:
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    except OSError:
+        return "?"
+
+
 def iperf(lab, seconds: float, streams: int = 1, dst: str = UPSTREAM, reverse: bool = False) -> dict:
     """reverse: the upstream host sends (iperf3 -R), a download through the tunnel."""
-    cmd = ["iperf3", "-c", dst, "-t", str(seconds), "-P", str(streams), "-J", "--connect-timeout", "3000"]
+    cmd = ["iperf3", "-c", dst, "-t", str(seconds), "-P", str(streams), "-J", "--connect-timeout", "3000",
+           *cc_args()]
     if reverse:
         cmd.append("-R")
     last = ""
@@ -121,7 +137,7 @@ def ping(lab, count: int = 20, interval: float = 0.05, dst: str = UPSTREAM) -> d
 
 
 def ping_under_load(lab, seconds: float, dst: str = UPSTREAM) -> dict:
-    cmd = ["iperf3", "-c", dst, "-t", str(seconds), "-J", "--connect-timeout", "3000"]
+    cmd = ["iperf3", "-c", dst, "-t", str(seconds), "-J", "--connect-timeout", "3000", *cc_args()]
     p = lab.popen(lab.client, *cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(min(1.0, seconds / 4))
@@ -475,7 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-fetch", action="store_true", help="do not download the sid wireguard-go")
     ap.add_argument("--ipv6", action="store_true",
                     help="every row over IPv6 (the upstream's 2001:2:0:2::2; dual-stack tunnels)")
+    ap.add_argument("--cc", metavar="NAME",
+                    help="TCP congestion control of the iperf3 senders (iperf3 -C: cubic, bbr, reno); "
+                         "default: the machine's (net.ipv4.tcp_congestion_control)")
     a = ap.parse_args(argv)
+    CONGESTION[0] = a.cc
     runs = a.runs or (1 if a.quick else 3)
     seconds = a.time or (2 if a.quick else 5)
     if os.geteuid() != 0:
@@ -525,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"versions: {platform.node()} kernel {platform.release()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, "
-          f"{subprocess.run(['iperf3', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}")
+          f"{subprocess.run(['iperf3', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}, "
+          f"TCP congestion control {a.cc or default_cc() + ' (the machine default)'}")
     for r in rows:
         if r.version:
             print(f"  {r.name}: {r.version}")

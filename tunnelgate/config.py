@@ -715,6 +715,8 @@ def _pricing(r: _Reader, methods: tuple[str, ...]) -> Pricing:
         max_rounds=t.integer("max_rounds", d.max_rounds, 1, MAX_ROUND, why=w),
         no_deal_backoff_s=t.integer("no_deal_backoff_s", d.no_deal_backoff_s, 0, wire, unit="seconds",
                                     why="the most a NO_DEAL can carry"),
+        no_upstream_backoff_s=t.integer("no_upstream_backoff_s", d.no_upstream_backoff_s, 1, wire, unit="seconds",
+                                        why="the most a NO_DEAL can carry"),
         proposal_timeout_s=t.integer("proposal_timeout_s", d.proposal_timeout_s, 1, int(MAX_DURATION_S),
                                      unit="seconds"),
     )

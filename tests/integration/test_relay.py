@@ -123,7 +123,7 @@ def test_the_gateway_refusing_the_relay_stops_downstream_with_a_reason(relay_env
     assert nd, dump(env.request("client", "events"))
 
 
-def test_kill9_of_the_gateway_ends_the_relayed_contracts(relay_env):
+def test_kill9_of_the_gateway_ends_the_relayed_contracts_and_its_restart_serves_again(relay_env):
     lab, env, _ = relay_env(1)
     ping = lab.popen("client", "ping", "-n", "-i", "0.05", "-c", "400", "-W", "1", UPSTREAM,
                      stdout=subprocess.PIPE, text=True)
@@ -142,6 +142,20 @@ def test_kill9_of_the_gateway_ends_the_relayed_contracts(relay_env):
         ping.kill()
         ping.communicate()
     assert env.status("relay1")["relay"]["gone"] == [env.public["gw"]]
+    # the gateway comes back: the client, told "no upstream" with a back-off of seconds
+    # (no_upstream_backoff_s), is sold through the relay again soon after, not a minute later
+    def refused():
+        lab.run("client", "ping", "-n", "-c", "1", "-W", "1", UPSTREAM, check=False)
+        return [e for e in events(env, "client", "no_deal") if "no upstream" in (e["reason"] or "")]
+    said = wait_for(refused, 15)
+    assert said and all(e["data"]["retry_after_s"] <= 5 for e in said), dump(said)
+    env.tg("gw", "serve", "-c", str(env.conf["gw"]))
+    back = time.monotonic()
+    assert wait_for(lambda: lab.run("client", "ping", "-n", "-c", "1", "-W", "1", UPSTREAM,
+                                    check=False).returncode == 0, 40), dump(env.request("client", "events"))
+    took = time.monotonic() - back
+    print("served again", round(took, 1), "s after the gateway restarted")
+    assert took < 20, f"served again only {took:.1f} s after the upstream came back"
 
 
 def test_kill9_upstream_of_the_relay_moves_the_client_to_its_other_gateway(relay_env):

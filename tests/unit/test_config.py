@@ -153,6 +153,7 @@ grace_kb = 500
 scope = 24
 scope6 = 64
 no_deal_backoff_s = 30
+no_upstream_backoff_s = 3
 max_rounds = 5
 proposal_timeout_s = 7
 [[pricing.route]]
@@ -173,8 +174,8 @@ def test_pricing_all_keys(tmp_path):
         default_price=500_000, floor_price=200_000,
         prefix_prices=(("198.18.2.0/24", 100_000), ("198.19.0.0/16", 0), ("2001:db8::/32", 2_000_000)),
         contract_kb=20000, contract_time_s=1800, grace_time_s=15, grace_kb=500, scope=24, scope6=64,
-        payment_methods=("dummy",), account="", max_rounds=5, no_deal_backoff_s=30, proposal_timeout_s=7,
-        strangers_kb_per_min=2000)     # not set: 4 x grace_kb
+        payment_methods=("dummy",), account="", max_rounds=5, no_deal_backoff_s=30, no_upstream_backoff_s=3,
+        proposal_timeout_s=7, strangers_kb_per_min=2000)     # not set: 4 x grace_kb
 
 
 def test_strangers_budget_set(tmp_path):
@@ -229,6 +230,7 @@ def test_pricing_integer_price_and_floor_default(tmp_path):
     ('scope6 = 64', 'scope6 = 129', ["pricing.scope6", "0 to 128"]),
     ('max_rounds = 5', 'max_rounds = 0', ["pricing.max_rounds", ">= 1"]),
     ('no_deal_backoff_s = 30', 'no_deal_backoff_s = -1', ["pricing.no_deal_backoff_s", ">= 0"]),
+    ('no_upstream_backoff_s = 3', 'no_upstream_backoff_s = 0', ["pricing.no_upstream_backoff_s", ">= 1"]),
     ('max_rounds = 5', 'max_round = 5', ["pricing.max_round", "unknown key"]),
     ('[[pricing.route]]\nprefix = "198.18.2.0/24"', '[pricing.route]\nprefix = "198.18.2.0/24"',
      ["pricing.route", "[[pricing.route]]"]),

@@ -52,7 +52,13 @@ class Pending:
 
 @dataclass(frozen=True, slots=True)
 class Unavailable:
+    """No offer. ``upstream``: the relay's upstream is why (none connected, it refused, the
+    relay is starting), which passes: the buyer is told to come back soon
+    (``Pricing.no_upstream_backoff_s``), or at ``retry_at`` (when the upstream's own back-off
+    ends, on the seller's clock) if that is later."""
     reason: str
+    upstream: bool = False
+    retry_at: float | None = None
 
 
 PENDING = Pending()

@@ -116,11 +116,11 @@ class Resale:
 
     def _answer(self, key: bytes, buy: bool, want_kb: int = 0) -> Answer:
         if self.seller is None:     # the seller restoring its flows before attach(): no sale yet
-            return Unavailable("the relay is starting: ask again")
+            return Unavailable("the relay is starting: ask again", upstream=True)
         dest = pk.prefix_text(key, self.seller.meter.plen(key))
         gw = self.gateway_for(key)
         if gw is None:
-            return Unavailable(no_upstream(dest, "no upstream gateway connected"))
+            return Unavailable(no_upstream(dest, "no upstream gateway connected"), upstream=True)
         supply = self._supply(gw, dest)
         d = self.dests.get(dest)
         sold = sum(_left(c) for c in d.sold.values()) if d is not None else 0
@@ -140,7 +140,8 @@ class Resale:
                 return Offer(c.price, c.terms.chain, limit_kb=avail)
         f = self._upstream_flow(gw, dest)
         if f is not None and f.nodeal_until:        # all sold, and the upstream will not sell more
-            return Unavailable(no_upstream(dest, f.nodeal_reason or "the upstream said no deal"))
+            return Unavailable(no_upstream(dest, f.nodeal_reason or "the upstream said no deal"), upstream=True,
+                               retry_at=f.nodeal_until)
         if not buy:
             known = self.last_price.get(dest)
             if known is not None:       # a quote: the price it buys at, though none is in stock now
@@ -225,8 +226,12 @@ class Resale:
 
     def _failed(self, d: Dest, reason: str, now: float, force: bool = False) -> None:
         d.asked_at, d.wanted = None, 0
-        self.seller.upstream_failed(d.destination, reason, now)
-        if force or not self._supply(self.gateway_for(d.net[0]), d.destination):
+        gw = self.gateway_for(d.net[0])
+        f = self._upstream_flow(gw, d.destination) if gw is not None else None
+        # the upstream's own back-off, if it said no deal: the buyers need not ask before
+        retry_at = f.nodeal_until if f is not None and f.nodeal_until > now else None
+        self.seller.upstream_failed(d.destination, reason, now, retry_at)
+        if force or not self._supply(gw, d.destination):
             self._lose(d, no_upstream(d.destination, reason), now)
 
     def _lose(self, d: Dest, reason: str, now: float) -> None:

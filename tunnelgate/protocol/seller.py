@@ -65,6 +65,9 @@ class Pricing:
     account: str = ""
     max_rounds: int = 3
     no_deal_backoff_s: int = 60
+    # a relay's NO_DEAL because of its upstream (unreachable, refused): that passes, so the
+    # buyer asks again soon instead of losing the destination for no_deal_backoff_s
+    no_upstream_backoff_s: int = 5
     proposal_timeout_s: int = 10
     usage_interval_s: float = 1.0
     held_max_packets: int = 64                  # per peer
@@ -310,8 +313,9 @@ class Seller(Grace, Holding, SellerTimers, SellerStore, SellerView, SellerUpstre
                                             account, rnd, t.grace_s, t.grace_kb, t.chain or None)))
         self._emit(E.Proposed, c, price=price, round=rnd)
 
-    def _no_deal(self, f: Flow, c: Contract | None, reason: str, now: float) -> None:
-        backoff = self.pricing.no_deal_backoff_s
+    def _no_deal(self, f: Flow, c: Contract | None, reason: str, now: float, backoff: int | None = None) -> None:
+        if backoff is None:
+            backoff = self.pricing.no_deal_backoff_s
         if c is not None and c.state is State.PROPOSED:
             self._close(c, Ev.NO_DEAL, reason, now)
         self._set_proposal(f, None)

@@ -8,11 +8,14 @@ packets held as for any proposal, and counted as an open proposal of its peer (s
 cannot make the relay buy upstream for unbounded destinations).  The relay's glue calls
 ``upstream_ready(dest)`` when the upstream answer arrived (the flow asks the pricer again and
 proposes) or ``upstream_failed(dest, reason)`` (NO_DEAL "no upstream for D: reason", held
-packets dropped).  The seller has no timer of its own for this: the glue bounds the upstream
+packets dropped, the buyer told to ask again after ``no_upstream_backoff_s``: an upstream
+that is unreachable now may be back in seconds).  The seller has no timer of its own for this: the glue bounds the upstream
 purchase (protocol/resale.py ``Resale.poll``) and fails the flows at once on the upstream's
 refusal (``Resale.on_events``)."""
 
 from __future__ import annotations
+
+import math
 
 from tunnelgate import packet as pk
 from tunnelgate.meter import Flow
@@ -54,9 +57,18 @@ class SellerUpstream:
             self.books[f.peer].proposals += 1
             self._emit(E.UpstreamWait, None, f=f, reason="buying upstream before proposing")
         else:
-            self._no_deal(f, None, a.reason, now)
+            self._no_deal(f, None, a.reason, now, self._upstream_backoff(now, a.retry_at) if a.upstream else None)
             return False
         return True
+
+    def _upstream_backoff(self, now: float, retry_at: float | None = None) -> int:
+        """Seconds a NO_DEAL caused by the upstream keeps the buyer away: no_upstream_backoff_s,
+        or until the upstream's own back-off ends if later (asking sooner only meets the same
+        refusal); never beyond what a NO_DEAL can carry."""
+        backoff = self.pricing.no_upstream_backoff_s
+        if retry_at is not None:
+            backoff = max(backoff, math.ceil(retry_at - now))
+        return min(backoff, m.MAX_U32)
 
     def _on_quote(self, peer: bytes, msg: m.QuoteRequest, now: float) -> None:
         """The terms a proposal would carry now, its chain included; nothing bought, no state."""
@@ -116,11 +128,12 @@ class SellerUpstream:
             if sized is not None:
                 self._open(f, now, *sized)
 
-    def upstream_failed(self, destination: str, reason: str, now: float) -> None:
-        """No upstream for destination: the flows waiting for it get NO_DEAL with the reason."""
+    def upstream_failed(self, destination: str, reason: str, now: float, retry_at: float | None = None) -> None:
+        """No upstream for destination: the flows waiting for it get NO_DEAL with the reason
+        (``retry_at``: when the upstream's own back-off ends, if it said no deal)."""
         for f in self._waiting_under(destination):
             if self._unwait(f) is not None:
-                self._no_deal(f, None, no_upstream(f.destination, reason), now)
+                self._no_deal(f, None, no_upstream(f.destination, reason), now, self._upstream_backoff(now, retry_at))
 
     def stop_destination(self, destination: str, reason: str, now: float) -> list[str]:
         """The upstream for destination ended: every contract sold for it (current, queued,
@@ -136,7 +149,7 @@ class SellerUpstream:
             for f in [f for f in b.flows.values() if _under(f.key, net)]:
                 if f.proposal is not None:
                     stopped.append(f.proposal.contract_id)
-                    self._no_deal(f, f.proposal, reason, now)
+                    self._no_deal(f, f.proposal, reason, now, self._upstream_backoff(now))
                 for c in [*f.queue, *([f.current] if f.current is not None else [])]:
                     if c.state not in FORWARDING and c.state is not State.ACCEPTED:
                         continue

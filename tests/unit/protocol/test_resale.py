@@ -221,6 +221,47 @@ def test_no_upstream_gateway_is_a_no_deal_with_the_reason_not_silence():
     assert nd.reason.startswith(f"no upstream for {DEST}") and nd.retry_after_s > 0
 
 
+def test_no_upstream_keeps_the_client_away_for_seconds_not_the_no_deal_back_off():
+    # an upstream that is not connected now may be back in seconds: the client is told to ask
+    # again after no_upstream_backoff_s (5 s), not no_deal_backoff_s (60 s), and is sold then
+    relay = Relay(R1, None)
+    net = Net(Buyer(policy(), own_key=CLIENT), {R1: relay, GW: gateway()})
+    assert first_packet(net, R1) == DROP
+    net.run()
+    [nd] = [e for e in net.client_events if type(e) is E.NoDeal]
+    assert nd.retry_after_s == Pricing(1, 1).no_upstream_backoff_s == 5
+    relay.upstream = GW                                     # the upstream is back
+    net.now = NOW + 4
+    assert first_packet(net, R1) == DROP                    # still within the back-off
+    net.now = NOW + 5
+    assert first_packet(net, R1) == HELD                    # asks the upstream again
+    net.run()
+    [c] = [c for c in net.client.contract_list() if c.state.value != "no_deal"]
+    assert c.terms.chain[0][0] == GW and c.price == up(P0)
+
+
+def test_a_relay_passes_on_its_upstreams_back_off_not_a_shorter_one():
+    # the upstream said no deal for 60 s: asking the relay sooner would only meet it again
+    relay = Relay(R1, GW, max_price="0.3")
+    net = Net(Buyer(policy(), own_key=CLIENT), {R1: relay, GW: gateway()})
+    first_packet(net, R1)
+    net.run()
+    [nd] = [e for e in net.client_events if type(e) is E.NoDeal]
+    assert nd.retry_after_s == Pricing(1, 1).no_deal_backoff_s == 60
+    net.now = NOW + 59
+    relay.buyer.poll(net.now)
+    relay.seller.poll(net.now)
+    assert first_packet(net, R1) == DROP
+    net.now = NOW + 60
+    relay.buyer.poll(net.now)                               # the daemon's tick
+    relay.seller.poll(net.now)
+    net.client_events.clear()
+    assert first_packet(net, R1) == HELD                    # both back-offs over: asked again
+    net.run()
+    [nd] = [e for e in net.client_events if type(e) is E.NoDeal]
+    assert nd.retry_after_s == 60 and "floor" in nd.reason
+
+
 def test_upstream_no_deal_reaches_the_client_as_no_upstream():
     # the gateway asks more than the relay will pay upstream, and does not come down
     relay = Relay(R1, GW, max_price="0.3")

@@ -268,7 +268,8 @@ class Saver:
                     self.engine.mark_all_dirty()
                 self._migrate = True
                 return True
-            snap = self.store.load_records(self.name)
+            # the newest ended records: as many as the engine keeps (tombstones), not all ever
+            snap = self.store.load_records(self.name, ended_keep=self.engine.tombstones.cap)
             if snap is None:
                 return False
             with self.lock:

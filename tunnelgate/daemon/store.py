@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+from tunnelgate.protocol.contract import TERMINAL
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS peers (
     public_key TEXT PRIMARY KEY,
@@ -83,6 +85,11 @@ _EVENT_INSERT = ("INSERT INTO events (ts, kind, contract_id, peer, destination, 
                  "VALUES (?,?,?,?,?,?,?,?)")
 # ids only grow (AUTOINCREMENT): all but the newest N rows
 _EVENT_TRIM = "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?"
+
+
+# a contract record's state, for the queries that tell ended records from the others
+_STATE = "json_extract(data, '$.state')"
+_ENDED = "(" + ",".join(f"'{s.value}'" for s in sorted(TERMINAL, key=lambda s: s.value)) + ")"
 
 
 class StoreError(Exception):
@@ -177,15 +184,20 @@ class Store:
             if drop_snapshot:
                 db.execute("DELETE FROM snapshots WHERE name=?", (name,))
 
-    def load_records(self, name: str) -> dict | None:
+    def load_records(self, name: str, ended_keep: int | None = None) -> dict | None:
         """The records save_changes wrote, as a whole snapshot (``engine.restore`` format);
-        None when there are none."""
+        None when there are none.  ``ended_keep``: of the ended contracts' records (kept for
+        ever: the history) only the newest that many, as the engine keeps no more of them in
+        memory; reading all of them made a restart slower with every contract ever sold."""
+        ended = ("" if ended_keep is None else
+                 f" WHERE {_STATE} NOT IN {_ENDED} UNION ALL SELECT * FROM (SELECT data, used, up, down "
+                 f"FROM contracts WHERE {_STATE} IN {_ENDED} ORDER BY rowid DESC LIMIT {int(ended_keep)})")
         with self._lock:
             seq = self._db.execute("SELECT value FROM meta WHERE key=?", (f"{name}.seq",)).fetchone()
             if seq is None:
                 return None
             contracts = []
-            for data, used, up, down in self._db.execute("SELECT data, used, up, down FROM contracts"):
+            for data, used, up, down in self._db.execute("SELECT data, used, up, down FROM contracts" + ended):
                 d = json.loads(data)
                 d["used"], d["up"], d["down"] = used, up, down
                 contracts.append(d)

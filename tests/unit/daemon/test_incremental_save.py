@@ -98,3 +98,35 @@ def test_a_failed_save_is_written_whole_next_time(tmp_path):
     store.save_changes = real
     saver.maybe_save(w.now, force=True)
     assert _norm(store.load_records("engine")) == _norm(w.gw.snapshot())
+
+
+def test_a_restart_reads_only_the_newest_ended_records_the_engine_keeps(tmp_path):
+    # ended contracts keep their records for ever (the history); a restart reads only as many
+    # of them as the engine keeps in memory, newest first, and every live one
+    w = World(pr=pricing(contract_kb=10), loss=0)
+    store = Store(tmp_path / "db")
+    saver = Saver(store, w.gw, threading.Lock())
+    w.send()
+    w.run(1)
+    for _ in range(6):                                # six contracts run out, one after another
+        while w.send() == FORWARD:
+            pass
+        w.run(2)
+        saver.maybe_save(w.now, force=True)
+    ended = [c["contract_id"] for c in w.gw.contracts(PEER, w.now, history=True)
+             if c["state"] in ("EXHAUSTED", "EXPIRED", "REVOKED")]
+    live = {c["contract_id"] for c in w.gw.contracts(PEER, w.now)}
+    assert len(ended) >= 6 and live
+    rows = {r[0] for r in store.execute("SELECT id FROM contracts")}
+    assert set(ended) | live <= rows                 # all on disk
+    got = {d["contract_id"] for d in store.load_records("engine", ended_keep=3)["contracts"]}
+    assert got == live | set(ended[-3:])              # the newest three ended, all live
+    gw2 = Seller(pricing(contract_kb=10))
+    gw2.tombstones.cap = 3
+    asked, real = [], store.load_records
+    store.load_records = lambda name, **kw: asked.append(kw) or real(name, **kw)
+    assert Saver(store, gw2, threading.Lock()).restore(w.now)
+    assert asked == [{"ended_keep": 3}]
+    store.load_records = real
+    assert {c["contract_id"] for c in gw2.contracts(PEER, w.now, history=True)} == live | set(ended[-3:])
+    assert {d["contract_id"] for d in store.load_records("engine")["contracts"]} == rows

@@ -51,7 +51,7 @@ class Flow:
 class BuyerFlow(Flow):
     """A buyer's flow: when it asked for the next contract, and how fast it uses them."""
 
-    __slots__ = ("requested_at", "fast", "rate", "check_at")
+    __slots__ = ("requested_at", "fast", "rate", "check_at", "asked_kb")
 
     def __init__(self, peer: bytes, key: bytes, plen: int, destination: str):
         super().__init__(peer, key, plen, destination)
@@ -59,6 +59,7 @@ class BuyerFlow(Flow):
         self.fast = False              # the last contract was used up within seconds
         self.rate = 0                  # bytes/s over the last contract used up (0: unknown)
         self.check_at = None           # when the buyer's timer looks at this flow next
+        self.asked_kb = 0              # the size the last sized REQUEST asked for
 
 
 class Masker:

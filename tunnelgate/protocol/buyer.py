@@ -308,6 +308,7 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
         f.requested_at = now
         self._check_at(f, now + REQUEST_RETRY_S)
         want = self._want_kb(f, c, now) if self.books[c.peer].sized_requests else None
+        f.asked_kb = want or 0
         self._out.append((c.peer, m.Request(f.destination, want)))
         self._emit(E.RenewalRequested, c, limit_kb=want or None)
 

@@ -58,7 +58,9 @@ class Budgets:
             rate = max(rate, c.used / (now - c.activated_at))
         if c.quarter_at is not None and now > c.quarter_at:       # the recent rate
             rate = max(rate, (c.used - c.limit_bytes // 4) / (now - c.quarter_at))
-        want = min(int(rate * CONTRACT_FOR_S) // BYTES_PER_KB, GROWTH * c.limit_kb)
+        # grown from what was asked last, not from what was sold: a seller that had less in
+        # stock (a relay whose upstream quota lags) must not set the growth back each time
+        want = min(int(rate * CONTRACT_FOR_S) // BYTES_PER_KB, GROWTH * max(c.limit_kb, f.asked_kb))
         room = self._budget_room(c.peer, now)
         if room is not None and c.price:
             want = min(want, room * PRICE_SCALE // c.price)     # so that cost_msat(price, want) <= room

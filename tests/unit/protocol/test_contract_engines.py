@@ -584,6 +584,22 @@ def test_a_fast_flow_asks_for_bigger_contracts_growing_step_by_step():
 CONTRACT_FOR_S_TOLERANCE = 1.3 * budget.CONTRACT_FOR_S      # the rate is measured over a quarter contract
 
 
+def test_asks_grow_from_what_was_asked_when_the_seller_gives_less():
+    # a seller that sells less than asked (here its max_contract_kb; a relay whose upstream
+    # stock lags) must not set the growth back: the asks grow toward CONTRACT_FOR_S of
+    # traffic (5 MB/s: ~5000 KB), not stay at GROWTH x what was sold (1200 KB)
+    w = World(pr=pricing(contract_kb=100, max_contract_kb=600), po=policy(data_renewal_kb=15, time_renewal_s=5),
+              loss=0, reorder=0)
+    w.cl.book(PEER).sized_requests = True
+    w.send()
+    w.run(0.5)
+    w.stream(2500, 0.002, size=10_000)               # 5 s at 5 MB/s
+    asks = [e.limit_kb for e in w.cev if e.kind == E.RenewalRequested.kind and e.limit_kb]
+    assert max(asks) > 2 * budget.GROWTH * 600, asks
+    assert max(asks) <= 5000 * CONTRACT_FOR_S_TOLERANCE, asks
+    assert all(b <= budget.GROWTH * max(a, 600) for a, b in zip(asks, asks[1:])), asks
+
+
 def test_without_the_sized_feature_requests_carry_no_size():
     w = World(pr=pricing(contract_kb=20, max_contract_kb=600), po=policy(data_renewal_kb=15, time_renewal_s=5),
               loss=0, reorder=0)

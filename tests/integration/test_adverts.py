@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from test_discovery import ANNOUNCE
+from market_helpers import ANNOUNCE
 from tglab.configs import PORT, write_pair
 from tglab.lab import REPO_ROOT
 from tglab.topology import market_gateway

@@ -10,29 +10,8 @@ import sys
 
 import pytest
 
+from market_helpers import ANNOUNCE
 from tglab.lab import REPO_ROOT
-
-ANNOUNCE = r"""
-import asyncio, base64, json, sys, time
-from tunnelgate.daemon.discovery import Announcer
-from tunnelgate.protocol import advert as A
-from tunnelgate.session import public_key
-priv, mode, label, ep, seconds = bytes.fromhex(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
-noise = bytes.fromhex(sys.argv[7]) if len(sys.argv) > 7 else public_key(priv)   # "wrongkey": another's
-expires = int(time.time()) + (-10 if mode == "expired" else 600)
-ad = A.Advert(noise_key=noise, sign_key=A.sign_public(priv), endpoints=(ep,), price=int(sys.argv[6]),
-              seq=1, expires=expires, label=label, methods=("dummy",))
-raw = A.encode(ad, priv)
-if mode == "forge":   # same advert, one price changed after signing
-    outer = json.loads(raw); outer["b"]["price"] = 1; raw = json.dumps(outer, sort_keys=True, separators=(",", ":")).encode()
-async def main():
-    a = Announcer(["veth-c"], label, 51820)
-    await a.start(raw)
-    print("up", flush=True)
-    await asyncio.sleep(seconds)
-    await a.close()
-asyncio.run(main())
-"""
 
 BROWSE = r"""
 import asyncio, json, sys, time

@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from test_tunnel import capture_datagrams
+from datagram_capture import capture_datagrams
 from tgenv import PORT, ping
 from tglab.lab import GW_LINK
 from tunnelgate.wire import INIT

@@ -4,27 +4,22 @@ change moves a destination only past the switch margin, a killed gateway's desti
 move on, a gateway that takes money and forwards nothing is abandoned, an advert whose key
 never completes a handshake stays unverified and carries nothing."""
 
-import re
 import subprocess
 import time
 
 import pytest
 
+from market_helpers import POLICY, replies
 from tglab.market_env import dump, wait_for
 from tglab.topology import market_gateway
 
 UP = market_gateway(1)["upstream"]           # the upstream host, reachable through any gateway
 DEST = f"{UP}/32"
-POLICY = '[policy]\nmax_price = "2"\n'
 
 
 def ping(lab, count=5, interval=0.2):
     return lab.run("client", "ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", UP,
                    check=False, timeout=count * (interval + 1) + 10)
-
-
-def replies(out: str) -> list[int]:
-    return [int(m) for m in re.findall(r"icmp_seq=(\d+)", out)]
 
 
 def moved_events(env) -> list[dict]:

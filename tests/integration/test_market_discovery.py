@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from test_discovery import ANNOUNCE
-from test_market import POLICY, replies
+from market_helpers import ANNOUNCE, POLICY, replies
 from tglab.lab import REPO_ROOT
 from tglab.market_env import PORT, dump, wait_for
 from tglab.topology import market_gateway

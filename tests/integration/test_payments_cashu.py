@@ -1,36 +1,18 @@
 """The cashu backend against a real local mint (nutshell, FakeWallet, SQLite)
 on 127.0.0.1, started once for this module by scripts/mint. No root needed."""
 import asyncio
-import importlib
-import os
 import socket
 import sqlite3
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 
+from payments_helpers import ensure_cashu_installed
 from tunnelgate.payments import PaymentError, Terms, load_backend
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _ensure_installed():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            importlib.import_module("cashu.wallet.wallet")
-        return
-    except ImportError:
-        pass
-    # what scripts/setup does through scripts/install-payments; idempotent
-    r = subprocess.run([str(REPO / "scripts/install-payments")], env={**os.environ, "TUNNELGATE_SKIP_KNOTS": "1"},
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"scripts/install-payments failed:\n{r.stdout}\n{r.stderr}"
-    importlib.invalidate_caches()
-    importlib.import_module("cashu.wallet.wallet")
 
 
 def _free_port():
@@ -45,7 +27,7 @@ def run(coro):
 
 @pytest.fixture(scope="module")
 def mint(tmp_path_factory):
-    _ensure_installed()
+    ensure_cashu_installed()
     d = tmp_path_factory.mktemp("cashu")
     port = _free_port()
     r = subprocess.run([str(REPO / "scripts/mint"), "start", str(d / "mint"), "--listen", f"127.0.0.1:{port}"],

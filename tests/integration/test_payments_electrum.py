@@ -248,8 +248,8 @@ from tgenv import ping, wait_until                                    # noqa: E4
 from tglab.lab import GW_UP, UPSTREAM                            # noqa: E402
 from tunnelgate.money import cost_msat                                # noqa: E402
 from tunnelgate.protocol import messages as m                         # noqa: E402
-from test_payments_e2e import (COST, POLICY, PRICING, FakeClient, client_payments,  # noqa: E402,F401
-                               contracts, events, journal, make_env, paid, peer_credit)
+from payments_helpers import (COST, POLICY, PRICING, FakeClient, client_payments,  # noqa: E402,F401
+                              contracts, events, journal, make_env, paid, peer_credit)
 
 
 def electrum_env(make_env, world, gateway_payment: str = "", client_payment: str = "",

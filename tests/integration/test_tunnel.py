@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import struct
 import time
 
 import pytest
 
+from datagram_capture import capture_datagrams
 from tgenv import PORT, TunnelEnv, ping, wait_until
 from tglab.lab import GW_LINK, UPSTREAM, UPSTREAM6
 from tglab.configs import TUNNEL6
@@ -95,28 +95,6 @@ def test_gateway_restart_resumes_within_5s(lab, env):
         pinger.kill()
     st = env.status("client")
     assert st["connected"] and st["address"] == "100.64.0.2/24"  # same address: stable per key
-
-
-def capture_datagrams(lab, ns, iface, count, action):
-    """UDP payloads to the gateway port seen on iface while action() runs (tcpdump, pcap parsed here)."""
-    pcap = f"/tmp/{lab.prefix}-cap.pcap"
-    dump = lab.popen(ns, "tcpdump", "-i", iface, "-U", "-n", "-c", str(count), "-w", pcap,
-                     f"udp and dst port {PORT}")
-    time.sleep(1.0)
-    action()
-    try:
-        dump.wait(10)
-    except Exception:
-        dump.kill()
-    data = open(pcap, "rb").read()
-    out, off = [], 24
-    while off + 16 <= len(data):
-        incl = struct.unpack_from("<I", data, off + 8)[0]
-        frame = data[off + 16: off + 16 + incl]
-        off += 16 + incl
-        ihl = (frame[14] & 0x0F) * 4
-        out.append(frame[14 + ihl + 8:])
-    return out
 
 
 def send_udp(lab, ns, payload: bytes):

@@ -14,7 +14,7 @@ import pytest
 from tunnelgate.offload.chunks import DATA_CHUNK, chunk_kind
 from tunnelgate.session import CONTROL, DATA, Handshake
 
-from test_session import CL_PUB, GW_PUB, Lab
+from session_lab import CL_PUB, GW_PUB, Lab
 
 
 def _seal_burst(seal, rnd) -> list[bytes]:

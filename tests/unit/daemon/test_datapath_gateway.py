@@ -6,7 +6,6 @@ peers' links the gateway keeps from their addresses."""
 
 from __future__ import annotations
 
-import collections
 import ipaddress
 import socket
 import threading
@@ -16,80 +15,13 @@ from types import SimpleNamespace
 from tunnelgate import offload as off
 from tunnelgate.offload.chunks import DATA_CHUNK
 from tunnelgate.daemon import datapath_gateway
-from tunnelgate.daemon.dataplane import DataPlane
 from tunnelgate.daemon.gateway import GatewayDaemon
-from tunnelgate.daemon.links import BuyerLink, Links
+from tunnelgate.daemon.links import Links
 from tunnelgate.meter import FORWARD
-from tunnelgate.wakeups import Warmth
 
-from test_chunks import burst
-from test_offload import ipv4_tcp
-from test_session import CL_PUB, Lab
-
-OWN, OTHER = bytes([100, 64, 0, 2]), bytes([100, 64, 0, 99])
-
-
-class FakeTun:
-    vnet_hdr_len = off.VNET_LEN
-    closed = False
-
-    def __init__(self):
-        self.frames = []
-        self.replies = []       # what the kernel queues on the TUN once a frame is written
-
-    def hold_wakeups(self):
-        pass
-
-    def release_wakeups(self):
-        pass
-
-    def write_frames(self, frames):
-        self.frames += [b"".join(f) if type(f) is list else f for f in frames]
-        return len(frames)
-
-    def read_frames(self, max_reads, timeout):
-        if not self.frames:             # nothing written yet: nothing produced
-            return []
-        out, self.replies = self.replies, []
-        return out
-
-
-class ForwardAll:
-    """The engine's data-path calls, every destination covered."""
-
-    durable_seq = 0         # no contract ever ends: nothing to write through
-
-    def outbound_burst(self, peer, dst, total, n, now):
-        return FORWARD
-
-    def outbound(self, peer, dst, length, pkt, now):
-        return FORWARD
-
-    def inbound_burst(self, peer, src, total, now):
-        return FORWARD
-
-    def inbound(self, peer, src, length, now):
-        return FORWARD
-
-
-def no_handshake(hs, now):
-    raise AssertionError("no handshake expected")
-
-
-def gateway_plane(responder) -> DataPlane:
-    """A gateway's data plane: one peer (CL_PUB, tunnel address OWN, taking chunk
-    records), a UDP socket on loopback, a TUN stand-in, an engine forwarding all."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.1)
-    links = Links()
-    link = BuyerLink(CL_PUB, responder, OWN)
-    link.chunks = True
-    links.add(link)
-    stats = collections.Counter()
-    return DataPlane(sock=sock, tun=FakeTun(), receiver=responder, links=links, engine=ForwardAll(),
-                     elock=threading.Lock(), saver=SimpleNamespace(written_seq=0), stats=stats,
-                     warmth=Warmth(stats), on_handshake=no_handshake)
+from gateway_plane import OTHER, OWN, ForwardAll, gateway_plane
+from packets import burst, ipv4_tcp
+from session_lab import Lab
 
 
 def sealed_burst(lab, src: bytes, seq: int) -> list[bytes]:

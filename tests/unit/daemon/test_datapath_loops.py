@@ -22,17 +22,8 @@ from tunnelgate.daemon.links import Links, SellerLink
 from tunnelgate.session import DATA
 from tunnelgate.wakeups import IDLE_WAIT_S, WARM_WAIT_S, Wakeups, Warmth
 
-from test_datapath_gateway import OWN, FakeTun, gateway_plane
-from test_offload import ipv4_tcp
-from test_session import CL_PUB, GW_PUB, Lab
-
-UPSTREAM = bytes([198, 18, 2, 2])
-
-
-def _tcp(src: bytes, dst: bytes, payload: bytes = b"") -> bytes:
-    pkt = bytearray(ipv4_tcp(payload, seq=1, flags=off.ACK))
-    pkt[12:16], pkt[16:20] = src, dst
-    return bytes(pkt)
+from gateway_plane import OWN, UPSTREAM, FakeTun, gateway_plane, tcp
+from session_lab import CL_PUB, GW_PUB, Lab
 
 
 class QueuedTun(FakeTun):
@@ -108,8 +99,8 @@ def test_the_gateway_sender_takes_the_datagrams_waiting_after_its_batch():
     peer.bind(("127.0.0.1", 0))
     peer.settimeout(5)
     lab.gw._peers[CL_PUB].endpoint = peer.getsockname()
-    down, up = _tcp(UPSTREAM, OWN, b"d" * 100), _tcp(OWN, UPSTREAM)
-    more = _tcp(UPSTREAM, OWN, b"m" * 50)          # what the kernel queues once `up` is written
+    down, up = tcp(UPSTREAM, OWN, b"d" * 100), tcp(OWN, UPSTREAM)
+    more = tcp(UPSTREAM, OWN, b"m" * 50)          # what the kernel queues once `up` is written
     log = []
     gw.tun = LoggedTun([off.VNET_PLAIN + down], log)
     gw.tun.replies = [off.VNET_PLAIN + more]
@@ -147,7 +138,7 @@ def test_the_receiver_waits_long_until_traffic_comes_then_wakes_often():
         deadline = time.monotonic() + 5
         while not waits() and time.monotonic() < deadline:
             time.sleep(0.01)
-        sender.sendto(lab.client.seal(DATA, _tcp(OWN, UPSTREAM, b"x"), lab.now), gw.sock.getsockname())
+        sender.sendto(lab.client.seal(DATA, tcp(OWN, UPSTREAM, b"x"), lab.now), gw.sock.getsockname())
         while len(waits()) < 4 and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
@@ -197,7 +188,7 @@ def test_the_client_receiver_sends_the_reply_its_tun_write_produced():
     lab.connect()
     d, gateway = _client(lab, FakeTun(), Engine())
     sock = d.sock
-    down, ack = _tcp(UPSTREAM, OWN, b"d" * 100), _tcp(OWN, UPSTREAM)
+    down, ack = tcp(UPSTREAM, OWN, b"d" * 100), tcp(OWN, UPSTREAM)
     d.tun.replies = [off.VNET_PLAIN + ack]          # what the kernel queues once `down` is written
     gateway.sendto(lab.gw.seal(CL_PUB, DATA, down, lab.now), sock.getsockname())
     try:
@@ -226,7 +217,7 @@ def test_the_client_sender_meters_after_writing_the_answer_already_waiting():
     lab.now = time.monotonic()
     lab.connect()
     log = []
-    up, down = _tcp(OWN, UPSTREAM, b"u" * 60), _tcp(UPSTREAM, OWN, b"d" * 100)
+    up, down = tcp(OWN, UPSTREAM, b"u" * 60), tcp(UPSTREAM, OWN, b"d" * 100)
     d, gateway = _client(lab, LoggedTun([off.VNET_PLAIN + up], log), LoggedEngine(log))
     # the answer is already waiting when the sender takes the socket after its send
     gateway.sendto(lab.gw.seal(CL_PUB, DATA, down, lab.now), d.sock.getsockname())

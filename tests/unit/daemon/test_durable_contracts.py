@@ -12,7 +12,7 @@ restores it from the store and reconciles it with the journal, as the daemons do
 import threading
 
 import pytest
-from test_contract_engines import DST, PEER, World, policy, pricing
+from engine_world import DST, PEER, World, policy, pricing
 
 from tunnelgate.protocol import events as E
 from tunnelgate import packet as pk
@@ -169,7 +169,7 @@ def _dec(raw):
 
 
 def _ip(dst, size):
-    from test_contract_engines import ip4
+    from engine_world import ip4
     return ip4(dst, size)
 
 

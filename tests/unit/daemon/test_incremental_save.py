@@ -4,7 +4,7 @@ and restored from the rows; an older single-blob snapshot is migrated."""
 import json
 import threading
 
-from test_contract_engines import DST, PEER, World, pricing
+from engine_world import DST, PEER, World, pricing
 
 from tunnelgate import packet as pk
 from tunnelgate.daemon.market import Saver

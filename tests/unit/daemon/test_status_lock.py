@@ -11,7 +11,7 @@ import collections
 import threading
 import types
 
-from test_contract_engines import World
+from engine_world import World
 from tunnelgate.daemon.base import Daemon
 from tunnelgate.daemon.client import ClientDaemon
 from tunnelgate.daemon.gateway import GatewayDaemon

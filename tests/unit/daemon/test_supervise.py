@@ -14,9 +14,8 @@ import time
 from tunnelgate.daemon import datapath_gateway, supervise as sv
 from tunnelgate.session import DATA
 
-from test_datapath_gateway import OWN, gateway_plane
-from test_datapath_loops import UPSTREAM, _tcp
-from test_session import Lab
+from gateway_plane import OWN, UPSTREAM, gateway_plane, tcp
+from session_lab import Lab
 
 
 def test_a_receive_thread_whose_handler_raises_is_restarted_and_traffic_continues(monkeypatch, caplog):
@@ -45,10 +44,10 @@ def test_a_receive_thread_whose_handler_raises_is_restarted_and_traffic_continue
     worker.start()
     try:
         deadline = time.monotonic() + 10
-        sender.sendto(lab.client.seal(DATA, _tcp(OWN, UPSTREAM, b"lost"), lab.now), gw.sock.getsockname())
+        sender.sendto(lab.client.seal(DATA, tcp(OWN, UPSTREAM, b"lost"), lab.now), gw.sock.getsockname())
         while gw.stats["thread_restarts"] < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        sender.sendto(lab.client.seal(DATA, _tcp(OWN, UPSTREAM, b"after"), lab.now), gw.sock.getsockname())
+        sender.sendto(lab.client.seal(DATA, tcp(OWN, UPSTREAM, b"after"), lab.now), gw.sock.getsockname())
         while gw.stats["rx_packets"] < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         alive = worker.is_alive()

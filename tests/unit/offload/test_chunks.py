@@ -17,17 +17,7 @@ from tunnelgate.offload.chunks import CHUNKS_MAX, DATA_CHUNK, OPENABLE_KINDS, ch
 from tunnelgate.daemon.base import features
 from tunnelgate.replay import ReplayWindow
 
-from test_offload import ipv4_tcp, ipv6_tcp, tcp6_ok, tcp_ok, tso6_frame, tso_frame
-
-TS_OPTS = b"\x01\x01\x08\x0a" + bytes(range(8))
-
-
-def burst(size: int, mss: int, flags=off.ACK | off.PSH, opts=TS_OPTS, seq=4_294_960_000, ip_id=65530,
-          v6: bool = False):
-    """A TSO read (virtio frame) and the segments the kernel's GSO would cut from it."""
-    make, cut = (tso6_frame, off.tcp6_segments) if v6 else (tso_frame, off.tcp4_segments)
-    frame = make(os.urandom(size), mss, flags=flags, opts=opts, seq=seq, ip_id=ip_id)
-    return frame, cut(frame[off.VNET_LEN:], mss)
+from packets import burst, ipv4_tcp, ipv6_tcp, tcp6_ok, tcp_ok
 
 
 def valid(pkt) -> bool:

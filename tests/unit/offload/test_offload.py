@@ -11,64 +11,7 @@ import pytest
 
 from tunnelgate import offload as off
 
-
-def ref_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def tcp_ok(pkt: bytes) -> bool:
-    ihl = (pkt[0] & 15) * 4
-    pseudo = pkt[12:20] + bytes([0, pkt[9]]) + (len(pkt) - ihl).to_bytes(2, "big")
-    return ref_sum(pseudo + pkt[ihl:]) == 0xFFFF and ref_sum(pkt[:ihl]) == 0xFFFF
-
-
-def ipv4_tcp(payload: bytes, seq=1000, flags=off.ACK | off.PSH, ip_id=7, opts=b"", ack=55,
-             window=512, partial=False) -> bytes:
-    thl = 20 + len(opts)
-    total = 20 + thl + len(payload)
-    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, ip_id, 0x4000, 64, 6, 0,
-                               bytes([100, 64, 0, 2]), bytes([198, 18, 2, 2])))
-    ip[10:12] = off.ip_header_checksum(ip).to_bytes(2, "big")
-    tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 5201, seq, ack, (thl // 4) << 4, flags,
-                                window, 0, 0) + opts)
-    pkt = bytes(ip) + bytes(tcp) + payload
-    seeded = off.reseed_partial(pkt)
-    return seeded if partial else off.complete_checksum(seeded, 20, 16)
-
-
-def tso_frame(payload: bytes, mss: int, **kw) -> bytes:
-    big = ipv4_tcp(payload, partial=True, **kw)
-    thl = (big[32] >> 4) * 4
-    return off.VNET.pack(off.F_NEEDS_CSUM, off.GSO_TCPV4, 20 + thl, mss, 20, 16) + big
-
-
-SRC6, DST6 = bytes.fromhex("fd647467" + "00" * 11 + "02"), bytes.fromhex("20010002000000020000000000000002")
-
-
-def tcp6_ok(pkt: bytes) -> bool:
-    pseudo = pkt[8:40] + (len(pkt) - 40).to_bytes(4, "big") + bytes([0, 0, 0, pkt[6]])
-    return ref_sum(pseudo + pkt[40:]) == 0xFFFF
-
-
-def ipv6_tcp(payload: bytes, seq=1000, flags=off.ACK | off.PSH, opts=b"", ack=55, window=512,
-             partial=False, **_) -> bytes:
-    """An IPv6 TCP packet (ip_id, IPv4 only, is accepted and ignored)."""
-    thl = 20 + len(opts)
-    ip = struct.pack("!IHBB16s16s", 0x60012345, thl + len(payload), 6, 64, SRC6, DST6)
-    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, seq, ack, (thl // 4) << 4, flags, window, 0, 0) + opts
-    seeded = off.reseed_partial(ip + tcp + payload)
-    return seeded if partial else off.complete_checksum(seeded, 40, 16)
-
-
-def tso6_frame(payload: bytes, mss: int, **kw) -> bytes:
-    big = ipv6_tcp(payload, partial=True, **kw)
-    thl = (big[52] >> 4) * 4
-    return off.VNET.pack(off.F_NEEDS_CSUM, off.GSO_TCPV6, 40 + thl, mss, 40, 16) + big
+from packets import DST6, SRC6, ipv4_tcp, ipv6_tcp, ref_sum, tcp6_ok, tcp_ok, tso6_frame, tso_frame
 
 
 def test_complete_checksum_matches_reference():

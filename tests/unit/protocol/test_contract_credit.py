@@ -8,7 +8,7 @@ from tunnelgate.protocol.credit import MemoryCredit
 from tunnelgate.protocol.seller import Seller
 from tunnelgate.protocol.messages import encode
 
-from test_contract_engines import DST, PEER, World, policy, pricing
+from engine_world import DST, PEER, World, policy, pricing
 
 COST = 50       # 100 KB at 0.5 msat/KB
 

@@ -14,7 +14,7 @@ from tunnelgate.protocol import messages as m
 from tunnelgate.protocol.buyer import Buyer, ClientPolicy
 from tunnelgate.protocol.seller import Pricing, Seller
 
-from test_contract_engines import DST, PEER, World, ip4, policy, pricing
+from engine_world import DST, PEER, World, ip4, policy, pricing
 from tglab.engines import EngineBuilder
 
 NOW = 1_000_000.0

@@ -9,9 +9,9 @@ cannot make the relay buy upstream for unbounded destinations).  The relay's glu
 ``upstream_ready(dest)`` when the upstream answer arrived (the flow asks the pricer again and
 proposes) or ``upstream_failed(dest, reason)`` (NO_DEAL "no upstream for D: reason", held
 packets dropped, the buyer told to ask again after ``no_upstream_backoff_s``: an upstream
-that is unreachable now may be back in seconds).  The seller has no timer of its own for this: the glue bounds the upstream
-purchase (protocol/resale.py ``Resale.poll``) and fails the flows at once on the upstream's
-refusal (``Resale.on_events``)."""
+that is unreachable now may be back in seconds).  The seller has no timer of its own for
+this: the glue bounds the upstream purchase (protocol/resale.py ``Resale.poll``) and fails
+the flows at once on the upstream's refusal (``Resale.on_events``)."""
 
 from __future__ import annotations
 

@@ -481,7 +481,7 @@ class ClientDaemon(Daemon):
             elif type(ev) is E.Paid:
                 self.store.set_client_payment_state(ev.contract_id, "confirmed")
             elif type(ev) is E.Quote:
-                self.market.on_quote(ev, time.monotonic())
+                self.market.on_quote(ev, time.monotonic(), wall)
         self.channels.flush(time.monotonic())
         self.poke()             # a channel's retransmit or the session's keepalive may be due sooner
 

@@ -43,6 +43,7 @@ UNSERVED_S = 3.0              # paid, sending, and nothing back for this long: n
 UNSERVED_UP_BYTES = 1000      # ... with at least this much sent meanwhile
 IDLE_PROBE_S = 2.0            # an idle gateway's probe (keepalive, RTT, loss, price)
 MAX_DESTINATIONS = 1024       # destinations chosen for (beyond: they follow the default)
+REQUOTE_S = 5.0               # a refusal's lifting QUOTE unanswered this long: asked again
 # a gateway's whole advert (its priced prefixes) is fetched again when its quoted default
 # price changes or the advert is this close to expiring, at most once per ADVERT_REFETCH_S
 # (the gateway answers one ADVERT_REQUEST per 10 s per peer beyond its first three)
@@ -73,8 +74,9 @@ class Gateway:
     probe_seq: int = 0
     next_quote: int = 0               # round robin over destinations
     advert_asked: float | None = None  # the latest ADVERT_REQUEST sent to it (monotonic)
-    # destination -> (wall time until which it said no deal, its reason): a relay whose
-    # upstream is gone, a gateway refusing; no offer for that destination meanwhile
+    # destination -> (wall time until which it said no deal, its reason, when the QUOTE that
+    # may lift it was asked or None): a relay whose upstream is gone, a gateway refusing; no
+    # offer for that destination meanwhile, and after it only once a QUOTE says it would sell
     refusals: dict = field(default_factory=dict)
 
     def price(self, dest: str) -> int | None:
@@ -239,13 +241,18 @@ class Market:
         self.quote(key, dest)
         return True
 
-    def on_quote(self, ev, now: float) -> None:
+    def on_quote(self, ev, now: float, wall: float) -> None:
         """A QUOTE from a gateway: the answer to its oldest outstanding request (it answers
-        in order): the price for what was asked, the probe's round trip, a user's future."""
+        in order): the price for what was asked, the probe's round trip, a user's future;
+        whether it would sell that destination now (a refusal starts, goes on, or ends)."""
         gw = self.gateways.get(ev.counterpart)
         if gw is None or not gw.probes:
             return
         probe, dest, fut = gw.probes.popleft()
+        if ev.retry_after_s:
+            self._refuse(gw, dest, wall + ev.retry_after_s, ev.reason or "no deal")
+        elif dest in gw.refusals and gw.refusals[dest][0] <= wall:
+            del gw.refusals[dest]           # over, and it would sell again: an offer again
         old = gw.quotes.get(dest)
         gw.quotes[dest] = ev.price
         if dest in DEFAULTS and old is not None and old != ev.price:
@@ -295,12 +302,17 @@ class Market:
             # it will not sell this destination now: another gateway may, at once (choose
             # runs after the events of this round), until its back-off ends
             gw = self.gateways.get(key)
-            if gw is not None and len(gw.refusals) < MAX_DESTINATIONS:
-                gw.refusals[ev.destination] = (wall + max(1, ev.retry_after_s), ev.reason or "no deal")
+            if gw is not None:
+                self._refuse(gw, ev.destination, wall + max(1, ev.retry_after_s), ev.reason or "no deal")
                 self.wall = wall
                 self._destination(ev.destination)
                 if self.choosing:
                     self.choose()
+
+    @staticmethod
+    def _refuse(gw: Gateway, dest: str, until: float, reason: str) -> None:
+        if dest in gw.refusals or len(gw.refusals) < MAX_DESTINATIONS:
+            gw.refusals[dest] = (until, reason, None)
 
     def _destination(self, dest: str) -> None:
         if dest not in self.destinations and len(self.destinations) < MAX_DESTINATIONS:
@@ -389,15 +401,21 @@ class Market:
 
     # --- choosing -----------------------------------------------------------------------
 
-    def offers(self, dest: str) -> list[Offer]:
+    def offers(self, dest: str, requote: bool = False) -> list[Offer]:
+        """Every linked gateway's offer for dest; requote (when choosing): a refusal whose
+        back-off is over asks the QUOTE that lifts it."""
         out = []
         for gw in self.gateways.values():
             if gw.link is None:
                 continue
             refused = gw.refusals.get(dest)
-            if refused is not None and refused[0] <= self.wall:
-                del gw.refusals[dest]
-                refused = None
+            if refused is not None and refused[0] <= self.wall and requote:
+                # the offer comes back with a QUOTE that does not refuse, not at the end of
+                # the back-off: a relay whose upstream is still gone would refuse again at
+                # once, and moving the destination there and back each back-off loses packets
+                asked = refused[2]
+                if (asked is None or self.wall - asked >= REQUOTE_S) and self.ask_quote(gw.key, dest):
+                    gw.refusals[dest] = (refused[0], refused[1], self.wall)
             out.append(Offer(gw.key, None if refused else gw.price(dest),
                              gw.state == "up" and (gw.address_ok or self.translate),
                              gw.liveness.rtt_ms, gw.liveness.loss(self.now), self.record(gw.key),
@@ -407,7 +425,7 @@ class Market:
     def choose(self) -> None:
         settling = self.started is not None and self.now - self.started < SETTLE_S
         for dest in (*DEFAULTS, *sorted(self.destinations)):
-            offers = self.offers(dest)
+            offers = self.offers(dest, requote=True)
             if settling and dest not in self.chooser.current and any(
                     o.price is None for o in offers if o.up or self.gateways[o.gateway].began is not None):
                 continue

@@ -357,7 +357,8 @@ class Buyer(Budgets, BuyerStore, Lifecycle):
                        price=msg.price, limit_kb=msg.limit_kb, time_s=msg.time_s, methods=tuple(msg.methods),
                        grace_s=msg.grace_s, grace_kb=msg.grace_kb, max_price=maxp,
                        acceptable=msg.price <= maxp and not bad,
-                       chain=tuple((ch.b64(k), p) for k, p in chain), chain_problem=bad)
+                       chain=tuple((ch.b64(k), p) for k, p in chain), chain_problem=bad,
+                       retry_after_s=msg.retry_after_s or 0)
             return
         if isinstance(msg, m.NoDeal):
             f = self._flow(counterpart, msg.destination)

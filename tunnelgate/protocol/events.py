@@ -214,6 +214,7 @@ class Quote(ContractEvent):
     acceptable: bool = False
     chain: tuple[tuple[str, int], ...] = ()     # (public key in base64, price) per hop, seller last
     chain_problem: str = ""                       # why the chain does not add up ("" if it does)
+    retry_after_s: int = 0                        # > 0: it would say NO_DEAL now, ask after this
 
 
 @_kind("declined")

@@ -219,11 +219,14 @@ class QuoteRequest(Message):
 class Quote(Message):
     """Gateway -> client: the terms a proposal for this destination (masked to the gateway's
     scope) would carry now; ``reason`` says why none would be made (free, no-deal back-off, a
-    relay's upstream price not known yet); ``chain`` as in PROPOSE."""
+    relay's upstream price not known yet); ``chain`` as in PROPOSE; ``retry_after_s``: a
+    REQUEST for it now would get NO_DEAL (a no-deal back-off, a relay without upstream for
+    it), and may succeed after that many seconds."""
     TYPE = "QUOTE"
     SCHEMA = {"destination": _DEST, "price": _PRICE, "limit_kb": _KB, "time_s": _SECS,
-              "methods": _METHODS, "grace_s": _SECS, "grace_kb": _KB, "reason": _TEXT, "chain": _CHAIN}
-    OPTIONAL = frozenset({"reason", "chain"})
+              "methods": _METHODS, "grace_s": _SECS, "grace_kb": _KB, "reason": _TEXT, "chain": _CHAIN,
+              "retry_after_s": _SECS}
+    OPTIONAL = frozenset({"reason", "chain", "retry_after_s"})
     destination: str
     price: int
     limit_kb: int
@@ -233,6 +236,7 @@ class Quote(Message):
     grace_kb: int
     reason: str | None = None
     chain: tuple[tuple[bytes, int], ...] | None = None
+    retry_after_s: int | None = None
 
 
 @dataclass(frozen=True)

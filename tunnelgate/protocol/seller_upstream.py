@@ -74,28 +74,34 @@ class SellerUpstream:
         """The terms a proposal would carry now, its chain included; nothing bought, no state."""
         addr, _ = pk.parse_prefix(msg.destination)
         key, plen = self.meter.key(addr), self.meter.plen(addr)
-        price, upstream, reason = self._quote_price(key)
+        price, upstream, reason, retry = self._quote_price(key, now)
         b = self.books[peer]
         f = b.flows.get(key)
+        if f is not None and f.nodeal_until > now:
+            left = int(f.nodeal_until - now) + 1
+            retry = max(retry or 0, left)
+            if not reason:
+                reason = f"no deal for {left} s: {f.nodeal_reason}"[:m.MAX_TEXT]
         if not reason and price == 0:
             reason = "free destination: no contract needed"
-        elif not reason and f is not None and f.nodeal_until > now:
-            reason = f"no deal for {int(f.nodeal_until - now) + 1} s: {f.nodeal_reason}"[:m.MAX_TEXT]
         pr = self.pricing
         grace = self._grace_left(b, now) > 0
         self._out.append((peer, m.Quote(pk.prefix_text(key, plen), price, pr.contract_kb, pr.contract_time_s,
                                         pr.payment_methods, pr.grace_time_s if grace else 0,
                                         pr.grace_kb if grace else 0, reason,
-                                        self._chain(upstream, price) or None)))
+                                        self._chain(upstream, price) or None, retry)))
 
-    def _quote_price(self, key: bytes) -> tuple[int, tuple, str | None]:
-        """(price, upstream chain, reason) a QUOTE shows, with nothing bought: a relay that
-        has no upstream price yet says so and quotes its list price without a chain."""
+    def _quote_price(self, key: bytes, now: float) -> tuple[int, tuple, str | None, int | None]:
+        """(price, upstream chain, reason, retry_after_s) a QUOTE shows, with nothing bought: a
+        relay that has no upstream price yet says so and quotes its list price without a chain;
+        one that has no upstream for it says when to ask again (a REQUEST would get NO_DEAL)."""
         a = peek(self.pricer, key)
         if isinstance(a, Offer):
-            return a.price, a.upstream, None
-        why = a.reason if isinstance(a, Unavailable) else "upstream price not known yet: ask again"
-        return self.pricer.price(key), None, why[:m.MAX_TEXT]
+            return a.price, a.upstream, None, None
+        if isinstance(a, Unavailable):
+            retry = self._upstream_backoff(now, a.retry_at) if a.upstream else None
+            return self.pricer.price(key), None, a.reason[:m.MAX_TEXT], retry
+        return self.pricer.price(key), None, "upstream price not known yet: ask again", None
 
     def _chain(self, upstream: tuple | None, price: int) -> tuple:
         if not self.own_key or upstream is None:

@@ -57,11 +57,16 @@ def up_with_prices(m, prices, now):
     answer(m, prices, now)
 
 
+def quote(key, price, retry_after_s=0, reason=""):
+    return SimpleNamespace(counterpart=key, destination="0.0.0.0/32", price=price, retry_after_s=retry_after_s,
+                           reason=reason)
+
+
 def answer(m, prices, now):
     for key, price in zip(KEYS, prices):
         gw = m.gateways[key]
         while gw.probes:
-            m.on_quote(SimpleNamespace(counterpart=key, destination="0.0.0.0/32", price=price), now + 0.004)
+            m.on_quote(quote(key, price), now + 0.004, 1000.0 + now)
 
 
 def test_cheapest_chosen_after_all_priced_and_moves_only_past_the_margin(tmp_path):
@@ -88,7 +93,7 @@ def test_silence_while_sending_fails_over(tmp_path):
         m.tick(t, 1000 + t)
         for key, price in zip(KEYS[1:], (600, 800)):       # the others answer their probes
             while m.gateways[key].probes:
-                m.on_quote(SimpleNamespace(counterpart=key, destination="0.0.0.0/32", price=price), t)
+                m.on_quote(quote(key, price), t, 1000.0 + t)
     assert m.gateways[KEYS[0]].state == "down"
     assert links.router.lookup(bytes(4)).peer == KEYS[1]
 
@@ -192,7 +197,24 @@ def test_a_no_deal_for_a_destination_moves_it_to_another_gateway_until_the_back_
     assert links.router.lookup(bytes(4)).peer == KEYS[0]   # the rest stays with the cheapest
     m.tick(30.0, 1030.0)
     assert m.chooser.current[dest] == KEYS[1]              # within the back-off: stays
+    quotes.clear()
     m.tick(64.5, 1064.5)
-    # after it the relay is offered again, but 500 is not 20 % below 600: no flapping back
+    # after it the relay is offered again only once a QUOTE says it would sell D: choosing
+    # asked one; the relay still has no upstream and says so: refused again for its retry
+    assert (KEYS[0], dest) in quotes
+    assert {o.gateway: o.price for o in m.offers(dest)}[KEYS[0]] is None
+    gw = m.gateways[KEYS[0]]
+    while gw.probes:
+        m.on_quote(quote(KEYS[0], 500, retry_after_s=5, reason="no upstream for 198.18.2.2/32: none connected"),
+                   64.6, 1064.6)
+    quotes.clear()
+    m.tick(66.0, 1066.0)
+    assert quotes == [] and m.chooser.current[dest] == KEYS[1]     # within the new back-off
+    m.tick(70.0, 1070.0)
+    assert (KEYS[0], dest) in quotes                                 # over: asked again
+    while gw.probes:
+        m.on_quote(quote(KEYS[0], 500), 70.1, 1070.1)                # it would sell D again
+    # offered again, but 500 is not 20 % below 600: no flapping back
     assert {o.gateway: o.price for o in m.offers(dest)}[KEYS[0]] == 500
+    m.tick(70.2, 1070.2)
     assert m.chooser.current[dest] == KEYS[1]

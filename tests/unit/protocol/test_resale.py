@@ -189,6 +189,34 @@ def test_a_relay_quotes_its_chain_once_it_has_bought():
     assert q.reason == "" and q.price == up(P0) and len(q.chain) == 2 and q.acceptable
 
 
+def test_a_quote_says_when_a_relay_without_upstream_would_sell_again():
+    # a QUOTE tells a client's market whether a REQUEST would get NO_DEAL now (it keeps the
+    # destination away until then), not only a price: "not known yet" sells, "no upstream"
+    # does not
+    relay = Relay(R1, None)
+    net = Net(Buyer(policy(), own_key=CLIENT), {R1: relay, GW: gateway()})
+    net.client.request_quote(R1, DEST)
+    net.run()
+    [q] = [e for e in net.client_events if type(e) is E.Quote]
+    assert q.reason.startswith(f"no upstream for {DEST}") and q.retry_after_s == 5
+    relay.upstream = GW
+    net.client.request_quote(R1, DEST)
+    net.run()
+    [_, q] = [e for e in net.client_events if type(e) is E.Quote]
+    assert "not known yet" in q.reason and q.retry_after_s == 0
+    # a flow in its no-deal back-off at the seller (5 s from NOW): even with the upstream
+    # back, the quote says how long is left
+    relay.upstream = None
+    first_packet(net, R1)
+    net.run()
+    relay.upstream = GW
+    net.now = NOW + 2
+    net.client.request_quote(R1, DEST)
+    net.run()
+    q = [e for e in net.client_events if type(e) is E.Quote][-1]
+    assert q.retry_after_s == 4, q
+
+
 def test_counter_offer_below_upstream_cost_is_met_at_cost():
     # the client pays at most 0.45 and counters 0.8 x 0.5 = 0.4... below the relay's cost
     client = Buyer(policy("0.41", counter_fraction="0.5"), own_key=CLIENT)

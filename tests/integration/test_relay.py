@@ -167,22 +167,34 @@ def test_kill9_upstream_of_the_relay_moves_the_client_to_its_other_gateway(relay
     try:
         def paid_to(name):
             return [c for c in env.request("client", "contracts") if c["paid"] and c["gateway"] == env.public[name]]
-        assert wait_for(lambda: paid_to("relay1"), 20), dump(env.request("client", "contracts"))
-        assert not paid_to("gw2")
+
+        def carries(name):
+            return [g for g in env.request("client", "gateways")
+                    if g["public_key"] == env.public[name] and DEST in g["destinations"]]
+        # D goes through the relay (it may have gone to gw2 first, while the relay was still
+        # connecting upstream: it comes back once the relay quotes it as for sale)
+        assert wait_for(lambda: paid_to("relay1") and carries("relay1"), 30), dump(env.request("client", "events"))
         env.kill9("gw")
-        killed = time.monotonic()
+        killed, killed_wall = time.monotonic(), time.time()
         moved = wait_for(lambda: [e for e in env.request("client", "events") if e["kind"] == "destination_moved"
-                                  and e["destination"] == DEST and "no upstream for" in (e["reason"] or "")], 30)
+                                  and e["destination"] == DEST and e["ts"] >= killed_wall
+                                  and "no upstream for" in (e["reason"] or "")], 30)
         assert moved, dump(env.request("client", "events"))
         took = time.monotonic() - killed
-        assert wait_for(lambda: paid_to("gw2"), 15), dump(env.request("client", "events"))
+        assert wait_for(lambda: paid_to("gw2") and carries("gw2"), 15), dump(env.request("client", "events"))
         print("moved to gw2", round(took, 1), "s after kill -9:", moved[0]["reason"])
     finally:
         ping.kill()
         ping.communicate()
-    # answers come back after the move, through gw2 (the only path left to up)
+    # answers come back after the move, through gw2 (the only path left to up), and D stays
+    # there while the relay has no upstream (its quotes say so: no move back and forth)
     assert env.status("gw2")["stats"].get("rx_packets", 0) > 0
     lab.run("client", "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", UPSTREAM, timeout=20)
+    time.sleep(8)                   # past the relay's NO_DEAL back-off (no_upstream_backoff_s, 5 s)
+    assert carries("gw2"), dump(env.request("client", "gateways"))
+    flaps = [e for e in env.request("client", "events") if e["kind"] == "destination_moved"
+             and e["destination"] == DEST and e["ts"] >= killed_wall and e["data"].get("gateway") == env.public["relay1"]]
+    assert not flaps, dump(flaps)
     grace = env.status("relay1")["pricing"]["grace_time_s"]
     assert took < grace, f"moved after {took:.1f} s, the relay's grace is {grace} s"
 

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from payments_helpers import make_env  # noqa: F401  (a fixture: tests take it by name)
 from tgenv import TunnelEnv, ping, wait_until
 from tunnelgate.daemon.control import request
 from tglab.lab import UPSTREAM
@@ -80,22 +81,6 @@ def fetch(lab, path: str, max_time: float, extra: tuple = ()) -> tuple[int, str,
                 f"http://{UPSTREAM}:8080/{path} | sha256sum",
                 check=False, timeout=max_time + 15)
     return r.returncode, (r.stdout.split() or [""])[0], time.monotonic() - t0
-
-
-@pytest.fixture
-def make_env(lab):
-    made = []
-
-    def make(gateway: str = "", client: str = "") -> TunnelEnv:
-        e = TunnelEnv(lab, gateway_extra=gateway, client_extra=client)
-        made.append(e)
-        return e
-
-    yield make
-    for e in made:
-        logs = e.logs()
-        e.close()
-        print(logs)
 
 
 # --- 1. negotiation -------------------------------------------------------------------------

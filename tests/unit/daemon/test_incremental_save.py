@@ -79,12 +79,18 @@ def test_old_blob_is_migrated_to_rows(tmp_path):
     assert gw3.outbound(PEER, pk.addr_bytes(DST), 1000, bytes(1000), w.now) == FORWARD
 
 
-def test_a_failed_save_is_written_whole_next_time(tmp_path):
+def _contract_running(tmp_path):
+    """A World whose first contract runs, with a Store and its Saver."""
     w = World(pr=pricing(contract_kb=10), loss=0)
     store = Store(tmp_path / "db")
     saver = Saver(store, w.gw, threading.Lock())
     w.send()
     w.run(1)
+    return w, store, saver
+
+
+def test_a_failed_save_is_written_whole_next_time(tmp_path):
+    w, store, saver = _contract_running(tmp_path)
     saver.maybe_save(w.now, force=True)
     while w.send() == FORWARD:
         pass
@@ -103,11 +109,7 @@ def test_a_failed_save_is_written_whole_next_time(tmp_path):
 def test_a_restart_reads_only_the_newest_ended_records_the_engine_keeps(tmp_path):
     # ended contracts keep their records for ever (the history); a restart reads only as many
     # of them as the engine keeps in memory, newest first, and every live one
-    w = World(pr=pricing(contract_kb=10), loss=0)
-    store = Store(tmp_path / "db")
-    saver = Saver(store, w.gw, threading.Lock())
-    w.send()
-    w.run(1)
+    w, store, saver = _contract_running(tmp_path)
     for _ in range(6):                                # six contracts run out, one after another
         while w.send() == FORWARD:
             pass

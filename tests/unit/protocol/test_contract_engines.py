@@ -442,15 +442,21 @@ def test_a_burst_early_in_a_contract_buys_nothing_ahead():
     assert [e for e in w.cev if e.kind == E.RenewalRequested.kind]
 
 
-def test_a_fast_flow_asks_for_bigger_contracts_growing_step_by_step():
-    # 1 MB/s against 100 KB contracts: ten negotiations a second unless the client asks for
-    # CONTRACT_FOR_S of traffic; it may grow the size at most GROWTH times per contract and
-    # the gateway gives at most max_contract_kb
+def _sized_world():
+    """A client whose gateway takes sized requests, at most 600 KB, its first contract running."""
     w = World(pr=pricing(contract_kb=100, max_contract_kb=600), po=policy(data_renewal_kb=15, time_renewal_s=5),
               loss=0, reorder=0)
     w.cl.book(PEER).sized_requests = True
     w.send()
     w.run(0.5)
+    return w
+
+
+def test_a_fast_flow_asks_for_bigger_contracts_growing_step_by_step():
+    # 1 MB/s against 100 KB contracts: ten negotiations a second unless the client asks for
+    # CONTRACT_FOR_S of traffic; it may grow the size at most GROWTH times per contract and
+    # the gateway gives at most max_contract_kb
+    w = _sized_world()
     results = w.stream(1000, 0.01, size=10_000)     # 10 s at 1 MB/s
     assert results.count(FORWARD) == len(results)
     sizes = [w.gw_contract(e.contract_id)["limit_kb"] for e in w.gev if e.kind == E.Proposed.kind]
@@ -472,11 +478,7 @@ def test_asks_grow_from_what_was_asked_when_the_seller_gives_less():
     # a seller that sells less than asked (here its max_contract_kb; a relay whose upstream
     # stock lags) must not set the growth back: the asks grow toward CONTRACT_FOR_S of
     # traffic (5 MB/s: ~5000 KB), not stay at GROWTH x what was sold (1200 KB)
-    w = World(pr=pricing(contract_kb=100, max_contract_kb=600), po=policy(data_renewal_kb=15, time_renewal_s=5),
-              loss=0, reorder=0)
-    w.cl.book(PEER).sized_requests = True
-    w.send()
-    w.run(0.5)
+    w = _sized_world()
     w.stream(2500, 0.002, size=10_000)               # 5 s at 5 MB/s
     asks = [e.limit_kb for e in w.cev if e.kind == E.RenewalRequested.kind and e.limit_kb]
     assert max(asks) > 2 * budget.GROWTH * 600, asks

@@ -79,6 +79,11 @@ class Gateway:
     # offer for that destination meanwhile, and after it only once a QUOTE says it would sell
     refusals: dict = field(default_factory=dict)
 
+    def refuse(self, dest: str, until: float, reason: str) -> None:
+        """It said no deal for dest until then (a NO_DEAL, a QUOTE with retry_after_s)."""
+        if dest in self.refusals or len(self.refusals) < MAX_DESTINATIONS:
+            self.refusals[dest] = (until, reason, None)
+
     def price(self, dest: str) -> int | None:
         if dest in self.quotes:
             return self.quotes[dest]
@@ -250,7 +255,7 @@ class Market:
             return
         probe, dest, fut = gw.probes.popleft()
         if ev.retry_after_s:
-            self._refuse(gw, dest, wall + ev.retry_after_s, ev.reason or "no deal")
+            gw.refuse(dest, wall + ev.retry_after_s, ev.reason or "no deal")
         elif dest in gw.refusals and gw.refusals[dest][0] <= wall:
             del gw.refusals[dest]           # over, and it would sell again: an offer again
         old = gw.quotes.get(dest)
@@ -303,16 +308,11 @@ class Market:
             # runs after the events of this round), until its back-off ends
             gw = self.gateways.get(key)
             if gw is not None:
-                self._refuse(gw, ev.destination, wall + max(1, ev.retry_after_s), ev.reason or "no deal")
+                gw.refuse(ev.destination, wall + max(1, ev.retry_after_s), ev.reason or "no deal")
                 self.wall = wall
                 self._destination(ev.destination)
                 if self.choosing:
                     self.choose()
-
-    @staticmethod
-    def _refuse(gw: Gateway, dest: str, until: float, reason: str) -> None:
-        if dest in gw.refusals or len(gw.refusals) < MAX_DESTINATIONS:
-            gw.refusals[dest] = (until, reason, None)
 
     def _destination(self, dest: str) -> None:
         if dest not in self.destinations and len(self.destinations) < MAX_DESTINATIONS:

@@ -270,4 +270,3 @@ class RelayDaemon(GatewayDaemon):
                        "gone": [peer_text(k) for k in self.gone], **resale}
         st["upstream"] = self.up.status()
         return st
-
